@@ -1,0 +1,465 @@
+"""A catalog on disk and everything a user does with it: create, open, add a source, search, status.
+
+Layout of ``shop.lk/``::
+
+    catalog.json     the embedder that made the vectors (a catalog never mixes models)
+    catalog.sqlite   items, labels, failures and vectors; the source of truth
+    index/           the FAISS index, derived and rebuilt when stale
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..config import CatalogConfig, EmbedderInfo, EncodeOptions
+from ..embed import Encoder, FileTask, encode_files
+from ..embedders.registry import DEFAULT_MODEL, create_embedder
+from ..embedders.timm import RANDOM_WEIGHTS, TimmEmbedder
+from ..errors import CatalogError, QueryError
+from ..images import ImageInput
+from ..index import VectorIndex
+from ..search import Match, Where, check_k, distance_from_similarity, parse_where
+from ..sources import SourceItem, read_source
+from .store import ItemRecord, Store
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "catalog.json"
+DB_FILE = "catalog.sqlite"
+INDEX_DIR = "index"
+
+
+@dataclass
+class IndexReport:
+    """What one ``add`` did; the CLI prints it as the summary line."""
+
+    indexed: int = 0  # embedded now (new or changed)
+    unchanged: int = 0  # already in the catalog, file untouched
+    failed: int = 0  # could not be embedded now (reasons in status)
+    failed_before: int = 0  # failed earlier and unchanged since: not retried
+    pruned: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        parts = [f"indexed {self.indexed}", f"unchanged {self.unchanged}", f"failed {self.failed}"]
+        if self.failed_before:
+            parts.append(f"failed earlier, unchanged {self.failed_before}")
+        if self.pruned:
+            parts.append(f"pruned {self.pruned}")
+        rate = f" ({self.images_per_second:.1f} images/s)" if self.indexed else ""
+        return ", ".join(parts) + f" in {self.seconds:.1f} s{rate}"
+
+
+@dataclass
+class CatalogStatus:
+    path: str
+    embedder: EmbedderInfo
+    items: int
+    failed: int
+    labels: list[str]
+    index: str
+    failures: list[tuple[str, str, str]]
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path, "model": self.embedder.describe(), "embedder": self.embedder.__dict__,
+            "items": self.items, "failed": self.failed, "labels": self.labels, "index": self.index,
+            "failures": [{"id": i, "path": p, "reason": r} for i, p, r in self.failures],
+        }
+
+
+class Catalog:
+    """A searchable catalog of product images. Use ``Catalog.create`` or ``Catalog.open``."""
+
+    def __init__(self, path: Path, config: CatalogConfig, embedder: TimmEmbedder | None = None):
+        self.path = path
+        self.config = config
+        self.store = Store(path / DB_FILE)
+        self._embedder = embedder
+        self._encoder: Encoder | None = None
+        self._index: VectorIndex | None = None
+        self._index_generation = -1
+        self._meta: _ItemTable | None = None
+
+    # -- life cycle --------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | Path, model: str = DEFAULT_MODEL, weights: str | None = None,
+               embedder: TimmEmbedder | None = None) -> Catalog:
+        """Make a new, empty catalog for ``model``; the model is loaded first, so a model that cannot be
+        had leaves nothing on disk.
+
+        ``embedder`` passes a model already loaded (its name must be ``model``).
+
+        Raises:
+            CatalogError: a catalog already exists at ``path``.
+            UnknownModelError, ModelUnavailableError: see ``create_embedder``.
+        """
+        path = Path(path)
+        if (path / CONFIG_FILE).exists():
+            raise CatalogError(f"{path}: a catalog already exists; open it, or choose another --catalog path")
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise CatalogError(f"{path}: exists and is not an empty folder; choose another --catalog path")
+        embedder = embedder or create_embedder(model, weights)
+        extra = {"weights_path": str(Path(weights).resolve())} if weights not in (None, RANDOM_WEIGHTS) else {}
+        config = CatalogConfig(embedder=embedder.info, created=dt.datetime.now(dt.timezone.utc).isoformat(),
+                               extra=extra)
+        path.mkdir(parents=True, exist_ok=True)
+        catalog = cls(path, config, embedder)  # creates the database
+        config.save(path / CONFIG_FILE)  # written last: a catalog without it is not a catalog yet
+        return catalog
+
+    @classmethod
+    def open(cls, path: str | Path) -> Catalog:
+        """Open an existing catalog; the model is loaded only when an image must be embedded.
+
+        Raises:
+            CatalogError: no catalog at ``path``.
+        """
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            raise CatalogError(f"{path}: no catalog here; build one with `lookalike index SOURCE --catalog {path}`")
+        try:
+            config = CatalogConfig.load(path / CONFIG_FILE)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CatalogError(f"{path / CONFIG_FILE}: unreadable catalog config ({exc})") from exc
+        if config.format != 1:
+            raise CatalogError(f"{path}: catalog format {config.format} is newer than this lookalike; upgrade it")
+        return cls(path, config)
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, model: str | None = None, weights: str | None = None) -> Catalog:
+        """Open ``path`` if it is a catalog (checking ``model``/``weights`` agree with it), else create it.
+
+        Raises:
+            CatalogError: the catalog was built with another model or other weights.
+        """
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            return cls.create(path, model or DEFAULT_MODEL, weights)
+        catalog = cls.open(path)
+        catalog.check_compatible(model, weights)
+        return catalog
+
+    def check_compatible(self, model: str | None, weights: str | None) -> None:
+        """Refuse to mix vectors of two models in one catalog."""
+        info = self.config.embedder
+        if model is not None and model != info.name:
+            raise CatalogError(
+                f"{self.path} holds {info.name} vectors; cannot add {model} vectors to it. Use the same "
+                "--model, or another --catalog path for the new model"
+            )
+        if weights is not None:
+            wanted = "random:" if weights == RANDOM_WEIGHTS else "file:"
+            if not info.weights.startswith(wanted):
+                raise CatalogError(
+                    f"{self.path} was built with weights {info.weights}; --weights {weights} would mix vectors "
+                    "of different weights. Drop --weights, or use another --catalog path"
+                )
+            if wanted == "file:":
+                digest = self._loaded_or_new_embedder(weights).info.weights
+                if digest != info.weights:
+                    raise CatalogError(
+                        f"{self.path} was built with weights {info.weights}; {weights} is a different file "
+                        f"({digest}). Use the original file, or another --catalog path"
+                    )
+
+    def _loaded_or_new_embedder(self, weights: str) -> TimmEmbedder:
+        self._embedder = create_embedder(self.config.embedder.name, weights)
+        return self._embedder
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the model ---------------------------------------------------------------------------------
+
+    @property
+    def embedder(self) -> TimmEmbedder:
+        """The catalog's own embedder, loaded on first use with the weights it was built with."""
+        if self._embedder is None:
+            info = self.config.embedder
+            if info.weights.startswith("random:"):
+                weights: str | None = RANDOM_WEIGHTS
+            elif info.weights.startswith("file:"):
+                weights = self.config.extra.get("weights_path")
+            else:
+                weights = None
+            embedder = create_embedder(info.name, weights)
+            if embedder.info.weights != info.weights:
+                raise CatalogError(
+                    f"{self.path}: the weights at {weights} changed since the catalog was built "
+                    f"({embedder.info.weights} != {info.weights}); restore them or rebuild the catalog"
+                )
+            self._embedder = embedder
+        return self._embedder
+
+    def encoder(self, options: EncodeOptions | None = None) -> Encoder:
+        if self._encoder is None or (options is not None and options != self._encoder.options):
+            self._encoder = Encoder(self.embedder, options)
+        return self._encoder
+
+    # -- indexing ----------------------------------------------------------------------------------
+
+    def add(self, source: str | Path, images: str | Path | None = None, *, prune: bool = False,
+            options: EncodeOptions | None = None,
+            on_batch: Callable[[int], None] | None = None) -> IndexReport:
+        """Embed every new or changed image of a folder or manifest; keep the rest.
+
+        Each batch is committed on its own, so an interrupted run keeps what it finished and the next run
+        resumes. Unreadable files are recorded with their reason and retried only once they change.
+
+        Raises:
+            SourceError: the source cannot be read.
+        """
+        options = options or EncodeOptions()
+        started = time.perf_counter()
+        listing = read_source(source, images)
+        report = IndexReport(warnings=list(listing.warnings))
+        for warning in listing.warnings:
+            log.warning(warning)
+        stored = self.store.items()
+        stored_labels = self.store.labels()
+        todo: list[tuple[SourceItem, FileTask, int, int]] = []
+        touch: list[tuple[str, str, int, int]] = []
+        relabel: dict[str, dict[str, str]] = {}
+        for item in listing.items:
+            try:
+                stat = item.path.stat()
+            except OSError as exc:
+                report.warnings.append(f"{item.path}: cannot stat ({exc.strerror})")
+                continue
+            old = stored.get(item.id)
+            same_file = (old is not None and old.path == str(item.path) and old.size == stat.st_size
+                         and old.mtime_ns == stat.st_mtime_ns)
+            if same_file:
+                if old.status == "ok":
+                    report.unchanged += 1
+                else:
+                    report.failed_before += 1
+                if item.labels and stored_labels.get(old.key, {}) != item.labels:
+                    relabel[item.id] = item.labels
+                continue
+            known = old.sha256 if old is not None and old.status == "ok" else None
+            todo.append((item, FileTask(item.path, known, ref=len(todo)), stat.st_size, stat.st_mtime_ns))
+        if relabel:
+            self.store.set_labels(relabel)
+        if todo:
+            self._embed(todo, options, report, touch, on_batch)
+        if touch:
+            self.store.touch(touch)
+        if prune:
+            gone = [i for i, row in self.store.items().items() if not Path(row.path).exists()]
+            report.pruned = self.store.delete(gone) if gone else 0
+        self._refresh_index(save=True)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _embed(self, todo, options: EncodeOptions, report: IndexReport, touch: list,
+               on_batch: Callable[[int], None] | None) -> None:
+        encoder = self.encoder(options)
+        by_ref = {task.ref: (item, size, mtime) for item, task, size, mtime in todo}
+        show = options.progress and sys.stderr.isatty()
+        with tqdm(total=len(todo), unit="img", desc="indexing", disable=not show, dynamic_ncols=True) as bar:
+            for batch in encode_files(encoder, [task for _, task, _, _ in todo]):
+                records: list[ItemRecord] = []
+                for i, result in enumerate(batch.embedded):
+                    item, size, mtime = by_ref[result.task.ref]
+                    records.append(ItemRecord(
+                        id=item.id, path=str(item.path), size=size, mtime_ns=mtime, sha256=result.sha256,
+                        status="ok", width=result.width, height=result.height, vector=batch.vectors[i],
+                        labels=item.labels))
+                for result in batch.others:
+                    item, size, mtime = by_ref[result.task.ref]
+                    if result.unchanged:
+                        touch.append((item.id, str(item.path), size, mtime))
+                        report.unchanged += 1
+                        continue
+                    log.warning("skipped %s: %s", item.path, result.error)
+                    records.append(ItemRecord(
+                        id=item.id, path=str(item.path), size=size, mtime_ns=mtime, sha256=result.sha256,
+                        status="failed", reason=result.error, labels=item.labels))
+                    report.failed += 1
+                report.indexed += len(batch.embedded)
+                if records:
+                    self.store.write(records)
+                bar.update(len(batch.embedded) + len(batch.others))
+                if on_batch is not None:
+                    on_batch(report.indexed)
+
+    def remove(self, ids: list[str]) -> int:
+        """Drop items by id; returns how many were removed."""
+        known = self.store.items()
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise QueryError(f"unknown item id {missing[0]!r}; `lookalike status` lists the catalog")
+        removed = self.store.delete(ids)
+        self._refresh_index(save=True)
+        return removed
+
+    # -- searching ---------------------------------------------------------------------------------
+
+    @property
+    def index(self) -> VectorIndex:
+        self._refresh_index(save=False)
+        assert self._index is not None
+        return self._index
+
+    def _refresh_index(self, save: bool) -> None:
+        generation = self.store.generation()
+        if self._index is not None and self._index_generation == generation:
+            return
+        folder = self.path / INDEX_DIR
+        index = VectorIndex.load(folder, generation)
+        if index is None:
+            keys, vectors = self.store.vectors(self.config.embedder.dim)
+            index = VectorIndex.build(keys, vectors)
+            try:
+                index.save(folder, generation)
+            except OSError as exc:  # a read-only catalog still searches
+                if save:
+                    raise
+                log.info("could not save the rebuilt index (%s)", exc)
+        self._index, self._index_generation, self._meta = index, generation, None
+
+    @property
+    def _items(self) -> _ItemTable:
+        self._refresh_index(save=False)
+        if self._meta is None:
+            self._meta = _ItemTable(self.store.ok_items())
+        return self._meta
+
+    def __len__(self) -> int:
+        return self.index.size
+
+    def ids(self) -> list[str]:
+        return list(self._items.id_by_key.values())
+
+    def vector(self, item_id: str) -> np.ndarray:
+        """The stored vector of an item.
+
+        Raises:
+            QueryError: unknown id, or the item failed to embed.
+        """
+        return self.index.vector(self._key(item_id))
+
+    def search(self, image: ImageInput, k: int = 10, where: Where = None) -> list[Match]:
+        """The k catalog items most like an image (a path, bytes or a PIL image).
+
+        Raises:
+            ImageError: the query image cannot be read.
+            QueryError: bad ``k`` or ``where``.
+        """
+        check_k(k)
+        allowed = self._allowed(where)
+        vector = self.encoder().encode(image)
+        return self._nearest(vector, k, allowed, exclude=set())
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, where: Where = None) -> list[Match]:
+        check_k(k)
+        return self._nearest(np.asarray(vector, dtype=np.float32), k, self._allowed(where), exclude=set())
+
+    def similar(self, item_id: str, k: int = 10, where: Where = None) -> list[Match]:
+        """"More like this": the k items most like a catalog item, without itself or its exact copies.
+
+        Raises:
+            QueryError: unknown id, bad ``k`` or ``where``.
+        """
+        check_k(k)
+        allowed = self._allowed(where)
+        key = self._key(item_id)
+        exclude = self._items.same_content(key)
+        return self._nearest(self.index.vector(key), k, allowed, exclude=exclude)
+
+    def _key(self, item_id: str) -> int:
+        key = self._items.key_by_id.get(str(item_id))
+        if key is None:
+            row = self.store.items().get(str(item_id))
+            if row is not None and row.status == "failed":
+                raise QueryError(f"item {item_id!r} could not be embedded ({row.reason}); fix the file and re-index")
+            raise QueryError(f"unknown item id {item_id!r}; `lookalike status` shows the catalog")
+        return key
+
+    def _allowed(self, where: Where) -> np.ndarray | None:
+        terms = parse_where(where)
+        if not terms:
+            return None
+        known = set(self.store.label_names())
+        unknown = [name for name in terms if name not in known]
+        if unknown:
+            listing = ", ".join(sorted(known)) or "none (index from a manifest to add labels)"
+            raise QueryError(f"unknown label {unknown[0]!r} in filter; labels in this catalog: {listing}")
+        return self.store.keys_where(terms)
+
+    def _nearest(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int]) -> list[Match]:
+        if allowed is not None:
+            if exclude:
+                allowed = allowed[~np.isin(allowed, list(exclude))]
+            if len(allowed) == 0:
+                return []
+            exclude = set()
+        sims, keys = self.index.search(vector, k + len(exclude), allowed)
+        picked: list[tuple[int, float]] = []
+        seen: set[int] = set()
+        for key, sim in zip(keys[0].tolist(), sims[0].tolist(), strict=True):
+            if key < 0 or key in exclude or key in seen:
+                continue
+            seen.add(key)
+            picked.append((key, sim))
+            if len(picked) == k:
+                break
+        labels = self.store.labels_for(key for key, _ in picked)
+        table = self._items
+        return [
+            Match(rank=rank, id=table.id_by_key[key], path=table.path_by_key[key], similarity=float(sim),
+                  distance=distance_from_similarity(sim), labels=labels.get(key, {}))
+            for rank, (key, sim) in enumerate(picked, start=1)
+        ]
+
+    # -- status ------------------------------------------------------------------------------------
+
+    def status(self, failures: int | None = 50) -> CatalogStatus:
+        counts = self.store.counts()
+        return CatalogStatus(
+            path=str(self.path), embedder=self.config.embedder, items=counts["ok"], failed=counts["failed"],
+            labels=self.store.label_names(), index=f"{self.index.kind}, {self.index.size} vectors",
+            failures=self.store.failures(failures),
+        )
+
+
+class _ItemTable:
+    """Id, path and content hash of every embedded item, held in memory for fast result rows."""
+
+    def __init__(self, rows: list[tuple[int, str, str, str | None]]):
+        self.id_by_key = {key: item_id for key, item_id, _, _ in rows}
+        self.key_by_id = {item_id: key for key, item_id, _, _ in rows}
+        self.path_by_key = {key: path for key, _, path, _ in rows}
+        self.keys_by_hash: dict[str, set[int]] = {}
+        self.hash_by_key: dict[int, str | None] = {}
+        for key, _, _, sha in rows:
+            self.hash_by_key[key] = sha
+            if sha:
+                self.keys_by_hash.setdefault(sha, set()).add(key)
+
+    def same_content(self, key: int) -> set[int]:
+        sha = self.hash_by_key.get(key)
+        return set(self.keys_by_hash.get(sha, {key})) | {key} if sha else {key}

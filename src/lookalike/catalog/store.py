@@ -1,0 +1,234 @@
+"""The catalog's source of truth: one SQLite file holding items, labels, failures and vectors.
+
+Every batch is written in one transaction (WAL journal), so killing an index run at any moment leaves
+the file as of the last finished batch; the FAISS index is derived from it and can always be rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    key       INTEGER PRIMARY KEY AUTOINCREMENT,  -- the FAISS id
+    id        TEXT NOT NULL UNIQUE,               -- the id users search by
+    path      TEXT NOT NULL,
+    size      INTEGER,
+    mtime_ns  INTEGER,
+    sha256    TEXT,
+    status    TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    reason    TEXT,
+    width     INTEGER,
+    height    INTEGER,
+    updated   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_sha256 ON items (sha256);
+CREATE TABLE IF NOT EXISTS labels (
+    key   INTEGER NOT NULL REFERENCES items (key) ON DELETE CASCADE,
+    name  TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (key, name)
+);
+CREATE INDEX IF NOT EXISTS labels_name_value ON labels (name, value);
+CREATE TABLE IF NOT EXISTS vectors (
+    key    INTEGER PRIMARY KEY REFERENCES items (key) ON DELETE CASCADE,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('generation', '0');
+"""
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """One outcome to write: an embedded item (``vector`` set) or a failed one (``reason`` set)."""
+
+    id: str
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    sha256: str | None
+    status: str
+    reason: str | None = None
+    width: int | None = None
+    height: int | None = None
+    vector: np.ndarray | None = None
+    labels: Mapping[str, str] | None = None  # None keeps the labels already stored
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    key: int
+    id: str
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    sha256: str | None
+    status: str
+    reason: str | None
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = path
+        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.execute("PRAGMA busy_timeout=10000")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def _begin(self):
+        return _Transaction(self.conn)
+
+    def write(self, records: Iterable[ItemRecord]) -> None:
+        """Insert or update items, their vectors and labels, all or nothing."""
+        now = time.time()
+        with self._begin() as cur:
+            for rec in records:
+                key = cur.execute(
+                    """INSERT INTO items (id, path, size, mtime_ns, sha256, status, reason, width, height, updated)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT (id) DO UPDATE SET path=excluded.path, size=excluded.size,
+                         mtime_ns=excluded.mtime_ns, sha256=excluded.sha256, status=excluded.status,
+                         reason=excluded.reason, width=excluded.width, height=excluded.height,
+                         updated=excluded.updated
+                       RETURNING key""",
+                    (rec.id, rec.path, rec.size, rec.mtime_ns, rec.sha256, rec.status, rec.reason,
+                     rec.width, rec.height, now),
+                ).fetchone()[0]
+                if rec.vector is not None:
+                    blob = np.ascontiguousarray(rec.vector, dtype=np.float32).tobytes()
+                    cur.execute("INSERT OR REPLACE INTO vectors (key, vector) VALUES (?, ?)", (key, blob))
+                elif rec.status != "ok":
+                    cur.execute("DELETE FROM vectors WHERE key = ?", (key,))
+                if rec.labels is not None:
+                    _write_labels(cur, key, rec.labels)
+            _bump(cur)
+
+    def touch(self, updates: Iterable[tuple[str, str, int, int]]) -> None:
+        """Record new path/size/mtime for files whose content did not change: (id, path, size, mtime_ns)."""
+        with self._begin() as cur:
+            cur.executemany("UPDATE items SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
+                            [(p, s, m, i) for i, p, s, m in updates])
+
+    def set_labels(self, labels_by_id: Mapping[str, Mapping[str, str]]) -> None:
+        with self._begin() as cur:
+            for item_id, labels in labels_by_id.items():
+                row = cur.execute("SELECT key FROM items WHERE id = ?", (item_id,)).fetchone()
+                if row:
+                    _write_labels(cur, row[0], labels)
+            _bump(cur)
+
+    def delete(self, ids: Iterable[str]) -> int:
+        ids = list(ids)
+        with self._begin() as cur:
+            cur.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
+            _bump(cur)
+        return len(ids)
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def generation(self) -> int:
+        return int(self.conn.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()[0])
+
+    def items(self) -> dict[str, StoredItem]:
+        rows = self.conn.execute(
+            "SELECT key, id, path, size, mtime_ns, sha256, status, reason FROM items").fetchall()
+        return {r[1]: StoredItem(*r) for r in rows}
+
+    def labels(self) -> dict[int, dict[str, str]]:
+        out: dict[int, dict[str, str]] = {}
+        for key, name, value in self.conn.execute("SELECT key, name, value FROM labels"):
+            out.setdefault(key, {})[name] = value
+        return out
+
+    def labels_for(self, keys: Iterable[int]) -> dict[int, dict[str, str]]:
+        keys = [int(k) for k in keys]
+        out: dict[int, dict[str, str]] = {k: {} for k in keys}
+        if not keys:
+            return out
+        marks = ",".join("?" * len(keys))
+        for key, name, value in self.conn.execute(
+                f"SELECT key, name, value FROM labels WHERE key IN ({marks})", keys):
+            out[key][name] = value
+        return out
+
+    def vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """All embedded items as (keys int64, vectors float32 N x dim), in key order."""
+        rows = self.conn.execute(
+            "SELECT v.key, v.vector FROM vectors v JOIN items i ON i.key = v.key WHERE i.status = 'ok' "
+            "ORDER BY v.key").fetchall()
+        keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+        return keys, mat
+
+    def ok_items(self) -> list[tuple[int, str, str, str | None]]:
+        """(key, id, path, sha256) of every embedded item."""
+        return self.conn.execute(
+            "SELECT key, id, path, sha256 FROM items WHERE status = 'ok' ORDER BY key").fetchall()
+
+    def keys_where(self, where: Mapping[str, str]) -> np.ndarray:
+        sql = " INTERSECT ".join("SELECT key FROM labels WHERE name = ? AND value = ?" for _ in where)
+        args = [x for pair in where.items() for x in pair]
+        return np.array([r[0] for r in self.conn.execute(sql, args)], dtype=np.int64)
+
+    def label_names(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT name FROM labels ORDER BY name")]
+
+    def counts(self) -> dict[str, int]:
+        rows = dict(self.conn.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall())
+        return {"ok": rows.get("ok", 0), "failed": rows.get("failed", 0)}
+
+    def failures(self, limit: int | None = None) -> list[tuple[str, str, str]]:
+        sql = "SELECT id, path, reason FROM items WHERE status = 'failed' ORDER BY id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self.conn.execute(sql).fetchall()
+
+    def get_meta(self, name: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, name: str, value: object) -> None:
+        text = value if isinstance(value, str) else json.dumps(value)
+        with self._begin() as cur:
+            cur.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, text))
+
+
+def _write_labels(cur: sqlite3.Cursor, key: int, labels: Mapping[str, str]) -> None:
+    cur.execute("DELETE FROM labels WHERE key = ?", (key,))
+    cur.executemany("INSERT INTO labels (key, name, value) VALUES (?, ?, ?)",
+                    [(key, str(n), str(v)) for n, v in labels.items()])
+
+
+def _bump(cur: sqlite3.Cursor) -> None:
+    cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'generation'")
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Cursor:
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.cur = self.conn.cursor()
+        return self.cur
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")

@@ -1,0 +1,64 @@
+"""Small frozen settings objects, saved as JSON beside the catalog so a catalog reopens as it was built."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Pillow refuses > 2x its own default; we refuse earlier and with our own message. 100 MP covers
+# every real product photo (a 2700x2700 original is 7.3 MP) while stopping decompression bombs.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+@dataclass(frozen=True)
+class EmbedderInfo:
+    """What produced a catalog's vectors; two catalogs' vectors are comparable only if these match."""
+
+    name: str  # registry name, e.g. "resnet50" or "timm:convnext_tiny"
+    timm_name: str  # the timm architecture + tag actually created
+    weights: str  # "hf-hub:<repo>", "file:<sha256 prefix>" or "random:<seed>"
+    dim: int
+    pool: str
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.timm_name}, weights {self.weights}, {self.dim}-d, {self.pool} pooling)"
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    """Written once when a catalog is created; identifies its embedder and format."""
+
+    embedder: EmbedderInfo
+    format: int = 1
+    created: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> CatalogConfig:
+        data = json.loads(path.read_text())
+        return cls(
+            embedder=EmbedderInfo(**data["embedder"]),
+            format=int(data.get("format", 1)),
+            created=data.get("created", ""),
+            extra=data.get("extra", {}),
+        )
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How to run the embedder: where, in what precision, how many images at once, how many decoders."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    batch_size: int | None = None  # None: chosen from the device
+    workers: int | None = None  # decoding processes; None: from the CPU count, 0: decode inline
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    draft: bool = True  # JPEG DCT downscaling before the resize
+    progress: bool = True

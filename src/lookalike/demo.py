@@ -1,0 +1,71 @@
+"""``lookalike demo``: build a small catalog from photos shipped in the package and show what it does.
+
+Works offline: if the pretrained weights are neither cached nor downloadable, it says so in one line and
+uses the same network with seeded random weights, whose neighbours follow colour and layout only.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .catalog import Catalog, IndexReport
+from .catalog.catalog import CONFIG_FILE
+from .config import CatalogConfig, EncodeOptions
+from .embedders.registry import DEFAULT_MODEL, create_embedder
+from .embedders.timm import RANDOM_WEIGHTS
+from .errors import ModelUnavailableError
+from .search import Match
+
+log = logging.getLogger(__name__)
+
+DEMO_MANIFEST = "styles.csv"
+
+
+@dataclass
+class DemoResult:
+    catalog: Catalog
+    report: IndexReport
+    fallback: str | None  # why pretrained weights were not used, if they were not
+    examples: list[tuple[str, dict[str, str], list[Match]]]
+
+
+def demo_data() -> Path:
+    return Path(str(resources.files("lookalike") / "demo_data"))
+
+
+def run_demo(catalog_path: Path, model: str = DEFAULT_MODEL, options: EncodeOptions | None = None,
+             weights: str | None = None, k: int = 5) -> DemoResult:
+    """Index the shipped sample photos into ``catalog_path`` and find look-alikes for three of them."""
+    fallback = None
+    try:
+        embedder = create_embedder(model, weights)
+    except ModelUnavailableError as exc:
+        fallback = str(exc).split(". Fixes:")[0]
+        embedder = create_embedder(model, RANDOM_WEIGHTS)
+    if (catalog_path / CONFIG_FILE).is_file():
+        built_with = CatalogConfig.load(catalog_path / CONFIG_FILE).embedder
+        if built_with != embedder.info:  # the demo's own catalog: rebuild it for the model at hand
+            shutil.rmtree(catalog_path)
+    if (catalog_path / CONFIG_FILE).is_file():
+        catalog = Catalog.open(catalog_path)
+        catalog._embedder = embedder
+    else:
+        catalog = Catalog.create(catalog_path, model, embedder=embedder)
+    data = demo_data()
+    report = catalog.add(data / DEMO_MANIFEST, images=data, options=options)
+    examples = []
+    seen_types: set[str] = set()
+    for item_id in sorted(catalog.ids()):
+        labels = catalog.store.labels_for([catalog._key(item_id)])[catalog._key(item_id)]
+        kind = labels.get("articleType")
+        if kind in (None, *seen_types) or kind not in ("Tshirts", "Heels", "Backpacks", "Casual Shoes", "Handbags"):
+            continue
+        seen_types.add(kind)
+        examples.append((item_id, labels, catalog.similar(item_id, k=k)))
+        if len(examples) == 3:
+            break
+    return DemoResult(catalog=catalog, report=report, fallback=fallback, examples=examples)

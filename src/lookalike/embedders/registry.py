@@ -1,0 +1,86 @@
+"""Names users type (``resnet50``, ``timm:convnext_tiny``) mapped to backbones, pooling and weights.
+
+Like timm's own ``create_model``: the name picks the architecture and pretrained tag; pooling and weights
+are options; an unknown name fails with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UnknownModelError
+from .timm import TimmEmbedder, create_timm_embedder
+
+TIMM_PREFIX = "timm:"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    timm_name: str  # architecture.tag as timm knows it
+    pool: str | None  # global pooling; None keeps the model's own
+    description: str
+
+
+_REGISTRY: dict[str, ModelSpec] = {
+    "resnet50": ModelSpec(
+        "resnet50.tv_in1k", "max",
+        "ResNet-50, ImageNet weights, global max pooling, 2048-d (the seed notebooks' model; default)",
+    ),
+    "resnet50-avg": ModelSpec("resnet50.tv_in1k", "avg", "ResNet-50, ImageNet weights, global average pooling, 2048-d"),
+    "inception_v3": ModelSpec(
+        "inception_v3.tv_in1k", "avg", "Inception v3, ImageNet weights, average pooling, 2048-d (the seed IR system)",
+    ),
+    "efficientnet_b0": ModelSpec(
+        "efficientnet_b0.ra_in1k", "avg", "EfficientNet-B0, ImageNet weights, average pooling, 1280-d (fast)",
+    ),
+}
+
+DEFAULT_MODEL = "resnet50"
+
+
+def register(name: str, spec: ModelSpec) -> None:
+    """Add a named embedder (trained models register themselves here once they exist)."""
+    if name.startswith(TIMM_PREFIX):
+        raise ValueError(f"names starting with {TIMM_PREFIX!r} are reserved for timm models")
+    _REGISTRY[name] = spec
+
+
+def list_models() -> dict[str, ModelSpec]:
+    return dict(_REGISTRY)
+
+
+def resolve(name: str) -> ModelSpec:
+    """Look a name up; ``timm:<name>`` takes any timm model as is.
+
+    Raises:
+        UnknownModelError: the name is unknown; the message lists the valid ones.
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        timm_name = name[len(TIMM_PREFIX):]
+        if not timm_name or not timm.is_model(timm_name.split(".")[0]):
+            close = timm.list_models(f"*{timm_name.split('.')[0][:6]}*")[:8] if timm_name else []
+            hint = f"; similar timm models: {', '.join(close)}" if close else ""
+            raise UnknownModelError(f"unknown timm model {timm_name!r}{hint}")
+        return ModelSpec(timm_name, None, f"timm model {timm_name}")
+    raise UnknownModelError(
+        f"unknown model {name!r}; choose one of {', '.join(_REGISTRY)} or any timm model as timm:<name>"
+    )
+
+
+def create_embedder(name: str = DEFAULT_MODEL, weights: str | None = None) -> TimmEmbedder:
+    """Build an embedder by name.
+
+    ``weights``: None fetches the pretrained weights from the Hugging Face hub (or its cache);
+    a path loads a local ``.safetensors``/``.pth`` file; ``"random"`` gives seeded random weights
+    (for timing runs and offline demos only).
+
+    Raises:
+        UnknownModelError: unknown name.
+        ModelUnavailableError: weights cannot be had; the message says why and how to fix it.
+    """
+    spec = resolve(name)
+    return create_timm_embedder(name, spec.timm_name, pool=spec.pool, weights=weights)

@@ -1,0 +1,35 @@
+"""Errors a user can cause. Each message names the file or value and says what to do.
+
+The CLI prints ``str(error)`` on one line and exits with code 2; library callers catch
+``LookalikeError`` to handle every expected failure in one place.
+"""
+
+from __future__ import annotations
+
+
+class LookalikeError(Exception):
+    """Base class for every expected, user-fixable failure."""
+
+
+class ModelUnavailableError(LookalikeError):
+    """The embedder's weights could not be loaded (offline, missing file, wrong architecture)."""
+
+
+class UnknownModelError(LookalikeError):
+    """The embedder name is not in the registry and is not ``timm:<name>`` of a known timm model."""
+
+
+class CatalogError(LookalikeError):
+    """The catalog is missing, of an unknown format, or asked to mix models."""
+
+
+class SourceError(LookalikeError):
+    """The folder or manifest given as a source cannot be read."""
+
+
+class ImageError(LookalikeError):
+    """An image cannot be decoded: corrupt, truncated, empty, not an image, or too large."""
+
+
+class QueryError(LookalikeError):
+    """A search request is malformed: unknown item id, bad ``where`` filter, bad ``k``."""

@@ -1,0 +1,185 @@
+"""What to index: every image under a folder, or the rows of a CSV manifest with their labels.
+
+A manifest row names an image by ``id`` (the Kaggle ``styles.csv`` layout: id 15970 means
+``images/15970.jpg``) or by a ``path``/``file``/``filename``/``image`` column; every other column becomes
+a label. Images in the folder that no row names are still indexed, unlabelled, as a shop's catalog
+often has photos its spreadsheet lags behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SourceError
+from .images import IMAGE_EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath")
+ID_COLUMNS = ("id", "item_id", "sku", "product_id")
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One image to index: the id users will search by, where its file is, and its labels."""
+
+    id: str
+    path: Path
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SourceListing:
+    items: list[SourceItem]
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_source(source: str | Path, images: str | Path | None = None) -> SourceListing:
+    """List the images of a folder or a CSV manifest.
+
+    Raises:
+        SourceError: the source does not exist, or a manifest has no id or path column.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise SourceError(f"{source}: no such folder or manifest; pass a folder of images or a CSV file")
+    if source.is_dir():
+        if images is not None:
+            raise SourceError("--images is only for a CSV manifest; a folder source is scanned as is")
+        return SourceListing(items=_folder_items(source))
+    if source.suffix.lower() in (".csv", ".tsv", ".txt"):
+        return _manifest_items(source, Path(images) if images is not None else None)
+    raise SourceError(f"{source}: not a folder or a .csv manifest")
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, in a stable order (hidden folders skipped)."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            found.append(path)
+    return found
+
+
+def _folder_items(folder: Path) -> list[SourceItem]:
+    paths = find_images(folder)
+    stems = [p.relative_to(folder).with_suffix("").as_posix() for p in paths]
+    seen: dict[str, int] = {}
+    for stem in stems:
+        seen[stem] = seen.get(stem, 0) + 1
+    items = []
+    for path, stem in zip(paths, stems, strict=True):
+        # "shirts/a.jpg" is id "shirts/a"; if a.jpg and a.png both exist, each keeps its suffix.
+        item_id = stem if seen[stem] == 1 else path.relative_to(folder).as_posix()
+        items.append(SourceItem(id=item_id, path=path.resolve()))
+    return items
+
+
+def _manifest_items(manifest: Path, images: Path | None) -> SourceListing:
+    if images is None:
+        images = manifest.parent / "images" if (manifest.parent / "images").is_dir() else manifest.parent
+    if not images.is_dir():
+        raise SourceError(f"{images}: image folder not found; pass --images DIR for manifest {manifest.name}")
+    warnings: list[str] = []
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as fh:
+            sample = fh.read(4096)
+            fh.seek(0)
+            dialect = _sniff(sample)
+            rows = list(csv.reader(fh, dialect))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SourceError(f"{manifest}: cannot read manifest ({exc})") from exc
+    if not rows:
+        raise SourceError(f"{manifest}: manifest is empty; it needs a header row with an id or path column")
+    header = [h.strip() for h in rows[0]]
+    lower = [h.lower() for h in header]
+    path_col = next((lower.index(c) for c in PATH_COLUMNS if c in lower), None)
+    id_col = next((lower.index(c) for c in ID_COLUMNS if c in lower), None)
+    if path_col is None and id_col is None:
+        raise SourceError(
+            f"{manifest}: no id or path column in header {header[:8]}; name one of "
+            f"{', '.join(ID_COLUMNS + PATH_COLUMNS)}"
+        )
+    label_cols = [i for i in range(len(header)) if i not in (path_col, id_col) and header[i]]
+    by_stem = _index_folder(images)
+    items: list[SourceItem] = []
+    claimed: set[Path] = set()
+    missing = 0
+    for line_no, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) > len(header):
+            # Kaggle's styles.csv has unquoted commas in its last column: keep them there.
+            row = row[: len(header) - 1] + [",".join(row[len(header) - 1 :])]
+        elif len(row) < len(header):
+            row = row + [""] * (len(header) - len(row))
+        path = _row_path(row, path_col, id_col, (images, manifest.parent), by_stem)
+        if path is None:
+            missing += 1
+            if missing <= 5:
+                ref = row[path_col] if path_col is not None else row[id_col]
+                warnings.append(f"{manifest.name} line {line_no}: no image found for '{ref}' in {images}")
+            continue
+        item_id = row[id_col].strip() if id_col is not None else _stem_id(path, images)
+        labels = {header[i]: row[i].strip() for i in label_cols if row[i].strip()}
+        items.append(SourceItem(id=item_id, path=path.resolve(), labels=labels))
+        claimed.add(path.resolve())
+    if missing > 5:
+        warnings.append(f"{manifest.name}: {missing} rows in all name an image that is not in {images}")
+    ids = {item.id for item in items}
+    extra = 0
+    for path in find_images(images):
+        if path.resolve() in claimed:
+            continue
+        item_id = _stem_id(path, images)
+        if item_id in ids:
+            item_id = path.relative_to(images).as_posix()
+        items.append(SourceItem(id=item_id, path=path.resolve()))
+        extra += 1
+    if extra:
+        log.info("%d images in %s have no row in %s; indexed unlabelled", extra, images, manifest.name)
+    dupes = len(items) - len({item.id for item in items})
+    if dupes:
+        raise SourceError(f"{manifest}: {dupes} ids appear more than once; ids must be unique")
+    return SourceListing(items=items, warnings=warnings)
+
+
+def _sniff(sample: str) -> type[csv.Dialect] | csv.Dialect:
+    first = sample.splitlines()[0] if sample else ""
+    if "\t" in first and "," not in first:
+        return csv.excel_tab
+    return csv.excel
+
+
+def _index_folder(images: Path) -> dict[str, Path]:
+    """Map 'sub/15970' (relative path without suffix) to its file, for id lookups."""
+    out: dict[str, Path] = {}
+    for path in find_images(images):
+        out.setdefault(path.relative_to(images).with_suffix("").as_posix(), path)
+    return out
+
+
+def _row_path(row: list[str], path_col: int | None, id_col: int | None, roots: tuple[Path, Path],
+              by_stem: dict[str, Path]) -> Path | None:
+    if path_col is not None and row[path_col].strip():
+        candidate = Path(row[path_col].strip())
+        if candidate.is_absolute():
+            return candidate if candidate.is_file() else None
+        # Relative paths may be written from the image folder or from the manifest's own folder.
+        return next((root / candidate for root in roots if (root / candidate).is_file()), None)
+    if id_col is not None and row[id_col].strip():
+        return by_stem.get(row[id_col].strip())
+    return None
+
+
+def _stem_id(path: Path, images: Path) -> str:
+    try:
+        return path.relative_to(images).with_suffix("").as_posix()
+    except ValueError:
+        return path.stem
