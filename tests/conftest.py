@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny images made on the spot and timm's tiny test models, loaded once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+TINY_MODEL = "timm:test_resnet.r160_in1k"
+SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-products"
+
+# Tests never reach the network: a hub lookup that is not cached must fail fast.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def make_image(path: Path, color=(200, 30, 30), size=(96, 128), shape: str = "rect", fmt: str | None = None,
+               mode: str = "RGB", **save) -> Path:
+    """A small product-like picture: a coloured shape on white, saved in any format/mode."""
+    img = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    w, h = size
+    box = (w // 5, h // 5, 4 * w // 5, 4 * h // 5)
+    if shape == "ellipse":
+        draw.ellipse(box, fill=color)
+    elif shape == "stripes":
+        for x in range(0, w, 8):
+            draw.rectangle((x, 0, x + 3, h), fill=color)
+    else:
+        draw.rectangle(box, fill=color)
+    if mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt, **save)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder():
+    from lookalike.embedders import create_embedder
+
+    return create_embedder(TINY_MODEL, weights="random")
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path) -> Path:
+    """Twelve small photos: four colours x three shapes, some in subfolders."""
+    folder = tmp_path / "photos"
+    colors = {"red": (200, 30, 30), "green": (30, 160, 60), "blue": (30, 60, 200), "yellow": (230, 210, 40)}
+    for name, color in colors.items():
+        for shape in ("rect", "ellipse", "stripes"):
+            sub = folder / ("shoes" if shape == "stripes" else "")
+            make_image(sub / f"{name}-{shape}.jpg", color=color, shape=shape, quality=90)
+    return folder
+
+
+@pytest.fixture
+def shared_photos() -> Path:
+    if not (SHARED_PHOTOS / "images").is_dir():
+        pytest.skip("../shared/datasets/fashion-products is not beside the project")
+    return SHARED_PHOTOS
+
+
+def random_unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)

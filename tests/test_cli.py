@@ -1,0 +1,127 @@
+"""The `lookalike` command as users run it: subprocesses, exit codes, tables and JSON, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY_MODEL, make_image
+
+from lookalike import Catalog
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run([sys.executable, "-m", "lookalike.cli", *args], capture_output=True, text=True,
+                         cwd=cwd, env=ENV, timeout=300)
+    if check:
+        assert res.returncode == 0, res.stderr
+    return res
+
+
+@pytest.mark.slow
+def test_index_search_similar_status_from_the_command_line(tmp_path, photo_dir):
+    (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 garbage")
+    index = run("index", str(photo_dir), "--catalog", "shop.lk", "--model", TINY_MODEL, "--weights", "random",
+                "--workers", "1", cwd=tmp_path)
+    assert "indexed 12" in index.stdout and "failed 1" in index.stdout and "lookalike status" in index.stdout
+    found = json.loads(run("search", str(photo_dir / "red-rect.jpg"), "--catalog", "shop.lk", "-k", "3",
+                           "--json", cwd=tmp_path).stdout)
+    assert [set(m) >= {"id", "path", "distance", "similarity", "labels"} for m in found] == [True] * 3
+    assert found[0]["id"] == "red-rect"
+    similar = run("similar", "red-rect", "--catalog", "shop.lk", "-k", "4", cwd=tmp_path)
+    assert "similarity" in similar.stdout and "red-rect.jpg" not in similar.stdout
+    assert len([ln for ln in similar.stdout.splitlines() if ".jpg" in ln]) == 4
+    status = json.loads(run("status", "--catalog", "shop.lk", "--json", cwd=tmp_path).stdout)
+    assert status["items"] == 12 and status["failed"] == 1
+    assert status["failures"][0]["id"] == "broken" and status["failures"][0]["reason"]
+    table = run("status", "--catalog", "shop.lk", cwd=tmp_path).stdout
+    assert "broken" in table and "12 searchable, 1 failed" in table
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", [
+    (["similar", "nope", "--catalog", "shop.lk"], "unknown item id 'nope'"),
+    (["similar", "red-rect", "--catalog", "missing.lk"], "no catalog here"),
+    (["similar", "red-rect", "--catalog", "shop.lk", "--where", "size"], "label=value"),
+    (["search", "no-such.jpg", "--catalog", "shop.lk"], "no-such.jpg: file not found"),
+    (["index", "no-such-folder", "--catalog", "shop.lk"], "no such folder or manifest"),
+    (["index", ".", "--catalog", "shop.lk", "--model", "resnet50"], "cannot add resnet50 vectors"),
+])
+def test_user_errors_are_one_line_and_exit_2(tmp_path, photo_dir, tiny_embedder, args, message):
+    with Catalog.create(tmp_path / "shop.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
+        cat.add(photo_dir / "shoes")
+    res = run(*args, cwd=tmp_path, check=False)
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_every_command_has_help():
+    from lookalike.cli import _parser
+
+    parser = _parser()
+    for command in ("index", "search", "similar", "status", "models", "demo"):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([command, "--help"])
+        assert exit_info.value.code == 0
+
+
+@pytest.mark.slow
+def test_demo_works_offline_and_says_what_it_used(tmp_path):
+    res = run("demo", "--catalog", "demo.lk", cwd=tmp_path)
+    assert "note: cannot load weights for resnet50" in res.stdout
+    assert "random weights" in res.stdout
+    assert res.stdout.count("more like") == 3
+    assert "Next:" in res.stdout and "lookalike similar" in res.stdout
+    assert "indexed 46" in res.stdout
+    again = run("demo", "--catalog", "demo.lk", cwd=tmp_path)
+    assert "indexed 0, unchanged 46" in again.stdout
+
+
+def _committed(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.slow
+def test_killed_index_run_leaves_a_working_catalog_and_the_rerun_resumes(tmp_path):
+    photos = tmp_path / "many"
+    total = 240
+    for n in range(total):
+        make_image(photos / f"p{n:03d}.jpg", color=(n % 256, (7 * n) % 256, (13 * n) % 256),
+                   size=(640, 480), shape=["rect", "ellipse", "stripes"][n % 3], quality=90)
+    args = [sys.executable, "-m", "lookalike.cli", "index", str(photos), "--catalog", "k.lk", "--model", TINY_MODEL,
+            "--weights", "random", "--batch-size", "2", "--workers", "0", "-q"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    db = tmp_path / "k.lk" / "catalog.sqlite"
+    deadline = time.time() + 240
+    while _committed(db) < 20 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = _committed(db)
+    assert 0 < done < total, f"kill landed outside the run ({done} of {total} committed)"
+
+    with Catalog.open(tmp_path / "k.lk") as cat:  # opens, and its index is rebuilt from what was committed
+        assert len(cat) == done
+        first = cat.ids()[0]
+        assert len(cat.similar(first, k=5)) == 5
+
+    rerun = run("index", str(photos), "--catalog", "k.lk", "--json", "-q", cwd=tmp_path)
+    report = json.loads(rerun.stdout)
+    assert report["indexed"] == total - done
+    assert report["unchanged"] == done
+    with Catalog.open(tmp_path / "k.lk") as cat:
+        assert len(cat) == total

@@ -1,0 +1,167 @@
+"""Embedders: the registry, the three ways weights arrive (hub cache, local file, random), preprocessing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_MODEL, make_image
+from PIL import Image
+
+from lookalike.embedders import create_embedder, list_models, resolve
+from lookalike.errors import ModelUnavailableError, UnknownModelError
+from lookalike.images import load_image
+
+TIMM_NAME = TINY_MODEL.split(":", 1)[1]
+
+
+def test_registry_has_the_issue_models_with_their_pooling():
+    models = list_models()
+    assert {"resnet50", "resnet50-avg", "inception_v3", "efficientnet_b0"} <= set(models)
+    assert models["resnet50"].pool == "max"
+    assert models["resnet50-avg"].pool == "avg"
+    assert resolve("timm:convnext_tiny").timm_name == "convnext_tiny"
+
+
+def test_unknown_names_fail_with_the_valid_ones():
+    with pytest.raises(UnknownModelError, match="resnet50.*efficientnet_b0.*timm:<name>"):
+        resolve("resnet5O")
+    with pytest.raises(UnknownModelError, match="unknown timm model 'no_such_net'"):
+        resolve("timm:no_such_net")
+
+
+def test_vectors_are_unit_float32_of_the_model_width(tiny_embedder, tmp_path):
+    from lookalike.embed import Encoder
+
+    paths = [make_image(tmp_path / f"{i}.png", color=(40 * i, 90, 200 - 30 * i)) for i in range(3)]
+    enc = Encoder(tiny_embedder)
+    one = enc.encode(paths[0])
+    many = enc.encode(paths)
+    assert one.shape == (tiny_embedder.dim,) and one.dtype == np.float32
+    assert many.shape == (3, tiny_embedder.dim)
+    np.testing.assert_allclose(np.linalg.norm(many, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(one, many[0], atol=1e-5)
+
+
+def test_max_pooling_differs_from_average_pooling(tmp_path):
+    img = make_image(tmp_path / "a.png")
+    from lookalike.embed import Encoder
+
+    avg = create_embedder(TINY_MODEL, weights="random")
+    from lookalike.embedders.timm import create_timm_embedder
+
+    mx = create_timm_embedder("t", TIMM_NAME, pool="max", weights="random")
+    assert mx.info.pool == "max"
+    a, m = Encoder(avg).encode(img), Encoder(mx).encode(img)
+    assert not np.allclose(a, m)
+
+
+def _save_weights(path: Path, seed: int = 7) -> dict:
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = timm.create_model(TIMM_NAME, pretrained=False)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return state
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_local_weights_file_is_loaded_exactly(tmp_path, suffix):
+    state = _save_weights(tmp_path / f"w{suffix}")
+    emb = create_embedder(TINY_MODEL, weights=str(tmp_path / f"w{suffix}"))
+    loaded = emb.model.state_dict()
+    key = "conv1.0.weight" if "conv1.0.weight" in loaded else next(iter(loaded))
+    assert torch.equal(loaded[key], state[key])
+    assert emb.info.weights.startswith("file:")
+
+
+def test_missing_or_wrong_weights_file_is_one_clear_error(tmp_path):
+    with pytest.raises(ModelUnavailableError, match="not found"):
+        create_embedder(TINY_MODEL, weights=str(tmp_path / "nope.safetensors"))
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ModelUnavailableError, match=r"test_resnet.*bad\.pth"):
+        create_embedder(TINY_MODEL, weights=str(bad))
+
+
+def _cli(args: list[str], env_extra: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, "-m", "lookalike.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+
+
+@pytest.mark.slow
+def test_weights_come_from_a_hub_cache_offline(tmp_path, photo_dir):
+    """The real hub path: timm resolves the weights in HF_HOME's cache with HF_HUB_OFFLINE=1."""
+    home = tmp_path / "hf"
+    repo = home / "hub" / f"models--timm--{TIMM_NAME}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    state = _save_weights(repo / "snapshots" / commit / "model.safetensors", seed=11)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    _save_weights(tmp_path / "same.safetensors", seed=11)
+    env = {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    hub = _cli(["index", str(photo_dir), "--catalog", "hub.lk", "--model", TINY_MODEL, "-q"], env, tmp_path)
+    assert hub.returncode == 0, hub.stderr
+    status = _cli(["status", "--catalog", "hub.lk", "--json"], env, tmp_path)
+    assert f"hf-hub:timm/{TIMM_NAME}" in status.stdout
+    local = _cli(["index", str(photo_dir), "--catalog", "file.lk", "--model", TINY_MODEL, "--weights",
+                  str(tmp_path / "same.safetensors"), "-q"], env, tmp_path)
+    assert local.returncode == 0, local.stderr
+    from lookalike import Catalog
+
+    with Catalog.open(tmp_path / "hub.lk") as a, Catalog.open(tmp_path / "file.lk") as b:
+        for item in a.ids():
+            np.testing.assert_allclose(a.vector(item), b.vector(item), atol=1e-4)
+    assert state  # the cache held exactly the weights written above
+
+
+@pytest.mark.slow
+def test_uncached_weights_offline_fail_in_one_line_and_write_nothing(tmp_path, photo_dir):
+    env = {"HF_HOME": str(tmp_path / "empty-hf"), "HF_HUB_OFFLINE": "1"}
+    res = _cli(["index", str(photo_dir), "--catalog", "x.lk", "--model", TINY_MODEL], env, tmp_path)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert TIMM_NAME in lines[0] and "HF_HUB_OFFLINE" in lines[0] and "--weights" in lines[0]
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "x.lk").exists()
+
+
+def test_preprocessing_is_the_models_own_transform(tiny_embedder, tmp_path):
+    img = load_image(make_image(tmp_path / "a.jpg", size=(300, 400), shape="ellipse", quality=95))
+    ours = tiny_embedder.tensor(img)
+    theirs = tiny_embedder.timm_transform(img)
+    assert ours.shape == theirs.shape == (3, 160, 160)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [TINY_MODEL, "resnet50", "inception_v3", "efficientnet_b0"])
+def test_preprocessing_matches_timm_on_a_real_photo(shared_photos, model):
+    """On a real product photo: equal to timm's own transform on a full decode, and close with draft."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    photo = sorted((shared_photos / "images").glob("*.jpg"))[0]
+    emb = create_embedder(model, weights="random")
+    reference = create_transform(**resolve_data_config({}, model=timm.create_model(emb.info.timm_name)))
+    with Image.open(photo) as im:
+        expected = reference(im.convert("RGB"))
+    full = emb.tensor(load_image(photo))
+    assert torch.equal(full, expected)
+    drafted = emb.tensor(load_image(photo, draft_size=emb.draft_size))
+    assert drafted.shape == expected.shape
+    # DCT downscaling changes pixels slightly, not the picture: about one grey level on average.
+    assert (drafted - expected).abs().mean().item() < 0.05
