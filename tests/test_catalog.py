@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL, make_image
 from PIL import Image
 
+from conftest import TINY_MODEL, make_image
 from lookalike import Catalog, CatalogError, EncodeOptions, QueryError
 
 INLINE = EncodeOptions(workers=0, batch_size=4, progress=False)

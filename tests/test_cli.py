@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_MODEL, make_image
 
+from conftest import TINY_MODEL, make_image
 from lookalike import Catalog
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

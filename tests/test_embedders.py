@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL, make_image
 from PIL import Image
 
+from conftest import TINY_MODEL, make_image
 from lookalike.embedders import create_embedder, list_models, resolve
 from lookalike.errors import ModelUnavailableError, UnknownModelError
 from lookalike.images import load_image

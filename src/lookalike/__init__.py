@@ -8,8 +8,8 @@
 
 from .catalog import Catalog, CatalogStatus, IndexReport
 from .config import EmbedderInfo, EncodeOptions
-from .embedders import create_embedder, list_models
 from .embed import Encoder
+from .embedders import create_embedder, list_models
 from .errors import (
     CatalogError,
     ImageError,

@@ -74,7 +74,7 @@ def to_rgb(img: Image.Image, *, draft_size: int | None = None, max_pixels: int =
     width, height = img.size
     if width * height > max_pixels:
         raise ImageError(
-            f"image is {width}x{height} = {width * height / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP "
+            f"image is {width}x{height} = {width * height / 1e6:g} MP, over the {max_pixels / 1e6:g} MP "
             "limit (raise it with --max-pixels if the file is trusted)"
         )
     if width == 0 or height == 0:
@@ -116,7 +116,8 @@ def _mode_to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def load_image(image: ImageInput, *, draft_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(image: ImageInput, *, draft_size: int | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Accept what a user has at hand (a path, raw bytes or a PIL image) and return RGB.
 
     Raises:
