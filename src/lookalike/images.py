@@ -98,7 +98,8 @@ def _mode_to_rgb(img: Image.Image) -> Image.Image:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit grey: Pillow's own convert clips at 255 and would make the picture white.
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        # I;16 files span 0-65535 by definition; plain "I" may hold 8-bit data, so look at its range.
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
         arr = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "L").convert("RGB")
     if mode == "F":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,12 +135,12 @@ def _manifest_items(manifest: Path, images: Path | None) -> SourceListing:
     if missing > 5:
         warnings.append(f"{manifest.name}: {missing} rows in all name an image that is not in {images}")
     ids = {item.id for item in items}
+    unclaimed = [path for path in find_images(images) if path.resolve() not in claimed]
+    stems = Counter(_stem_id(path, images) for path in unclaimed)
     extra = 0
-    for path in find_images(images):
-        if path.resolve() in claimed:
-            continue
+    for path in unclaimed:
         item_id = _stem_id(path, images)
-        if item_id in ids:
+        if item_id in ids or stems[item_id] > 1:  # a.jpg and a.png both unlisted: each keeps its suffix
             item_id = path.relative_to(images).as_posix()
         items.append(SourceItem(id=item_id, path=path.resolve()))
         extra += 1
@@ -179,7 +181,12 @@ def _row_path(row: list[str], path_col: int | None, id_col: int | None, roots: t
 
 
 def _stem_id(path: Path, images: Path) -> str:
-    try:
-        return path.relative_to(images).with_suffix("").as_posix()
-    except ValueError:
-        return path.stem
+    # A row's path may be spelled from the manifest's folder, or absolutely, while ``images`` is spelled
+    # the other way: compare like with like before falling back to the bare file name.
+    for file, root in ((path, images), (Path(os.path.abspath(path)), Path(os.path.abspath(images))),
+                       (path.resolve(), images.resolve())):
+        try:
+            return file.relative_to(root).with_suffix("").as_posix()
+        except ValueError:
+            continue
+    return path.stem

@@ -1,0 +1,481 @@
+"""Index throughput, query speed and reduced-precision recall of lookalike against the seed notebooks' way.
+
+What it measures, all in one run on the same machine:
+
+* **Indexing, ours**: ``Catalog.create(tmp/"bench.lk", model="resnet50", weights="random")`` then
+  ``catalog.add(images_folder, options=EncodeOptions(...))``, timed end to end from JPEG files on disk to a
+  saved catalog (listing, hashing, decoding in worker processes, batched embedding, SQLite writes, FAISS
+  index build and save). Images/s = photos indexed / seconds. The model is built before the clock starts.
+* **Indexing, baseline** (the seed notebooks' way): one photo at a time,
+  ``PIL.Image.open(path).convert("RGB")`` (full decode), ``resize((224, 224))``, float32 tensor normalised
+  with the ImageNet mean/std, a float32 batch-of-one forward of the same timm ResNet-50
+  (``num_classes=0, global_pool="max"``, random weights, seed 0, plain contiguous NCHW, no autocast) on the
+  same device, vectors appended to a list, then scikit-learn
+  ``NearestNeighbors(algorithm="brute", metric="euclidean")`` fitted on the stacked vectors.
+  ``--baseline-limit N`` times it on the first N photos only: the rate is what matters.
+* **100 "similar" queries**: ours = ``catalog.similar(item_id, k=10)``; baseline =
+  ``nn.kneighbors(vectors[i:i+1], n_neighbors=11)``, one at a time as the seed does, for the same 100 items
+  (cycling when the catalog has fewer). Each is warmed up once first. The baseline's neighbour index always
+  holds as many vectors as the catalog (its own when it embedded every photo, else the catalog's vectors,
+  which cost the same to search), so both search the same amount of data.
+* **Precision**: one extra indexing run in fp32 (its images/s shows what the automatic precision buys), then
+  recall@10 of the automatic precision's neighbour lists against fp32's (exact inner-product kNN over all
+  distinct photos, each without itself). bf16 may only be the automatic default while this is >= 0.98.
+
+Fairness: every photo is read once before any timing, so no run pays disk reads the others do not. One
+untimed ``add`` of a few photos into a throwaway catalog pays the process's one-time start-up costs (lazy
+initialisation in PyTorch, oneDNN, FAISS, SQLite), so they are not billed to whichever timed run comes
+first; each timed run still starts its own catalog, model placement and decoding workers, and its first
+full batch runs cold. The baseline model gets one warm-up forward before its clock starts.
+
+Run it from the repository root (the package installed, e.g. ``pip install -e .[bench]``)::
+
+    python benchmarks/index_throughput.py                          # CPU, the 364 photos of the dataset
+    python benchmarks/index_throughput.py --limit 40 --baseline-limit 20   # a quick smoke run
+    python benchmarks/index_throughput.py --repeat 5000 --device cuda     # GPU: 5,000 files
+    python benchmarks/index_throughput.py --repeat 5000 --device cuda --baseline-limit 500  # faster baseline
+
+``--repeat N`` hard-links (or copies) the photos under distinct names (``r0_<name>``, ``r1_<name>``, ...)
+into a temporary folder until there are N files. Copies of one photo have equal content, so ``similar``
+leaves them out of each other's results and recall counts each distinct photo once. Random weights make
+the figures timing-only: the neighbours are not meaningful as recommendations, but the arithmetic and its
+precision are the real model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lookalike import Catalog, EncodeOptions, LookalikeError
+from lookalike.embed import default_workers
+from lookalike.embedders.registry import resolve
+from lookalike.sources import find_images
+
+MODEL = "resnet50"
+WEIGHTS = "random"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO_ROOT / ".." / "shared" / "datasets" / "fashion-products"
+QUERIES = 100
+K = 10
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BASELINE_SIZE = (224, 224)
+TARGET_INDEX_RATIO = 3.0
+TARGET_QUERY_RATIO = 5.0
+MIN_RECALL = 0.98
+
+
+@dataclass
+class IndexRun:
+    """One timed indexing run through the library."""
+
+    precision: str
+    device: str
+    batch_size: int
+    workers: int
+    images: int
+    failed: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class BaselineRun:
+    """The seed notebooks' one-at-a-time indexing, timed."""
+
+    device: str
+    images: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class PrecisionCheck:
+    """Neighbour lists of the automatic precision compared with fp32 ones."""
+
+    precision: str
+    items: int
+    recall_at_10: float
+    mean_cosine: float
+    min_cosine: float
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Index throughput, query speed and bf16 recall of lookalike against the seed method.")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="dataset folder with images/*.jpg (default: %(default)s)")
+    parser.add_argument("--repeat", type=int, default=0, metavar="N",
+                        help="hard-link the photos under distinct names until there are at least N files")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: chosen from the device")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding processes; default: from the cores")
+    parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (default: auto)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N photos")
+    parser.add_argument("--skip-baseline", action="store_true",
+                        help="skip the slow one-at-a-time baseline indexing (its query timing still runs)")
+    parser.add_argument("--baseline-limit", type=int, default=None, metavar="N",
+                        help="time the baseline indexing on the first N photos only (default: all)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures here")
+    args = parser.parse_args(argv)
+    for name in ("repeat", "limit", "baseline_limit", "batch_size", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name in ("repeat", "workers") else 1):
+            parser.error(f"--{name.replace('_', '-')} {value}: too small")
+    return args
+
+
+# -- the photos --------------------------------------------------------------------------------------
+
+
+def source_photos(data: Path, limit: int | None) -> tuple[Path, list[Path]]:
+    """The image folder of a dataset and its photos in the catalog's own listing order."""
+    folder = data / "images" if (data / "images").is_dir() else data
+    if not folder.is_dir():
+        raise SystemExit(f"{data}: no such dataset folder; pass --data DIR")
+    photos = find_images(folder)
+    if not photos:
+        raise SystemExit(f"{folder}: no images found")
+    return folder, photos[:limit] if limit else photos
+
+
+def stage_photos(folder: Path, photos: list[Path], repeat: int, limited: bool, workdir: Path) -> Path:
+    """The folder to index: the dataset's own when it is used whole, else hard links in ``workdir``."""
+    if not limited and repeat <= len(photos):
+        return folder
+    staged = workdir / "photos"
+    staged.mkdir()
+    total = max(repeat, len(photos))
+    for n in range(total):
+        photo = photos[n % len(photos)]
+        name = "_".join(photo.relative_to(folder).parts)
+        if repeat > len(photos):
+            name = f"r{n // len(photos)}_{name}"
+        _link_or_copy(photo, staged / name)
+    return staged
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # not a symlink: the catalog resolves those back to one path
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def warm_file_cache(files: list[Path]) -> None:
+    """Read every file once so the first timed run pays no disk reads the later ones do not."""
+    for path in files:
+        path.read_bytes()
+
+
+# -- ours --------------------------------------------------------------------------------------------
+
+
+def effective_workers(options: EncodeOptions, batch_size: int, count: int) -> int:
+    """The decoding processes ``encode_files`` will start for ``count`` files (its own rule, mirrored)."""
+    workers = default_workers() if options.workers is None else options.workers
+    return min(workers, max(1, count // max(1, batch_size))) if workers else 0
+
+
+def new_catalog(path: Path, options: EncodeOptions, count: int) -> tuple[Catalog, IndexRun]:
+    """An empty catalog with its model already on the device, and the settings its indexing will use."""
+    catalog = Catalog.create(path, model=MODEL, weights=WEIGHTS)
+    encoder = catalog.encoder(options)  # places the model before the clock starts; ``add`` reuses it
+    run = IndexRun(precision=encoder.precision, device=str(encoder.device), batch_size=encoder.batch_size,
+                   workers=effective_workers(options, encoder.batch_size, count), images=0, failed=0,
+                   seconds=0.0)
+    return catalog, run
+
+
+def time_add(catalog: Catalog, folder: Path, options: EncodeOptions, run: IndexRun) -> None:
+    """Index every photo of ``folder``, end to end to a saved catalog, and record it in ``run``."""
+    started = time.perf_counter()
+    report = catalog.add(folder, options=options)
+    run.seconds = time.perf_counter() - started
+    run.images, run.failed = report.indexed, report.failed
+
+
+def time_ours_queries(catalog: Catalog, ids: list[str]) -> float:
+    """Seconds for ``similar`` on every id, after one warm-up query."""
+    catalog.similar(ids[0], k=K)
+    started = time.perf_counter()
+    for item_id in ids:
+        catalog.similar(item_id, k=K)
+    return time.perf_counter() - started
+
+
+# -- the baseline ------------------------------------------------------------------------------------
+
+
+def baseline_model(device: torch.device) -> torch.nn.Module:
+    """The seed's ResNet-50 with global max pooling, random weights from seed 0, float32, NCHW."""
+    import timm
+
+    spec = resolve(MODEL)
+    torch.manual_seed(0)
+    model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, global_pool="max")
+    return model.to(device).eval()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def index_baseline(files: list[Path], device: torch.device) -> tuple[BaselineRun, np.ndarray]:
+    """Embed photos one at a time as the seed notebooks do, then fit a brute-force neighbour index.
+
+    Returns the run and the stacked vectors.
+    """
+    from PIL import Image
+    from sklearn.neighbors import NearestNeighbors
+
+    model = baseline_model(device)
+    mean = np.array(IMAGENET_MEAN, dtype=np.float32)
+    std = np.array(IMAGENET_STD, dtype=np.float32)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, *BASELINE_SIZE, device=device))  # warm-up, outside the clock
+    _sync(device)
+    started = time.perf_counter()
+    vectors: list[np.ndarray] = []
+    with torch.no_grad():
+        for path in files:
+            img = Image.open(path).convert("RGB").resize(BASELINE_SIZE)
+            arr = (np.asarray(img, dtype=np.float32) / 255.0 - mean) / std
+            x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0).to(device)
+            vectors.append(model(x)[0].cpu().numpy())
+    matrix = np.stack(vectors)
+    NearestNeighbors(algorithm="brute", metric="euclidean").fit(matrix)
+    seconds = time.perf_counter() - started
+    return BaselineRun(device=str(device), images=len(files), seconds=seconds), matrix
+
+
+def time_baseline_queries(matrix: np.ndarray, rows: list[int]) -> float:
+    """Seconds for one ``kneighbors`` call per row, as the seed does, after one warm-up query."""
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(algorithm="brute", metric="euclidean").fit(matrix)
+    nn.kneighbors(matrix[rows[0]:rows[0] + 1], n_neighbors=K + 1)
+    started = time.perf_counter()
+    for i in rows:
+        nn.kneighbors(matrix[i:i + 1], n_neighbors=K + 1)
+    return time.perf_counter() - started
+
+
+# -- precision ---------------------------------------------------------------------------------------
+
+
+def distinct_vectors(catalog: Catalog) -> dict[str, np.ndarray]:
+    """Stored vector per item id, one item per distinct file content (copies would tie as neighbours)."""
+    keys, matrix = catalog.store.vectors(catalog.config.embedder.dim)
+    row_of = {int(key): row for row, key in enumerate(keys.tolist())}
+    out: dict[str, np.ndarray] = {}
+    seen: set[str] = set()
+    for key, item_id, _path, sha in catalog.store.ok_items():
+        if sha is not None and sha in seen:
+            continue
+        if sha is not None:
+            seen.add(sha)
+        out[item_id] = matrix[row_of[key]]
+    return out
+
+
+def neighbours(matrix: np.ndarray, k: int) -> np.ndarray:
+    """Exact inner-product top-k rows per row, leaving each row itself out (order within top-k unsorted)."""
+    sims = matrix @ matrix.T
+    np.fill_diagonal(sims, -np.inf)
+    return np.argpartition(-sims, k - 1, axis=1)[:, :k]
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    hits = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(found, truth, strict=True)]
+    return float(np.mean(hits) / k) if hits else float("nan")
+
+
+def compare_precision(ours: Catalog, fp32: Catalog, precision: str) -> PrecisionCheck:
+    a, b = distinct_vectors(ours), distinct_vectors(fp32)
+    ids = [i for i in a if i in b]
+    if len(ids) < 2:
+        raise SystemExit("too few distinct photos to compare neighbour lists")
+    ma = np.stack([a[i] for i in ids]).astype(np.float32)
+    mb = np.stack([b[i] for i in ids]).astype(np.float32)
+    k = min(K, len(ids) - 1)
+    cosines = (ma * mb).sum(axis=1)
+    return PrecisionCheck(precision=precision, items=len(ids),
+                          recall_at_10=recall_at_k(neighbours(ma, k), neighbours(mb, k)),
+                          mean_cosine=float(cosines.mean()), min_cosine=float(cosines.min()))
+
+
+# -- report ------------------------------------------------------------------------------------------
+
+
+def _ratio(ours: float | None, base: float | None) -> float | None:
+    return ours / base if ours and base else None
+
+
+def _verdict(value: float | None, target: float) -> str:
+    if value is None:
+        return ""
+    return "ok" if value >= target else "BELOW TARGET"
+
+
+def summary_lines(ours: IndexRun, fp32: IndexRun | None, baseline: BaselineRun | None, query_ms: float,
+                  baseline_query_ms: float, check: PrecisionCheck | None) -> list[str]:
+    lines = []
+    if baseline is not None:
+        ratio = _ratio(ours.rate, baseline.rate)
+        lines.append(f"index  ours: {ours.rate:.1f} img/s   baseline: {baseline.rate:.1f} img/s   "
+                     f"ratio {ratio:.1f}x (target >= {TARGET_INDEX_RATIO:g}x) "
+                     f"{_verdict(ratio, TARGET_INDEX_RATIO)}")
+    else:
+        lines.append(f"index  ours: {ours.rate:.1f} img/s   baseline: skipped")
+    if fp32 is not None:
+        lines.append(f"index  ours {ours.precision}: {ours.rate:.1f} img/s   ours fp32: {fp32.rate:.1f} img/s"
+                     f"   {ours.precision} speed-up {_ratio(ours.rate, fp32.rate):.2f}x")
+    qratio = _ratio(baseline_query_ms, query_ms)
+    lines.append(f"similar x{QUERIES}  ours: {query_ms:.1f} ms   baseline: {baseline_query_ms:.1f} ms   "
+                 f"ratio {qratio:.0f}x (target >= {TARGET_QUERY_RATIO:g}x) "
+                 f"{_verdict(qratio, TARGET_QUERY_RATIO)}")
+    if check is not None:
+        verdict = "ok" if check.recall_at_10 >= MIN_RECALL else "TOO LOW"
+        lines.append(f"recall@10 {check.precision} vs fp32: {check.recall_at_10:.3f} "
+                     f"(needs >= {MIN_RECALL} to be the default) {verdict}   "
+                     f"[{check.items} distinct photos, vector cosine mean {check.mean_cosine:.5f}, "
+                     f"min {check.min_cosine:.5f}]")
+    else:
+        lines.append("recall@10: not checked (the run already used fp32)")
+    return lines
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+# -- main --------------------------------------------------------------------------------------------
+
+
+def warm_up_process(folder: Path, files: list[Path], options: EncodeOptions, workdir: Path) -> None:
+    """Untimed: index a few photos once so one-time process start-up is billed to no timed run."""
+    few = workdir / "warm-up"
+    few.mkdir()
+    for path in files[:4]:
+        _link_or_copy(path, few / "_".join(path.relative_to(folder).parts))
+    with Catalog.create(workdir / "warm-up.lk", model=MODEL, weights=WEIGHTS) as catalog:
+        catalog.add(few, options=options)
+        catalog.similar(catalog.ids()[0], k=K)
+
+
+def check_precision(ours: Catalog, run: IndexRun, folder: Path, options: EncodeOptions, count: int,
+                    workdir: Path) -> tuple[IndexRun, PrecisionCheck]:
+    """Index the same photos again in fp32 (timed too) and compare neighbour lists with ``ours``."""
+    fp32_options = EncodeOptions(**{**asdict(options), "precision": "fp32"})
+    fp32_catalog, fp32_run = new_catalog(workdir / "bench-fp32.lk", fp32_options, count)
+    with fp32_catalog:
+        time_add(fp32_catalog, folder, fp32_options, fp32_run)
+        say(f"ours fp32  {fp32_run.images} images in {fp32_run.seconds:.2f} s = {fp32_run.rate:.1f} img/s")
+        check = compare_precision(ours, fp32_catalog, run.precision)
+    say(f"precision  recall@10 {run.precision} vs fp32 over {check.items} distinct photos: "
+        f"{check.recall_at_10:.3f}")
+    return fp32_run, check
+
+
+def query_timings(ours: Catalog, baseline_matrix: np.ndarray | None) -> tuple[float, float, int]:
+    """(ours seconds, baseline seconds, catalog size) for the same 100 items, cycling through the ids."""
+    ids = ours.ids()
+    query_s = time_ours_queries(ours, [ids[i % len(ids)] for i in range(QUERIES)])
+    if baseline_matrix is None or len(baseline_matrix) != len(ids):
+        _, baseline_matrix = ours.store.vectors(ours.config.embedder.dim)  # same size: same search cost
+    baseline_s = time_baseline_queries(baseline_matrix, [i % len(baseline_matrix) for i in range(QUERIES)])
+    return query_s, baseline_s, len(ids)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    folder, photos = source_photos(args.data.resolve(), args.limit)
+    options = EncodeOptions(device=args.device, precision=args.precision, batch_size=args.batch_size,
+                            workers=args.workers, progress=False)
+    figures: dict = {"model": MODEL, "weights": WEIGHTS, "torch_threads": torch.get_num_threads()}
+    fp32_run: IndexRun | None = None
+    check: PrecisionCheck | None = None
+    baseline: BaselineRun | None = None
+    baseline_matrix: np.ndarray | None = None
+    with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
+        workdir = Path(tmp)
+        indexed = stage_photos(folder, photos, args.repeat, args.limit is not None, workdir)
+        files = find_images(indexed)
+        warm_file_cache(files)
+        say(f"data       {indexed}: {len(files)} files, made from {len(photos)} photos of {folder}")
+        say(f"model      {MODEL}, random weights (timing only)")
+        warm_up_process(indexed, files, options, workdir)
+
+        ours, run = new_catalog(workdir / "bench.lk", options, len(files))
+        with ours:
+            say(f"device     {run.device}   torch threads {torch.get_num_threads()}   "
+                f"workers {run.workers}   precision {run.precision}   batch size {run.batch_size}")
+            time_add(ours, indexed, options, run)
+            say(f"ours       {run.images} images in {run.seconds:.2f} s = {run.rate:.1f} img/s "
+                f"({run.precision})" + (f", {run.failed} failed" if run.failed else ""))
+            if run.images < 2:
+                raise SystemExit("fewer than 2 photos could be indexed; nothing to compare")
+            if run.precision != "fp32":
+                fp32_run, check = check_precision(ours, run, indexed, options, len(files), workdir)
+            if not args.skip_baseline:
+                subset = files[:args.baseline_limit] if args.baseline_limit else files
+                baseline, baseline_matrix = index_baseline(subset, torch.device(run.device))
+                say(f"baseline   {baseline.images} images in {baseline.seconds:.2f} s = {baseline.rate:.1f} "
+                    f"img/s (one at a time, fp32, {baseline.device})")
+            query_s, baseline_query_s, items = query_timings(ours, baseline_matrix)
+
+    figures["ours"] = {**asdict(run), "images_per_s": run.rate}
+    if fp32_run is not None and check is not None:
+        figures["ours_fp32"] = {**asdict(fp32_run), "images_per_s": fp32_run.rate}
+        figures["precision_check"] = asdict(check)
+    if baseline is not None:
+        figures["baseline"] = {**asdict(baseline), "images_per_s": baseline.rate}
+    figures["similar"] = {"queries": QUERIES, "k": K, "catalog_items": items,
+                          "ours_ms": query_s * 1e3, "baseline_ms": baseline_query_s * 1e3}
+    figures["index_ratio"] = _ratio(run.rate, baseline.rate if baseline else None)
+    figures["similar_ratio"] = _ratio(baseline_query_s, query_s)
+    say("")
+    for line in summary_lines(run, fp32_run, baseline, query_s * 1e3, baseline_query_s * 1e3, check):
+        say(line)
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        say(f"figures written to {args.json}")
+    return 0
+
+
+def cli() -> int:
+    try:
+        return main()
+    except LookalikeError as exc:  # a bad --device/--precision/--batch-size, an unreadable source
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,417 @@
+"""What gets indexed: folders of images and CSV/TSV manifests (Kaggle styles.csv and path manifests)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import make_image
+from lookalike.errors import SourceError
+from lookalike.sources import SourceItem, read_source
+
+KAGGLE_HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
+KAGGLE_COLUMNS = KAGGLE_HEADER.split(",")[1:]
+
+
+def ids(listing) -> list[str]:
+    return [item.id for item in listing.items]
+
+
+def by_id(listing) -> dict[str, SourceItem]:
+    out = {item.id: item for item in listing.items}
+    assert len(out) == len(listing.items)
+    return out
+
+
+def image(path: Path, **kw) -> Path:
+    """A tiny real image at ``path`` (format from the suffix)."""
+    return make_image(path, size=(16, 16), **kw)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- folders ----------------------------------------------------------------------------------------------
+
+def test_folder_ids_are_relative_paths_without_suffix(photo_dir):
+    listing = read_source(photo_dir)
+    expected = {f"{c}-{s}" for c in ("red", "green", "blue", "yellow") for s in ("rect", "ellipse")}
+    expected |= {f"shoes/{c}-stripes" for c in ("red", "green", "blue", "yellow")}
+    assert set(ids(listing)) == expected
+    assert listing.warnings == []
+    item = by_id(listing)["shoes/red-stripes"]
+    assert item.path == (photo_dir / "shoes" / "red-stripes.jpg").resolve()
+    assert item.path.is_absolute() and item.path.is_file()
+    assert item.labels == {}
+
+
+EXTENSIONS = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "JPG", "JPEG", "Png", "TIFF", "WebP"]
+
+
+@pytest.mark.parametrize("ext", EXTENSIONS)
+def test_folder_lists_every_image_extension_case_insensitively(tmp_path, ext):
+    image(tmp_path / "pics" / "deep" / "er" / f"item.{ext}")
+    listing = read_source(tmp_path / "pics")
+    assert ids(listing) == ["deep/er/item"]
+    assert listing.items[0].path.name == f"item.{ext}"
+
+
+def test_folder_lists_all_extensions_together_recursively(tmp_path):
+    root = tmp_path / "shop"
+    for i, ext in enumerate(EXTENSIONS):
+        image(root / ("sub" if i % 2 else "") / f"p{i:02d}.{ext}")
+    listing = read_source(root)
+    expected = {("sub/" if i % 2 else "") + f"p{i:02d}" for i in range(len(EXTENSIONS))}
+    assert set(ids(listing)) == expected
+    assert len(listing.items) == len(EXTENSIONS)
+
+
+def test_folder_ignores_non_images_and_hidden_things(tmp_path):
+    root = tmp_path / "shop"
+    image(root / "keep.jpg")
+    image(root / "sub" / "keep2.png")
+    write(root / "notes.txt", "not an image")
+    write(root / "styles.csv", "id,name\n1,x\n")
+    write(root / "README", "hello")
+    shutil.copy(root / "keep.jpg", root / "keep.jpg.bak")  # image bytes, but not an image name
+    image(root / ".thumbnails" / "keep.jpg")  # hidden folder
+    image(root / "sub" / ".cache" / "deep" / "x.png")  # hidden folder further down
+    shutil.copy(root / "keep.jpg", root / "._keep.jpg")  # macOS resource-fork junk beside the photo
+    (root / "album.jpg").mkdir()  # a folder with an image suffix is not a file to decode...
+    image(root / "album.jpg" / "inside.jpg")  # ...but what is inside it is
+    listing = read_source(root)
+    assert sorted(ids(listing)) == ["album.jpg/inside", "keep", "sub/keep2"]
+    assert all(item.path.is_file() for item in listing.items)
+
+
+def test_hidden_parent_of_the_source_itself_does_not_hide_it(tmp_path):
+    root = tmp_path / ".config" / "shop"  # only parts below the source count
+    image(root / "a.jpg")
+    assert ids(read_source(root)) == ["a"]
+
+
+def test_colliding_stems_keep_their_suffix(tmp_path):
+    root = tmp_path / "shop"
+    for name in ("a.jpg", "a.png", "b.jpg", "sub/a.jpg", "c.JPG", "c.jpeg"):
+        image(root / name)
+    listing = read_source(root)
+    assert sorted(ids(listing)) == ["a.jpg", "a.png", "b", "c.JPG", "c.jpeg", "sub/a"]
+    items = by_id(listing)
+    assert items["a.png"].path == (root / "a.png").resolve()
+    assert items["sub/a"].path == (root / "sub" / "a.jpg").resolve()
+
+
+def test_folder_order_is_stable_whatever_the_creation_order(tmp_path):
+    names = ["b.jpg", "a.png", "sub/z.jpg", "sub/a.jpg", "c.gif", "A2.bmp", "sub/deeper/m.webp"]
+    first, second = tmp_path / "one", tmp_path / "two"
+    for name in names:
+        image(first / name)
+    for name in reversed(names):
+        image(second / name)
+    listing = ids(read_source(first))
+    assert listing == ids(read_source(first))  # same answer twice
+    assert listing == ids(read_source(second))  # and independent of the order files were written
+    flat = [i for i in listing if "/" not in i]
+    assert flat == sorted(flat)
+
+
+def test_empty_folder_gives_no_items(tmp_path):
+    (tmp_path / "empty").mkdir()
+    write(tmp_path / "empty" / "notes.txt", "x")
+    assert read_source(tmp_path / "empty").items == []
+
+
+def test_images_option_is_refused_for_a_folder_source(photo_dir, tmp_path):
+    with pytest.raises(SourceError, match="--images"):
+        read_source(photo_dir, images=tmp_path)
+
+
+def test_missing_source_raises_naming_it(tmp_path):
+    missing = tmp_path / "no-such-shop"
+    with pytest.raises(SourceError) as info:
+        read_source(missing)
+    assert str(missing) in str(info.value)
+    with pytest.raises(SourceError):
+        read_source(tmp_path / "no-such.csv")
+
+
+def test_a_file_that_is_neither_folder_nor_manifest_is_refused(tmp_path):
+    path = image(tmp_path / "one.jpg")
+    with pytest.raises(SourceError) as info:
+        read_source(path)
+    assert str(path) in str(info.value)
+
+
+# --- Kaggle styles.csv ---------------------------------------------------------------------------------------
+
+def kaggle(tmp_path: Path, rows: list[str], images: list[str]) -> Path:
+    """``styles.csv`` with the Kaggle header and ``rows``, and ``images/<name>`` beside it."""
+    root = tmp_path / "fashion"
+    for name in images:
+        image(root / "images" / name)
+    return write(root / "styles.csv", KAGGLE_HEADER + "\n" + "".join(r + "\n" for r in rows))
+
+
+ROW_15970 = "15970,Men,Apparel,Topwear,Shirts,Navy Blue,Fall,2011,Casual,Turtle Check Men Navy Blue Shirt"
+ROW_39386 = "39386,Men,Apparel,Bottomwear,Jeans,Blue,Summer,2012,Casual,Peter England Men Party Blue Jeans"
+
+
+def test_kaggle_labels_are_read(tmp_path):
+    styles = kaggle(tmp_path, [ROW_15970, ROW_39386], ["15970.jpg", "39386.jpg"])
+    listing = read_source(styles)
+    assert ids(listing) == ["15970", "39386"]
+    assert listing.warnings == []
+    item = by_id(listing)["15970"]
+    assert item.path == (styles.parent / "images" / "15970.jpg").resolve()
+    assert item.labels == dict(zip(KAGGLE_COLUMNS, ROW_15970.split(",")[1:], strict=True))
+    assert by_id(listing)["39386"].labels["articleType"] == "Jeans"
+    assert "id" not in item.labels
+
+
+def test_kaggle_image_without_a_row_is_listed_unlabelled(tmp_path):
+    styles = kaggle(tmp_path, [ROW_15970], ["15970.jpg", "99999.jpg", "extra/12345.png"])
+    listing = read_source(styles)
+    items = by_id(listing)
+    assert set(items) == {"15970", "99999", "extra/12345"}
+    assert items["99999"].labels == {} and items["extra/12345"].labels == {}
+    assert items["99999"].path == (styles.parent / "images" / "99999.jpg").resolve()
+    assert items["15970"].labels["baseColour"] == "Navy Blue"
+
+
+def test_kaggle_unlisted_images_with_the_same_stem_keep_their_suffix(tmp_path):
+    # As in a folder source: 2.jpg and 2.png are two photos, not a duplicate id.
+    styles = kaggle(tmp_path, [ROW_15970], ["15970.jpg", "2.jpg", "2.png"])
+    listing = read_source(styles)
+    assert sorted(ids(listing)) == ["15970", "2.jpg", "2.png"]
+    assert by_id(listing)["2.png"].path.name == "2.png"
+
+
+def test_kaggle_row_id_claims_one_file_and_a_same_stem_twin_keeps_its_suffix(tmp_path):
+    styles = kaggle(tmp_path, [ROW_15970], ["15970.jpg", "15970.png"])
+    items = by_id(read_source(styles))
+    assert set(items) == {"15970", "15970.png"}
+    assert items["15970"].labels and items["15970.png"].labels == {}
+    assert items["15970.png"].path.name == "15970.png"
+
+
+def test_kaggle_row_without_image_warns_with_its_line_and_is_skipped(tmp_path):
+    missing = "11111,Women,Footwear,Shoes,Heels,Red,Winter,2016,Party,Missing Heels"
+    styles = kaggle(tmp_path, [ROW_15970, missing, ROW_39386], ["15970.jpg", "39386.jpg"])
+    listing = read_source(styles)
+    assert ids(listing) == ["15970", "39386"]
+    assert len(listing.warnings) == 1
+    warning = listing.warnings[0]
+    assert "styles.csv" in warning and "line 3" in warning and "11111" in warning
+    assert "\n" not in warning
+
+
+def test_kaggle_many_missing_images_are_summarised(tmp_path):
+    rows = [f"{n},Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Shirt {n}" for n in range(100, 108)]
+    styles = kaggle(tmp_path, [ROW_15970, *rows], ["15970.jpg"])
+    listing = read_source(styles)
+    assert ids(listing) == ["15970"]
+    per_line = [w for w in listing.warnings if " line " in w]
+    assert [w.split(" line ")[1].split(":")[0] for w in per_line] == ["3", "4", "5", "6", "7"]
+    summary = [w for w in listing.warnings if " line " not in w]
+    assert len(summary) == 1 and "8 rows" in summary[0]
+
+
+def test_kaggle_unquoted_commas_stay_in_the_last_column(tmp_path):
+    overflow = "1163,Men,Apparel,Topwear,Tshirts,Blue,Summer,2011,Casual,Puma Men, Blue T-shirt, Slim"
+    styles = kaggle(tmp_path, [overflow, ROW_15970], ["1163.jpg", "15970.jpg"])
+    listing = read_source(styles)
+    assert ids(listing) == ["1163", "15970"]  # the run goes on past the bad row
+    labels = by_id(listing)["1163"].labels
+    assert labels["productDisplayName"] == "Puma Men, Blue T-shirt, Slim"
+    assert labels["usage"] == "Casual" and labels["year"] == "2011"
+    assert set(labels) == set(KAGGLE_COLUMNS)
+    assert listing.warnings == []
+
+
+def test_kaggle_short_rows_are_padded_and_blank_lines_ignored(tmp_path):
+    short = "1164,Women,Accessories"
+    styles = kaggle(tmp_path, ["", ROW_15970, "", "   ", short, "", "2222,Men"], ["15970.jpg", "1164.jpg"])
+    listing = read_source(styles)
+    assert ids(listing) == ["15970", "1164"]
+    assert by_id(listing)["1164"].labels == {"gender": "Women", "masterCategory": "Accessories"}
+    # Blank lines count for the line numbers a user looks up in an editor; they never become rows.
+    assert len(listing.warnings) == 1 and "line 8" in listing.warnings[0] and "2222" in listing.warnings[0]
+
+
+def test_kaggle_quoted_fields_and_byte_order_mark(tmp_path):
+    root = tmp_path / "fashion"
+    image(root / "images" / "7.jpg")
+    text = KAGGLE_HEADER + '\n7,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,"Shirt, ""slim"" fit"\n'
+    (root / "styles.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # as Excel saves it
+    listing = read_source(root / "styles.csv")
+    assert ids(listing) == ["7"]
+    assert listing.items[0].labels["productDisplayName"] == 'Shirt, "slim" fit'
+
+
+def test_manifest_empty_values_are_not_labels(tmp_path):
+    styles = kaggle(tmp_path, ["5,Men,,Topwear,,Blue,,,,"], ["5.jpg"])
+    assert read_source(styles).items[0].labels == {"gender": "Men", "subCategory": "Topwear", "baseColour": "Blue"}
+
+
+# --- other manifests -----------------------------------------------------------------------------------------
+
+def test_images_folder_given_explicitly(tmp_path):
+    pics = tmp_path / "elsewhere" / "pics"
+    image(pics / "15970.jpg")
+    image(pics / "39386.jpg")
+    styles = write(tmp_path / "meta" / "styles.csv", f"{KAGGLE_HEADER}\n{ROW_15970}\n{ROW_39386}\n")
+    image(tmp_path / "meta" / "images" / "15970.jpg", color=(0, 0, 255))  # beside the CSV, but not asked for
+    listing = read_source(styles, images=pics)
+    assert ids(listing) == ["15970", "39386"]
+    assert by_id(listing)["15970"].path == (pics / "15970.jpg").resolve()
+    assert by_id(listing)["39386"].labels["articleType"] == "Jeans"
+    assert read_source(styles, images=str(pics)).items == listing.items
+
+
+def test_missing_images_folder_raises(tmp_path):
+    styles = write(tmp_path / "styles.csv", f"{KAGGLE_HEADER}\n{ROW_15970}\n")
+    with pytest.raises(SourceError) as info:
+        read_source(styles, images=tmp_path / "nope")
+    assert "nope" in str(info.value)
+
+
+def test_manifest_next_to_images_without_images_subfolder(tmp_path):
+    image(tmp_path / "shop" / "a.jpg")
+    image(tmp_path / "shop" / "b.jpg")
+    manifest = write(tmp_path / "shop" / "list.csv", "id,colour\na,red\n")
+    items = by_id(read_source(manifest))
+    assert set(items) == {"a", "b"}
+    assert items["a"].labels == {"colour": "red"} and items["b"].labels == {}
+
+
+def test_path_column_relative_to_images_folder(tmp_path):
+    pics = tmp_path / "pics"
+    image(pics / "shirts" / "blue.jpg")
+    image(pics / "shoes" / "red.png")
+    manifest = write(tmp_path / "catalog.csv", "path,colour\nshirts/blue.jpg,blue\nshoes/red.png,red\n")
+    listing = read_source(manifest, images=pics)
+    assert ids(listing) == ["shirts/blue", "shoes/red"]  # same ids a folder source would give
+    assert ids(listing) == ids(read_source(pics))
+    items = by_id(listing)
+    assert items["shoes/red"].labels == {"colour": "red"}
+    assert items["shoes/red"].path == (pics / "shoes" / "red.png").resolve()
+
+
+def test_path_column_relative_to_the_manifest_folder(tmp_path):
+    image(tmp_path / "shop" / "pics" / "shirts" / "blue.jpg")
+    manifest = write(tmp_path / "shop" / "catalog.csv", "file,colour\npics/shirts/blue.jpg,blue\n")
+    items = by_id(read_source(manifest, images=tmp_path / "shop" / "pics"))
+    assert set(items) == {"shirts/blue"}
+    assert items["shirts/blue"].labels == {"colour": "blue"}
+    assert items["shirts/blue"].path == (tmp_path / "shop" / "pics" / "shirts" / "blue.jpg").resolve()
+
+
+@pytest.mark.parametrize("manifest_abs", [False, True])
+@pytest.mark.parametrize("images_abs", [False, True])
+def test_ids_do_not_depend_on_how_paths_are_spelled(tmp_path, monkeypatch, manifest_abs, images_abs):
+    image(tmp_path / "shop" / "pics" / "shirts" / "blue.jpg")
+    image(tmp_path / "shop" / "pics" / "shoes" / "blue.jpg")
+    image(tmp_path / "shop" / "pics" / "hat.jpg")
+    write(tmp_path / "shop" / "catalog.csv", "path,colour\npics/shirts/blue.jpg,navy\npics/shoes/blue.jpg,sky\n")
+    monkeypatch.chdir(tmp_path)
+    manifest = Path("shop/catalog.csv")
+    pics = Path("shop/pics")
+    listing = read_source(manifest.absolute() if manifest_abs else manifest,
+                          images=pics.absolute() if images_abs else pics)
+    items = by_id(listing)
+    assert set(items) == {"shirts/blue", "shoes/blue", "hat"}
+    assert items["shirts/blue"].labels == {"colour": "navy"} and items["shoes/blue"].labels == {"colour": "sky"}
+    assert items["shoes/blue"].path == (tmp_path / "shop" / "pics" / "shoes" / "blue.jpg").resolve()
+
+
+def test_absolute_paths_in_manifest(tmp_path):
+    pics = tmp_path / "pics"
+    inside = image(pics / "sub" / "a.jpg")
+    outside = image(tmp_path / "other" / "b.png")
+    manifest = write(tmp_path / "m.csv", f"path,colour\n{inside.resolve()},red\n{outside.resolve()},green\n"
+                                         f"{tmp_path / 'other' / 'gone.jpg'},blue\n")
+    listing = read_source(manifest, images=pics)
+    items = by_id(listing)
+    assert set(items) == {"sub/a", "b"}  # inside the image folder: relative id; outside: its stem
+    assert items["b"].path == outside.resolve() and items["b"].labels == {"colour": "green"}
+    assert items["sub/a"].labels == {"colour": "red"}
+    assert len(listing.warnings) == 1 and "line 4" in listing.warnings[0] and "gone.jpg" in listing.warnings[0]
+
+
+def test_id_and_path_columns_together(tmp_path):
+    image(tmp_path / "pics" / "IMG_0001.jpg")
+    image(tmp_path / "pics" / "IMG_0002.jpg")
+    manifest = write(tmp_path / "m.csv", "sku,filename,colour\nSKU-1,IMG_0001.jpg,red\nSKU-2,IMG_0002.jpg,\n")
+    items = by_id(read_source(manifest, images=tmp_path / "pics"))
+    assert set(items) == {"SKU-1", "SKU-2"}
+    assert items["SKU-1"].path.name == "IMG_0001.jpg" and items["SKU-1"].labels == {"colour": "red"}
+    assert items["SKU-2"].labels == {}
+
+
+def test_manifest_without_id_or_path_column_names_its_columns(tmp_path):
+    image(tmp_path / "a.jpg")
+    manifest = write(tmp_path / "m.csv", "name,colour,price\nred shirt,red,10\n")
+    with pytest.raises(SourceError) as info:
+        read_source(manifest)
+    message = str(info.value)
+    assert "name" in message and "colour" in message and "price" in message
+    assert "id" in message and "path" in message  # and says what it looks for
+    assert "m.csv" in message
+
+
+def test_empty_manifest_raises(tmp_path):
+    image(tmp_path / "a.jpg")
+    with pytest.raises(SourceError, match="empty"):
+        read_source(write(tmp_path / "m.csv", ""))
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        "id,colour\n1,red\n1,blue\n",  # the same id twice
+        "id,path,colour\nx,a.jpg,red\nx,b.jpg,blue\n",  # two files under one id
+    ],
+)
+def test_duplicate_ids_raise(tmp_path, rows):
+    image(tmp_path / "images" / "1.jpg")
+    image(tmp_path / "images" / "a.jpg")
+    image(tmp_path / "images" / "b.jpg")
+    with pytest.raises(SourceError) as info:
+        read_source(write(tmp_path / "m.csv", rows))
+    assert "more than once" in str(info.value) and "m.csv" in str(info.value)
+
+
+def test_tsv_manifest(tmp_path):
+    pics = tmp_path / "pics"
+    image(pics / "shirt.jpg")
+    image(pics / "trousers.png")
+    manifest = write(tmp_path / "catalog.tsv",
+                     "Filename\tcolour\ttitle\nshirt.jpg\tblue\tShirt, slim, blue\ntrousers.png\tgrey\tChinos\n")
+    listing = read_source(manifest, images=pics)
+    items = by_id(listing)
+    assert set(items) == {"shirt", "trousers"}
+    assert items["shirt"].labels == {"colour": "blue", "title": "Shirt, slim, blue"}  # commas are just text
+    assert items["trousers"].labels == {"colour": "grey", "title": "Chinos"}
+    assert listing.warnings == []
+
+
+def test_manifest_whose_rows_name_no_present_image_still_lists_the_folder(tmp_path):
+    # A manifest that names nothing present still indexes the folder, with a warning per missing row.
+    image(tmp_path / "images" / "9.jpg")
+    listing = read_source(write(tmp_path / "styles.csv", f"{KAGGLE_HEADER}\n{ROW_15970}\n"))
+    assert ids(listing) == ["9"] and len(listing.warnings) == 1
+
+
+def test_relative_source_paths_work(tmp_path, monkeypatch):
+    image(tmp_path / "shop" / "x" / "a.jpg")
+    monkeypatch.chdir(tmp_path)
+    listing = read_source("shop")
+    assert ids(listing) == ["x/a"]
+    assert listing.items[0].path == (tmp_path / "shop" / "x" / "a.jpg").resolve()
+    assert os.path.isabs(listing.items[0].path)
