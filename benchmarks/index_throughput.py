@@ -57,6 +57,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from lookalike import Catalog, EncodeOptions, LookalikeError
 from lookalike.embed import default_workers
@@ -133,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding processes; default: from the cores")
     parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (default: auto)")
+    parser.add_argument("--originals", action="store_true",
+                        help="upscale the photos 2x to the shop's original 1800x2400 before timing (real decode cost)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N photos")
     parser.add_argument("--skip-baseline", action="store_true",
                         help="skip the slow one-at-a-time baseline indexing (its query timing still runs)")
@@ -161,9 +164,14 @@ def source_photos(data: Path, limit: int | None) -> tuple[Path, list[Path]]:
     return folder, photos[:limit] if limit else photos
 
 
-def stage_photos(folder: Path, photos: list[Path], repeat: int, limited: bool, workdir: Path) -> Path:
-    """The folder to index: the dataset's own when it is used whole, else hard links in ``workdir``."""
-    if not limited and repeat <= len(photos):
+def stage_photos(folder: Path, photos: list[Path], repeat: int, limited: bool, workdir: Path,
+                 scale: float = 1.0) -> Path:
+    """The folder to index: the dataset's own when it is used whole, else hard links in ``workdir``.
+
+    ``scale`` > 1 re-creates the shop's full-size originals (the shared copies were downscaled from
+    1800x2400 to 900x1200): decoding then costs what it costs on a real catalog.
+    """
+    if not limited and repeat <= len(photos) and scale == 1.0:
         return folder
     staged = workdir / "photos"
     staged.mkdir()
@@ -173,7 +181,14 @@ def stage_photos(folder: Path, photos: list[Path], repeat: int, limited: bool, w
         name = "_".join(photo.relative_to(folder).parts)
         if repeat > len(photos):
             name = f"r{n // len(photos)}_{name}"
-        _link_or_copy(photo, staged / name)
+        if scale != 1.0 and n < len(photos):
+            with Image.open(photo) as im:
+                big = im.convert("RGB").resize((round(im.width * scale), round(im.height * scale)), Image.LANCZOS)
+            big.save(staged / name, quality=90)
+        elif scale != 1.0:
+            _link_or_copy(staged / "_".join(photos[n % len(photos)].relative_to(folder).parts), staged / name)
+        else:
+            _link_or_copy(photo, staged / name)
     return staged
 
 
@@ -425,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline_matrix: np.ndarray | None = None
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
         workdir = Path(tmp)
-        indexed = stage_photos(folder, photos, args.repeat, args.limit is not None, workdir)
+        indexed = stage_photos(folder, photos, args.repeat, args.limit is not None, workdir,
+                               scale=2.0 if args.originals else 1.0)
         files = find_images(indexed)
         warm_file_cache(files)
         say(f"data       {indexed}: {len(files)} files, made from {len(photos)} photos of {folder}")

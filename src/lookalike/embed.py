@@ -82,7 +82,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def default_batch_size(device: torch.device) -> int:
-    return {"cuda": 256, "mps": 64}.get(device.type, 32)
+    # CPU: oneDNN runs ResNet-50 fastest at small batches (bs 8: 78-87 img/s bf16 vs 63 at bs 32 on 2 cores).
+    return {"cuda": 256, "mps": 64}.get(device.type, 8)
 
 
 def default_workers() -> int:
@@ -102,7 +103,7 @@ class Encoder:
         self.batch_size = self.options.batch_size or default_batch_size(self.device)
         if self.batch_size < 1:
             raise LookalikeError(f"--batch-size {self.batch_size}: must be at least 1")
-        self.model = embedder.model.to(self.device, memory_format=torch.channels_last).eval()
+        self.model, self._whole_model_dtype = _place_model(embedder.model, self.device, self.dtype)
 
     @property
     def precision(self) -> str:
@@ -113,9 +114,12 @@ class Encoder:
         """N x H x W x 3 uint8 -> N x D float32, unit length."""
         x = batch.to(self.device, non_blocking=True)
         x = self.embedder.normalize(x).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=self.device.type, dtype=self.dtype or torch.float32,
-                            enabled=self.dtype is not None):
-            out = self.model(x)
+        if self._whole_model_dtype is not None:
+            out = self.model(x.to(self._whole_model_dtype))
+        else:
+            with torch.autocast(device_type=self.device.type, dtype=self.dtype or torch.float32,
+                                enabled=self.dtype is not None):
+                out = self.model(x)
         out = F.normalize(out.float().flatten(1), dim=1)
         return out.cpu().numpy().astype(np.float32, copy=False)
 
@@ -140,6 +144,34 @@ class Encoder:
     @property
     def _draft(self) -> int | None:
         return self.embedder.draft_size if self.options.draft else None
+
+
+_NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)
+
+
+def _place_model(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None
+                 ) -> tuple[torch.nn.Module, torch.dtype | None]:
+    """Move the model to its device in channels-last; on CPU in bf16, fold BatchNorm into the convolutions
+    and cast the whole model once.
+
+    Autocast re-casts every weight on every call, which costs a ResNet-50 about a quarter of its CPU time
+    at small batches; casting once is only safe when no normalisation layer is left to run in bf16 (with
+    BN folded, vectors stay within cosine 0.99999 of fp32). Models that cannot be folded keep autocast.
+    Returns the model and the dtype its inputs must have (None: use autocast).
+    """
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    if device.type != "cpu" or dtype is None:
+        return model, None
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        folded = fuse(model)
+    except Exception as exc:  # noqa: BLE001 - fx cannot trace every timm model; autocast still works
+        log.debug("BatchNorm folding not possible (%s); using autocast", exc)
+        return model, None
+    if any(isinstance(m, _NORMS) for m in folded.modules()):
+        return model, None
+    return folded.to(dtype=dtype, memory_format=torch.channels_last).eval(), dtype
 
 
 @dataclass(frozen=True)

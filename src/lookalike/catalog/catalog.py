@@ -94,6 +94,7 @@ class Catalog:
         self._index: VectorIndex | None = None
         self._index_generation = -1
         self._meta: _ItemTable | None = None
+        self._checked_at = 0.0
 
     # -- life cycle --------------------------------------------------------------------------------
 
@@ -325,6 +326,11 @@ class Catalog:
         return self._index
 
     def _refresh_index(self, save: bool) -> None:
+        """Follow writes by this or another process; between queries, look at most every 0.25 s."""
+        now = time.monotonic()
+        if self._index is not None and not save and now - self._checked_at < 0.25:
+            return
+        self._checked_at = now
         generation = self.store.generation()
         if self._index is not None and self._index_generation == generation:
             return
@@ -427,8 +433,8 @@ class Catalog:
             picked.append((key, sim))
             if len(picked) == k:
                 break
-        labels = self.store.labels_for(key for key, _ in picked)
         table = self._items
+        labels = table.labels_for([key for key, _ in picked], self.store)
         return [
             Match(rank=rank, id=table.id_by_key[key], path=table.path_by_key[key], similarity=float(sim),
                   distance=distance_from_similarity(sim), labels=labels.get(key, {}))
@@ -455,10 +461,18 @@ class _ItemTable:
         self.path_by_key = {key: path for key, _, path, _ in rows}
         self.keys_by_hash: dict[str, set[int]] = {}
         self.hash_by_key: dict[int, str | None] = {}
+        self._labels: dict[int, dict[str, str]] = {}
         for key, _, _, sha in rows:
             self.hash_by_key[key] = sha
             if sha:
                 self.keys_by_hash.setdefault(sha, set()).add(key)
+
+    def labels_for(self, keys: list[int], store: Store) -> dict[int, dict[str, str]]:
+        """Labels of result rows, remembered: popular items come back in many result lists."""
+        missing = [k for k in keys if k not in self._labels]
+        if missing:
+            self._labels.update(store.labels_for(missing))
+        return {k: self._labels[k] for k in keys}
 
     def same_content(self, key: int) -> set[int]:
         sha = self.hash_by_key.get(key)
