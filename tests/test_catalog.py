@@ -189,3 +189,23 @@ def test_parallel_decoding_gives_the_same_vectors_as_inline(tmp_path, photo_dir,
         inline = cat.encoder(EncodeOptions(workers=0, precision="fp32")).encode(
             [photo_dir / "yellow-ellipse.jpg"])[0]
         np.testing.assert_allclose(cat.vector("yellow-ellipse"), inline, atol=1e-5)
+
+
+def test_files_over_the_size_limit_are_not_read(tmp_path, photo_dir, tiny_embedder):
+    make_image(photo_dir / "poster.png", size=(900, 900), shape="stripes")
+    limit = (photo_dir / "poster.png").stat().st_size - 1
+    with Catalog.create(tmp_path / "s.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
+        report = cat.add(photo_dir, options=EncodeOptions(workers=0, max_bytes=limit, progress=False))
+        assert (report.indexed, report.failed) == (12, 1)
+        assert "over the" in cat.status().failures[0][2] and cat.status().failures[0][0] == "poster"
+
+
+def test_labels_of_an_item_and_opening_with_the_wrong_embedder(labelled, tmp_path):
+    assert labelled.labels("105") == {"articleType": "Tshirts", "baseColour": "Green"}
+    assert labelled.labels("999") == {}
+    labelled.close()
+    from lookalike.embedders.timm import create_timm_embedder
+
+    max_pooled = create_timm_embedder(TINY_MODEL, "test_resnet.r160_in1k", pool="max", weights="random")
+    with pytest.raises(CatalogError, match="was built with"):
+        Catalog.open(tmp_path / "l.lk", embedder=max_pooled)

@@ -10,6 +10,8 @@ from typing import Any
 # Pillow refuses > 2x its own default; we refuse earlier and with our own message. 100 MP covers
 # every real product photo (a 2700x2700 original is 7.3 MP) while stopping decompression bombs.
 DEFAULT_MAX_PIXELS = 100_000_000
+# A product photo is a few MB; a file far larger is a mistake (a video, a disk image) and is not read.
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -60,5 +62,6 @@ class EncodeOptions:
     batch_size: int | None = None  # None: chosen from the device
     workers: int | None = None  # decoding processes; None: from the CPU count, 0: decode inline
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
     draft: bool = True  # JPEG DCT downscaling before the resize
     progress: bool = True

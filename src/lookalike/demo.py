@@ -51,8 +51,7 @@ def run_demo(catalog_path: Path, model: str = DEFAULT_MODEL, options: EncodeOpti
         if built_with != embedder.info:  # the demo's own catalog: rebuild it for the model at hand
             shutil.rmtree(catalog_path)
     if (catalog_path / CONFIG_FILE).is_file():
-        catalog = Catalog.open(catalog_path)
-        catalog._embedder = embedder
+        catalog = Catalog.open(catalog_path, embedder=embedder)
     else:
         catalog = Catalog.create(catalog_path, model, embedder=embedder)
     data = demo_data()
@@ -60,7 +59,7 @@ def run_demo(catalog_path: Path, model: str = DEFAULT_MODEL, options: EncodeOpti
     examples = []
     seen_types: set[str] = set()
     for item_id in sorted(catalog.ids()):
-        labels = catalog.store.labels_for([catalog._key(item_id)])[catalog._key(item_id)]
+        labels = catalog.labels(item_id)
         kind = labels.get("articleType")
         if kind in (None, *seen_types) or kind not in ("Tshirts", "Heels", "Backpacks", "Casual Shoes", "Handbags"):
             continue

@@ -206,11 +206,13 @@ class EncodedBatch:
 class _FileDataset(torch.utils.data.Dataset):
     """Read, hash and decode one file in a worker; failures become results, never exceptions."""
 
-    def __init__(self, tasks: Sequence[FileTask], embedder: TimmEmbedder, draft: int | None, max_pixels: int):
+    def __init__(self, tasks: Sequence[FileTask], embedder: TimmEmbedder, draft: int | None, max_pixels: int,
+                 max_bytes: int):
         self.tasks = tasks
         self.pil_transform = embedder.pil_transform
         self.draft = draft
         self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -219,6 +221,11 @@ class _FileDataset(torch.utils.data.Dataset):
         task = self.tasks[i]
         result = FileResult(task)
         try:
+            size = task.path.stat().st_size
+            if size > self.max_bytes:
+                result.size = size
+                result.error = f"file is {size / 2**20:.0f} MB, over the {self.max_bytes / 2**20:.0f} MB limit"
+                return result, None
             data = task.path.read_bytes()
         except OSError as exc:
             result.error = f"cannot read file ({exc.strerror or exc})"
@@ -255,7 +262,7 @@ def encode_files(encoder: Encoder, tasks: Sequence[FileTask]) -> Iterator[Encode
     options = encoder.options
     workers = default_workers() if options.workers is None else options.workers
     workers = min(workers, max(1, len(tasks) // max(1, encoder.batch_size))) if workers else 0
-    dataset = _FileDataset(tasks, encoder.embedder, encoder._draft, options.max_pixels)
+    dataset = _FileDataset(tasks, encoder.embedder, encoder._draft, options.max_pixels, options.max_bytes)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=encoder.batch_size,

@@ -125,11 +125,13 @@ class Catalog:
         return catalog
 
     @classmethod
-    def open(cls, path: str | Path) -> Catalog:
+    def open(cls, path: str | Path, embedder: TimmEmbedder | None = None) -> Catalog:
         """Open an existing catalog; the model is loaded only when an image must be embedded.
 
+        ``embedder`` passes a model already loaded; it must be the one the catalog was built with.
+
         Raises:
-            CatalogError: no catalog at ``path``.
+            CatalogError: no catalog at ``path``, or ``embedder`` is not its model.
         """
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
@@ -140,7 +142,9 @@ class Catalog:
             raise CatalogError(f"{path / CONFIG_FILE}: unreadable catalog config ({exc})") from exc
         if config.format != 1:
             raise CatalogError(f"{path}: catalog format {config.format} is newer than this lookalike; upgrade it")
-        return cls(path, config)
+        if embedder is not None and embedder.info != config.embedder:
+            raise CatalogError(f"{path} was built with {config.embedder.describe()}, not {embedder.info.describe()}")
+        return cls(path, config, embedder)
 
     @classmethod
     def open_or_create(cls, path: str | Path, model: str | None = None, weights: str | None = None) -> Catalog:
@@ -359,6 +363,11 @@ class Catalog:
 
     def ids(self) -> list[str]:
         return list(self._items.id_by_key.values())
+
+    def labels(self, item_id: str) -> dict[str, str]:
+        """The labels of a catalog item (empty when its source had none)."""
+        key = self._key(item_id)
+        return self._items.labels_for([key], self.store)[key]
 
     def vector(self, item_id: str) -> np.ndarray:
         """The stored vector of an item.

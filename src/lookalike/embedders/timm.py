@@ -161,6 +161,8 @@ def _check_hub_reachable(name: str, timm_name: str) -> None:
         if not url:
             raise ModelUnavailableError(f"{timm_name} has no downloadable weights in timm; pass --weights PATH")
         host, port = urlparse(url).hostname or "", 443
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # behind a proxy a direct probe says nothing; let the hub client try
     try:
         socket.create_connection((host, port), timeout=float(os.environ.get("LOOKALIKE_HUB_TIMEOUT", "5"))).close()
     except OSError as exc:
