@@ -165,3 +165,17 @@ def test_preprocessing_matches_timm_on_a_real_photo(shared_photos, model):
     assert drafted.shape == expected.shape
     # DCT downscaling changes pixels slightly, not the picture: about one grey level on average.
     assert (drafted - expected).abs().mean().item() < 0.05
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+def test_gpu_vectors_agree_with_cpu_vectors(tiny_embedder, tmp_path):
+    from lookalike.config import EncodeOptions
+    from lookalike.embed import Encoder
+
+    paths = [make_image(tmp_path / f"{i}.jpg", color=(30 * i, 100, 200 - 20 * i)) for i in range(6)]
+    cpu = Encoder(create_embedder(TINY_MODEL, weights="random"), EncodeOptions(device="cpu", precision="fp32"))
+    gpu = Encoder(create_embedder(TINY_MODEL, weights="random"), EncodeOptions(device="cuda"))
+    assert gpu.precision in ("bf16", "fp16")
+    cos = (cpu.encode(paths) * gpu.encode(paths)).sum(axis=1)
+    assert cos.min() > 0.99
