@@ -179,3 +179,17 @@ def test_gpu_vectors_agree_with_cpu_vectors(tiny_embedder, tmp_path):
     assert gpu.precision in ("bf16", "fp16")
     cos = (cpu.encode(paths) * gpu.encode(paths)).sum(axis=1)
     assert cos.min() > 0.99
+
+
+@pytest.mark.parametrize("model", [TINY_MODEL, "timm:test_vit.r160_in1k", "timm:mobilenetv3_small_100"])
+def test_bf16_vectors_stay_close_to_fp32_whatever_the_architecture(model, tmp_path):
+    """CNNs get BatchNorm folded and one cast to bf16; models with other norms keep autocast."""
+    from lookalike.config import EncodeOptions
+    from lookalike.embed import Encoder
+
+    paths = [make_image(tmp_path / f"{i}.jpg", color=(40 * i, 120, 220 - 30 * i), shape="ellipse") for i in range(4)]
+    fp32 = Encoder(create_embedder(model, weights="random"), EncodeOptions(device="cpu", precision="fp32"))
+    bf16 = Encoder(create_embedder(model, weights="random"), EncodeOptions(device="cpu", precision="bf16"))
+    a, b = fp32.encode(paths), bf16.encode(paths)
+    assert a.shape == b.shape == (4, fp32.embedder.dim)
+    assert (a * b).sum(axis=1).min() > 0.99

@@ -122,7 +122,8 @@ def create_timm_embedder(name: str, timm_name: str, *, pool: str | None, weights
         name=name,
         timm_name=timm_name,
         weights=weights_id,
-        dim=int(model.num_features),
+        # Models with a pre-logits layer (MobileNetV3, some ViTs) output head_hidden_size, not num_features.
+        dim=int(getattr(model, "head_hidden_size", None) or model.num_features),
         pool=pool or str(getattr(getattr(model, "global_pool", None), "pool_type", "default") or "default"),
     )
     return TimmEmbedder(model, info)
