@@ -71,16 +71,17 @@ def find_images(folder: Path) -> list[Path]:
 
 def _folder_items(folder: Path) -> list[SourceItem]:
     paths = find_images(folder)
-    stems = [p.relative_to(folder).with_suffix("").as_posix() for p in paths]
-    seen: dict[str, int] = {}
-    for stem in stems:
-        seen[stem] = seen.get(stem, 0) + 1
-    items = []
-    for path, stem in zip(paths, stems, strict=True):
-        # "shirts/a.jpg" is id "shirts/a"; if a.jpg and a.png both exist, each keeps its suffix.
-        item_id = stem if seen[stem] == 1 else path.relative_to(folder).as_posix()
-        items.append(SourceItem(id=item_id, path=path.resolve()))
-    return items
+    return [SourceItem(id=item_id, path=path.resolve())
+            for path, item_id in zip(paths, _file_ids(paths, folder), strict=True)]
+
+
+def _file_ids(paths: list[Path], root: Path, taken: set[str] = frozenset()) -> list[str]:
+    """Ids for files under ``root``: "shirts/a.jpg" is "shirts/a", unless another file of the list has that
+    stem (a.jpg and a.png) or the id is already ``taken``; then the file keeps its suffix."""
+    stems = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
+    counts = Counter(stems)
+    return [stem if counts[stem] == 1 and stem not in taken else path.relative_to(root).as_posix()
+            for path, stem in zip(paths, stems, strict=True)]
 
 
 def _manifest_items(manifest: Path, images: Path | None) -> SourceListing:
@@ -109,7 +110,10 @@ def _manifest_items(manifest: Path, images: Path | None) -> SourceListing:
             f"{', '.join(ID_COLUMNS + PATH_COLUMNS)}"
         )
     label_cols = [i for i in range(len(header)) if i not in (path_col, id_col) and header[i]]
-    by_stem = _index_folder(images)
+    found = find_images(images)
+    by_stem: dict[str, Path] = {}  # 'sub/15970' -> its file, for id lookups
+    for path in found:
+        by_stem.setdefault(path.relative_to(images).with_suffix("").as_posix(), path)
     items: list[SourceItem] = []
     claimed: set[Path] = set()
     missing = 0
@@ -134,18 +138,11 @@ def _manifest_items(manifest: Path, images: Path | None) -> SourceListing:
         claimed.add(path.resolve())
     if missing > 5:
         warnings.append(f"{manifest.name}: {missing} rows in all name an image that is not in {images}")
-    ids = {item.id for item in items}
-    unclaimed = [path for path in find_images(images) if path.resolve() not in claimed]
-    stems = Counter(_stem_id(path, images) for path in unclaimed)
-    extra = 0
-    for path in unclaimed:
-        item_id = _stem_id(path, images)
-        if item_id in ids or stems[item_id] > 1:  # a.jpg and a.png both unlisted: each keeps its suffix
-            item_id = path.relative_to(images).as_posix()
-        items.append(SourceItem(id=item_id, path=path.resolve()))
-        extra += 1
-    if extra:
-        log.info("%d images in %s have no row in %s; indexed unlabelled", extra, images, manifest.name)
+    unclaimed = [path for path in found if path.resolve() not in claimed]
+    ids = _file_ids(unclaimed, images, taken={item.id for item in items})
+    items.extend(SourceItem(id=item_id, path=path.resolve()) for path, item_id in zip(unclaimed, ids, strict=True))
+    if unclaimed:
+        log.info("%d images in %s have no row in %s; indexed unlabelled", len(unclaimed), images, manifest.name)
     dupes = len(items) - len({item.id for item in items})
     if dupes:
         raise SourceError(f"{manifest}: {dupes} ids appear more than once; ids must be unique")
@@ -157,14 +154,6 @@ def _sniff(sample: str) -> type[csv.Dialect] | csv.Dialect:
     if "\t" in first and "," not in first:
         return csv.excel_tab
     return csv.excel
-
-
-def _index_folder(images: Path) -> dict[str, Path]:
-    """Map 'sub/15970' (relative path without suffix) to its file, for id lookups."""
-    out: dict[str, Path] = {}
-    for path in find_images(images):
-        out.setdefault(path.relative_to(images).with_suffix("").as_posix(), path)
-    return out
 
 
 def _row_path(row: list[str], path_col: int | None, id_col: int | None, roots: tuple[Path, Path],
