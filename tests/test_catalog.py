@@ -209,3 +209,16 @@ def test_labels_of_an_item_and_opening_with_the_wrong_embedder(labelled, tmp_pat
     max_pooled = create_timm_embedder(TINY_MODEL, "test_resnet.r160_in1k", pool="max", weights="random")
     with pytest.raises(CatalogError, match="was built with"):
         Catalog.open(tmp_path / "l.lk", embedder=max_pooled)
+
+
+def test_relabelling_updates_results_without_rebuilding_the_index(labelled, tmp_path):
+    manifest = tmp_path / "data" / "styles.csv"
+    stamp = tmp_path / "l.lk" / "index" / "stamp.json"
+    before = stamp.read_text()
+    assert labelled.labels("105")["baseColour"] == "Green"
+    manifest.write_text(manifest.read_text().replace("105,Tshirts,Green", "105,Tshirts,Teal"))
+    report = labelled.add(manifest, options=INLINE)
+    assert report.indexed == 0 and report.unchanged == 19
+    assert labelled.labels("105")["baseColour"] == "Teal"
+    assert [m.id for m in labelled.similar("100", k=3, where=["baseColour=Teal"])] == ["105"]
+    assert stamp.read_text() == before  # labels are not in the vector index: no rebuild

@@ -95,6 +95,7 @@ class Catalog:
         self._index_generation = -1
         self._meta: _ItemTable | None = None
         self._checked_at = 0.0
+        self._labels_generation = -1
 
     # -- life cycle --------------------------------------------------------------------------------
 
@@ -335,7 +336,10 @@ class Catalog:
         if self._index is not None and not save and now - self._checked_at < 0.25:
             return
         self._checked_at = now
-        generation = self.store.generation()
+        generation, labels_generation = self.store.generations()
+        if labels_generation != self._labels_generation and self._meta is not None:
+            self._meta.forget_labels()
+        self._labels_generation = labels_generation
         if self._index is not None and self._index_generation == generation:
             return
         folder = self.path / INDEX_DIR
@@ -475,6 +479,9 @@ class _ItemTable:
             self.hash_by_key[key] = sha
             if sha:
                 self.keys_by_hash.setdefault(sha, set()).add(key)
+
+    def forget_labels(self) -> None:
+        self._labels.clear()
 
     def labels_for(self, keys: list[int], store: Store) -> dict[int, dict[str, str]]:
         """Labels of result rows, remembered: popular items come back in many result lists."""

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS vectors (
     vector BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO meta (name, value) VALUES ('generation', '0');
+INSERT OR IGNORE INTO meta (name, value) VALUES ('generation', '0');         -- items or vectors changed
+INSERT OR IGNORE INTO meta (name, value) VALUES ('labels_generation', '0');  -- labels alone changed
 """
 
 
@@ -130,7 +131,7 @@ class Store:
                 row = cur.execute("SELECT key FROM items WHERE id = ?", (item_id,)).fetchone()
                 if row:
                     _write_labels(cur, row[0], labels)
-            _bump(cur)
+            _bump(cur, "labels_generation")  # the vector index stays valid
 
     def delete(self, ids: Iterable[str]) -> int:
         ids = list(ids)
@@ -142,7 +143,14 @@ class Store:
     # -- reading -----------------------------------------------------------------------------------
 
     def generation(self) -> int:
-        return int(self.conn.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()[0])
+        """Changes whenever items or vectors change: the FAISS index built at another one is stale."""
+        return self.generations()[0]
+
+    def generations(self) -> tuple[int, int]:
+        """(items and vectors, labels alone), read together."""
+        rows = dict(self.conn.execute(
+            "SELECT name, value FROM meta WHERE name IN ('generation', 'labels_generation')").fetchall())
+        return int(rows["generation"]), int(rows["labels_generation"])
 
     def items(self) -> dict[str, StoredItem]:
         rows = self.conn.execute(
@@ -214,8 +222,8 @@ def _write_labels(cur: sqlite3.Cursor, key: int, labels: Mapping[str, str]) -> N
                     [(key, str(n), str(v)) for n, v in labels.items()])
 
 
-def _bump(cur: sqlite3.Cursor) -> None:
-    cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'generation'")
+def _bump(cur: sqlite3.Cursor, counter: str = "generation") -> None:
+    cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = ?", (counter,))
 
 
 class _Transaction:
