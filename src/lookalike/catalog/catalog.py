@@ -177,14 +177,15 @@ class Catalog:
                     "of different weights. Drop --weights, or use another --catalog path"
                 )
             if wanted == "file:":
-                digest = self._loaded_or_new_embedder(weights).info.weights
+                digest = self._use_weights(weights).info.weights
                 if digest != info.weights:
                     raise CatalogError(
                         f"{self.path} was built with weights {info.weights}; {weights} is a different file "
                         f"({digest}). Use the original file, or another --catalog path"
                     )
 
-    def _loaded_or_new_embedder(self, weights: str) -> TimmEmbedder:
+    def _use_weights(self, weights: str) -> TimmEmbedder:
+        """Load the model from the file the user named (it may have moved since the catalog was built)."""
         self._embedder = create_embedder(self.config.embedder.name, weights)
         return self._embedder
 
@@ -412,7 +413,7 @@ class Catalog:
     def _key(self, item_id: str) -> int:
         key = self._items.key_by_id.get(str(item_id))
         if key is None:
-            row = self.store.items().get(str(item_id))
+            row = self.store.item(str(item_id))
             if row is not None and row.status == "failed":
                 raise QueryError(f"item {item_id!r} could not be embedded ({row.reason}); fix the file and re-index")
             raise QueryError(f"unknown item id {item_id!r}; `lookalike status` shows the catalog")

@@ -157,6 +157,12 @@ class Store:
             "SELECT key, id, path, size, mtime_ns, sha256, status, reason FROM items").fetchall()
         return {r[1]: StoredItem(*r) for r in rows}
 
+    def item(self, item_id: str) -> StoredItem | None:
+        row = self.conn.execute(
+            "SELECT key, id, path, size, mtime_ns, sha256, status, reason FROM items WHERE id = ?", (item_id,)
+        ).fetchone()
+        return StoredItem(*row) if row else None
+
     def labels(self) -> dict[int, dict[str, str]]:
         out: dict[int, dict[str, str]] = {}
         for key, name, value in self.conn.execute("SELECT key, name, value FROM labels"):
