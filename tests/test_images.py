@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import io
 import re
-import struct
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_image
+from conftest import huge_png_header, make_image
 from lookalike.errors import ImageError
 from lookalike.images import content_hash, decode, load_image
 
@@ -59,15 +57,6 @@ def jpeg(size=(160, 120), quality=90, seed=0) -> bytes:
     return encode(img, "JPEG", quality=quality)
 
 
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-
-def huge_png_header(width: int, height: int) -> bytes:
-    """A valid PNG signature and IHDR claiming width x height 8-bit grey, with a few bytes of pixel data."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + png_chunk(b"IEND", b""))
 
 
 # --- EXIF orientation -------------------------------------------------------------------------------------

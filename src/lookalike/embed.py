@@ -134,12 +134,18 @@ class Encoder:
         out = np.zeros((len(items), self.embedder.dim), dtype=np.float32)
         for start in range(0, len(items), self.batch_size):
             chunk = items[start:start + self.batch_size]
-            arrays = [
-                self.embedder.prepare(load_image(im, draft_size=self._draft, max_pixels=self.options.max_pixels))
-                for im in chunk
-            ]
+            arrays = [self.prepare(im) for im in chunk]
             out[start:start + len(chunk)] = self.embed_uint8(torch.from_numpy(np.stack(arrays)))
         return out[0] if single else out
+
+    def prepare(self, image: ImageInput) -> np.ndarray:
+        """Decode and resize one image to the model's uint8 H x W x 3 input, on the calling thread, so
+        servers can decode in parallel and batch only the model call.
+
+        Raises:
+            ImageError: the image cannot be read.
+        """
+        return self.embedder.prepare(load_image(image, draft_size=self._draft, max_pixels=self.options.max_pixels))
 
     @property
     def _draft(self) -> int | None:

@@ -31,5 +31,17 @@ class ImageError(LookalikeError):
     """An image cannot be decoded: corrupt, truncated, empty, not an image, or too large."""
 
 
+class NotAnImageError(ImageError):
+    """The bytes are empty or in no format Pillow reads (a text file, a PDF); the REST API answers 415."""
+
+
 class QueryError(LookalikeError):
     """A search request is malformed: unknown item id, bad ``where`` filter, bad ``k``."""
+
+
+class UnknownItemError(QueryError):
+    """No embedded catalog item has this id; the REST API answers 404."""
+
+
+class ItemExistsError(CatalogError):
+    """An item with this id is already in the catalog; the REST API answers 409."""

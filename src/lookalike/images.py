@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import DEFAULT_MAX_PIXELS
-from .errors import ImageError
+from .errors import ImageError, NotAnImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -57,13 +57,13 @@ def decode(
         ImageError: empty, not an image, over ``max_pixels``, truncated or corrupt.
     """
     if not data:
-        raise ImageError("empty file (0 bytes)")
+        raise NotAnImageError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
-        raise ImageError("not an image Pillow can read (unknown format)") from exc
+        raise NotAnImageError("not an image Pillow can read (unknown format)") from exc
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad headers
         raise ImageError(f"unreadable image header ({_short(exc)})") from exc
     return to_rgb(img, draft_size=draft_size, max_pixels=max_pixels)
@@ -133,7 +133,20 @@ def load_image(image: ImageInput, *, draft_size: int | None = None,
     try:
         return decode(data, draft_size=draft_size, max_pixels=max_pixels)
     except ImageError as exc:
-        raise ImageError(f"{path}: {exc}") from exc
+        raise type(exc)(f"{path}: {exc}") from exc
+
+
+def image_media_type(path: str | Path) -> str:
+    """The MIME type of an image file from its content (not its name), for serving it.
+
+    Raises:
+        OSError: the file cannot be opened.
+    """
+    try:
+        with Image.open(path) as img:
+            return Image.MIME.get(img.format or "", "application/octet-stream")
+    except (UnidentifiedImageError, ValueError):
+        return "application/octet-stream"
 
 
 def _short(exc: BaseException) -> str:

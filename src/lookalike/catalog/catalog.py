@@ -10,22 +10,26 @@ Layout of ``shop.lk/``::
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
+import os
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from ..config import CatalogConfig, EmbedderInfo, EncodeOptions
 from ..embed import Encoder, FileTask, encode_files
 from ..embedders.registry import DEFAULT_MODEL, create_embedder
 from ..embedders.timm import RANDOM_WEIGHTS, TimmEmbedder
-from ..errors import CatalogError, QueryError
-from ..images import ImageInput
+from ..errors import CatalogError, ItemExistsError, QueryError, UnknownItemError
+from ..images import ImageInput, content_hash, decode
 from ..index import VectorIndex
 from ..search import Match, Where, check_k, distance_from_similarity, parse_where
 from ..sources import SourceItem, read_source
@@ -36,6 +40,8 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "catalog.json"
 DB_FILE = "catalog.sqlite"
 INDEX_DIR = "index"
+UPLOADS_DIR = "uploads"  # images added one by one (REST API); named by content, so no id can steer a path
+MAX_ID_LENGTH = 200
 
 
 @dataclass
@@ -62,6 +68,19 @@ class IndexReport:
             parts.append(f"pruned {self.pruned}")
         rate = f" ({self.images_per_second:.1f} images/s)" if self.indexed else ""
         return ", ".join(parts) + f" in {self.seconds:.1f} s{rate}"
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    """An embedded catalog item as browsing shows it."""
+
+    id: str
+    path: str
+    labels: dict[str, str]
+    sha256: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "path": self.path, "labels": self.labels}
 
 
 @dataclass
@@ -313,13 +332,59 @@ class Catalog:
                 if on_batch is not None:
                     on_batch(report.indexed)
 
+    def add_image(self, data: bytes, item_id: str | None = None, labels: Mapping[str, str] | None = None,
+                  vector: np.ndarray | None = None) -> CatalogItem:
+        """Add one image given as bytes (an upload): kept under ``uploads/`` inside the catalog, named by
+        its content hash, embedded (unless ``vector`` is passed, already embedded by the caller's encoder)
+        and searchable at once. ``item_id`` defaults to the first 16 hex digits of the content hash.
+
+        Raises:
+            ImageError: the bytes are not a readable image (nothing is written).
+            ItemExistsError: an item with this id is already in the catalog.
+            QueryError: the id is empty, too long or has control characters.
+        """
+        sha = content_hash(data)
+        item_id = _check_new_id(item_id if item_id is not None else sha[:16])
+        image = decode(data, max_pixels=self.encoder().options.max_pixels)  # raises before anything is written
+        if vector is None:
+            vector = self.encoder().encode(image)
+        if self.store.item(item_id) is not None:
+            raise ItemExistsError(f"item {item_id!r} is already in the catalog; delete it first or choose another id")
+        folder = self.path / UPLOADS_DIR
+        folder.mkdir(exist_ok=True)
+        fmt = (_opened_format(data) or "png").lower()
+        target = folder / f"{sha[:32]}.{'jpg' if fmt == 'jpeg' else fmt}"
+        if not target.exists():
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        stat = target.stat()
+        self.store.write([ItemRecord(
+            id=item_id, path=str(target), size=stat.st_size, mtime_ns=stat.st_mtime_ns, sha256=sha, status="ok",
+            width=image.width, height=image.height, vector=np.asarray(vector, dtype=np.float32),
+            labels=dict(labels or {}))])
+        self._refresh_index(save=True)
+        return self.item(item_id)
+
     def remove(self, ids: list[str]) -> int:
-        """Drop items by id; returns how many were removed."""
+        """Drop items by id; returns how many were removed. Uploaded files no other item uses are deleted;
+        files of an indexed folder are left alone (index that folder again and they come back).
+
+        Raises:
+            UnknownItemError: an id is not in the catalog (nothing is removed).
+        """
         known = self.store.items()
         missing = [i for i in ids if i not in known]
         if missing:
-            raise QueryError(f"unknown item id {missing[0]!r}; `lookalike status` lists the catalog")
+            raise UnknownItemError(f"unknown item id {missing[0]!r}; `lookalike status` lists the catalog")
         removed = self.store.delete(ids)
+        uploads = (self.path / UPLOADS_DIR).resolve()
+        still_used = {row.path for row in self.store.items().values()}
+        for item_id in ids:
+            path = Path(known[item_id].path)
+            if path.parent.resolve() == uploads and str(path) not in still_used:
+                path.unlink(missing_ok=True)
         self._refresh_index(save=True)
         return removed
 
@@ -382,6 +447,51 @@ class Catalog:
         """
         return self.index.vector(self._key(item_id))
 
+    def item(self, item_id: str) -> CatalogItem:
+        """One embedded item: id, path and labels.
+
+        Raises:
+            UnknownItemError: no embedded item has this id.
+        """
+        key = self._key(item_id)
+        table = self._items
+        return CatalogItem(id=table.id_by_key[key], path=table.path_by_key[key],
+                           labels=table.labels_for([key], self.store)[key], sha256=table.hash_by_key.get(key))
+
+    def browse(self, offset: int = 0, limit: int = 50, where: Where = None) -> tuple[int, list[CatalogItem]]:
+        """A page of the catalog in the order items were added, and how many items match ``where``.
+
+        Raises:
+            QueryError: bad ``where``, negative offset or limit.
+        """
+        if offset < 0 or limit < 0:
+            raise QueryError(f"offset and limit must be 0 or more, got offset={offset}, limit={limit}")
+        allowed = self._allowed(where)
+        table = self._items
+        keys = sorted(table.id_by_key) if allowed is None else sorted(
+            k for k in allowed.tolist() if k in table.id_by_key)
+        page = keys[offset:offset + limit]
+        labels = table.labels_for(page, self.store)
+        return len(keys), [CatalogItem(id=table.id_by_key[k], path=table.path_by_key[k], labels=labels[k],
+                                       sha256=table.hash_by_key.get(k)) for k in page]
+
+    def facets(self, where: Where = None, max_values: int = 50) -> dict[str, dict[str, int]]:
+        """Label values and their item counts, for filtering by label; values most frequent first.
+
+        Labels that identify items rather than group them (names, free text) are left out: those with more
+        than ``max_values`` distinct values in the whole catalog, or whose every value is unique.
+
+        Raises:
+            QueryError: bad ``where``.
+        """
+        terms = self.check_where(where)
+        everything = self.store.label_counts()
+        wanted = {name for name, values in everything.items()
+                  if len(values) <= max_values and len(values) < sum(values.values())}
+        counts = self.store.label_counts(terms) if terms else everything
+        return {name: dict(sorted(values.items(), key=lambda kv: (-kv[1], kv[0])))
+                for name, values in sorted(counts.items()) if name in wanted}
+
     def search(self, image: ImageInput, k: int = 10, where: Where = None) -> list[Match]:
         """The k catalog items most like an image (a path, bytes or a PIL image).
 
@@ -415,20 +525,28 @@ class Catalog:
         if key is None:
             row = self.store.item(str(item_id))
             if row is not None and row.status == "failed":
-                raise QueryError(f"item {item_id!r} could not be embedded ({row.reason}); fix the file and re-index")
-            raise QueryError(f"unknown item id {item_id!r}; `lookalike status` shows the catalog")
+                raise UnknownItemError(
+                    f"item {item_id!r} could not be embedded ({row.reason}); fix the file and re-index")
+            raise UnknownItemError(f"unknown item id {item_id!r}; `lookalike status` shows the catalog")
         return key
 
-    def _allowed(self, where: Where) -> np.ndarray | None:
+    def check_where(self, where: Where) -> dict[str, str]:
+        """Parse a filter and check that its labels exist in this catalog.
+
+        Raises:
+            QueryError: malformed, or names a label the catalog does not have.
+        """
         terms = parse_where(where)
-        if not terms:
-            return None
-        known = set(self.store.label_names())
+        known = set(self.store.label_names()) if terms else set()
         unknown = [name for name in terms if name not in known]
         if unknown:
             listing = ", ".join(sorted(known)) or "none (index from a manifest to add labels)"
             raise QueryError(f"unknown label {unknown[0]!r} in filter; labels in this catalog: {listing}")
-        return self.store.keys_where(terms)
+        return terms
+
+    def _allowed(self, where: Where) -> np.ndarray | None:
+        terms = self.check_where(where)
+        return self.store.keys_where(terms) if terms else None
 
     def _nearest(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int]) -> list[Match]:
         if allowed is not None:
@@ -494,3 +612,15 @@ class _ItemTable:
     def same_content(self, key: int) -> set[int]:
         sha = self.hash_by_key.get(key)
         return set(self.keys_by_hash.get(sha, {key})) | {key} if sha else {key}
+
+
+def _check_new_id(item_id: str) -> str:
+    item_id = str(item_id).strip()
+    if not item_id or len(item_id) > MAX_ID_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in item_id):
+        raise QueryError(f"item id {item_id[:40]!r} must be 1 to {MAX_ID_LENGTH} printable characters")
+    return item_id
+
+
+def _opened_format(data: bytes) -> str | None:
+    with Image.open(io.BytesIO(data)) as img:
+        return img.format

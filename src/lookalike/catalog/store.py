@@ -199,6 +199,20 @@ class Store:
         args = [x for pair in where.items() for x in pair]
         return np.array([r[0] for r in self.conn.execute(sql, args)], dtype=np.int64)
 
+    def label_counts(self, where: Mapping[str, str] | None = None) -> dict[str, dict[str, int]]:
+        """How many embedded items carry each label value, among those matching ``where``."""
+        sql = ("SELECT l.name, l.value, COUNT(*) FROM labels l JOIN items i ON i.key = l.key "
+               "WHERE i.status = 'ok'")
+        args: list[str] = []
+        if where:
+            sql += " AND l.key IN (" + " INTERSECT ".join(
+                "SELECT key FROM labels WHERE name = ? AND value = ?" for _ in where) + ")"
+            args = [x for pair in where.items() for x in pair]
+        out: dict[str, dict[str, int]] = {}
+        for name, value, count in self.conn.execute(sql + " GROUP BY l.name, l.value", args):
+            out.setdefault(name, {})[value] = count
+        return out
+
     def label_names(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT name FROM labels ORDER BY name")]
 

@@ -1,0 +1,219 @@
+"""Thin routers: parse the request, call the service, shape the answer. Errors from the library become
+HTTP answers in app.py, the one edge that knows about status codes."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, Response
+
+from .. import __version__
+from ..catalog.catalog import CatalogItem
+from ..images import image_media_type
+from ..search import Match, parse_where
+from . import schemas
+from .limits import too_large_message
+from .service import CatalogService
+from .thumbnails import DEFAULT_SIZE
+
+router = APIRouter(prefix="/api")
+
+CACHE_IMMUTABLE = "public, max-age=31536000, immutable"  # URLs carry the content hash (?v=...)
+
+WhereParam = Annotated[list[str] | None, Query(description="label=value, repeat for more (all must hold)")]
+Offset = Annotated[int, Query(ge=0)]
+MinSimilarity = Annotated[float | None, Query(ge=-1.0, le=1.0, description="drop results less similar")]
+
+
+def service(request: Request) -> CatalogService:
+    return request.app.state.service
+
+
+Service = Annotated[CatalogService, Depends(service)]
+
+
+def k_param(request: Request, k: Annotated[int, Query(ge=1, description="how many results")] = 10) -> int:
+    return _check_k(request, k)
+
+
+def _check_k(request: Request, k: int) -> int:
+    limit = request.app.state.settings.max_k
+    if k > limit:
+        raise HTTPException(422, f"k={k} is over this server's limit of {limit}")
+    return k
+
+
+def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None,
+                  x_admin_token: Annotated[str | None, Header()] = None) -> None:
+    """Writes need the token given to `lookalike serve --admin-token` (or LOOKALIKE_ADMIN_TOKEN)."""
+    expected = request.app.state.settings.admin_token
+    if expected is None:
+        raise HTTPException(403, "this server is read-only; start it with --admin-token (or LOOKALIKE_ADMIN_TOKEN) "
+                                 "to allow adding and deleting items")
+    given = x_admin_token or (authorization[7:] if authorization and authorization.startswith("Bearer ") else "")
+    if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise HTTPException(401, "missing or wrong admin token: send it as 'Authorization: Bearer <token>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+# -- read endpoints -----------------------------------------------------------------------------------
+
+
+@router.get("/health", response_model=schemas.Health, summary="Is the server up, and what does it serve")
+def health(svc: Service) -> schemas.Health:
+    encoder = svc.encoder
+    return schemas.Health(status="ok", version=__version__, items=svc.size(),
+                          model=svc.catalog.config.embedder.describe(), device=str(encoder.device),
+                          precision=encoder.precision, writable=svc.settings.admin_token is not None)
+
+
+@router.post("/search", response_model=schemas.SearchResult, summary="The catalog items most like an uploaded photo")
+def search(request: Request, svc: Service, image: Annotated[UploadFile, File(description="a photo")],
+           k: Annotated[int, Form(ge=1)] = 10, where: Annotated[list[str] | None, Form()] = None,
+           min_similarity: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None) -> schemas.SearchResult:
+    started = time.perf_counter()
+    _check_k(request, k)
+    data = _read_upload(request, image)
+    where = where or []
+    matches = svc.search(data, k, where, min_similarity)
+    return schemas.SearchResult(
+        query=schemas.Query(kind="upload", filename=image.filename), k=k, where=parse_where(where),
+        min_similarity=min_similarity, results=[_match(request, m, svc) for m in matches], took_ms=_ms(started))
+
+
+@router.get("/items", response_model=schemas.ItemPage, summary="Browse the catalog, with label facets")
+def browse(request: Request, svc: Service, offset: Offset = 0, limit: Annotated[int, Query(ge=0, le=500)] = 50,
+           where: WhereParam = None) -> schemas.ItemPage:
+    total, items, facets = svc.browse(offset, limit, where or [])
+    return schemas.ItemPage(total=total, offset=offset, limit=limit, where=parse_where(where or []),
+                            items=[_item(request, it) for it in items], facets=facets)
+
+
+@router.get("/items/{item_id:path}/similar", response_model=schemas.SearchResult,
+            summary="More like this: the items most like a catalog item (never itself or its exact copies)")
+def similar(request: Request, svc: Service, item_id: str, k: Annotated[int, Depends(k_param)],
+            where: WhereParam = None, min_similarity: MinSimilarity = None) -> schemas.SearchResult:
+    started = time.perf_counter()
+    matches = svc.similar(item_id, k, where or [], min_similarity)
+    return schemas.SearchResult(
+        query=schemas.Query(kind="item", id=item_id), k=k, where=parse_where(where or []),
+        min_similarity=min_similarity, results=[_match(request, m, svc) for m in matches], took_ms=_ms(started))
+
+
+@router.get("/items/{item_id:path}/image", summary="The original image file", response_class=FileResponse,
+            responses={200: {"content": {"image/*": {}}}, 304: {"description": "not modified"}})
+def image(request: Request, svc: Service, item_id: str) -> Response:
+    item = svc.item(item_id)
+    try:
+        media = image_media_type(item.path)
+    except OSError as exc:
+        raise HTTPException(404, f"the image file of item {item_id!r} is gone from {item.path}; "
+                                 "re-index the catalog") from exc
+    return _file(request, item.path, media, item.sha256)
+
+
+@router.get("/items/{item_id:path}/thumbnail", summary="A small JPEG of the item, made once and cached",
+            response_class=FileResponse, responses={200: {"content": {"image/jpeg": {}}}})
+def thumbnail(request: Request, svc: Service, item_id: str,
+              size: Annotated[int, Query(ge=16, le=1024, description="longest side in pixels")] = DEFAULT_SIZE
+              ) -> Response:
+    item = svc.item(item_id)
+    path = svc.thumbnail(item, size)
+    return _file(request, path, "image/jpeg", f"{item.sha256}-{path.parent.parent.name}")
+
+
+@router.get("/items/{item_id:path}", response_model=schemas.Item, summary="One catalog item")
+def item(request: Request, svc: Service, item_id: str) -> schemas.Item:
+    return _item(request, svc.item(item_id))
+
+
+# -- write endpoints (admin token) ----------------------------------------------------------------------
+
+
+@router.post("/items", response_model=schemas.Item, status_code=201, dependencies=[Depends(require_admin)],
+             summary="Add an image to the catalog (admin token)")
+def add_item(request: Request, svc: Service, image: Annotated[UploadFile, File()],
+             id: Annotated[str | None, Form(description="item id; default: from the content hash")] = None,
+             labels: Annotated[str | None, Form(description='JSON object, e.g. {"articleType": "Shirts"}')] = None,
+             ) -> schemas.Item:
+    parsed = _parse_labels(labels)
+    data = _read_upload(request, image)
+    return _item(request, svc.add(data, id, parsed))
+
+
+@router.delete("/items/{item_id:path}", response_model=schemas.Deleted, dependencies=[Depends(require_admin)],
+               summary="Remove an item from the catalog (admin token)")
+def delete_item(svc: Service, item_id: str) -> schemas.Deleted:
+    svc.remove(item_id)
+    return schemas.Deleted(id=item_id, deleted=True)
+
+
+# -- the seed system's endpoint ----------------------------------------------------------------------
+
+
+@router.post("/predict", response_model=schemas.Predicted,
+             summary="Seed-compatible search: base64 images of the closest items and of the upload")
+def predict(request: Request, svc: Service, image: Annotated[UploadFile, File()],
+            k: Annotated[int, Form(ge=1)] = 10) -> schemas.Predicted:
+    _check_k(request, k)
+    closest, uploaded = svc.predict(_read_upload(request, image), k)
+    return schemas.Predicted(closest_images=closest, uploaded_image=uploaded)
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def _read_upload(request: Request, upload: UploadFile) -> bytes:
+    limit = request.app.state.settings.max_upload_bytes
+    data = upload.file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, too_large_message(limit))
+    return data
+
+
+def _parse_labels(text: str | None) -> dict[str, str]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(422, f"labels must be a JSON object of strings ({exc.msg})") from exc
+    if not isinstance(value, dict) or not all(isinstance(v, (str, int, float)) for v in value.values()):
+        raise HTTPException(422, 'labels must be a JSON object of strings, e.g. {"articleType": "Shirts"}')
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _urls(request: Request, item_id: str, sha256: str | None) -> tuple[str, str]:
+    base = f"{request.scope.get('root_path', '')}/api/items/{quote(item_id, safe='')}"
+    version = f"v={sha256[:12]}" if sha256 else ""
+    return f"{base}/image?{version}", f"{base}/thumbnail?{version}"
+
+
+def _item(request: Request, item: CatalogItem) -> schemas.Item:
+    image_url, thumbnail_url = _urls(request, item.id, item.sha256)
+    return schemas.Item(id=item.id, labels=item.labels, image_url=image_url, thumbnail_url=thumbnail_url)
+
+
+def _match(request: Request, match: Match, svc: CatalogService) -> schemas.MatchItem:
+    image_url, thumbnail_url = _urls(request, match.id, svc.content_id(match.id))
+    return schemas.MatchItem(id=match.id, labels=match.labels, image_url=image_url, thumbnail_url=thumbnail_url,
+                             rank=match.rank, similarity=match.similarity, distance=match.distance)
+
+
+def _file(request: Request, path, media_type: str, etag: str | None) -> Response:
+    tag = f'"{etag}"' if etag else None
+    if tag and request.headers.get("if-none-match") == tag:
+        return Response(status_code=304, headers={"ETag": tag, "Cache-Control": CACHE_IMMUTABLE})
+    headers = {"Cache-Control": CACHE_IMMUTABLE}
+    if tag:
+        headers["ETag"] = tag
+    return FileResponse(path, media_type=media_type, headers=headers)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)

@@ -1,0 +1,65 @@
+"""The typed shapes of every API answer; FastAPI turns them into the OpenAPI document at /docs."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Item(BaseModel):
+    id: str
+    labels: dict[str, str] = Field(description="label columns of the catalog's manifest, if any")
+    image_url: str = Field(description="the original image")
+    thumbnail_url: str = Field(description="a small JPEG; add ?size=N for another size")
+
+
+class MatchItem(Item):
+    rank: int
+    similarity: float = Field(description="cosine similarity, 1 = same direction")
+    distance: float = Field(description="euclidean distance between the unit vectors, sqrt(2 - 2 similarity)")
+
+
+class Query(BaseModel):
+    kind: str = Field(description="'upload' or 'item'")
+    id: str | None = Field(default=None, description="the catalog item searched from (kind 'item')")
+    filename: str | None = None
+
+
+class SearchResult(BaseModel):
+    query: Query
+    k: int
+    where: dict[str, str]
+    min_similarity: float | None
+    results: list[MatchItem]
+    took_ms: float = Field(description="time spent answering, from request to response")
+
+
+class ItemPage(BaseModel):
+    total: int = Field(description="items matching the filter")
+    offset: int
+    limit: int
+    where: dict[str, str]
+    items: list[Item]
+    facets: dict[str, dict[str, int]] = Field(
+        description="label -> value -> items among the filtered ones; labels with many values are left out")
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    items: int
+    model: str
+    device: str
+    precision: str
+    writable: bool = Field(description="whether POST/DELETE /api/items are enabled (an admin token is set)")
+
+
+class Predicted(BaseModel):
+    """The seed system's answer shape, kept for its existing clients."""
+
+    closest_images: list[str] = Field(description="base64 JPEG of the closest catalog images, best first")
+    uploaded_image: str = Field(description="base64 JPEG of the uploaded image")
+
+
+class Deleted(BaseModel):
+    id: str
+    deleted: bool

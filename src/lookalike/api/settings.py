@@ -1,0 +1,28 @@
+"""Server settings: from `lookalike serve` options, or from LOOKALIKE_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..config import DEFAULT_MAX_PIXELS
+
+MB = 1024 * 1024
+
+
+class ServeSettings(BaseSettings):
+    """Everything `create_app` needs. Each field can be set as ``LOOKALIKE_<NAME>`` (e.g.
+    ``LOOKALIKE_ADMIN_TOKEN``), so a token never has to appear on a command line."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", frozen=True)
+
+    catalog: Path = Field(description="the catalog folder to serve")
+    admin_token: SecretStr | None = Field(default=None, description="required by POST/DELETE /api/items")
+    max_upload_bytes: int = Field(default=20 * MB, gt=0, description="largest accepted upload")
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0, description="largest accepted image (w x h)")
+    max_k: int = Field(default=100, gt=0, description="most results one request may ask for")
+    device: str = Field(default="auto", description="auto | cpu | cuda | mps")
+    max_batch: int = Field(default=16, gt=0, description="uploads embedded together in one model call")
+    thumbnail_cache: Path | None = Field(default=None, description="default: <catalog>/thumbnails")

@@ -1,0 +1,268 @@
+// lookalike web page: search by photo, "more like this", browse with label filters. Plain JS, no build step.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { mode: "start", file: null, item: null, offset: 0, facets: {} };
+const PAGE = 48;
+const SHOWN_LABELS = ["articleType", "baseColour", "gender", "season", "usage"];
+
+// -- talking to the API ------------------------------------------------------------------------------
+
+async function api(url, options) {
+  const response = await fetch(url, options);
+  let body = null;
+  try { body = await response.json(); } catch (_) { /* not JSON */ }
+  if (!response.ok) {
+    let detail = body && body.detail;
+    if (Array.isArray(detail)) {  // FastAPI validation errors
+      detail = detail.map((d) => `${(d.loc || []).slice(-1)[0]}: ${d.msg}`).join("; ");
+    }
+    throw new Error(detail || `the server answered ${response.status}`);
+  }
+  return body;
+}
+
+function filterParams() {
+  const params = new URLSearchParams();
+  document.querySelectorAll("#facets select").forEach((select) => {
+    if (select.value) params.append("where", `${select.name}=${select.value}`);
+  });
+  return params;
+}
+
+function searchOptions() {
+  const params = filterParams();
+  params.set("k", $("k").value);
+  if ($("min-sim").value) params.set("min_similarity", $("min-sim").value);
+  return params;
+}
+
+// -- showing results ---------------------------------------------------------------------------------
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+function labelText(labels) {
+  const shown = SHOWN_LABELS.filter((name) => labels[name]).map((name) => labels[name]);
+  return (shown.length ? shown : Object.values(labels).slice(0, 3)).join(" · ");
+}
+
+function card(item) {
+  const node = $("card").content.firstElementChild.cloneNode(true);
+  const button = node.querySelector("button");
+  const img = node.querySelector("img");
+  img.src = item.thumbnail_url + (item.thumbnail_url.includes("?") ? "&" : "?") + "size=256";
+  const name = item.labels.productDisplayName || item.id;
+  img.alt = name;
+  node.querySelector(".name").textContent = name;
+  node.querySelector(".labels").textContent = labelText(item.labels);
+  const score = node.querySelector(".score");
+  if (typeof item.similarity === "number") {
+    const percent = Math.max(0, Math.round(item.similarity * 100));
+    score.innerHTML = `${percent}% <span class="bar"><i style="width:${percent}%"></i></span>`;
+    button.setAttribute("aria-label", `${name}, ${percent}% similar. Show items like this`);
+    button.title = `similarity ${item.similarity.toFixed(3)}, distance ${item.distance.toFixed(3)}`;
+  } else {
+    score.remove();
+    button.setAttribute("aria-label", `${name}. Show items like this`);
+  }
+  button.dataset.id = item.id;
+  button.addEventListener("click", () => { location.hash = "item=" + encodeURIComponent(item.id); });
+  return node;
+}
+
+function showItems(items, append) {
+  const list = $("results");
+  if (!append) list.replaceChildren();
+  items.forEach((item) => list.appendChild(card(item)));
+}
+
+function showQueryItem(item) {
+  const box = $("query-item");
+  if (!item) { box.hidden = true; box.replaceChildren(); return; }
+  const img = document.createElement("img");
+  img.src = item.thumbnail_url + "&size=192";
+  img.alt = item.labels.productDisplayName || item.id;
+  const text = document.createElement("div");
+  text.innerHTML = "<strong></strong><br><span></span>";
+  text.querySelector("strong").textContent = item.labels.productDisplayName || `item ${item.id}`;
+  text.querySelector("span").textContent = `id ${item.id}` + (labelText(item.labels) ? ` · ${labelText(item.labels)}` : "");
+  box.replaceChildren(img, text);
+  box.hidden = false;
+}
+
+function title(text) { $("results-title").textContent = text; }
+
+// -- the three things a user does ----------------------------------------------------------------------
+
+async function searchFile(file) {
+  showError("");
+  if (!file) return;
+  state.mode = "upload"; state.file = file; state.item = null;
+  if (location.hash) history.pushState(null, "", location.pathname + location.search);
+  const preview = $("query-img");
+  if (preview.dataset.url) URL.revokeObjectURL(preview.dataset.url);
+  preview.dataset.url = URL.createObjectURL(file);
+  preview.src = preview.dataset.url;
+  preview.alt = `your photo ${file.name || ""}`;
+  preview.hidden = false;
+  showQueryItem(null);
+  $("more").hidden = true;
+  title("Searching…");
+  const form = new FormData();
+  form.append("image", file, file.name || "pasted-image");
+  searchOptions().forEach((value, key) => form.append(key, value));
+  try {
+    const answer = await api("/api/search", { method: "POST", body: form });
+    showItems(answer.results);
+    title(answer.results.length
+      ? `${answer.results.length} items most like your photo (${Math.round(answer.took_ms)} ms)`
+      : "No items match these filters.");
+  } catch (err) {
+    $("results").replaceChildren();
+    title("That photo could not be searched.");
+    showError(err.message);
+  }
+}
+
+function hidePreview() {
+  const preview = $("query-img");
+  preview.hidden = true;
+  preview.removeAttribute("src");
+}
+
+async function similarTo(id) {
+  showError("");
+  hidePreview();
+  state.mode = "item"; state.item = id;
+  $("more").hidden = true;
+  title("Searching…");
+  try {
+    const [item, answer] = await Promise.all([
+      api(`/api/items/${encodeURIComponent(id)}`),
+      api(`/api/items/${encodeURIComponent(id)}/similar?${searchOptions()}`),
+    ]);
+    showQueryItem(item);
+    showItems(answer.results);
+    title(answer.results.length
+      ? `${answer.results.length} items most like ${item.labels.productDisplayName || "item " + id} (${Math.round(answer.took_ms)} ms)`
+      : "No other items match these filters.");
+    window.scrollTo({ top: 0, behavior: "smooth" });
+  } catch (err) {
+    showQueryItem(null);
+    $("results").replaceChildren();
+    title("Nothing to show.");
+    showError(err.message);
+  }
+}
+
+async function browse(append) {
+  showError("");
+  state.mode = "browse"; state.item = null;
+  if (!append) state.offset = 0;
+  showQueryItem(null);
+  hidePreview();
+  const params = filterParams();
+  params.set("offset", state.offset); params.set("limit", PAGE);
+  try {
+    const page = await api(`/api/items?${params}`);
+    showItems(page.items, append);
+    state.offset += page.items.length;
+    title(`Catalog: ${page.total} items${params.getAll("where").length ? " matching the filters" : ""}. ` +
+          "Pick one to see its look-alikes.");
+    $("more").hidden = state.offset >= page.total;
+    updateFacetCounts(page.facets);
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+function rerun() {
+  if (state.mode === "upload") searchFile(state.file);
+  else if (state.mode === "item") similarTo(state.item);
+  else browse(false);
+  $("clear-filters").hidden = !filterParams().toString();
+}
+
+// -- filters from the catalog's label facets ----------------------------------------------------------
+
+function buildFacets(facets) {
+  const holder = $("facets");
+  holder.replaceChildren();
+  Object.entries(facets).filter(([, values]) => Object.keys(values).length > 1).forEach(([name, values]) => {
+    const label = document.createElement("label");
+    label.textContent = name;
+    const select = document.createElement("select");
+    select.name = name;
+    select.dataset.testid = `facet-${name}`;
+    select.appendChild(new Option("all", ""));
+    Object.entries(values).forEach(([value, count]) => select.appendChild(new Option(`${value} (${count})`, value)));
+    select.addEventListener("change", rerun);
+    label.appendChild(select);
+    holder.appendChild(label);
+  });
+}
+
+function updateFacetCounts(facets) {
+  document.querySelectorAll("#facets select").forEach((select) => {
+    const counts = facets[select.name] || {};
+    [...select.options].slice(1).forEach((option) => {
+      option.textContent = `${option.value} (${counts[option.value] || 0})`;
+    });
+  });
+}
+
+// -- wiring ----------------------------------------------------------------------------------------
+
+function route() {
+  const hash = decodeURIComponent(location.hash.slice(1));
+  if (hash.startsWith("item=")) similarTo(hash.slice(5));
+  else if (hash === "browse") browse(false);
+}
+
+async function start() {
+  const drop = $("drop"), file = $("file");
+  drop.addEventListener("click", () => file.click());
+  drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); file.click(); }
+  });
+  file.addEventListener("change", () => { searchFile(file.files[0]); file.value = ""; });
+  ["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (e) => {
+    e.preventDefault(); drop.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((type) => drop.addEventListener(type, () => drop.classList.remove("over")));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    const dropped = [...e.dataTransfer.files].find((f) => f.type.startsWith("image/")) || e.dataTransfer.files[0];
+    searchFile(dropped);
+  });
+  document.addEventListener("dragover", (e) => e.preventDefault());
+  document.addEventListener("drop", (e) => e.preventDefault());  // a missed drop must not open the file
+  document.addEventListener("paste", (e) => {
+    const pasted = [...(e.clipboardData || {}).items || []].find((it) => it.kind === "file");
+    if (pasted) { e.preventDefault(); searchFile(pasted.getAsFile()); }
+  });
+  $("k").addEventListener("change", rerun);
+  $("min-sim").addEventListener("change", rerun);
+  $("more").addEventListener("click", () => browse(true));
+  $("clear-filters").addEventListener("click", () => {
+    document.querySelectorAll("#facets select").forEach((s) => { s.value = ""; });
+    rerun();
+  });
+  window.addEventListener("hashchange", route);
+  $("filters-box").open = window.matchMedia("(min-width: 641px)").matches;
+
+  try {
+    const [health, page] = await Promise.all([api("/api/health"), api("/api/items?limit=0")]);
+    $("summary").textContent = `${health.items} items · ${health.model.split(" ")[0]} on ${health.device}`;
+    buildFacets(page.facets);
+  } catch (err) {
+    showError(`The server is not answering: ${err.message}`);
+  }
+  route();
+}
+
+document.addEventListener("DOMContentLoaded", start);
