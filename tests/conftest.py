@@ -46,6 +46,29 @@ def tiny_embedder():
     return create_embedder(TINY_MODEL, weights="random")
 
 
+COLORS = {"red": (200, 30, 30), "green": (30, 160, 60), "blue": (30, 60, 200), "yellow": (230, 210, 40)}
+SHAPES = ("rect", "ellipse", "stripes")
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory, tiny_embedder) -> Path:
+    """Twelve labelled photos (colour x shape; stripes under shoes/) in a catalog built with the tiny model."""
+    root = tmp_path_factory.mktemp("shop")
+    photos = root / "photos"
+    rows = ["path,colour,shape,name"]
+    for colour, rgb in COLORS.items():
+        for shape in SHAPES:
+            rel = f"{'shoes/' if shape == 'stripes' else ''}{colour}-{shape}.jpg"
+            make_image(photos / rel, color=rgb, shape=shape, quality=90)
+            rows.append(f"{rel},{colour},{shape},{colour} {shape} thing")
+    (root / "styles.csv").write_text("\n".join(rows) + "\n")
+    from lookalike import Catalog, EncodeOptions
+
+    with Catalog.create(root / "shop.lk", TINY_MODEL, embedder=tiny_embedder) as catalog:
+        catalog.add(root / "styles.csv", images=photos, options=EncodeOptions(workers=0, progress=False))
+    return root
+
+
 @pytest.fixture
 def photo_dir(tmp_path: Path) -> Path:
     """Twelve small photos: four colours x three shapes, some in subfolders."""

@@ -13,30 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import TINY_MODEL, huge_png_header, make_image
+from conftest import COLORS, SHAPES, TINY_MODEL, huge_png_header, make_image
 from lookalike import Catalog, EncodeOptions
 from lookalike.api import ServeSettings, create_app
+from lookalike.api.schemas import SearchResult
 
 TOKEN = "test-admin-token"
-COLORS = {"red": (200, 30, 30), "green": (30, 160, 60), "blue": (30, 60, 200), "yellow": (230, 210, 40)}
-SHAPES = ("rect", "ellipse", "stripes")
-
-
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory, tiny_embedder) -> Path:
-    """Twelve labelled photos (colour x shape; stripes under shoes/) in a catalog built with the tiny model."""
-    root = tmp_path_factory.mktemp("shop")
-    photos = root / "photos"
-    rows = ["path,colour,shape,name"]
-    for colour, rgb in COLORS.items():
-        for shape in SHAPES:
-            rel = f"{'shoes/' if shape == 'stripes' else ''}{colour}-{shape}.jpg"
-            make_image(photos / rel, color=rgb, shape=shape, quality=90)
-            rows.append(f"{rel},{colour},{shape},{colour} {shape} thing")
-    (root / "styles.csv").write_text("\n".join(rows) + "\n")
-    with Catalog.create(root / "shop.lk", TINY_MODEL, embedder=tiny_embedder) as catalog:
-        catalog.add(root / "styles.csv", images=photos, options=EncodeOptions(workers=0, progress=False))
-    return root
 
 
 def client_for(shop: Path, catalog: Path | None = None, **settings) -> TestClient:
@@ -72,6 +54,7 @@ def test_search_by_upload_ranks_the_same_photo_first(client, shop):
     r = client.post("/api/search", files=upload(photo(shop, "blue-ellipse")), data={"k": "4"})
     assert r.status_code == 200, r.text
     body = r.json()
+    SearchResult.model_validate(body)
     assert body["query"] == {"kind": "upload", "id": None, "filename": "photo.jpg"}
     assert len(body["results"]) == 4 and body["took_ms"] > 0
     first = body["results"][0]
@@ -98,6 +81,7 @@ def test_search_filters_and_threshold(client, shop):
 
 def test_similar_excludes_the_item_and_honours_k_and_where(client):
     body = client.get("/api/items/green-rect/similar", params={"k": 5}).json()
+    SearchResult.model_validate(body)  # the documented shape, built without revalidation
     ids = [m["id"] for m in body["results"]]
     assert len(ids) == 5 and "green-rect" not in ids
     assert body["query"] == {"kind": "item", "id": "green-rect", "filename": None}
@@ -316,7 +300,7 @@ def test_batcher_batches_waiting_requests_and_reports_failures(tiny_embedder):
         return real(batch)
 
     encoder.embed_uint8 = counting
-    batcher = EmbedBatcher(encoder, max_batch=16)
+    batcher = EmbedBatcher(lambda: encoder, max_batch=16)
     h, w = tiny_embedder.data_config["input_size"][1:]
     rng = np.random.default_rng(0)
     arrays = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(9)]

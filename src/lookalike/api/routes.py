@@ -10,7 +10,7 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from .. import __version__
 from ..catalog.catalog import CatalogItem
@@ -30,14 +30,14 @@ Offset = Annotated[int, Query(ge=0)]
 MinSimilarity = Annotated[float | None, Query(ge=-1.0, le=1.0, description="drop results less similar")]
 
 
-def service(request: Request) -> CatalogService:
+async def service(request: Request) -> CatalogService:  # async: no thread hop for a lookup
     return request.app.state.service
 
 
 Service = Annotated[CatalogService, Depends(service)]
 
 
-def k_param(request: Request, k: Annotated[int, Query(ge=1, description="how many results")] = 10) -> int:
+async def k_param(request: Request, k: Annotated[int, Query(ge=1, description="how many results")] = 10) -> int:
     return _check_k(request, k)
 
 
@@ -48,7 +48,7 @@ def _check_k(request: Request, k: int) -> int:
     return k
 
 
-def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None,
+async def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None,
                   x_admin_token: Annotated[str | None, Header()] = None) -> None:
     """Writes need the token given to `lookalike serve --admin-token` (or LOOKALIKE_ADMIN_TOKEN)."""
     expected = request.app.state.settings.admin_token
@@ -75,15 +75,14 @@ def health(svc: Service) -> schemas.Health:
 @router.post("/search", response_model=schemas.SearchResult, summary="The catalog items most like an uploaded photo")
 def search(request: Request, svc: Service, image: Annotated[UploadFile, File(description="a photo")],
            k: Annotated[int, Form(ge=1)] = 10, where: Annotated[list[str] | None, Form()] = None,
-           min_similarity: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None) -> schemas.SearchResult:
+           min_similarity: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None) -> Response:
     started = time.perf_counter()
     _check_k(request, k)
     data = _read_upload(request, image)
     where = where or []
     matches = svc.search(data, k, where, min_similarity)
-    return schemas.SearchResult(
-        query=schemas.Query(kind="upload", filename=image.filename), k=k, where=parse_where(where),
-        min_similarity=min_similarity, results=[_match(request, m, svc) for m in matches], took_ms=_ms(started))
+    return _result(request, {"kind": "upload", "id": None, "filename": image.filename}, k, where, min_similarity,
+                   matches, started)
 
 
 @router.get("/items", response_model=schemas.ItemPage, summary="Browse the catalog, with label facets")
@@ -96,13 +95,12 @@ def browse(request: Request, svc: Service, offset: Offset = 0, limit: Annotated[
 
 @router.get("/items/{item_id:path}/similar", response_model=schemas.SearchResult,
             summary="More like this: the items most like a catalog item (never itself or its exact copies)")
-def similar(request: Request, svc: Service, item_id: str, k: Annotated[int, Depends(k_param)],
-            where: WhereParam = None, min_similarity: MinSimilarity = None) -> schemas.SearchResult:
+async def similar(request: Request, svc: Service, item_id: str, k: Annotated[int, Depends(k_param)],
+                  where: WhereParam = None, min_similarity: MinSimilarity = None) -> Response:
     started = time.perf_counter()
-    matches = svc.similar(item_id, k, where or [], min_similarity)
-    return schemas.SearchResult(
-        query=schemas.Query(kind="item", id=item_id), k=k, where=parse_where(where or []),
-        min_similarity=min_similarity, results=[_match(request, m, svc) for m in matches], took_ms=_ms(started))
+    matches = await svc.similar(item_id, k, where or [], min_similarity)
+    return _result(request, {"kind": "item", "id": item_id, "filename": None}, k, where or [], min_similarity,
+                   matches, started)
 
 
 @router.get("/items/{item_id:path}/image", summary="The original image file", response_class=FileResponse,
@@ -199,10 +197,18 @@ def _item(request: Request, item: CatalogItem) -> schemas.Item:
     return schemas.Item(id=item.id, labels=item.labels, image_url=image_url, thumbnail_url=thumbnail_url)
 
 
-def _match(request: Request, match: Match, svc: CatalogService) -> schemas.MatchItem:
-    image_url, thumbnail_url = _urls(request, match.id, svc.content_id(match.id))
-    return schemas.MatchItem(id=match.id, labels=match.labels, image_url=image_url, thumbnail_url=thumbnail_url,
-                             rank=match.rank, similarity=match.similarity, distance=match.distance)
+def _result(request: Request, query: dict, k: int, where: list[str], min_similarity: float | None,
+            matches: list[tuple[Match, str | None]], started: float) -> JSONResponse:
+    """A SearchResult built as plain JSON: the shape is fixed here and documented by the response model, so
+    revalidating it on every request (a third of a /similar request's time) buys nothing."""
+    results = []
+    for match, sha256 in matches:
+        image_url, thumbnail_url = _urls(request, match.id, sha256)
+        results.append({"id": match.id, "labels": match.labels, "image_url": image_url,
+                        "thumbnail_url": thumbnail_url, "rank": match.rank, "similarity": match.similarity,
+                        "distance": match.distance})
+    return JSONResponse({"query": query, "k": k, "where": parse_where(where), "min_similarity": min_similarity,
+                         "results": results, "took_ms": _ms(started)})
 
 
 def _file(request: Request, path, media_type: str, etag: str | None) -> Response:

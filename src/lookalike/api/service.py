@@ -3,12 +3,16 @@ the thumbnail cache. Routes call these methods; nothing here knows about HTTP.""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
-import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
+import faiss
 import numpy as np
 
 from ..catalog import Catalog
@@ -21,20 +25,33 @@ from .settings import ServeSettings
 from .thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+Versioned = tuple[Match, str | None]  # a result and its content hash
 
 
 class CatalogService:
-    """Opened once at startup. Catalog reads and writes are serialised by one lock (each takes about a
-    millisecond); decoding and the model run outside it."""
+    """Opened once at startup. Catalog reads and writes run one at a time on a thread of their own (each
+    takes about a millisecond), the model on the batcher's thread, decoding on the request threads.
+
+    Why one catalog thread rather than a lock: FAISS runs OpenMP too, and every long-lived thread that has
+    run OpenMP work makes PyTorch's own OpenMP workers slower (see batcher.py); one thread, limited to one
+    OpenMP thread for single-query searches, keeps the model at full speed.
+    """
 
     def __init__(self, settings: ServeSettings):
         """Raises: CatalogError, ModelUnavailableError (the CLI prints them on one line)."""
         self.settings = settings
-        self.catalog = Catalog.open(settings.catalog)
-        options = EncodeOptions(device=settings.device, max_pixels=settings.max_pixels, progress=False, workers=0)
-        self.encoder = self.catalog.encoder(options)
-        self.batcher = EmbedBatcher(self.encoder, max_batch=settings.max_batch)
-        self.lock = threading.RLock()
+        self._catalog_thread = ThreadPoolExecutor(1, thread_name_prefix="lookalike-catalog",
+                                                  initializer=faiss.omp_set_num_threads, initargs=(1,))
+        try:
+            self.catalog = self._call(Catalog.open, settings.catalog)
+            options = EncodeOptions(device=settings.device, max_pixels=settings.max_pixels, progress=False,
+                                    workers=0)
+            self.batcher = EmbedBatcher(lambda: self.catalog.encoder(options), max_batch=settings.max_batch)
+        except BaseException:
+            self._catalog_thread.shutdown()
+            raise
+        self.encoder = self.batcher.encoder
         self.thumbnails = ThumbnailCache(settings.thumbnail_cache or settings.catalog / "thumbnails")
         # Warm up so the first user does not pay for lazy initialisation (oneDNN kernels, CUDA context).
         _, height, width = self.encoder.embedder.data_config["input_size"]
@@ -42,49 +59,55 @@ class CatalogService:
 
     def close(self) -> None:
         self.batcher.close()
-        self.catalog.close()
+        self._call(self.catalog.close)
+        self._catalog_thread.shutdown()
+
+    def _call(self, fn: Callable[..., T], *args) -> T:
+        """Run a catalog call on the catalog thread and wait for it."""
+        return self._catalog_thread.submit(fn, *args).result()
 
     # -- searching ---------------------------------------------------------------------------------
 
     def embed(self, data: bytes) -> np.ndarray:
-        """Decode on the calling thread, embed in a shared batch.
+        """Decode and embed in a shared batch.
 
         Raises:
             ImageError: not an image, corrupt, or over the pixel limit.
         """
-        return self.batcher.embed(self.encoder.prepare(data))
+        return self.batcher.embed(data)
 
-    def search(self, data: bytes, k: int, where: Where, min_similarity: float | None) -> list[Match]:
+    def search(self, data: bytes, k: int, where: Where, min_similarity: float | None) -> list[Versioned]:
+        """The k items most like an uploaded image, each with its content hash (for cacheable URLs)."""
         check_k(k)
-        with self.lock:
-            self.catalog.check_where(where)  # a bad filter fails before the model runs
+        self._call(self.catalog.check_where, where)  # a bad filter fails before the model runs
         vector = self.embed(data)
-        with self.lock:
-            return _above(self.catalog.search_vector(vector, k, where), min_similarity)
+        return self._call(self._versioned, self.catalog.search_vector, (vector, k, where), min_similarity)
 
-    def similar(self, item_id: str, k: int, where: Where, min_similarity: float | None) -> list[Match]:
-        with self.lock:
-            return _above(self.catalog.similar(item_id, k, where), min_similarity)
+    async def similar(self, item_id: str, k: int, where: Where, min_similarity: float | None) -> list[Versioned]:
+        """More like a catalog item; awaited on the event loop, so a request costs one thread hop."""
+        future = self._catalog_thread.submit(
+            self._versioned, self.catalog.similar, (item_id, k, where), min_similarity)
+        return await asyncio.wrap_future(future)
+
+    def _versioned(self, find: Callable[..., list[Match]], args: tuple, min_similarity: float | None
+                   ) -> list[Versioned]:
+        matches = _above(find(*args), min_similarity)
+        return [(m, self.catalog.item(m.id).sha256) for m in matches]
 
     # -- browsing ----------------------------------------------------------------------------------
 
     def item(self, item_id: str) -> CatalogItem:
-        with self.lock:
-            return self.catalog.item(item_id)
+        return self._call(self.catalog.item, item_id)
 
     def browse(self, offset: int, limit: int, where: Where) -> tuple[int, list[CatalogItem], dict]:
-        with self.lock:
+        def page() -> tuple[int, list[CatalogItem], dict]:
             total, items = self.catalog.browse(offset, limit, where)
             return total, items, self.catalog.facets(where)
 
-    def content_id(self, item_id: str) -> str | None:
-        """The item's content hash: it versions image URLs, so browsers may cache them for good."""
-        with self.lock:
-            return self.catalog.item(item_id).sha256
+        return self._call(page)
 
     def size(self) -> int:
-        with self.lock:
-            return len(self.catalog)
+        return self._call(self.catalog.__len__)
 
     def thumbnail(self, item: CatalogItem, size: int) -> Path:
         return self.thumbnails.get(item.path, item.sha256, size)
@@ -93,19 +116,16 @@ class CatalogService:
 
     def add(self, data: bytes, item_id: str | None, labels: dict[str, str]) -> CatalogItem:
         vector = self.embed(data)
-        with self.lock:
-            return self.catalog.add_image(data, item_id, labels, vector=vector)
+        return self._call(self.catalog.add_image, data, item_id, labels, vector)
 
     def remove(self, item_id: str) -> None:
-        with self.lock:
-            self.catalog.remove([item_id])
+        self._call(self.catalog.remove, [item_id])
 
     # -- the seed system's answer ------------------------------------------------------------------
 
     def predict(self, data: bytes, k: int) -> tuple[list[str], str]:
         """Base64 JPEGs of the k closest images and of the upload, as the seed's /api/predict gave."""
-        matches = self.search(data, k, None, None)
-        closest = [_jpeg_base64(self.thumbnails.get(m.path, self.item(m.id).sha256, 512)) for m in matches]
+        closest = [_jpeg_base64(self.thumbnails.get(m.path, sha, 512)) for m, sha in self.search(data, k, None, None)]
         uploaded = decode(data, max_pixels=self.settings.max_pixels)
         uploaded.thumbnail((512, 512))
         buffer = io.BytesIO()

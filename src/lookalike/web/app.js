@@ -225,10 +225,8 @@ function route() {
 
 async function start() {
   const drop = $("drop"), file = $("file");
-  drop.addEventListener("click", () => file.click());
-  drop.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); file.click(); }
-  });
+  drop.addEventListener("click", () => file.click());  // the whole zone is a target for the mouse
+  $("choose").addEventListener("click", (e) => { e.stopPropagation(); file.click(); });  // and for the keyboard
   file.addEventListener("change", () => { searchFile(file.files[0]); file.value = ""; });
   ["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (e) => {
     e.preventDefault(); drop.classList.add("over");

@@ -1,0 +1,276 @@
+"""Load on `lookalike serve`: requests/s and p50/p99 latency under concurrent clients, against the raw
+embed+search rate of the same catalog and model measured in the same run.
+
+What it does:
+
+* Builds (once, kept in ``.bench/serve-<model>.lk``) a catalog of ``../shared/datasets/fashion-products`` with
+  ``resnet50`` and seeded random weights (timing does not depend on the weights' values).
+* **Raw rate**, in this process, no HTTP: for the same query photos, the file bytes are decoded, embedded and
+  searched exactly as the server does it (``Encoder.prepare`` per image, one model call per batch, FAISS
+  search, k=10), in batches as large as each concurrency level (1, 4, 16 photos decoded in as many threads,
+  then one model call): the most the server's micro-batching could reach with that many clients. The
+  catalog and model are then closed, so the server has the machine to itself.
+* **Server**: ``lookalike serve`` in a subprocess on a free loopback port. Clients are threads of this
+  process with one keep-alive connection each (``http.client``), each sending requests back to back until
+  ``--seconds`` have passed or ``--requests`` were sent. ``/api/items/{id}/similar?k=10`` for random catalog
+  ids, and ``POST /api/search`` uploading shared photos (multipart bodies built before the clock starts),
+  at 1, 4 and 16 concurrent clients. Every answer must be HTTP 200 with k results; anything else counts as
+  an error. Latency is from sending the request to reading the whole answer.
+
+Targets (issue 4): ``/similar`` p99 under 20 ms at 16 clients; ``/search`` req/s within 80% of the raw rate
+at each concurrency level (against the raw rate in batches of that size); no errors.
+
+Note that the load generator shares the machine's cores with the server; on a 2-core machine that costs the
+server some of its throughput, and the figures are a lower bound.
+
+Run it from the repository root::
+
+    python benchmarks/serve_load.py                       # 10 s per level
+    python benchmarks/serve_load.py --seconds 3 --limit 60   # a quick smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets" / "fashion-products"
+K = 10
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--photos", type=Path, default=SHARED, help="dataset folder (styles.csv + images/)")
+    ap.add_argument("--model", default="resnet50")
+    ap.add_argument("--catalog", type=Path, default=None, help="default .bench/serve-<model>.lk")
+    ap.add_argument("--limit", type=int, default=None, help="index only the first N photos")
+    ap.add_argument("--clients", default="1,4,16", help="concurrency levels")
+    ap.add_argument("--seconds", type=float, default=10.0, help="per endpoint and level")
+    ap.add_argument("--requests", type=int, default=5000, help="at most this many per endpoint and level")
+    ap.add_argument("--endpoints", default="similar,search", help="which endpoints to drive")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    levels = [int(c) for c in args.clients.split(",")]
+
+    catalog_path = args.catalog or ROOT / ".bench" / f"serve-{args.model.replace(':', '_')}.lk"
+    build_catalog(catalog_path, args)
+    ids, queries = load_queries(catalog_path, args.photos)
+    raw = raw_rates(catalog_path, queries, args.device, levels)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "lookalike.cli", "serve", "--catalog", str(catalog_path), "--port", str(port),
+         "--device", args.device, "-q"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        health = wait_for(port, server)
+        results = []
+        for endpoint in args.endpoints.split(","):
+            for clients in levels:
+                results.append(drive(port, endpoint, clients, ids, queries, args.seconds, args.requests))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    report(results, raw, health, args)
+    return 0
+
+
+# -- setup ----------------------------------------------------------------------------------------------
+
+
+def build_catalog(path: Path, args) -> None:
+    from lookalike import Catalog, EncodeOptions
+
+    if (path / "catalog.json").exists():
+        return
+    source = args.photos / "images"
+    if args.limit:
+        import tempfile
+
+        subset = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+        for photo in sorted(source.glob("*.jpg"))[: args.limit]:
+            os.link(photo, subset / photo.name)
+        source = subset
+    print(f"building {path} from {source} ...", file=sys.stderr)
+    with Catalog.create(path, model=args.model, weights="random") as catalog:
+        catalog.add(args.photos / "styles.csv", images=source, options=EncodeOptions(progress=False))
+
+
+def load_queries(catalog_path: Path, photos: Path) -> tuple[list[str], list[tuple[str, bytes]]]:
+    from lookalike import Catalog
+
+    with Catalog.open(catalog_path) as catalog:
+        ids = catalog.ids()
+        paths = [catalog.item(i).path for i in ids[:64]]
+    return ids, [(Path(p).name, Path(p).read_bytes()) for p in paths]
+
+
+def raw_rates(catalog_path: Path, queries: list[tuple[str, bytes]], device: str,
+              batches: list[int]) -> dict[int, float]:
+    """Images/s of decode + embed + search without HTTP, for each batch size: the photos of a batch are
+    decoded in as many threads, embedded in one model call, and searched one by one (k=10)."""
+    from lookalike import Catalog, EncodeOptions
+
+    with Catalog.open(catalog_path) as catalog:
+        encoder = catalog.encoder(EncodeOptions(device=device, workers=0, progress=False))
+        data = [q[1] for q in queries]
+        rates = {}
+        for size in batches:
+            with ThreadPoolExecutor(size) as pool:
+                def run(photos: list[bytes], size: int = size, pool: ThreadPoolExecutor = pool) -> None:
+                    for start in range(0, len(photos), size):
+                        arrays = list(pool.map(encoder.prepare, photos[start:start + size]))
+                        vectors = encoder.embed_uint8(torch.from_numpy(np.stack(arrays)))
+                        for vector in vectors:
+                            assert len(catalog.search_vector(vector, K)) == K
+
+                run(data[:size])  # warm up this batch shape
+                started = time.perf_counter()
+                run(data)
+                rates[size] = len(data) / (time.perf_counter() - started)
+    return rates
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(port: int, server: subprocess.Popen) -> dict:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"server exited: {server.stdout.read()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
+                return json.loads(r.read())
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit("server did not start in 180 s")
+
+
+# -- load -----------------------------------------------------------------------------------------------
+
+
+def multipart(name: str, data: bytes) -> tuple[bytes, str]:
+    boundary = "lookalike-bench-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n{K}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def drive(port: int, endpoint: str, clients: int, ids: list[str], queries: list[tuple[str, bytes]],
+          seconds: float, max_requests: int) -> dict:
+    bodies = [multipart(n, d) for n, d in queries]
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    sent = 0
+    stop_at = time.perf_counter() + seconds
+
+    def client(seed: int) -> None:
+        nonlocal sent
+        rng = random.Random(seed)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.perf_counter() < stop_at:
+            with lock:
+                if sent >= max_requests:
+                    break
+                sent += 1
+            started = time.perf_counter()
+            try:
+                if endpoint == "similar":
+                    conn.request("GET", f"/api/items/{quote(rng.choice(ids), safe='')}/similar?k={K}")
+                else:
+                    body, ctype = bodies[rng.randrange(len(bodies))]
+                    conn.request("POST", "/api/search", body=body, headers={"Content-Type": ctype})
+                response = conn.getresponse()
+                payload = response.read()
+                ok = response.status == 200 and len(json.loads(payload)["results"]) == K
+                problem = None if ok else f"HTTP {response.status}: {payload[:120]!r}"
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            elapsed = time.perf_counter() - started
+            with lock:
+                if problem:
+                    errors.append(problem)
+                else:
+                    latencies.append(elapsed)
+        conn.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {
+        "endpoint": endpoint, "clients": clients, "requests": len(latencies) + len(errors), "errors": len(errors),
+        "first_error": errors[0] if errors else None, "seconds": round(wall, 2),
+        "rps": len(latencies) / wall if wall else 0.0,
+        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+        "mean_ms": statistics.fmean(ms) if len(ms) else float("nan"),
+    }
+
+
+# -- report ---------------------------------------------------------------------------------------------
+
+
+def report(results: list[dict], raw: dict[str, float], health: dict, args) -> None:
+    for r in results:
+        if r["endpoint"] == "search":
+            base = raw[r["clients"]]
+            r["raw_rps"] = base
+            r["vs_raw"] = r["rps"] / base
+    similar16 = next((r for r in results if r["endpoint"] == "similar" and r["clients"] == 16), None)
+    searches = [r for r in results if r["endpoint"] == "search"]
+    verdict = {
+        "similar_p99_under_20ms_at_16": None if similar16 is None else similar16["p99_ms"] < 20.0,
+        "search_within_80pct_of_raw": all(r["vs_raw"] >= 0.8 for r in searches) if searches else None,
+        "no_errors": all(r["errors"] == 0 for r in results),
+    }
+    if args.json:
+        print(json.dumps({"server": health, "raw_rps": raw, "results": results, "targets": verdict}, indent=2))
+        return
+    print(f"server: {health['items']} items, {health['model']}, {health['device']} {health['precision']}; "
+          f"{os.cpu_count()} CPU cores shared with the load generator")
+    print("raw decode+embed+search, no HTTP: " + ", ".join(
+        f"{rate:.1f} img/s in batches of {size}" for size, rate in raw.items()))
+    print(f"{'endpoint':10} {'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
+          f" {'vs raw':>7}")
+    for r in results:
+        vs = f"{r['vs_raw']:.2f}x" if "vs_raw" in r else ""
+        print(f"{r['endpoint']:10} {r['clients']:>7} {r['requests']:>8} {r['errors']:>6} {r['rps']:>8.1f} "
+              f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {vs:>7}")
+        if r["first_error"]:
+            print(f"  first error: {r['first_error']}")
+    for name, ok in verdict.items():
+        print(f"target {name}: {'not measured' if ok is None else 'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
