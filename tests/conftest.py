@@ -67,3 +67,25 @@ def random_unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, dim)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def labelled_catalog(tmp_path: Path, photo_dir: Path):
+    """A colour-histogram catalog of ``photo_dir`` from a manifest: labels colour and shape on 11 of the 12
+    photos (blue-stripes has no row), plus ``red-copy``, an exact copy of red-rect. No network model needed."""
+    import shutil
+
+    from lookalike import Catalog
+    from lookalike.config import EncodeOptions
+
+    shutil.copy(photo_dir / "red-rect.jpg", photo_dir / "red-copy.jpg")
+    rows = ["path,colour,shape"]
+    for path in sorted(photo_dir.rglob("*.jpg")):
+        colour, shape = path.stem.split("-")
+        if path.stem != "blue-stripes":
+            rows.append(f"{path.relative_to(photo_dir).as_posix()},{colour},{'rect' if shape == 'copy' else shape}")
+    (photo_dir / "labels.csv").write_text("\n".join(rows) + "\n")
+    catalog = Catalog.create(tmp_path / "shop.lk", "colorhist")
+    catalog.add(photo_dir / "labels.csv", images=photo_dir, options=EncodeOptions(workers=0, progress=False))
+    yield catalog
+    catalog.close()
