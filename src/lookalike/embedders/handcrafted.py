@@ -28,7 +28,8 @@ class _HandcraftedEmbedder:
         self.pil_transform = pil_transform
         self.model = model.eval()
         self.draft_size = draft_size
-        self.info = EmbedderInfo(name=self.name, timm_name="", weights=HANDCRAFTED_WEIGHTS, dim=dim, pool="none")
+        self.info = EmbedderInfo(name=self.name, timm_name="handcrafted", weights=HANDCRAFTED_WEIGHTS, dim=dim,
+                                 pool="none")
 
     @property
     def dim(self) -> int:
