@@ -327,7 +327,7 @@ def _analysis_parsers(sub, common: argparse.ArgumentParser, run: argparse.Argume
                        description="Draw a figure to --out (.png or .svg).")
     plots = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
     out_arg = argparse.ArgumentParser(add_help=False)
-    out_arg.add_argument("--out", required=True, help="file to write: .png or .svg")
+    out_arg.add_argument("--out", required=True, type=_figure_path, help="file to write: .png or .svg")
 
     q = plots.add_parser("grid", parents=[common, catalog_arg, out_arg], help="query photos and their look-alikes",
                          description="One row per item: the item, then its k recommendations with similarity and "
@@ -388,6 +388,15 @@ def _analysis_parsers(sub, common: argparse.ArgumentParser, run: argparse.Argume
                    help="clusters to show when none are stored (default 6; not stored)")
     p.add_argument("--bootstrap", type=_non_negative_int, default=1000, help="resamples for the intervals (1000)")
     p.set_defaults(func=cmd_report)
+
+
+def _figure_path(text: str) -> str:
+    """Refuse a wrong extension before any work is done."""
+    from .plots import FORMATS
+
+    if Path(text).suffix.lower() not in FORMATS:
+        raise argparse.ArgumentTypeError(f"{text!r}: write the figure as .png or .svg")
+    return text
 
 
 def _range(text: str) -> tuple[int, int]:
