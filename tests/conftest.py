@@ -103,3 +103,25 @@ def huge_png_header(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
             + png_chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def labelled_catalog(tmp_path: Path, photo_dir: Path):
+    """A colour-histogram catalog of ``photo_dir`` from a manifest: labels colour and shape on 11 of the 12
+    photos (blue-stripes has no row), plus ``red-copy``, an exact copy of red-rect. No network model needed."""
+    import shutil
+
+    from lookalike import Catalog
+    from lookalike.config import EncodeOptions
+
+    shutil.copy(photo_dir / "red-rect.jpg", photo_dir / "red-copy.jpg")
+    rows = ["path,colour,shape"]
+    for path in sorted(photo_dir.rglob("*.jpg")):
+        colour, shape = path.stem.split("-")
+        if path.stem != "blue-stripes":
+            rows.append(f"{path.relative_to(photo_dir).as_posix()},{colour},{'rect' if shape == 'copy' else shape}")
+    (photo_dir / "labels.csv").write_text("\n".join(rows) + "\n")
+    catalog = Catalog.create(tmp_path / "shop.lk", "colorhist")
+    catalog.add(photo_dir / "labels.csv", images=photo_dir, options=EncodeOptions(workers=0, progress=False))
+    yield catalog
+    catalog.close()

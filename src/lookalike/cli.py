@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -79,7 +80,7 @@ def cmd_search(args: argparse.Namespace, out: Console) -> int:
 
 def cmd_similar(args: argparse.Namespace, out: Console) -> int:
     with Catalog.open(args.catalog) as catalog:
-        matches = catalog.similar(args.item_id, k=args.k, where=args.where)
+        matches = catalog.similar(args.item_id, k=args.k, where=args.where, same_cluster=args.same_cluster)
         _show(matches, args, out, title=f"items most like catalog item {args.item_id}")
     return 0
 
@@ -179,6 +180,277 @@ def cmd_serve(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+# -- analysis: evaluate, plot, cluster, report ---------------------------------------------------------
+
+
+def cmd_evaluate(args: argparse.Namespace, out: Console) -> int:
+    from .evaluate import REFERENCES, evaluate_catalogs
+
+    references = [] if args.no_reference else list(REFERENCES)
+    results = []
+    for label in args.label:
+        rows = evaluate_catalogs(args.catalog, label, args.k, queries=args.queries, query_images=args.query_images,
+                                 references=references, bootstrap=args.bootstrap, seed=args.seed,
+                                 options=_options(args))
+        results.append(rows)
+    if args.json:
+        print(json.dumps([row.to_dict(per_class=args.per_class) for rows in results for row in rows], indent=2,
+                         default=_json_float))
+        return 0
+    for rows in results:
+        _metrics_table(rows, out)
+        if args.per_class:
+            for row in rows:
+                if row.embedder not in ("random ranking", "colour histogram"):
+                    _per_class_table(row, out)
+    return 0
+
+
+def _json_float(value):
+    return None if isinstance(value, float) else str(value)
+
+
+def _metrics_table(rows, out: Console) -> None:
+    from .evaluate import METRIC_NAMES, format_estimate
+
+    first = rows[0]
+    table = Table(title=f"{first.label}, k={first.k}, {first.mode}: {first.retrieval_queries} queries "
+                  f"(± half the 95% bootstrap interval)", title_justify="left")
+    table.add_column("run", no_wrap=True)
+    table.add_column("embedder", no_wrap=True)
+    for name in METRIC_NAMES:
+        table.add_column(_SHORT.get(name, METRIC_NAMES[name]).replace("@k", f"@{first.k}"), justify="right")
+    table.add_column("top-1 macro F1", justify="right")
+    for row in rows:
+        f1 = row.classification["top1"].macro_f1
+        table.add_row(row.name, row.embedder,
+                      *(format_estimate(row.metrics[n]).replace(" ±0.", "±.") for n in METRIC_NAMES), f"{f1:.3f}")
+    out.print(table)
+    excluded = ", ".join(f"{name} {n}" for name, n in first.excluded.items() if n)
+    out.print(f"items searched {first.items}; queries with the label {first.queries}; not used as queries: "
+              f"{excluded or 'none'}", highlight=False)
+    for note in dict.fromkeys(note for row in rows for note in row.notes):
+        out.print(f"note: {note}", highlight=False)
+
+
+_SHORT = {"precision": "P@k", "recall": "R@k", "hit_rate": "hit@k", "top1_accuracy": "top-1 acc",
+          "majority_accuracy": "maj-of-k acc", "mean_distance": "mean dist", "median_distance": "median dist"}
+
+
+def _per_class_table(row, out: Console) -> None:
+    table = Table(title=f"per class: {row.name} ({row.label})", title_justify="left")
+    for col in ("class", "items", "queries", "precision", "recall", "AP", "hit rate", "top-1 P", "top-1 R",
+                "top-1 F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in row.per_class:
+        table.add_row(c.label, str(c.items), str(c.queries), *(_fmt(v) for v in (
+            c.precision, c.recall, c.map, c.hit_rate, c.top1.precision, c.top1.recall, c.top1.f1)),
+            str(c.top1.support))
+    out.print(table)
+
+
+def _fmt(value: float) -> str:
+    return "-" if value != value else f"{value:.3f}"
+
+
+def cmd_plot_grid(args: argparse.Namespace, out: Console) -> int:
+    from .plots import default_label, grid_for_catalog, save
+
+    ids = [i.strip() for chunk in args.items for i in chunk.split(",") if i.strip()]
+    with Catalog.open(args.catalog) as catalog:
+        label = args.label or default_label(catalog)
+        fig = grid_for_catalog(catalog, ids, k=args.k, label=label, where=args.where, same_cluster=args.same_cluster)
+    print(f"{save(fig, args.out)}: {len(ids)} queries x {args.k} recommendations"
+          + (f", wrong {label} marked red" if label else ""))
+    return 0
+
+
+def cmd_plot_map(args: argparse.Namespace, out: Console) -> int:
+    from .plots import default_label, map_for_catalog, save
+
+    with Catalog.open(args.catalog) as catalog:
+        colour_by = args.color_by or default_label(catalog)
+        fig = map_for_catalog(catalog, args.method, colour_by, links=args.links, k=args.k, seed=args.seed)
+        count = len(catalog)
+    print(f"{save(fig, args.out)}: {args.method} map of {count} items, coloured by {colour_by or 'nothing'}")
+    return 0
+
+
+def cmd_plot_sizes(args: argparse.Namespace, out: Console) -> int:
+    from .images import image_sizes
+    from .plots import save, sizes_figure
+    from .sources import read_source
+
+    listing = read_source(args.source, args.images)
+    sizes, failed = image_sizes([item.path for item in listing.items])
+    for _path, reason in failed[:10]:
+        print(f"warning: {reason}", file=sys.stderr)
+    fig = sizes_figure(sizes, title=f"{args.source}: {len(sizes)} images")
+    path = save(fig, args.out)
+    if len(sizes):
+        w, h = sizes[:, 0], sizes[:, 1]
+        print(f"{path}: {len(sizes)} images, width median {int(np.median(w))} ({w.min()}-{w.max()}), "
+              f"height median {int(np.median(h))} ({h.min()}-{h.max()}); {len(failed)} unreadable")
+    return 0
+
+
+def cmd_plot_clusters(args: argparse.Namespace, out: Console) -> int:
+    from .plots import clusters_for_catalog, default_label, save
+
+    with Catalog.open(args.catalog) as catalog:
+        fig = clusters_for_catalog(catalog, label=args.label or default_label(catalog), samples=args.samples)
+    print(f"{save(fig, args.out)}: one row per cluster")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace, out: Console) -> int:
+    from .cluster import cluster_catalog
+
+    with Catalog.open(args.catalog) as catalog:
+        result = cluster_catalog(catalog, args.n, auto=args.range if args.auto else None, label=args.label,
+                                 seed=args.seed)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=_json_float))
+        return 0
+    if result.scores:
+        out.print("silhouette by n: " + ", ".join(f"{n}: {s:.3f}" for n, s in result.scores.items()),
+                  highlight=False)
+    table = Table(title=f"{result.n} clusters of {result.items} items (stored in {args.catalog})",
+                  title_justify="left")
+    for col in ("cluster", "items", f"most common {args.label}" if args.label else "", "nearest the centre"):
+        if col:
+            table.add_column(col, justify="right" if col in ("cluster", "items") else "left", overflow="fold")
+    for c in result.clusters:
+        top = [f"{c.top_label} ({c.top_share:.0%})" if c.top_label else "-"] if args.label else []
+        table.add_row(str(c.cluster), str(c.size), *top, ", ".join(c.samples))
+    out.print(table)
+    purity = f"; purity against {args.label} {result.purity:.3f}" if result.purity is not None else ""
+    out.print(f"silhouette {result.silhouette:.3f}{purity}", highlight=False)
+    out.print(f"next: lookalike similar ID --catalog {args.catalog} --same-cluster", highlight=False)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, out: Console) -> int:
+    from .report import build_report
+
+    with Catalog.open(args.catalog) as catalog:
+        path = build_report(catalog, args.out, label=args.label, k=args.k, method=args.method, links=args.links,
+                            clusters=args.clusters, bootstrap=args.bootstrap, seed=args.seed)
+    print(f"{path}: {path.stat().st_size / 1e6:.1f} MB, self-contained; open it in a browser")
+    return 0
+
+
+def _analysis_parsers(sub, common: argparse.ArgumentParser, run: argparse.ArgumentParser,
+                      catalog_arg: argparse.ArgumentParser) -> None:
+    seed = argparse.ArgumentParser(add_help=False)
+    seed.add_argument("--seed", type=_non_negative_int, default=0, help="seed for sampling and resampling (0)")
+
+    p = sub.add_parser("evaluate", parents=[common, run, seed], help="retrieval metrics and kNN classification",
+                       description="How good are the recommendations? Leave-one-out over the catalog (or held-out "
+                       "--queries): precision/recall/mAP/nDCG/hit rate@k, mean and median neighbour distance, "
+                       "kNN classification, with reference rows: chance and a colour histogram of the same photos.")
+    p.add_argument("--catalog", action="append", required=True,
+                   help="a catalog; repeat to compare several (e.g. one per embedder) side by side")
+    p.add_argument("--label", action="append", required=True,
+                   help="items with equal values of this label are relevant (e.g. articleType); repeatable; "
+                   "'cluster' uses the stored clusters")
+    p.add_argument("-k", type=_positive_int, default=10, help="neighbours per query (default 10)")
+    p.add_argument("--queries", help="held-out queries: a CSV manifest (id or path column + label columns)")
+    p.add_argument("--query-images", help="image folder of the --queries manifest (default: images/ beside it)")
+    p.add_argument("--bootstrap", type=_non_negative_int, default=1000,
+                   help="resamples for the 95%% intervals (default 1000; 0: none)")
+    p.add_argument("--no-reference", action="store_true", help="leave out the chance and colour-histogram rows")
+    p.add_argument("--per-class", action="store_true", help="also print (and put in --json) the per-class table")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("plot", help="figures: grid, map, sizes, clusters (PNG or SVG by extension)",
+                       description="Draw a figure to --out (.png or .svg).")
+    plots = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
+    out_arg = argparse.ArgumentParser(add_help=False)
+    out_arg.add_argument("--out", required=True, type=_figure_path, help="file to write: .png or .svg")
+
+    q = plots.add_parser("grid", parents=[common, catalog_arg, out_arg], help="query photos and their look-alikes",
+                         description="One row per item: the item, then its k recommendations with similarity and "
+                         "label; recommendations whose --label differs from the item's are framed red.")
+    q.add_argument("--items", action="append", required=True, help="item ids, comma-separated (or repeat)")
+    q.add_argument("-k", type=_positive_int, default=5, help="recommendations per item (default 5)")
+    q.add_argument("--label", help="label that decides right/wrong (default articleType, or the first label)")
+    q.add_argument("--where", action="append", default=None, metavar="LABEL=VALUE", help="filter, as in similar")
+    q.add_argument("--same-cluster", action="store_true", help="recommend within the item's cluster")
+    q.set_defaults(func=cmd_plot_grid)
+
+    q = plots.add_parser("map", parents=[common, catalog_arg, out_arg, seed], help="the catalog in 2D",
+                         description="The catalog's vectors projected to 2D (PCA, t-SNE, or UMAP where umap-learn "
+                         "is installed), coloured by a label or cluster, with dotted lines from sampled queries "
+                         "to their recommendations.")
+    q.add_argument("--method", default="pca", choices=["pca", "tsne", "umap"], help="projection (default pca)")
+    q.add_argument("--color-by", help="a label, or 'cluster' (default articleType, or the first label)")
+    q.add_argument("--links", type=_non_negative_int, default=20, help="sampled queries to link (default 20)")
+    q.add_argument("-k", type=_positive_int, default=5, help="recommendations linked per query (default 5)")
+    q.set_defaults(func=cmd_plot_map)
+
+    q = plots.add_parser("sizes", parents=[common, out_arg], help="width/height histograms of a source",
+                         description="Histograms of image widths and heights of a folder or manifest, read from "
+                         "the file headers (fast), to choose a resize knowingly.")
+    q.add_argument("source", help="a folder of images, or a CSV manifest")
+    q.add_argument("--images", help="image folder for a manifest")
+    q.set_defaults(func=cmd_plot_sizes)
+
+    q = plots.add_parser("clusters", parents=[common, catalog_arg, out_arg], help="a row of photos per cluster",
+                         description="The clusters stored by `lookalike cluster`: per cluster its size, most "
+                         "common label, and the photos nearest its centre.")
+    q.add_argument("--label", help="label whose most common value heads each row")
+    q.add_argument("--samples", type=_positive_int, default=6, help="photos per cluster (default 6)")
+    q.set_defaults(func=cmd_plot_clusters)
+
+    p = sub.add_parser("cluster", parents=[common, catalog_arg, seed], help="k-means clusters, stored per item",
+                       description="k-means on the catalog's vectors, stored per item (for `similar "
+                       "--same-cluster`, `--label cluster`, `plot map --color-by cluster`). Replaces earlier "
+                       "clusters.")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("-n", type=_int_at_least(2), help="number of clusters")
+    how.add_argument("--auto", action="store_true", help="choose n by silhouette over --range")
+    p.add_argument("--range", type=_range, default=(2, 12), metavar="LOW:HIGH", help="n tried by --auto (2:12)")
+    p.add_argument("--label", help="report each cluster's most common value and the purity against this label")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("report", parents=[common, catalog_arg, seed], help="one self-contained HTML report",
+                       description="Catalog summary, metrics with reference rows, per-class table, map with "
+                       "hover thumbnails, best/typical/worst example grids and clusters, in one HTML file "
+                       "that opens offline.")
+    p.add_argument("--label", help="label for the metrics and examples (without it they are left out)")
+    p.add_argument("--out", required=True, help="the .html file to write")
+    p.add_argument("-k", type=_positive_int, default=5, help="neighbours per query (default 5)")
+    p.add_argument("--method", default="pca", choices=["pca", "tsne", "umap"], help="map projection (default pca)")
+    p.add_argument("--links", type=_non_negative_int, default=20, help="sampled queries linked on the map (20)")
+    p.add_argument("--clusters", type=_int_at_least(2), default=6,
+                   help="clusters to show when none are stored (default 6; not stored)")
+    p.add_argument("--bootstrap", type=_non_negative_int, default=1000, help="resamples for the intervals (1000)")
+    p.set_defaults(func=cmd_report)
+
+
+def _figure_path(text: str) -> str:
+    """Refuse a wrong extension before any work is done."""
+    from .plots import FORMATS
+
+    if Path(text).suffix.lower() not in FORMATS:
+        raise argparse.ArgumentTypeError(f"{text!r}: write the figure as .png or .svg")
+    return text
+
+
+def _range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition(":")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write LOW:HIGH, e.g. 2:12") from None
+    if not sep or lo < 2 or hi < lo:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 2 <= LOW <= HIGH, e.g. 2:12")
+    return lo, hi
+
+
 # -- output -------------------------------------------------------------------------------------------
 
 
@@ -267,6 +539,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("similar", parents=[common, catalog_arg, query], help="more like a catalog item",
                        description="The k items most like a catalog item, without itself or its exact copies.")
     p.add_argument("item_id", help="a catalog item id (for a folder, its path without the extension)")
+    p.add_argument("--same-cluster", action="store_true",
+                   help="only items of the same k-means cluster (run `lookalike cluster` first)")
     p.set_defaults(func=cmd_similar)
 
     p = sub.add_parser("status", parents=[common, catalog_arg], help="counts, model and failed files",
@@ -301,6 +575,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N, mps")
     p.set_defaults(func=cmd_serve)
+    _analysis_parsers(sub, common, run, catalog_arg)
     return parser
 
 

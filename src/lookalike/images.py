@@ -152,3 +152,39 @@ def image_media_type(path: str | Path) -> str:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:160]
+
+
+_ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def read_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as displayed, from the file's header alone (no pixel is decoded).
+
+    Raises:
+        ImageError: missing file or not an image.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                width, height = img.size
+                try:
+                    orientation = img.getexif().get(0x0112)
+                except Exception:  # noqa: BLE001 - a broken EXIF block does not change the header size
+                    orientation = None
+    except FileNotFoundError as exc:
+        raise ImageError(f"{path}: file not found") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageError(f"{path}: not an image Pillow can read ({_short(exc)})") from exc
+    return (height, width) if orientation in _ROTATED else (width, height)
+
+
+def image_sizes(paths: list[Path]) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Sizes of many files from their headers: (N x 2 array of readable ones, [(path, reason)] of the rest)."""
+    sizes, failed = [], []
+    for path in paths:
+        try:
+            sizes.append(read_size(path))
+        except ImageError as exc:
+            failed.append((str(path), str(exc)))
+    return np.array(sizes, dtype=np.int64).reshape(-1, 2), failed

@@ -508,17 +508,39 @@ class Catalog:
         check_k(k)
         return self._nearest(np.asarray(vector, dtype=np.float32), k, self._allowed(where), exclude=set())
 
-    def similar(self, item_id: str, k: int = 10, where: Where = None) -> list[Match]:
+    def similar(self, item_id: str, k: int = 10, where: Where = None, same_cluster: bool = False) -> list[Match]:
         """"More like this": the k items most like a catalog item, without itself or its exact copies.
 
+        ``same_cluster`` keeps to the item's k-means cluster (``lookalike cluster``), as the autoencoder
+        seed recommended; it combines with ``where`` (both must hold).
+
         Raises:
-            QueryError: unknown id, bad ``k`` or ``where``.
+            QueryError: unknown id, bad ``k`` or ``where``; ``same_cluster`` without clusters for the item.
         """
         check_k(k)
         allowed = self._allowed(where)
         key = self._key(item_id)
+        if same_cluster:
+            members = self._cluster_members(item_id, key)
+            allowed = members if allowed is None else np.intersect1d(allowed, members)
         exclude = self._items.same_content(key)
         return self._nearest(self.index.vector(key), k, allowed, exclude=exclude)
+
+    def clusters(self) -> dict[str, int]:
+        """Item id -> k-means cluster, as stored by ``lookalike cluster`` (empty before clustering)."""
+        by_key = self.store.clusters()
+        table = self._items
+        return {table.id_by_key[key]: c for key, c in by_key.items() if key in table.id_by_key}
+
+    def _cluster_members(self, item_id: str, key: int) -> np.ndarray:
+        cluster = self.store.cluster_of(key)
+        if cluster is None:
+            if self.store.cluster_info() is None:
+                raise QueryError(f"{self.path} has no clusters yet; run `lookalike cluster --catalog {self.path} "
+                                 "-n 6` (or --auto) first")
+            raise QueryError(f"item {item_id!r} was added after the last clustering; run `lookalike cluster "
+                             f"--catalog {self.path}` again")
+        return self.store.keys_in_cluster(cluster)
 
     def _key(self, item_id: str) -> int:
         key = self._items.key_by_id.get(str(item_id))

@@ -41,6 +41,12 @@ CREATE TABLE IF NOT EXISTS vectors (
     key    INTEGER PRIMARY KEY REFERENCES items (key) ON DELETE CASCADE,
     vector BLOB NOT NULL
 );
+-- k-means clusters of the vectors (`lookalike cluster`): derived data, kept apart from the source's labels
+-- so re-indexing a manifest never erases them and a label can never collide with them.
+CREATE TABLE IF NOT EXISTS clusters (
+    key     INTEGER PRIMARY KEY REFERENCES items (key) ON DELETE CASCADE,
+    cluster INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('generation', '0');         -- items or vectors changed
 INSERT OR IGNORE INTO meta (name, value) VALUES ('labels_generation', '0');  -- labels alone changed
@@ -133,6 +139,14 @@ class Store:
                     _write_labels(cur, row[0], labels)
             _bump(cur, "labels_generation")  # the vector index stays valid
 
+    def set_clusters(self, keys: np.ndarray, clusters: np.ndarray, info: Mapping[str, object]) -> None:
+        """Replace every cluster assignment at once, with what made them (n, generation, ...) in meta."""
+        with self._begin() as cur:
+            cur.execute("DELETE FROM clusters")
+            cur.executemany("INSERT INTO clusters (key, cluster) VALUES (?, ?)",
+                            zip(np.asarray(keys).tolist(), np.asarray(clusters).tolist(), strict=True))
+            cur.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('clusters', ?)", (json.dumps(info),))
+
     def delete(self, ids: Iterable[str]) -> int:
         ids = list(ids)
         with self._begin() as cur:
@@ -212,6 +226,22 @@ class Store:
         for name, value, count in self.conn.execute(sql + " GROUP BY l.name, l.value", args):
             out.setdefault(name, {})[value] = count
         return out
+
+    def clusters(self) -> dict[int, int]:
+        """Cluster of each clustered item key (items added after clustering have none)."""
+        return dict(self.conn.execute("SELECT key, cluster FROM clusters").fetchall())
+
+    def cluster_info(self) -> dict | None:
+        text = self.get_meta("clusters")
+        return json.loads(text) if text else None
+
+    def cluster_of(self, key: int) -> int | None:
+        row = self.conn.execute("SELECT cluster FROM clusters WHERE key = ?", (int(key),)).fetchone()
+        return int(row[0]) if row else None
+
+    def keys_in_cluster(self, cluster: int) -> np.ndarray:
+        rows = self.conn.execute("SELECT key FROM clusters WHERE cluster = ?", (int(cluster),)).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
 
     def label_names(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT name FROM labels ORDER BY name")]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UnknownModelError
+from ..errors import ModelUnavailableError, UnknownModelError
+from .handcrafted import HANDCRAFTED
 from .timm import TimmEmbedder, create_timm_embedder
 
 TIMM_PREFIX = "timm:"
@@ -33,6 +34,8 @@ _REGISTRY: dict[str, ModelSpec] = {
     "efficientnet_b0": ModelSpec(
         "efficientnet_b0.ra_in1k", "avg", "EfficientNet-B0, ImageNet weights, average pooling, 1280-d (fast)",
     ),
+    # Reference embedders without a network (evaluation baselines); timm_name "" marks them.
+    **{name: ModelSpec("", None, cls.description) for name, cls in HANDCRAFTED.items()},
 }
 
 DEFAULT_MODEL = "resnet50"
@@ -71,7 +74,7 @@ def resolve(name: str) -> ModelSpec:
     )
 
 
-def create_embedder(name: str = DEFAULT_MODEL, weights: str | None = None) -> TimmEmbedder:
+def create_embedder(name: str = DEFAULT_MODEL, weights: str | None = None) -> TimmEmbedder:  # or a handcrafted one
     """Build an embedder by name.
 
     ``weights``: None fetches the pretrained weights from the Hugging Face hub (or its cache);
@@ -83,4 +86,8 @@ def create_embedder(name: str = DEFAULT_MODEL, weights: str | None = None) -> Ti
         ModelUnavailableError: weights cannot be had; the message says why and how to fix it.
     """
     spec = resolve(name)
+    if name in HANDCRAFTED:
+        if weights is not None:
+            raise ModelUnavailableError(f"{name} has no weights; drop --weights {weights}")
+        return HANDCRAFTED[name]()
     return create_timm_embedder(name, spec.timm_name, pool=spec.pool, weights=weights)
