@@ -316,3 +316,13 @@ def test_batcher_batches_waiting_requests_and_reports_failures(tiny_embedder):
     with pytest.raises(RuntimeError, match="out of memory"):
         batcher.embed(arrays[0])
     batcher.close()
+
+
+def test_a_catalog_of_a_model_free_embedder_is_served(labelled_catalog, photo_dir):
+    """Any embedder of the registry serves, not only timm backbones (here the colour histogram)."""
+    path = labelled_catalog.path
+    labelled_catalog.close()
+    with TestClient(create_app(ServeSettings(catalog=path))) as c:
+        r = c.post("/api/search", files=upload(photo_dir / "green-ellipse.jpg"), data={"k": "3"})
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["id"] == "green-ellipse"

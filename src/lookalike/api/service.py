@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import faiss
 import numpy as np
+from PIL import Image
 
 from ..catalog import Catalog
 from ..catalog.catalog import CatalogItem
@@ -54,8 +55,7 @@ class CatalogService:
         self.encoder = self.batcher.encoder
         self.thumbnails = ThumbnailCache(settings.thumbnail_cache or settings.catalog / "thumbnails")
         # Warm up so the first user does not pay for lazy initialisation (oneDNN kernels, CUDA context).
-        _, height, width = self.encoder.embedder.data_config["input_size"]
-        self.batcher.embed(np.full((height, width, 3), 255, dtype=np.uint8))
+        self.batcher.embed(self.encoder.prepare(Image.new("RGB", (64, 64), "white")))
 
     def close(self) -> None:
         self.batcher.close()
