@@ -230,6 +230,7 @@ def test_add_then_delete_an_item(shop, tmp_path):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     new = make_image(tmp_path / "new.png", color=(250, 120, 0), shape="ellipse", fmt="PNG")
     with client_for(shop, catalog=tmp_path / "shop.lk") as c:
+        assert "orange" not in c.get("/api/items", params={"limit": 0}).json()["facets"]["colour"]
         r = c.post("/api/items", files=upload(new, "new.png"), headers=auth,
                    data={"id": "orange-ellipse", "labels": '{"colour": "orange", "shape": "ellipse"}'})
         assert r.status_code == 201, r.text
@@ -239,6 +240,7 @@ def test_add_then_delete_an_item(shop, tmp_path):
         assert found[0]["id"] == "orange-ellipse"
         assert c.get("/api/items/orange-ellipse/image").content == new.read_bytes()
         assert c.get("/api/items", params={"where": "colour=orange"}).json()["total"] == 1
+        assert c.get("/api/items", params={"limit": 0}).json()["facets"]["colour"]["orange"] == 1
         stored = list((tmp_path / "shop.lk" / "uploads").iterdir())
         assert len(stored) == 1 and stored[0].suffix == ".png"
 

@@ -84,7 +84,7 @@ def test_serve_refuses_a_missing_catalog_and_a_busy_port_in_one_line(tmp_path, s
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_page_in_a_real_browser(server, shop, tmp_path):
+def test_page_in_a_real_browser(server, shop):
     """Upload a photo, see results, click one, see its look-alikes; filters, errors, drop, paste, keyboard,
     phone width. Screenshots go to artifacts/."""
     if CHROMIUM is None:

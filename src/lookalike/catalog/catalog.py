@@ -115,6 +115,7 @@ class Catalog:
         self._meta: _ItemTable | None = None
         self._checked_at = 0.0
         self._labels_generation = -1
+        self._label_counts: tuple[tuple[int, int], dict[str, dict[str, int]]] | None = None
 
     # -- life cycle --------------------------------------------------------------------------------
 
@@ -485,12 +486,19 @@ class Catalog:
             QueryError: bad ``where``.
         """
         terms = self.check_where(where)
-        everything = self.store.label_counts()
+        everything = self._all_label_counts()
         wanted = {name for name, values in everything.items()
                   if len(values) <= max_values and len(values) < sum(values.values())}
         counts = self.store.label_counts(terms) if terms else everything
         return {name: dict(sorted(values.items(), key=lambda kv: (-kv[1], kv[0])))
                 for name, values in sorted(counts.items()) if name in wanted}
+
+    def _all_label_counts(self) -> dict[str, dict[str, int]]:
+        """Counts over the whole catalog, kept until items or labels change: every browse page needs them."""
+        generations = self.store.generations()
+        if self._label_counts is None or self._label_counts[0] != generations:
+            self._label_counts = (generations, self.store.label_counts())
+        return self._label_counts[1]
 
     def search(self, image: ImageInput, k: int = 10, where: Where = None) -> list[Match]:
         """The k catalog items most like an image (a path, bytes or a PIL image).
