@@ -45,3 +45,7 @@ class UnknownItemError(QueryError):
 
 class ItemExistsError(CatalogError):
     """An item with this id is already in the catalog; the REST API answers 409."""
+
+
+class IndexChoiceError(CatalogError):
+    """No index fits the memory budget, or an index option is invalid."""

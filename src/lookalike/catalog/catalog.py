@@ -30,7 +30,7 @@ from ..embedders.registry import DEFAULT_MODEL, create_embedder
 from ..embedders.timm import RANDOM_WEIGHTS, TimmEmbedder
 from ..errors import CatalogError, ItemExistsError, QueryError, UnknownItemError
 from ..images import ImageInput, content_hash, decode
-from ..index import VectorIndex
+from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
 from ..search import Match, Where, check_k, distance_from_similarity, parse_where
 from ..sources import SourceItem, read_source
 from .store import ItemRecord, Store
@@ -92,11 +92,13 @@ class CatalogStatus:
     labels: list[str]
     index: str
     failures: list[tuple[str, str, str]]
+    index_detail: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
             "path": self.path, "model": self.embedder.describe(), "embedder": self.embedder.__dict__,
             "items": self.items, "failed": self.failed, "labels": self.labels, "index": self.index,
+            "index_detail": self.index_detail,
             "failures": [{"id": i, "path": p, "reason": r} for i, p, r in self.failures],
         }
 
@@ -397,30 +399,88 @@ class Catalog:
         assert self._index is not None
         return self._index
 
-    def _refresh_index(self, save: bool) -> None:
-        """Follow writes by this or another process; between queries, look at most every 0.25 s."""
+    def _refresh_index(self, save: bool, force_rebuild: bool = False) -> None:
+        """Follow writes by this or another process; between queries, look at most every 0.25 s.
+
+        A stale index catches up from the store's change log (new, replaced and removed vectors) without
+        a rebuild; it is rebuilt from the stored vectors only when there is none, when the catalog's size
+        calls for another kind (``choose_index``), or when the kind says so (HNSW with many removals, IVF
+        lists trained on a quarter of today's items). Only writers (``save``) persist the catch-up.
+        """
         now = time.monotonic()
-        if self._index is not None and not save and now - self._checked_at < 0.25:
+        if self._index is not None and not save and not force_rebuild and now - self._checked_at < 0.25:
             return
         self._checked_at = now
         generation, labels_generation = self.store.generations()
         if labels_generation != self._labels_generation and self._meta is not None:
             self._meta.forget_labels()
         self._labels_generation = labels_generation
-        if self._index is not None and self._index_generation == generation:
+        if self._index is not None and self._index_generation == generation and not force_rebuild:
             return
         folder = self.path / INDEX_DIR
-        index = VectorIndex.load(folder, generation)
+        index, at = self._index, self._index_generation
         if index is None:
-            keys, vectors = self.store.vectors(self.config.embedder.dim)
-            index = VectorIndex.build(keys, vectors)
+            loaded = VectorIndex.load(folder)
+            if loaded is not None and loaded[1] <= generation:
+                index, at = loaded
+        changed = index is None or at != generation
+        if index is not None and at != generation:
+            keys, vectors = self.store.vectors(self.config.embedder.dim, index.plan.dtype, since=at)
+            index.update(keys, vectors, self.store.removed_since(at))
+        options = self.index_options()
+        count = index.size if index is not None else self.store.counts()["ok"]
+        plan = choose_index(count, self.config.embedder.dim, options.memory, options.kind)
+        rebuild = (force_rebuild or index is None or (index.plan.kind, index.plan.dtype) != (plan.kind, plan.dtype)
+                   or index.needs_rebuild())
+        if rebuild:
+            log.info("building a %s index over %d vectors (%s)", plan.describe(), count, plan.reason)
+            keys, vectors = self.store.vectors(self.config.embedder.dim, plan.dtype)
+            index = VectorIndex.build(keys, vectors, plan)
+            del vectors
+            tune(index, options.recall)
+        self.store.vector_dtype = np.dtype(index.plan.dtype)
+        if changed or rebuild:
             try:
-                index.save(folder, generation)
+                if save or rebuild:
+                    index.save(folder, generation)
             except OSError as exc:  # a read-only catalog still searches
                 if save:
                     raise
-                log.info("could not save the rebuilt index (%s)", exc)
+                log.info("could not save the index (%s)", exc)
         self._index, self._index_generation, self._meta = index, generation, None
+
+    def index_options(self) -> IndexOptions:
+        """The index settings chosen with ``lookalike index --index/--memory/--recall`` (or defaults)."""
+        return IndexOptions.from_json(self.store.get_meta("index_options"))
+
+    def configure_index(self, kind: str | None = None, memory: str | int | None = None,
+                        recall: float | None = None) -> IndexOptions:
+        """Choose the index kind (auto, flat, hnsw, ivfpq), memory budget and recall target; the index is
+        rebuilt or re-tuned when that changes what it should be.
+
+        Raises:
+            IndexChoiceError: unknown kind, unreadable memory size, recall outside (0, 1].
+        """
+        old = self.index_options()
+        new = old.changed(kind=kind, memory=memory, recall=recall)
+        if new != old:
+            self.store.set_meta("index_options", new.to_json())
+            if self._index is not None or (self.path / INDEX_DIR / "stamp.json").exists():
+                index = self.index
+                plan = choose_index(index.size, self.config.embedder.dim, new.memory, new.kind)
+                if (plan.kind, plan.dtype) != (index.plan.kind, index.plan.dtype):
+                    self._refresh_index(save=True, force_rebuild=True)
+                elif new.recall != old.recall:
+                    self.tune(new.recall)
+        return new
+
+    def tune(self, recall: float | None = None) -> Quality:
+        """Measure recall@10 against exact search on a sample of items and pick the fastest search setting
+        reaching ``recall`` (default: the catalog's target); saved with the index."""
+        index = self.index
+        quality = tune(index, recall if recall is not None else self.index_options().recall)
+        index.save(self.path / INDEX_DIR, self._index_generation)
+        return quality
 
     @property
     def _items(self) -> _ItemTable:
@@ -607,11 +667,28 @@ class Catalog:
 
     def status(self, failures: int | None = 50) -> CatalogStatus:
         counts = self.store.counts()
+        index = self.index
         return CatalogStatus(
             path=str(self.path), embedder=self.config.embedder, items=counts["ok"], failed=counts["failed"],
-            labels=self.store.label_names(), index=f"{self.index.kind}, {self.index.size} vectors",
-            failures=self.store.failures(failures),
+            labels=self.store.label_names(), index=index.describe(),
+            failures=self.store.failures(failures), index_detail=self._index_detail(index),
         )
+
+    def _index_detail(self, index: VectorIndex) -> dict:
+        items = max(index.size, 1)
+        folder = self.path / INDEX_DIR
+        on_disk = sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) if folder.exists() else 0
+        on_disk += (self.path / DB_FILE).stat().st_size
+        q = index.quality
+        return {
+            "kind": index.plan.kind, "dtype": index.plan.dtype, "params": index.plan.params,
+            "reason": index.plan.reason, "search": index.settings.__dict__,
+            "recall": q.recall, "recall_k": q.k, "recall_queries": q.queries, "recall_target": q.target,
+            "latency_ms": q.latency_ms, "vectors": index.size, "retired_rows": index.retired,
+            "memory_bytes_per_item": round(index.memory_bytes() / items, 1),
+            "disk_bytes_per_item": round(on_disk / items, 1),
+            "options": self.index_options().to_dict(),
+        }
 
 
 class _ItemTable:

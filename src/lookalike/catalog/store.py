@@ -39,8 +39,15 @@ CREATE TABLE IF NOT EXISTS labels (
 CREATE INDEX IF NOT EXISTS labels_name_value ON labels (name, value);
 CREATE TABLE IF NOT EXISTS vectors (
     key    INTEGER PRIMARY KEY REFERENCES items (key) ON DELETE CASCADE,
-    vector BLOB NOT NULL
+    vector BLOB NOT NULL,  -- float32, or float16 in large catalogs (told apart by length)
+    gen    INTEGER NOT NULL DEFAULT 0  -- the generation that wrote it: the index catches up from here
 );
+-- keys whose vector went away (item removed or now failing), by generation: the rest of the change log
+CREATE TABLE IF NOT EXISTS removed (
+    key INTEGER NOT NULL,
+    gen INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS removed_gen ON removed (gen);
 -- k-means clusters of the vectors (`lookalike cluster`): derived data, kept apart from the source's labels
 -- so re-indexing a manifest never erases them and a label can never collide with them.
 CREATE TABLE IF NOT EXISTS clusters (
@@ -91,6 +98,11 @@ class Store:
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.execute("PRAGMA busy_timeout=10000")
         self.conn.executescript(SCHEMA)
+        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(vectors)")}
+        if "gen" not in columns:  # a catalog from before the change log: its vectors count as generation 0
+            self.conn.execute("ALTER TABLE vectors ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS vectors_gen ON vectors (gen)")
+        self.vector_dtype = np.dtype(np.float32)  # the catalog switches to float16 when it grows large
 
     def close(self) -> None:
         self.conn.close()
@@ -104,6 +116,7 @@ class Store:
         """Insert or update items, their vectors and labels, all or nothing."""
         now = time.time()
         with self._begin() as cur:
+            gen = _next_generation(cur)
             for rec in records:
                 key = cur.execute(
                     """INSERT INTO items (id, path, size, mtime_ns, sha256, status, reason, width, height, updated)
@@ -117,10 +130,12 @@ class Store:
                      rec.width, rec.height, now),
                 ).fetchone()[0]
                 if rec.vector is not None:
-                    blob = np.ascontiguousarray(rec.vector, dtype=np.float32).tobytes()
-                    cur.execute("INSERT OR REPLACE INTO vectors (key, vector) VALUES (?, ?)", (key, blob))
+                    blob = np.ascontiguousarray(rec.vector, dtype=self.vector_dtype).tobytes()
+                    cur.execute("INSERT OR REPLACE INTO vectors (key, vector, gen) VALUES (?, ?, ?)",
+                                (key, blob, gen))
                 elif rec.status != "ok":
-                    cur.execute("DELETE FROM vectors WHERE key = ?", (key,))
+                    if cur.execute("DELETE FROM vectors WHERE key = ?", (key,)).rowcount:
+                        cur.execute("INSERT INTO removed (key, gen) VALUES (?, ?)", (key, gen))
                 if rec.labels is not None:
                     _write_labels(cur, key, rec.labels)
             _bump(cur)
@@ -150,7 +165,12 @@ class Store:
     def delete(self, ids: Iterable[str]) -> int:
         ids = list(ids)
         with self._begin() as cur:
-            cur.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
+            gen = _next_generation(cur)
+            for item_id in ids:
+                row = cur.execute("SELECT key FROM items WHERE id = ?", (item_id,)).fetchone()
+                if row:
+                    cur.execute("INSERT INTO removed (key, gen) VALUES (?, ?)", (row[0], gen))
+                    cur.execute("DELETE FROM items WHERE key = ?", (row[0],))
             _bump(cur)
         return len(ids)
 
@@ -194,14 +214,38 @@ class Store:
             out[key][name] = value
         return out
 
-    def vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """All embedded items as (keys int64, vectors float32 N x dim), in key order."""
-        rows = self.conn.execute(
-            "SELECT v.key, v.vector FROM vectors v JOIN items i ON i.key = v.key WHERE i.status = 'ok' "
-            "ORDER BY v.key").fetchall()
-        keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
-        return keys, mat
+    def vectors(self, dim: int, dtype: str | np.dtype = np.float32, since: int | None = None,
+                chunk: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
+        """Embedded items as (keys int64, vectors N x dim of ``dtype``), in key order; ``since``: only those
+        written after that generation. Read in chunks into one preallocated matrix (a million 2048-d
+        vectors must not be held twice)."""
+        where = "WHERE i.status = 'ok'" + (" AND v.gen > ?" if since is not None else "")
+        args = (since,) if since is not None else ()
+        count = self.conn.execute(f"SELECT COUNT(*) FROM vectors v JOIN items i ON i.key = v.key {where}",
+                                  args).fetchone()[0]
+        keys = np.empty(count, np.int64)
+        mat = np.empty((count, dim), np.dtype(dtype))
+        cursor = self.conn.execute(
+            f"SELECT v.key, v.vector FROM vectors v JOIN items i ON i.key = v.key {where} ORDER BY v.key", args)
+        n = 0
+        while n < count:
+            rows = cursor.fetchmany(chunk)
+            if not rows:
+                break
+            for key, blob in rows:
+                keys[n] = key
+                mat[n] = np.frombuffer(blob, dtype=np.float32 if len(blob) == 4 * dim else np.float16)
+                n += 1
+        return keys[:n], mat[:n]
+
+    def removed_since(self, generation: int) -> np.ndarray:
+        """Keys whose vectors went away after ``generation`` (the index must drop them)."""
+        rows = self.conn.execute("SELECT DISTINCT key FROM removed WHERE gen > ?", (generation,)).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def vector_bytes(self) -> int:
+        """Bytes of vector blobs stored in SQLite."""
+        return int(self.conn.execute("SELECT COALESCE(SUM(LENGTH(vector)), 0) FROM vectors").fetchone()[0])
 
     def ok_items(self) -> list[tuple[int, str, str, str | None]]:
         """(key, id, path, sha256) of every embedded item."""
@@ -270,6 +314,11 @@ def _write_labels(cur: sqlite3.Cursor, key: int, labels: Mapping[str, str]) -> N
     cur.execute("DELETE FROM labels WHERE key = ?", (key,))
     cur.executemany("INSERT INTO labels (key, name, value) VALUES (?, ?, ?)",
                     [(key, str(n), str(v)) for n, v in labels.items()])
+
+
+def _next_generation(cur: sqlite3.Cursor) -> int:
+    """The generation this transaction's _bump will produce (changes are logged under it)."""
+    return int(cur.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()[0]) + 1
 
 
 def _bump(cur: sqlite3.Cursor, counter: str = "generation") -> None:

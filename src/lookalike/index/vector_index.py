@@ -1,0 +1,403 @@
+"""The FAISS index over a catalog's vectors, keyed by item, of the kind ``choice.choose_index`` picks.
+
+FAISS ids are *rows*: positions in an append-only vector file (``rows.py``). An item's key maps to its
+live row; an update appends a new row and retires the old one, a removal retires it. Flat and IVF-PQ
+indexes drop retired rows from FAISS at once; HNSW cannot, so its retired rows are masked at search time
+until they pass ``HNSW_MAX_RETIRED`` and the graph is rebuilt. IVF-PQ answers are re-ranked with the exact
+vectors read back from the row file.
+
+The index is derived data: saved beside the catalog stamped with the store's generation, caught up from
+the store's change log when stale, rebuilt from the stored vectors when that is not possible.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from .choice import IVF_MIN_POINTS_PER_LIST, IVF_TRAIN_MAX_POINTS_PER_LIST, IndexPlan, format_bytes
+from .rows import RowVectors
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "vectors.faiss"
+ROWS_FILE = "rows.npy"
+VECTORS_FILE = "vectors.bin"
+STAMP_FILE = "stamp.json"
+FORMAT = 2
+# A label filter matching at most this many items is answered exactly from the row file: always k results.
+EXACT_SUBSET_MAX = 20_000
+HNSW_MAX_RETIRED = 0.2  # retired share of an HNSW graph that triggers a rebuild
+REFINE_BLOCK = 64  # queries re-ranked at once (64 x 10 x 16 candidates x 2048-d float32 = 80 MB)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Search-time knobs, set by tuning: HNSW ``ef_search``; IVF ``nprobe``; ``refine`` x k candidates."""
+
+    ef_search: int = 64
+    nprobe: int = 16
+    refine: int = 1
+
+    def describe(self, kind: str) -> str:
+        if kind == "hnsw":
+            return f"efSearch={self.ef_search}"
+        if kind == "ivfpq":
+            return f"nprobe={self.nprobe}, re-rank {self.refine}k from vectors"
+        return "exact"
+
+
+@dataclass
+class Quality:
+    """Recall@k against exact search, measured on a sample of catalog items (``tuning.py``)."""
+
+    recall: float | None = None
+    k: int = 10
+    queries: int = 0
+    latency_ms: float | None = None
+    target: float | None = None
+    table: list[dict[str, Any]] = field(default_factory=list)
+
+
+class VectorIndex:
+    """Nearest neighbours by inner product over unit vectors; answers carry the store's item keys."""
+
+    def __init__(self, plan: IndexPlan, index: faiss.Index, row_keys: np.ndarray, vectors: RowVectors,
+                 settings: SearchSettings | None = None, quality: Quality | None = None, built_count: int = 0):
+        self.plan = plan
+        self.index = index
+        self.row_keys = row_keys  # row -> item key; -1 for a retired row
+        self.vectors = vectors
+        self.settings = settings or SearchSettings()
+        self.quality = quality or Quality(recall=1.0 if plan.kind == "flat" and plan.dtype == "float32" else None)
+        self.built_count = built_count or int((row_keys >= 0).sum())
+        self._key_rows = _invert(row_keys)
+        self._live_bitmap: np.ndarray | None = None
+
+    # -- building ----------------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, keys: np.ndarray, vectors: np.ndarray, plan: IndexPlan | None = None, seed: int = 0
+              ) -> VectorIndex:
+        """A fresh index of ``plan`` over (keys, unit vectors); default an exact float32 flat index."""
+        plan = plan or IndexPlan("flat")
+        keys = np.asarray(keys, dtype=np.int64)
+        dim = vectors.shape[1]
+        index = _new_faiss_index(plan, dim)
+        rows = RowVectors(dim, plan.dtype)
+        rows.append(vectors)
+        if plan.kind == "ivfpq":
+            _train(index, vectors, plan, seed)
+        self = cls(plan, index, np.empty(0, np.int64), rows, built_count=len(keys))
+        self.row_keys = keys.copy()
+        self._key_rows = _invert(self.row_keys)
+        self._add_to_faiss(np.asarray(vectors, dtype=np.float32), np.arange(len(keys), dtype=np.int64))
+        return self
+
+    def _add_to_faiss(self, vectors: np.ndarray, rows: np.ndarray) -> None:
+        for start in range(0, len(rows), 65_536):
+            block = np.ascontiguousarray(vectors[start:start + 65_536], dtype=np.float32)
+            ids = rows[start:start + 65_536]
+            if self.plan.kind == "hnsw":
+                assert self.index.ntotal == ids[0], "HNSW rows must be appended in order"
+                self.index.add(block)
+            else:
+                self.index.add_with_ids(block, ids)
+        self._live_bitmap = None
+
+    # -- incremental updates -----------------------------------------------------------------------
+
+    def update(self, keys: np.ndarray, vectors: np.ndarray, removed: np.ndarray | None = None) -> None:
+        """Insert or replace (keys, vectors) and drop ``removed`` keys, without rebuilding."""
+        keys = np.asarray(keys, dtype=np.int64)
+        gone = np.concatenate([keys, np.asarray(removed if removed is not None else [], dtype=np.int64)])
+        self._retire(gone)
+        if len(keys):
+            first = self.vectors.rows
+            rows = np.arange(first, first + len(keys), dtype=np.int64)
+            self.vectors.append(vectors)
+            self.row_keys = np.concatenate([self.row_keys, keys])
+            self._key_rows = _invert(self.row_keys, self._key_rows, rows)
+            self._add_to_faiss(np.asarray(vectors, dtype=np.float32), rows)
+
+    def _retire(self, keys: np.ndarray) -> None:
+        keys = keys[(keys >= 0) & (keys < len(self._key_rows))]
+        rows = self._key_rows[keys]
+        rows = np.unique(rows[rows >= 0])
+        if not len(rows):
+            return
+        self.row_keys[rows] = -1
+        self._key_rows[keys] = -1
+        if self.plan.kind != "hnsw":
+            self.index.remove_ids(faiss.IDSelectorBatch(rows))
+        self._live_bitmap = None
+
+    @property
+    def retired(self) -> int:
+        return int(self.vectors.rows - self.size)
+
+    def needs_rebuild(self) -> bool:
+        """HNSW carrying too many retired rows, or IVF lists trained on a quarter of today's items."""
+        if self.plan.kind == "hnsw":
+            return self.retired > HNSW_MAX_RETIRED * max(self.vectors.rows, 1)
+        if self.plan.kind == "ivfpq":
+            return self.size > 4 * max(self.built_count, 1) and self.size > 4 * IVF_MIN_POINTS_PER_LIST
+        return False
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        return self.plan.kind
+
+    @property
+    def size(self) -> int:
+        return int((self.row_keys >= 0).sum())
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def keys(self) -> np.ndarray:
+        return self.row_keys[self.row_keys >= 0]
+
+    def vector(self, key: int) -> np.ndarray:
+        row = self._row(key)
+        if row < 0:
+            raise KeyError(key)
+        return self.vectors.get(np.array([row]))[0]
+
+    def vectors_of(self, keys: np.ndarray) -> np.ndarray:
+        rows = self._key_rows[np.asarray(keys, dtype=np.int64)]
+        if (rows < 0).any():
+            raise KeyError(int(np.asarray(keys)[rows < 0][0]))
+        return self.vectors.get(rows)
+
+    def _row(self, key: int) -> int:
+        return int(self._key_rows[key]) if 0 <= key < len(self._key_rows) else -1
+
+    def memory_bytes(self) -> int:
+        """Bytes the FAISS index holds in memory (its serialised size; the row file stays on disk)."""
+        return int(faiss.serialize_index(self.index).nbytes)
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               settings: SearchSettings | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (similarities, keys) per query row, best first; missing slots have key -1.
+
+        ``allowed`` restricts the answer to those item keys (label filters): a small set is searched
+        exactly, a large one inside FAISS, and a query left short of k is answered exactly, so a filter
+        never shortens the list while enough matching items exist.
+        """
+        settings = settings or self.settings
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        k = max(1, min(int(k), self.size)) if self.size else 1
+        if not self.size:
+            return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        allowed_rows = None
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=np.int64)
+            allowed = allowed[(allowed >= 0) & (allowed < len(self._key_rows))]
+            allowed_rows = np.unique(self._key_rows[allowed])
+            allowed_rows = allowed_rows[allowed_rows >= 0]
+            if len(allowed_rows) <= EXACT_SUBSET_MAX:
+                sims, rows = self._exact(queries, k, allowed_rows)
+                return sims, self._to_keys(rows)
+        sims, rows = self._approximate(queries, k, settings, allowed_rows)
+        short = (rows < 0).any(axis=1)
+        if short.any() and self.plan.kind != "flat":
+            wanted = min(k, len(allowed_rows) if allowed_rows is not None else self.size)
+            short &= (rows >= 0).sum(axis=1) < wanted
+            if short.any():
+                pool = allowed_rows if allowed_rows is not None else np.flatnonzero(self.row_keys >= 0)
+                sims[short], rows[short] = self._exact(queries[short], k, pool)
+        return sims, self._to_keys(rows)
+
+    def _to_keys(self, rows: np.ndarray) -> np.ndarray:
+        keys = np.where(rows >= 0, self.row_keys[np.clip(rows, 0, None)], -1)
+        return keys.astype(np.int64)
+
+    def _exact(self, queries: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over the given rows, read from the row file in blocks."""
+        nq = len(queries)
+        best_s = np.full((nq, k), -np.inf, np.float32)
+        best_r = np.full((nq, k), -1, np.int64)
+        for start in range(0, len(rows), 65_536):
+            part = rows[start:start + 65_536]
+            sims = queries @ self.vectors.get(part).T
+            kk = min(k, len(part))
+            top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+            cand_s = np.concatenate([best_s, np.take_along_axis(sims, top, 1)], axis=1)
+            cand_r = np.concatenate([best_r, part[top]], axis=1)
+            order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+            best_s, best_r = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_r, order, 1)
+        return best_s, best_r
+
+    def _approximate(self, queries: np.ndarray, k: int, settings: SearchSettings,
+                     allowed_rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        selector, keep = self._selector(allowed_rows)
+        kind = self.plan.kind
+        fetch = k
+        if kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(settings.ef_search, k), sel=selector)
+        elif kind == "ivfpq":
+            params = faiss.SearchParametersIVF(nprobe=settings.nprobe, sel=selector)
+            fetch = k * max(1, settings.refine)
+        else:
+            params = faiss.SearchParameters(sel=selector) if selector is not None else None
+        sims, rows = self.index.search(queries, fetch, params=params)
+        del keep
+        if kind == "ivfpq":  # exact similarities from the row file, also when refine is 1
+            sims, rows = self._rerank(queries, rows, k)
+        return sims, rows
+
+    def _selector(self, allowed_rows: np.ndarray | None):
+        """A bitmap of the rows a search may return (allowed and live); None when every row may.
+
+        Flat and IVF-PQ indexes no longer hold retired rows; only HNSW needs them masked.
+        """
+        if allowed_rows is None and (self.retired == 0 or self.plan.kind != "hnsw"):
+            return None, None
+        if allowed_rows is None:
+            if self._live_bitmap is None:
+                self._live_bitmap = np.packbits(self.row_keys >= 0, bitorder="little")
+            bitmap = self._live_bitmap
+        else:
+            mask = np.zeros(self.vectors.rows, dtype=bool)
+            mask[allowed_rows] = True
+            bitmap = np.packbits(mask, bitorder="little")
+        sel = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+        return sel, bitmap
+
+    def _rerank(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        out_s = np.full((len(queries), k), -np.inf, np.float32)
+        out_r = np.full((len(queries), k), -1, np.int64)
+        for start in range(0, len(queries), REFINE_BLOCK):
+            cand = rows[start:start + REFINE_BLOCK]
+            vecs = self.vectors.get(np.clip(cand, 0, None))
+            sims = np.einsum("qd,qcd->qc", queries[start:start + REFINE_BLOCK], vecs)
+            sims[cand < 0] = -np.inf
+            kk = min(k, cand.shape[1])
+            order = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
+            out_s[start:start + REFINE_BLOCK, :kk] = np.take_along_axis(sims, order, 1)
+            out_r[start:start + REFINE_BLOCK, :kk] = np.take_along_axis(cand, order, 1)
+        out_r[~np.isfinite(out_s)] = -1
+        return out_s, out_r
+
+    # -- persistence -------------------------------------------------------------------------------
+
+    def save(self, folder: Path, generation: int) -> None:
+        """Write vectors, rows, index, then the stamp, each atomically; the stamp is the commit point."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.vectors.save(folder / VECTORS_FILE)
+        _write_atomic(folder / ROWS_FILE, lambda p: _save_npy(p, self.row_keys))
+        _write_atomic(folder / INDEX_FILE, lambda p: faiss.write_index(self.index, str(p)))
+        stamp = {
+            "format": FORMAT, "generation": generation, "rows": int(self.vectors.rows), "size": self.size,
+            "plan": self.plan.to_dict(), "settings": self.settings.__dict__, "quality": self.quality.__dict__,
+            "built_count": self.built_count,
+        }
+        _write_atomic(folder / STAMP_FILE, lambda p: p.write_text(json.dumps(stamp, indent=1)))
+
+    @classmethod
+    def load(cls, folder: Path) -> tuple[VectorIndex, int] | None:
+        """The saved index and the store generation it reflects; None if there is none usable."""
+        try:
+            stamp = json.loads((folder / STAMP_FILE).read_text())
+            if stamp.get("format") != FORMAT:
+                return None
+            plan = IndexPlan.from_dict(stamp["plan"])
+            row_keys = np.load(folder / ROWS_FILE)
+            index = faiss.read_index(str(folder / INDEX_FILE))
+            rows = RowVectors.load(folder / VECTORS_FILE, index.d, plan.dtype, int(stamp["rows"]))
+            if len(row_keys) != rows.rows:
+                return None
+            self = cls(plan, index, row_keys, rows, SearchSettings(**stamp.get("settings", {})),
+                       Quality(**stamp.get("quality", {})), int(stamp.get("built_count", 0)))
+            return self, int(stamp["generation"])
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            log.info("index in %s not usable (%s); rebuilding from stored vectors", folder, exc)
+            return None
+
+    def describe(self) -> str:
+        q = self.quality
+        recall = "exact" if self.plan.kind == "flat" and self.plan.dtype == "float32" else (
+            f"recall@{q.k} {q.recall:.3f} on {q.queries} items" if q.recall is not None else "recall not measured")
+        per_item = self.memory_bytes() / max(self.size, 1)
+        return (f"{self.plan.describe()}, {self.size:,} vectors, {self.settings.describe(self.plan.kind)}, "
+                f"{recall}, {format_bytes(per_item)}/item in memory")
+
+    def with_settings(self, settings: SearchSettings, quality: Quality) -> VectorIndex:
+        self.settings, self.quality = settings, quality
+        return self
+
+
+def _invert(row_keys: np.ndarray, previous: np.ndarray | None = None, new_rows: np.ndarray | None = None
+            ) -> np.ndarray:
+    """key -> live row (-1 none), as a dense array over keys (SQLite keys are small, increasing integers)."""
+    if previous is not None and new_rows is not None:
+        keys = row_keys[new_rows]
+        top = int(keys.max()) + 1 if len(keys) else 0
+        out = previous if top <= len(previous) else np.concatenate(
+            [previous, np.full(max(top, 2 * len(previous)) - len(previous), -1, np.int64)])
+        out[keys] = new_rows
+        return out
+    live = np.flatnonzero(row_keys >= 0)
+    top = int(row_keys.max()) + 1 if len(row_keys) and row_keys.max() >= 0 else 0
+    out = np.full(top, -1, np.int64)
+    out[row_keys[live]] = live
+    return out
+
+
+def _new_faiss_index(plan: IndexPlan, dim: int) -> faiss.Index:
+    ip = faiss.METRIC_INNER_PRODUCT
+    fp16 = plan.dtype == "float16"
+    if plan.kind == "flat":
+        base = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, ip) if fp16 else faiss.IndexFlatIP(dim)
+        return faiss.IndexIDMap2(base)
+    if plan.kind == "hnsw":
+        m = int(plan.params.get("M", 32))
+        index = (faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, m, ip) if fp16
+                 else faiss.IndexHNSWFlat(dim, m, ip))
+        index.hnsw.efConstruction = int(plan.params.get("ef_construction", 80))
+        return index
+    if plan.kind == "ivfpq":
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFPQ(quantizer, dim, int(plan.params["nlist"]), int(plan.params["m"]),
+                                 int(plan.params.get("nbits", 8)), ip)
+        index.own_fields = True
+        quantizer.this.disown()
+        index.cp.niter = 10
+        return index
+    raise ValueError(f"unknown index kind {plan.kind!r}")
+
+
+def _train(index: faiss.Index, vectors: np.ndarray, plan: IndexPlan, seed: int) -> None:
+    nlist = int(plan.params["nlist"])
+    limit = max(nlist * IVF_TRAIN_MAX_POINTS_PER_LIST, 2 ** int(plan.params.get("nbits", 8)) * 64)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(vectors), size=min(limit, len(vectors)), replace=False))
+    sample = np.ascontiguousarray(vectors[pick], dtype=np.float32)
+    index.cp.seed = seed
+    index.pq.cp.seed = seed
+    log.info("training IVF-PQ (%d lists, %d-byte codes) on %d vectors", nlist, plan.params["m"], len(sample))
+    index.train(sample)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, array)
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
