@@ -20,6 +20,7 @@ from .catalog import Catalog
 from .config import DEFAULT_MAX_PIXELS, EncodeOptions
 from .embedders.registry import DEFAULT_MODEL, list_models
 from .errors import LookalikeError
+from .index import IndexOptions, SearchSettings
 from .search import Match
 
 EXIT_USAGE = 2
@@ -56,8 +57,11 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def cmd_index(args: argparse.Namespace, out: Console) -> int:
+    IndexOptions().changed(kind=args.index, memory=args.memory, recall=args.recall)  # refuse before creating
     catalog = Catalog.open_or_create(args.catalog, args.model, args.weights)
     with catalog:
+        if args.index is not None or args.memory is not None or args.recall is not None:
+            catalog.configure_index(kind=args.index, memory=args.memory, recall=args.recall)
         report = catalog.add(args.source, images=args.images, prune=args.prune, options=_options(args))
         if args.json:
             print(json.dumps({**report.__dict__, "images_per_second": report.images_per_second}, indent=2))
@@ -85,6 +89,30 @@ def cmd_similar(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace, out: Console) -> int:
+    with Catalog.open(args.catalog) as catalog:
+        quality = catalog.tune(args.recall)
+        index = catalog.index
+        if args.json:
+            print(json.dumps({"index": index.describe(), "settings": index.settings.__dict__,
+                              "quality": quality.__dict__}, indent=2))
+            return 0
+        table = Table(title=f"recall@{quality.k} on {quality.queries} catalog items vs exact search",
+                      title_justify="left")
+        for col in ("setting", "recall", "latency ms"):
+            table.add_column(col, justify="right" if col != "setting" else "left")
+        for row in quality.table:
+            setting = SearchSettings(**{k: row[k] for k in ("ef_search", "nprobe", "refine")})
+            table.add_row(setting.describe(index.kind), f"{row['recall']:.3f}", f"{row['latency_ms']:.2f}")
+        if quality.table:
+            out.print(table)
+        out.print(f"chosen: {index.describe()}")
+        if quality.target is not None and quality.recall is not None and quality.recall < quality.target:
+            out.print(f"[yellow]recall {quality.recall:.3f} is below the target {quality.target}; "
+                      "raise --memory or use --index flat[/]")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace, out: Console) -> int:
     with Catalog.open(args.catalog) as catalog:
         status = catalog.status(failures=args.failures)
@@ -95,6 +123,9 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
     out.print(f"model    {status.embedder.describe()}")
     out.print(f"items    {status.items} searchable, {status.failed} failed")
     out.print(f"index    {status.index}")
+    detail = status.index_detail
+    if detail:
+        out.print(f"         chosen: {detail['reason']}; {detail['disk_bytes_per_item']:,.0f} bytes/item on disk")
     out.print(f"labels   {', '.join(status.labels) or '(none)'}")
     if status.failures:
         table = Table(title="failed files (retried when the file changes)", title_justify="left")
@@ -528,8 +559,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="local .safetensors/.pth weights instead of the hub; "
                    "'random' for timing runs")
     p.add_argument("--prune", action="store_true", help="drop items whose files are gone")
+    p.add_argument("--index", default=None, choices=["auto", "flat", "hnsw", "ivfpq"],
+                   help="index kind (default auto: exact up to 50k items, HNSW up to 2M, then IVF-PQ); kept")
+    p.add_argument("--memory", default=None, metavar="SIZE",
+                   help="memory budget for the index, e.g. 4G (default auto: half the machine's RAM); kept")
+    p.add_argument("--recall", type=float, default=None,
+                   help="recall@10 the approximate index is tuned to reach (default 0.95); kept")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("tune", parents=[common, catalog_arg], help="measure recall and re-tune the index",
+                       description="Measure recall@10 of the catalog's index against exact search on a sample "
+                       "of its items, and pick the fastest search setting that reaches the target.")
+    p.add_argument("--recall", type=float, default=None, help="target recall@10 (default: the catalog's, 0.95)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("search", parents=[common, run, catalog_arg, query], help="items most like a photo",
                        description="The k catalog items most like a photo.")

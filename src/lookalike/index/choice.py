@@ -32,6 +32,8 @@ HNSW_EF_CONSTRUCTION = 80
 IVF_LISTS_PER_SQRT_N = 2
 IVF_MIN_POINTS_PER_LIST = 39
 IVF_TRAIN_MAX_POINTS_PER_LIST = 64
+# Fewer items than this cannot train product quantisers (256 centroids each) and lists; search is exact.
+IVF_MIN_ITEMS = 1_000
 PQ_DIMS_PER_BYTE = 16  # one code byte per 16 dimensions: 128 bytes for 2048-d
 ID_BYTES = 8  # every FAISS id is an int64
 GRAPH_BYTES_PER_LINK = 4
@@ -85,11 +87,16 @@ def choose_index(count: int, dim: int, memory_bytes: int, kind: str = "auto") ->
     if kind not in ("auto", *KINDS):
         raise IndexChoiceError(f"unknown index kind {kind!r}; choose auto, {', '.join(KINDS)}")
     dtype = "float16" if count >= FP16_MIN_ITEMS else "float32"
+    if kind == "ivfpq" and count < IVF_MIN_ITEMS:
+        kind = "flat"
+        forced = f"IVF-PQ asked for, but {count:,} items < {IVF_MIN_ITEMS:,} cannot train it: exact until then"
+    else:
+        forced = "asked for"
     candidates = []
     if kind in ("auto", "flat"):
         for dt in dict.fromkeys((dtype, "float16")):
             reason = (f"{count:,} items <= {FLAT_MAX_ITEMS:,}: exact search is instant" if kind == "auto"
-                      else "asked for")
+                      else forced)
             candidates.append(IndexPlan("flat", dt, {}, reason))
     if kind in ("auto", "hnsw"):
         reason = (f"{count:,} items in ({FLAT_MAX_ITEMS:,}, {HNSW_MAX_ITEMS:,}]: graph search, vectors in memory"

@@ -386,6 +386,7 @@ def _train(index: faiss.Index, vectors: np.ndarray, plan: IndexPlan, seed: int) 
     sample = np.ascontiguousarray(vectors[pick], dtype=np.float32)
     index.cp.seed = seed
     index.pq.cp.seed = seed
+    index.pq.cp.min_points_per_centroid = 4  # few items per code is fine: the vectors re-rank the answer
     log.info("training IVF-PQ (%d lists, %d-byte codes) on %d vectors", nlist, plan.params["m"], len(sample))
     index.train(sample)
 

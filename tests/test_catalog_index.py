@@ -1,0 +1,135 @@
+"""A catalog's index through its life: chosen automatically, caught up from the change log without a
+rebuild, rebuilt when the catalog's size calls for another kind, shown by status, re-tuned on demand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import COLORS, SHAPES, make_image
+from lookalike import Catalog, EncodeOptions
+from lookalike.index import choice, vector_index
+
+QUIET = EncodeOptions(workers=0, progress=False)
+
+
+def make_photos(folder, n, offset=0):
+    names = []
+    for i in range(n):
+        colour = list(COLORS.values())[(i + offset) % len(COLORS)]
+        shade = tuple(min(255, c + 7 * ((i + offset) // len(COLORS))) for c in colour)
+        name = f"p{i + offset:03d}.jpg"
+        make_image(folder / name, color=shade, shape=SHAPES[(i + offset) % 3], size=(48, 64), quality=90)
+        names.append(name[:-4])
+    return names
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """Counts full index builds (incremental catch-up must not call this)."""
+    calls = []
+    original = vector_index.VectorIndex.build.__func__
+
+    def counting(cls, keys, vectors, plan=None, seed=0):
+        calls.append(plan.kind if plan else "flat")
+        return original(cls, keys, vectors, plan, seed)
+
+    monkeypatch.setattr(vector_index.VectorIndex, "build", classmethod(counting))
+    return calls
+
+
+def test_catalog_catches_up_without_rebuilding(tmp_path, builds):
+    make_photos(tmp_path / "a", 20)
+    with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
+        catalog.configure_index(kind="hnsw")
+        catalog.add(tmp_path / "a", options=QUIET)
+        assert catalog.index.kind == "hnsw" and builds == ["hnsw"]
+        reader = Catalog.open(tmp_path / "shop.lk")  # another process's view, opened before the changes
+        assert len(reader) == 20
+        make_photos(tmp_path / "a", 6, offset=20)
+        catalog.add(tmp_path / "a", options=QUIET)
+        catalog.remove(["p003", "p004"])
+        assert builds == ["hnsw"], "adding and removing must not rebuild the graph"
+        assert len(catalog) == 24
+        found = [m.id for m in catalog.similar("p001", k=23)]
+        assert "p003" not in found and "p004" not in found and "p025" in found
+        # The reader catches up in memory from the change log, also without a rebuild.
+        reader._checked_at = 0
+        assert len(reader) == 24 and builds == ["hnsw"]
+        assert [m.id for m in reader.similar("p001", k=23)] == found
+        reader.close()
+    with Catalog.open(tmp_path / "shop.lk") as again:  # loads the saved, caught-up index
+        assert [m.id for m in again.similar("p001", k=23)] == found
+        assert again.index.retired == 2
+    assert builds == ["hnsw"]
+
+
+def test_crossing_a_threshold_rebuilds_as_the_new_kind(tmp_path, builds, monkeypatch):
+    monkeypatch.setattr(choice, "FLAT_MAX_ITEMS", 10)
+    monkeypatch.setattr(choice, "FP16_MIN_ITEMS", 10)
+    make_photos(tmp_path / "a", 8)
+    with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
+        catalog.add(tmp_path / "a", options=QUIET)
+        assert (catalog.index.kind, catalog.index.plan.dtype) == ("flat", "float32")
+        make_photos(tmp_path / "a", 8, offset=8)
+        catalog.add(tmp_path / "a", options=QUIET)
+        assert (catalog.index.kind, catalog.index.plan.dtype) == ("hnsw", "float16")
+        assert builds == ["flat", "hnsw"]
+        detail = catalog.status().index_detail
+        assert detail["kind"] == "hnsw" and "16 items" in detail["reason"]
+        assert detail["recall"] is not None and detail["recall_queries"] == 16
+        # From now on vectors are stored as float16 too: half the bytes in SQLite.
+        make_photos(tmp_path / "a", 2, offset=16)
+        catalog.add(tmp_path / "a", options=QUIET)
+        blobs = {len(b) for (b,) in catalog.store.conn.execute("SELECT vector FROM vectors")}
+        assert blobs == {512 * 4, 512 * 2}
+        assert len(catalog) == 18 and catalog.similar("p017", k=3)
+
+
+def test_configure_index_switches_kind_and_keeps_results_sensible(tmp_path):
+    make_photos(tmp_path / "a", 30)
+    with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
+        catalog.add(tmp_path / "a", options=QUIET)
+        exact = [m.id for m in catalog.similar("p005", k=5)]
+        catalog.configure_index(kind="hnsw", recall=0.99)
+        assert catalog.index.kind == "hnsw" and catalog.index.quality.target == 0.99
+        assert [m.id for m in catalog.similar("p005", k=5)] == exact
+        assert catalog.index_options().to_dict() == {"kind": "hnsw", "memory": "auto", "recall": 0.99}
+        quality = catalog.tune(0.5)
+        assert quality.target == 0.5 and quality.recall >= 0.5
+
+
+def run(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "lookalike.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.mark.slow
+def test_index_options_tune_and_status_from_the_command_line(tmp_path):
+    make_photos(tmp_path / "a", 12)
+    res = run("index", "a", "--catalog", "shop.lk", "--model", "colorhist", "--index", "hnsw", "--recall", "0.9",
+              "-q", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    status = json.loads(run("status", "--catalog", "shop.lk", "--json", cwd=tmp_path).stdout)
+    detail = status["index_detail"]
+    assert detail["kind"] == "hnsw" and detail["recall_target"] == 0.9 and detail["recall"] >= 0.9
+    assert detail["memory_bytes_per_item"] > 0 and detail["disk_bytes_per_item"] > 0
+    assert "hnsw" in run("status", "--catalog", "shop.lk", cwd=tmp_path).stdout
+    tuned = run("tune", "--catalog", "shop.lk", "--recall", "0.99", cwd=tmp_path)
+    assert tuned.returncode == 0 and "efSearch=" in tuned.stdout and "chosen" in tuned.stdout
+    tuned = json.loads(run("tune", "--catalog", "shop.lk", "--json", cwd=tmp_path).stdout)
+    assert tuned["quality"]["target"] == 0.9
+    bad = run("index", "a", "--catalog", "other.lk", "--model", "colorhist", "--memory", "12x", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "12x" in bad.stderr
+    assert not (tmp_path / "other.lk").exists()
+    bad = run("index", "a", "--catalog", "shop.lk", "--recall", "1.5", cwd=tmp_path)
+    assert bad.returncode == 2 and "recall" in bad.stderr
+
+
+def test_an_index_that_does_not_fit_is_refused_clearly(tmp_path):
+    make_photos(tmp_path / "a", 3)
+    res = run("index", "a", "--catalog", "shop.lk", "--model", "colorhist", "--memory", "1K", cwd=tmp_path)
+    assert res.returncode == 2 and "raise --memory" in res.stderr and "Traceback" not in res.stderr

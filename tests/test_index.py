@@ -1,0 +1,204 @@
+"""The vector index against exact search on seeded clustered vectors: the choice function, tuned recall of
+every kind, incremental updates, filters, float16, persistence, and the catalog catching up from its log."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lookalike.errors import IndexChoiceError
+from lookalike.index import IndexPlan, VectorIndex, choose_index, parse_memory, tune
+from lookalike.index import choice, vector_index
+from lookalike.index.synthetic import clustered_vectors
+from lookalike.index.tuning import ground_truth, recall_at_k, sample_rows
+
+GB = 1024**3
+DIM = 64
+N = 3000
+
+
+@pytest.fixture(scope="module")
+def data():
+    vectors = clustered_vectors(N, DIM, seed=3)
+    keys = np.arange(N, dtype=np.int64) * 2 + 5  # item keys are not row numbers
+    return keys, vectors
+
+
+def exact(vectors: np.ndarray, keys: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    order = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :k]
+    return keys[order]
+
+
+def plan_for(kind: str, count: int = N) -> IndexPlan:
+    return choose_index(count, DIM, 8 * GB, kind)
+
+
+@pytest.mark.parametrize(("count", "dim", "memory", "kind", "dtype"), [
+    (1_000, 2048, 8 * GB, "flat", "float32"),
+    (choice.FLAT_MAX_ITEMS, 2048, 8 * GB, "flat", "float16"),  # float16 from FP16_MIN_ITEMS on
+    (choice.FLAT_MAX_ITEMS + 1, 2048, 8 * GB, "hnsw", "float16"),
+    (1_000_000, 2048, 8 * GB, "hnsw", "float16"),
+    (1_000_000, 2048, 1 * GB, "ivfpq", "float16"),  # memory shrinks: compressed codes
+    (choice.HNSW_MAX_ITEMS + 1, 2048, 64 * GB, "ivfpq", "float16"),  # too many for a graph
+    (20_000, 2048, 50 * 1024**2, "ivfpq", "float16"),  # small catalog, tiny budget
+])
+def test_choice_follows_count_and_memory(count, dim, memory, kind, dtype):
+    plan = choose_index(count, dim, memory)
+    assert (plan.kind, plan.dtype) == (kind, dtype)
+    assert choice.estimated_bytes(plan, count, dim) <= memory
+    assert plan.reason
+
+
+def test_choice_sizes_ivfpq_for_the_budget():
+    plan = choose_index(1_000_000, 2048, 1 * GB)
+    assert plan.params["m"] == 2048 // choice.PQ_DIMS_PER_BYTE and 2048 % plan.params["m"] == 0
+    assert 512 <= plan.params["nlist"] <= 4096
+    tight = choose_index(1_000_000, 2048, 100 * 1024**2)  # 100 MB: fewer code bytes
+    assert tight.params["m"] < plan.params["m"]
+
+
+def test_choice_refuses_what_cannot_fit_and_bad_input():
+    with pytest.raises(IndexChoiceError, match="raise --memory"):
+        choose_index(10_000_000, 2048, 10 * 1024**2)
+    with pytest.raises(IndexChoiceError, match="unknown index kind"):
+        choose_index(10, 8, GB, "annoy")
+    forced = choose_index(100, 8, GB, "ivfpq")  # too few to train: exact, and says why
+    assert forced.kind == "flat" and "cannot train" in forced.reason
+    assert choose_index(100, 8, GB, "hnsw").kind == "hnsw"
+
+
+def test_parse_memory():
+    assert parse_memory("4G") == 4 * GB
+    assert parse_memory("512m") == 512 * 1024**2
+    assert parse_memory("1.5GB") == int(1.5 * GB)
+    assert parse_memory("auto") > 0
+    with pytest.raises(IndexChoiceError, match="not a size"):
+        parse_memory("lots")
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_tuned_recall_reaches_target(data, kind):
+    keys, vectors = data
+    index = VectorIndex.build(keys, vectors, plan_for(kind))
+    quality = tune(index, target=0.95, sample=300)
+    assert quality.recall >= 0.95
+    # Checked independently of the tuner's own bookkeeping, on other queries.
+    rows = sample_rows(index, 200, seed=11)
+    queries = vectors[rows] + 0.02 * np.random.default_rng(1).standard_normal((len(rows), DIM)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    _, found = index.search(queries, 10)
+    assert recall_at_k(found, exact(vectors, keys, queries, 10)) >= 0.93
+    if kind == "hnsw":
+        assert index.settings.ef_search <= 1024
+    if kind == "ivfpq":
+        assert index.memory_bytes() / len(keys) < DIM * 4  # codes are smaller than the vectors
+
+
+def test_tuner_prefers_cheaper_settings(data):
+    keys, vectors = data
+    index = VectorIndex.build(keys, vectors, plan_for("hnsw"))
+    low = tune(index, target=0.5, sample=200)
+    ef_low = index.settings.ef_search
+    high = tune(index, target=0.99, sample=200)
+    assert ef_low <= index.settings.ef_search
+    assert low.recall <= high.recall + 1e-9
+
+
+def test_float16_storage_keeps_recall(data):
+    keys, vectors = data
+    index = VectorIndex.build(keys, vectors, IndexPlan("flat", "float16"))
+    queries = vectors[:200]
+    _, found = index.search(queries, 10)
+    assert recall_at_k(found, exact(vectors, keys, queries, 10)) >= 0.99
+    assert index.memory_bytes() < VectorIndex.build(keys, vectors).memory_bytes() * 0.6
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_incremental_updates_match_a_fresh_build(data, kind):
+    keys, vectors = data
+    rng = np.random.default_rng(5)
+    index = VectorIndex.build(keys[:2000], vectors[:2000], plan_for(kind, 2000))
+    tune(index, 0.95, sample=200)
+    index.update(keys[2000:], vectors[2000:])  # add
+    removed = keys[rng.choice(N, 300, replace=False)]
+    index.update(np.empty(0, np.int64), np.empty((0, DIM), np.float32), removed)  # remove
+    changed = np.setdiff1d(keys[rng.choice(N, 100, replace=False)], removed)
+    new_vectors = clustered_vectors(len(changed), DIM, seed=99)
+    index.update(changed, new_vectors)  # update in place
+
+    final = {int(k): v for k, v in zip(keys, vectors, strict=True) if k not in set(removed.tolist())}
+    for k, v in zip(changed, new_vectors, strict=True):
+        final[int(k)] = v
+    final_keys = np.array(sorted(final), dtype=np.int64)
+    final_vectors = np.stack([final[k] for k in final_keys])
+    assert index.size == len(final_keys)
+    assert set(index.keys().tolist()) == set(final_keys.tolist())
+
+    queries = final_vectors[::25]
+    truth = exact(final_vectors, final_keys, queries, 10)
+    _, found = index.search(queries, 10)
+    assert not np.isin(found, removed).any()
+    fresh = VectorIndex.build(final_keys, final_vectors, plan_for(kind, len(final_keys)))
+    tune(fresh, 0.95, sample=200)
+    _, fresh_found = fresh.search(queries, 10, settings=index.settings)
+    if kind == "flat":
+        np.testing.assert_array_equal(found, truth)
+    assert recall_at_k(found, truth) >= recall_at_k(fresh_found, truth) - 0.05
+    assert recall_at_k(found, truth) >= 0.9
+    # An updated item is found by its new vector, and reads back as it.
+    _, top = index.search(new_vectors[:5], 1)
+    np.testing.assert_array_equal(top[:, 0], changed[:5])
+    np.testing.assert_allclose(index.vector(int(changed[0])), new_vectors[0], atol=2e-3)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("via_faiss", [False, True])
+def test_filtered_search_returns_exactly_the_matching_items(data, kind, via_faiss, monkeypatch):
+    keys, vectors = data
+    if via_faiss:  # large filters go through FAISS selectors; a short answer falls back to exact search
+        monkeypatch.setattr(vector_index, "EXACT_SUBSET_MAX", 10)
+    index = VectorIndex.build(keys, vectors, plan_for(kind))
+    tune(index, 0.95, sample=200)
+    rng = np.random.default_rng(8)
+    for size in (15, 40, 900):
+        allowed = np.sort(rng.choice(keys, size, replace=False))
+        queries = vectors[rng.choice(N, 20, replace=False)]
+        sims, found = index.search(queries, 10, allowed=allowed)
+        assert (found >= 0).all(), "a filter with enough matches returns k results"
+        assert np.isin(found, allowed).all()
+        assert (np.diff(sims, axis=1) <= 1e-6).all()
+        mask = np.isin(keys, allowed)
+        truth = exact(vectors[mask], keys[mask], queries, 10)
+        assert recall_at_k(found, truth) >= (1.0 if kind == "flat" or not via_faiss else 0.8)
+    few = keys[:3]
+    _, found = index.search(vectors[:2], 10, allowed=few)
+    assert set(found[found >= 0].tolist()) == set(few.tolist()) and (found[:, 3:] == -1).all()
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_saved_index_loads_and_answers_the_same(data, kind, tmp_path):
+    keys, vectors = data
+    index = VectorIndex.build(keys, vectors, plan_for(kind))
+    tune(index, 0.95, sample=200)
+    index.update(keys[:10], vectors[:10][::-1].copy(), removed=keys[10:20])
+    index.save(tmp_path, generation=7)
+    loaded, generation = VectorIndex.load(tmp_path)
+    assert generation == 7 and loaded.plan == index.plan and loaded.settings == index.settings
+    assert loaded.quality.recall == index.quality.recall
+    queries = vectors[100:130]
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
+    # Appending after a load writes after the saved rows; a reload sees everything.
+    loaded.update(keys[20:25], vectors[:5])
+    loaded.save(tmp_path, generation=8)
+    again, _ = VectorIndex.load(tmp_path)
+    np.testing.assert_allclose(again.vector(int(keys[20])), vectors[0], atol=2e-3)
+    assert again.size == index.size
+
+
+def test_ground_truth_leaves_the_query_out(data):
+    keys, vectors = data
+    index = VectorIndex.build(keys, vectors)
+    rows = np.array([0, 1, 2])
+    truth = ground_truth(index, rows, 5)
+    assert not np.isin(keys[rows], truth).any()
+    np.testing.assert_array_equal(truth, exact(vectors, keys, vectors[rows], 6)[:, 1:])
