@@ -6,6 +6,12 @@ releases the GIL), then embedded: decoding never runs beside the model, whose tw
 loses far more than a decode costs when one of its threads is preempted (measured: 19 ms against 12 ms
 an image on 2 cores). A bad image fails its own request only.
 
+Under steady load the clients served by one batch send their next request a few milliseconds after it
+returns; a batch that started at once would take only the first of them and leave the rest to wait a
+whole model call. So while a batch holds fewer requests than the previous one, it lingers for the others,
+for at most a small share of the previous model call (``LINGER_SHARE``, capped at ``LINGER_MAX_S``). A
+lone client never waits: its previous batch held one request.
+
 The model lives on this one thread, from creation to every call: PyTorch's OpenMP runtime slows down by
 about half on a small machine as soon as a second long-lived thread has run parallel work (its idle
 workers stop spinning and must be woken for each of the ~100 parallel regions of a forward pass).
@@ -16,6 +22,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -23,6 +30,9 @@ import numpy as np
 import torch
 
 from ..embed import Encoder
+
+LINGER_SHARE = 0.25  # of the previous model call's time
+LINGER_MAX_S = 0.008
 
 
 class EmbedBatcher:
@@ -60,22 +70,27 @@ class EmbedBatcher:
             ready.set_exception(exc)
             return
         ready.set_result(encoder)
+        last_size, last_seconds = 1, 0.0
         while True:
             first = self._queue.get()
             if first is None:
                 return
             batch = [first]
             stop = False
+            deadline = time.perf_counter() + min(LINGER_MAX_S, LINGER_SHARE * last_seconds)
             while len(batch) < self.max_batch:
+                wait = deadline - time.perf_counter() if len(batch) < last_size else 0.0
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
                     stop = True
                     break
                 batch.append(nxt)
+            started = time.perf_counter()
             self._embed(encoder, batch)
+            last_size, last_seconds = len(batch), time.perf_counter() - started
             if stop:
                 return
 

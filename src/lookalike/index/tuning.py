@@ -15,6 +15,10 @@ from .vector_index import Quality, SearchSettings, VectorIndex
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGET = 0.95
+# The sample is catalog items, whose own node the search starts close to; a new photo is harder. On
+# clustered 2048-d vectors HNSW missed 1.5-2x more neighbours of held-out queries than of catalog items at
+# the same efSearch (benchmarks/search_scale.py), so the tuner asks the sample for half the allowed misses.
+MISS_SHARE = 0.5
 SAMPLE_QUERIES = 500
 LATENCY_QUERIES = 100
 EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
@@ -66,7 +70,8 @@ def sample_rows(index: VectorIndex, n: int, seed: int = 0) -> np.ndarray:
 
 def tune(index: VectorIndex, target: float = DEFAULT_TARGET, k: int = 10, sample: int = SAMPLE_QUERIES,
          seed: int = 0) -> Quality:
-    """Pick the fastest search setting whose recall@k reaches ``target``; store it and its measurement.
+    """Pick the fastest search setting whose recall@k reaches ``target`` with a margin for new photos
+    (``MISS_SHARE``); store it and its measurement.
 
     When no setting reaches the target, the one with the best recall is kept and the shortfall logged.
     """
@@ -75,6 +80,7 @@ def tune(index: VectorIndex, target: float = DEFAULT_TARGET, k: int = 10, sample
         index.with_settings(index.settings, quality)
         return quality
     k = min(k, index.size - 1)
+    goal = 1 - (1 - target) * MISS_SHARE
     rows = sample_rows(index, sample, seed)
     truth = ground_truth(index, rows, k)
     table: list[dict] = []
@@ -87,14 +93,14 @@ def tune(index: VectorIndex, target: float = DEFAULT_TARGET, k: int = 10, sample
         table.append({**settings.__dict__, "recall": round(recall, 4), "latency_ms": round(latency, 3)})
         if top is None or recall > top[1]:
             top = (settings, recall, latency)
-        if recall >= target and (best is None or latency < best[2]):
+        if recall >= goal and (best is None or latency < best[2]):
             best = (settings, recall, latency)
         return recall
 
     kind = index.plan.kind
     if kind == "hnsw":  # recall and cost both grow with efSearch: stop at the first that reaches the target
         for ef in EF_SEARCH:
-            if trial(SearchSettings(ef_search=ef)) >= target:
+            if trial(SearchSettings(ef_search=ef)) >= goal:
                 break
     elif kind == "ivfpq":  # for each re-ranking depth, the fewest lists that reach the target
         nlist = int(index.plan.params["nlist"])
@@ -102,7 +108,7 @@ def tune(index: VectorIndex, target: float = DEFAULT_TARGET, k: int = 10, sample
             nprobe, previous = 1, -1.0
             while nprobe <= nlist:
                 recall = trial(SearchSettings(nprobe=nprobe, refine=refine))
-                if recall >= target or (nprobe >= 16 and recall - previous < 0.002):
+                if recall >= goal or (nprobe >= 16 and recall - previous < 0.002):
                     break
                 previous, nprobe = recall, nprobe * 2
     else:
