@@ -45,3 +45,7 @@ class UnknownItemError(QueryError):
 
 class ItemExistsError(CatalogError):
     """An item with this id is already in the catalog; the REST API answers 409."""
+
+
+class OutputError(LookalikeError):
+    """A result file cannot be written: unknown format or extension, a folder that cannot be written."""
