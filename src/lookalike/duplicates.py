@@ -164,13 +164,13 @@ def find_duplicates(catalog, threshold: float = DEFAULT_THRESHOLD, *, neighbours
             report.truncated += truncated
             bar.update(done)
     for keys in table.keys_by_hash.values():  # exact copies are one group even if an approximate index misses
-        members = np.intersect1d(np.fromiter(keys, np.int64), universe)
-        if len(members) > 1:
+        if len(keys) > 1:
+            members = np.array(sorted(keys), dtype=np.int64)
             src.append(members[:-1])
             dst.append(members[1:])
             sim.append(np.ones(len(members) - 1, np.float32))
     src_k, dst_k, sims = np.concatenate(src), np.concatenate(dst), np.concatenate(sim)
-    keep = np.isin(dst_k, universe)
+    keep = np.isin(dst_k, universe) & np.isin(src_k, universe)
     src_k, dst_k, sims = src_k[keep], dst_k[keep], sims[keep]
     report.groups = _groups(catalog, index, table, universe, src_k, dst_k, sims)
     report.seconds = time.perf_counter() - started
