@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import QueryError
+from .errors import ImageError, QueryError
+from .images import read_size
 from .neighbours import DEFAULT_BLOCK, DEFAULT_THREADS, ordered_map, progress_bar, query_blocks, search_until
 from .search import Match, Where
 
@@ -55,8 +56,8 @@ class DuplicateMember:
 
 @dataclass
 class DuplicateGroup:
-    """One product listed several times. ``representative`` is the largest image (pixels), ties to the
-    first added: the copy to keep."""
+    """One product listed several times. ``representative`` is the copy to keep: the largest image (pixels),
+    then the largest file (the least compressed), then the first added."""
 
     group: int
     kind: str  # "exact": every member has the same content hash; "near": otherwise
@@ -211,8 +212,8 @@ def _groups(catalog, index, table, universe: np.ndarray, src: np.ndarray, dst: n
     groups = []
     for label, positions in by_label.items():
         keys = universe[positions].tolist()
-        area = [sizes.get(k, (0, 0))[0] * sizes.get(k, (0, 0))[1] for k in keys]
-        rep = max(range(len(keys)), key=lambda i: (area[i], -keys[i]))
+        size = [_true_size(table.path_by_key[k], sizes.get(k, (0, 0, 0))) for k in keys]
+        rep = max(range(len(keys)), key=lambda i: (size[i][0] * size[i][1], size[i][2], -keys[i]))
         vecs = np.stack([np.asarray(index.vector(k), dtype=np.float32) for k in keys])
         to_rep = vecs @ vecs[rep]
         if len(keys) <= PAIRWISE_LIMIT:
@@ -226,8 +227,8 @@ def _groups(catalog, index, table, universe: np.ndarray, src: np.ndarray, dst: n
         hashes = {table.hash_by_key.get(k) for k in keys}
         kind = "exact" if len(hashes) == 1 and None not in hashes else "near"
         members = [DuplicateMember(id=table.id_by_key[k], path=table.path_by_key[k],
-                                   similarity=round(min(1.0, float(to_rep[i])), 6), width=sizes.get(k, (0, 0))[0],
-                                   height=sizes.get(k, (0, 0))[1]) for i, k in enumerate(keys)]
+                                   similarity=round(min(1.0, float(to_rep[i])), 6), width=size[i][0],
+                                   height=size[i][1]) for i, k in enumerate(keys)]
         members.sort(key=lambda m: (m.id != table.id_by_key[keys[rep]], -m.similarity, m.id))
         groups.append(DuplicateGroup(group=0, kind=kind, representative=table.id_by_key[keys[rep]],
                                      members=members, min_similarity=round(min(1.0, lo_sim), 6),
@@ -236,6 +237,16 @@ def _groups(catalog, index, table, universe: np.ndarray, src: np.ndarray, dst: n
     for number, g in enumerate(groups, start=1):
         g.group = number
     return groups
+
+
+def _true_size(path: str, stored: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(width, height, bytes) with the size from the file's header: the catalog records the size its
+    decoder produced (JPEG draft mode shrinks large photos), which cannot rank copies by resolution."""
+    try:
+        width, height = read_size(path)
+    except ImageError:
+        return stored
+    return width, height, stored[2]
 
 
 # -- saved groups and --dedupe -------------------------------------------------------------------------

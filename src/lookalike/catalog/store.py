@@ -216,16 +216,16 @@ class Store:
             yield keys, np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
             after = int(keys[-1])
 
-    def sizes_for(self, keys: Iterable[int]) -> dict[int, tuple[int, int]]:
-        """(width, height) of items, 0 where unknown: the largest copy represents a duplicate group."""
+    def sizes_for(self, keys: Iterable[int]) -> dict[int, tuple[int, int, int]]:
+        """(width, height, file bytes) of items, 0 where unknown: the largest copy represents a duplicate group."""
         keys = [int(k) for k in keys]
         out: dict[int, tuple[int, int]] = {}
         for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
             chunk = keys[start:start + 900]
             marks = ",".join("?" * len(chunk))
-            for key, width, height in self.conn.execute(
-                    f"SELECT key, width, height FROM items WHERE key IN ({marks})", chunk):
-                out[key] = (width or 0, height or 0)
+            for key, width, height, size in self.conn.execute(
+                    f"SELECT key, width, height, size FROM items WHERE key IN ({marks})", chunk):
+                out[key] = (width or 0, height or 0, size or 0)
         return out
 
     def label_values(self, name: str) -> list[tuple[int, str]]:
