@@ -220,6 +220,8 @@ def test_bad_requests_say_what_to_do(random_catalog, tmp_path):
         recommend(catalog, 5, tmp_path / "out.csv", group_by="brand")
     with pytest.raises(QueryError, match="unknown label"):
         recommend(catalog, 5, tmp_path / "out.csv", where=["brand=x"])
+    with pytest.raises(QueryError, match="matches no item"):
+        recommend(catalog, 5, tmp_path / "out.csv", where=["colour=purple"])
     with pytest.raises(QueryError, match="positive"):
         recommend(catalog, 0, tmp_path / "out.csv")
 

@@ -105,6 +105,9 @@ def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where
     size = int(all_keys[-1]) + 1 if len(all_keys) else 1
     n_candidates = len(all_keys) if candidates is None else len(np.intersect1d(candidates, all_keys))
     n_queries = len(all_keys) if queries is None else len(np.intersect1d(queries, all_keys))
+    if candidates is not None and n_candidates == 0:
+        raise QueryError(f"--where {where} matches no item: nothing could be recommended; check the label values "
+                         "with `lookalike status` or the web page's facets")
 
     content = _content_codes(table, size)
     groups = group_codes(catalog, threshold, progress=progress, threads=threads) if dedupe else None
