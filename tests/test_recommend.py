@@ -239,3 +239,10 @@ def test_command_line_writes_the_file_and_prints_the_rate(random_catalog, tmp_pa
     assert report["rows"] == 900 and report["items_per_second"] > 0
     assert main(["recommend", "--catalog", str(catalog.path), "--out", str(tmp_path / "x.txt")]) == 2
     assert "--format" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["recommend", "duplicates"])
+def test_new_commands_have_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and "--catalog" in capsys.readouterr().out
