@@ -18,9 +18,11 @@ from rich.table import Table
 from . import __version__
 from .catalog import Catalog
 from .config import DEFAULT_MAX_PIXELS, EncodeOptions
+from .duplicates import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
 from .embedders.registry import DEFAULT_MODEL, list_models
 from .errors import LookalikeError
 from .index import IndexOptions, SearchSettings
+from .neighbours import DEFAULT_BLOCK, DEFAULT_THREADS
 from .search import Match
 
 EXIT_USAGE = 2
@@ -77,14 +79,15 @@ def cmd_index(args: argparse.Namespace, out: Console) -> int:
 def cmd_search(args: argparse.Namespace, out: Console) -> int:
     with Catalog.open(args.catalog) as catalog:
         catalog.encoder(_options(args))
-        matches = catalog.search(args.image, k=args.k, where=args.where)
+        matches = catalog.search(args.image, k=args.k, where=args.where, dedupe=args.dedupe)
         _show(matches, args, out, title=f"items most like {args.image}")
     return 0
 
 
 def cmd_similar(args: argparse.Namespace, out: Console) -> int:
     with Catalog.open(args.catalog) as catalog:
-        matches = catalog.similar(args.item_id, k=args.k, where=args.where, same_cluster=args.same_cluster)
+        matches = catalog.similar(args.item_id, k=args.k, where=args.where, same_cluster=args.same_cluster,
+                                  dedupe=args.dedupe)
         _show(matches, args, out, title=f"items most like catalog item {args.item_id}")
     return 0
 
@@ -462,6 +465,61 @@ def _analysis_parsers(sub, common: argparse.ArgumentParser, run: argparse.Argume
     p.set_defaults(func=cmd_report)
 
 
+def _catalog_pass_parsers(sub, common, catalog_arg) -> None:
+    """duplicates and recommend: passes over every item of a catalog."""
+    passes = argparse.ArgumentParser(add_help=False)
+    passes.add_argument("--threads", type=_positive_int, default=DEFAULT_THREADS,
+                        help=f"search threads (default {DEFAULT_THREADS})")
+    passes.add_argument("--block-size", type=_positive_int, default=DEFAULT_BLOCK,
+                        help=f"queries per index search (default {DEFAULT_BLOCK})")
+    passes.add_argument("--threshold", type=_similarity, default=DEFAULT_THRESHOLD,
+                        help=f"cosine similarity at which two items are near duplicates (default {DEFAULT_THRESHOLD})")
+
+    p = sub.add_parser("duplicates", parents=[common, catalog_arg, passes], help="exact and near-duplicate groups",
+                       description="Group items that are the same file (content hash) or look the same "
+                       "(similarity >= --threshold, joined into connected components). A whole-catalog run is "
+                       "saved for `search/similar/recommend --dedupe`.")
+    p.add_argument("--neighbours", type=_positive_int, default=DEFAULT_NEIGHBOURS,
+                   help=f"neighbours searched per item (default {DEFAULT_NEIGHBOURS}; more are fetched for items "
+                   "whose last neighbour is still above the threshold)")
+    p.add_argument("--where", action="append", default=None, metavar="LABEL=VALUE",
+                   help="only items with this label value (not saved for --dedupe)")
+    p.add_argument("--csv", help="also write one row per group member to this CSV file")
+    p.add_argument("--limit", type=_non_negative_int, default=20, help="groups to print (default 20; all in --json)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_duplicates)
+
+    p = sub.add_parser("recommend", parents=[common, catalog_arg, passes],
+                       help="every item's k look-alikes, to parquet/csv/jsonl",
+                       description="Write, for every item, its k most similar items (item_id, rank, similar_id, "
+                       "similarity) to --out, never the item itself or its exact copies. An interrupted run "
+                       "resumes when started again with the same options.")
+    p.add_argument("-k", type=_positive_int, default=10, help="recommendations per item (default 10)")
+    p.add_argument("--out", required=True, help="file to write: .parquet, .csv or .jsonl")
+    p.add_argument("--format", choices=["parquet", "csv", "jsonl"], help="instead of the extension")
+    p.add_argument("--where", action="append", default=None, metavar="LABEL=VALUE",
+                   help="only recommend items with this label value (every item still gets recommendations)")
+    p.add_argument("--queries-where", action="append", default=None, metavar="LABEL=VALUE",
+                   help="only write recommendations for items with this label value")
+    p.add_argument("--dedupe", action="store_true", help="one item per near-duplicate group, none of the "
+                   "item's own group (finds the groups first unless saved at this --threshold)")
+    p.add_argument("--group-by", metavar="LABEL", help="one recommendation per value of this label, e.g. "
+                   "productDisplayName; the value is written as an extra column")
+    p.add_argument("--restart", action="store_true", help="ignore an interrupted run and start over")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_recommend)
+
+
+def _similarity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a cosine similarity above 0 and at most 1, e.g. 0.95")
+    return value
+
+
 def _figure_path(text: str) -> str:
     """Refuse a wrong extension before any work is done."""
     from .plots import FORMATS
@@ -480,6 +538,51 @@ def _range(text: str) -> tuple[int, int]:
     if not sep or lo < 2 or hi < lo:
         raise argparse.ArgumentTypeError(f"{text!r}: need 2 <= LOW <= HIGH, e.g. 2:12")
     return lo, hi
+
+
+# -- duplicates and recommend -------------------------------------------------------------------------
+
+
+def cmd_duplicates(args: argparse.Namespace, out: Console) -> int:
+    with Catalog.open(args.catalog) as catalog:
+        report = catalog.duplicates(args.threshold, neighbours=args.neighbours, where=args.where,
+                                    block=args.block_size, threads=args.threads,
+                                    progress=False if args.quiet else None)
+    if args.csv:
+        report.write_csv(args.csv)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    if report.groups:
+        shown = report.groups[:args.limit]
+        table = Table(title=f"duplicate groups in {args.catalog}", title_justify="left")
+        for col in ("group", "kind", "size", "similarity", "representative", "members"):
+            table.add_column(col, justify="right" if col in ("group", "size") else "left", overflow="fold")
+        for g in shown:
+            others = [i for i in g.ids if i != g.representative]
+            more = f" ... +{len(others) - 8}" if len(others) > 8 else ""
+            table.add_row(str(g.group), g.kind, str(len(g.members)), f"{g.min_similarity:.3f}-{g.max_similarity:.3f}",
+                          g.representative, ", ".join(others[:8]) + more)
+        out.print(table)
+        if len(report.groups) > len(shown):
+            out.print(f"... and {len(report.groups) - len(shown)} more groups (--limit N, --json or --csv)")
+    print(f"{args.catalog}: {report.summary()}" + (f"; groups written to {args.csv}" if args.csv else ""))
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace, out: Console) -> int:
+    from .recommend import recommend
+
+    with Catalog.open(args.catalog) as catalog:
+        report = recommend(catalog, args.k, args.out, fmt=args.format, where=args.where,
+                           queries_where=args.queries_where, dedupe=args.dedupe, threshold=args.threshold,
+                           group_by=args.group_by, block=args.block_size, threads=args.threads,
+                           resume=not args.restart, progress=False if args.quiet else None)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.summary())
+    return 0
 
 
 # -- output -------------------------------------------------------------------------------------------
@@ -548,6 +651,8 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--where", action="append", default=None, metavar="LABEL=VALUE",
                        help="only items with this label value; repeat to require several (AND)")
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    query.add_argument("--dedupe", action="store_true", help="one item per near-duplicate group (the groups of "
+                       "the last `lookalike duplicates` run, else copies of a better result are dropped)")
 
     p = sub.add_parser("index", parents=[common, run, catalog_arg], help="embed a folder or manifest",
                        description="Embed every image of a folder (recursive) or CSV manifest into a catalog. "
@@ -620,6 +725,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N, mps")
     p.set_defaults(func=cmd_serve)
     _analysis_parsers(sub, common, run, catalog_arg)
+    _catalog_pass_parsers(sub, common, catalog_arg)
     return parser
 
 

@@ -49,3 +49,7 @@ class ItemExistsError(CatalogError):
 
 class IndexChoiceError(CatalogError):
     """No index fits the memory budget, or an index option is invalid."""
+
+
+class OutputError(LookalikeError):
+    """A result file cannot be written: unknown format or extension, a folder that cannot be written."""

@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..config import CatalogConfig, EmbedderInfo, EncodeOptions
+from ..duplicates import DEFAULT_THRESHOLD, DuplicateReport, find_duplicates, nearest_distinct
 from ..embed import Encoder, FileTask, encode_files
 from ..embedders.registry import DEFAULT_MODEL, create_embedder
 from ..embedders.timm import RANDOM_WEIGHTS, TimmEmbedder
@@ -560,8 +561,9 @@ class Catalog:
             self._label_counts = (generations, self.store.label_counts())
         return self._label_counts[1]
 
-    def search(self, image: ImageInput, k: int = 10, where: Where = None) -> list[Match]:
-        """The k catalog items most like an image (a path, bytes or a PIL image).
+    def search(self, image: ImageInput, k: int = 10, where: Where = None, dedupe: bool = False) -> list[Match]:
+        """The k catalog items most like an image (a path, bytes or a PIL image); ``dedupe``: one item per
+        near-duplicate group (see ``duplicates``).
 
         Raises:
             ImageError: the query image cannot be read.
@@ -570,17 +572,24 @@ class Catalog:
         check_k(k)
         allowed = self._allowed(where)
         vector = self.encoder().encode(image)
+        if dedupe:
+            return nearest_distinct(self, vector, k, allowed, exclude=set())
         return self._nearest(vector, k, allowed, exclude=set())
 
-    def search_vector(self, vector: np.ndarray, k: int = 10, where: Where = None) -> list[Match]:
+    def search_vector(self, vector: np.ndarray, k: int = 10, where: Where = None, dedupe: bool = False
+                      ) -> list[Match]:
         check_k(k)
+        if dedupe:
+            return nearest_distinct(self, np.asarray(vector, dtype=np.float32), k, self._allowed(where), set())
         return self._nearest(np.asarray(vector, dtype=np.float32), k, self._allowed(where), exclude=set())
 
-    def similar(self, item_id: str, k: int = 10, where: Where = None, same_cluster: bool = False) -> list[Match]:
+    def similar(self, item_id: str, k: int = 10, where: Where = None, same_cluster: bool = False,
+                dedupe: bool = False) -> list[Match]:
         """"More like this": the k items most like a catalog item, without itself or its exact copies.
 
         ``same_cluster`` keeps to the item's k-means cluster (``lookalike cluster``), as the autoencoder
-        seed recommended; it combines with ``where`` (both must hold).
+        seed recommended; it combines with ``where`` (both must hold). ``dedupe`` shows one item per
+        near-duplicate group and leaves out the item's own near-copies (see ``duplicates``).
 
         Raises:
             QueryError: unknown id, bad ``k`` or ``where``; ``same_cluster`` without clusters for the item.
@@ -592,7 +601,13 @@ class Catalog:
             members = self._cluster_members(item_id, key)
             allowed = members if allowed is None else np.intersect1d(allowed, members)
         exclude = self._items.same_content(key)
+        if dedupe:
+            return nearest_distinct(self, self.index.vector(key), k, allowed, exclude, query_key=key)
         return self._nearest(self.index.vector(key), k, allowed, exclude=exclude)
+
+    def duplicates(self, threshold: float = DEFAULT_THRESHOLD, **options) -> DuplicateReport:
+        """Groups of exact and near-duplicate items; see ``duplicates.find_duplicates`` for the options."""
+        return find_duplicates(self, threshold, **options)
 
     def clusters(self) -> dict[str, int]:
         """Item id -> k-means cluster, as stored by ``lookalike cluster`` (empty before clustering)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,7 +234,7 @@ class Store:
                 break
             for key, blob in rows:
                 keys[n] = key
-                mat[n] = np.frombuffer(blob, dtype=np.float32 if len(blob) == 4 * dim else np.float16)
+                mat[n] = _decode(blob, dim)
                 n += 1
         return keys[:n], mat[:n]
 
@@ -246,6 +246,38 @@ class Store:
     def vector_bytes(self) -> int:
         """Bytes of vector blobs stored in SQLite."""
         return int(self.conn.execute("SELECT COALESCE(SUM(LENGTH(vector)), 0) FROM vectors").fetchone()[0])
+
+    def iter_vectors(self, dim: int, batch: int = 4096, after: int = -1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``vectors`` in blocks of at most ``batch`` items with keys above ``after``, in key order: a pass over
+        every item (duplicates, recommend) holds one block at a time, not the whole catalog."""
+        while True:
+            rows = self.conn.execute(
+                "SELECT v.key, v.vector FROM vectors v JOIN items i ON i.key = v.key WHERE i.status = 'ok' "
+                "AND v.key > ? ORDER BY v.key LIMIT ?", (int(after), int(batch))).fetchall()
+            if not rows:
+                return
+            keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            mat = np.empty((len(rows), dim), np.float32)
+            for i, (_, blob) in enumerate(rows):
+                mat[i] = _decode(blob, dim)
+            yield keys, mat
+            after = int(keys[-1])
+
+    def sizes_for(self, keys: Iterable[int]) -> dict[int, tuple[int, int, int]]:
+        """(width, height, file bytes) of items, 0 where unknown: the largest copy represents a duplicate group."""
+        keys = [int(k) for k in keys]
+        out: dict[int, tuple[int, int]] = {}
+        for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
+            chunk = keys[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            for key, width, height, size in self.conn.execute(
+                    f"SELECT key, width, height, size FROM items WHERE key IN ({marks})", chunk):
+                out[key] = (width or 0, height or 0, size or 0)
+        return out
+
+    def label_values(self, name: str) -> list[tuple[int, str]]:
+        """(key, value) of every item carrying label ``name``; one label of a large catalog, not all of them."""
+        return self.conn.execute("SELECT key, value FROM labels WHERE name = ?", (name,)).fetchall()
 
     def ok_items(self) -> list[tuple[int, str, str, str | None]]:
         """(key, id, path, sha256) of every embedded item."""
@@ -314,6 +346,11 @@ def _write_labels(cur: sqlite3.Cursor, key: int, labels: Mapping[str, str]) -> N
     cur.execute("DELETE FROM labels WHERE key = ?", (key,))
     cur.executemany("INSERT INTO labels (key, name, value) VALUES (?, ?, ?)",
                     [(key, str(n), str(v)) for n, v in labels.items()])
+
+
+def _decode(blob: bytes, dim: int) -> np.ndarray:
+    """A stored vector: float32, or float16 in large catalogs (half the length)."""
+    return np.frombuffer(blob, dtype=np.float32 if len(blob) == 4 * dim else np.float16)
 
 
 def _next_generation(cur: sqlite3.Cursor) -> int:

@@ -1,0 +1,370 @@
+"""Exact and near-duplicate groups of a catalog, and collapsing them in result lists (``--dedupe``).
+
+Shops list one product several times: the same file under two ids (exact: same content hash), or the same
+photo resized, recompressed or slightly cropped (near: cosine similarity at or above a threshold). A group
+is a connected component of the graph whose edges join exact copies and pairs at or above the threshold.
+
+How edges are found: every item's ``neighbours`` nearest items through the catalog's index, in blocks (see
+``neighbours.py``), never an N x N matrix. A row whose last neighbour is still at or above the threshold
+may have more: it is searched again with four times as many, up to ``MAX_NEIGHBOURS``; rows still full at
+that cap are counted in ``DuplicateReport.truncated`` (their group is still whole when the missing members
+are linked through other members, as near-copies of one photo usually are). With an approximate index an
+edge can be missed where the index misses a neighbour. Connected components chain: two members of a group
+can be less similar than the threshold when each is close to a third; ``min_similarity`` shows it.
+
+A whole-catalog run saves its groups in ``analysis/duplicates.npz``; ``search``/``similar``/``recommend``
+with ``dedupe`` use them to show one item per group. Without saved groups, ``dedupe`` collapses a result
+list on its own: a result is dropped when it is an exact copy of, or at least ``DEFAULT_THRESHOLD`` similar
+to, a better-ranked result.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImageError, QueryError
+from .images import read_size
+from .neighbours import DEFAULT_BLOCK, DEFAULT_THREADS, ordered_map, progress_bar, query_blocks, search_until
+from .search import Match, Where
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.95
+DEFAULT_NEIGHBOURS = 20
+MAX_NEIGHBOURS = 1024
+PAIRWISE_LIMIT = 512  # groups up to this size get exact pairwise min/max similarity; larger ones their edges'
+SAVED = Path("analysis") / "duplicates.npz"
+
+
+@dataclass(frozen=True)
+class DuplicateMember:
+    id: str
+    path: str
+    similarity: float  # to the group's representative
+    width: int
+    height: int
+
+
+@dataclass
+class DuplicateGroup:
+    """One product listed several times. ``representative`` is the copy to keep: the largest image (pixels),
+    then the largest file (the least compressed), then the first added."""
+
+    group: int
+    kind: str  # "exact": every member has the same content hash; "near": otherwise
+    representative: str
+    members: list[DuplicateMember]
+    min_similarity: float
+    max_similarity: float
+
+    @property
+    def ids(self) -> list[str]:
+        return [m.id for m in self.members]
+
+    def to_dict(self) -> dict:
+        return {"group": self.group, "kind": self.kind, "size": len(self.members),
+                "representative": self.representative, "min_similarity": self.min_similarity,
+                "max_similarity": self.max_similarity, "members": [dataclasses.asdict(m) for m in self.members]}
+
+
+@dataclass
+class DuplicateReport:
+    threshold: float
+    neighbours: int
+    items: int  # items looked at
+    groups: list[DuplicateGroup] = field(default_factory=list)
+    truncated: int = 0  # items with more than MAX_NEIGHBOURS neighbours above the threshold
+    seconds: float = 0.0
+
+    @property
+    def duplicates(self) -> int:
+        """Items that could go: every member of a group but its representative."""
+        return sum(len(g.members) - 1 for g in self.groups)
+
+    def summary(self) -> str:
+        exact = sum(g.kind == "exact" for g in self.groups)
+        rate = self.items / self.seconds if self.seconds > 0 else 0.0
+        return (f"{len(self.groups)} groups ({exact} exact, {len(self.groups) - exact} near) holding "
+                f"{self.duplicates + len(self.groups)} of {self.items} items; {self.duplicates} could go "
+                f"(threshold {self.threshold}) in {self.seconds:.1f} s ({rate:.0f} items/s)")
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "neighbours": self.neighbours, "items": self.items,
+                "duplicates": self.duplicates, "truncated": self.truncated, "seconds": self.seconds,
+                "groups": [g.to_dict() for g in self.groups]}
+
+    def write_csv(self, path: str | Path) -> Path:
+        """One row per member: group, kind, size, id, path, representative (1/0), similarity to it."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["group", "kind", "size", "id", "path", "representative", "similarity", "width",
+                             "height"])
+            for g in self.groups:
+                for m in g.members:
+                    writer.writerow([g.group, g.kind, len(g.members), m.id, m.path, int(m.id == g.representative),
+                                     f"{m.similarity:.6f}", m.width, m.height])
+        os.replace(tmp, path)
+        return path
+
+
+def find_duplicates(catalog, threshold: float = DEFAULT_THRESHOLD, *, neighbours: int = DEFAULT_NEIGHBOURS,
+                    where: Where = None, block: int = DEFAULT_BLOCK, threads: int = DEFAULT_THREADS,
+                    progress: bool | None = None, save: bool = True) -> DuplicateReport:
+    """Group exact and near duplicates among the catalog's items (those matching ``where``, if given).
+
+    ``save`` keeps a whole-catalog result (no ``where``) for ``dedupe``.
+
+    Raises:
+        QueryError: threshold outside (0, 1], neighbours < 1, bad ``where``.
+    """
+    started = time.perf_counter()
+    if not 0.0 < threshold <= 1.0:
+        raise QueryError(f"threshold must be above 0 and at most 1 (cosine similarity), got {threshold}")
+    if neighbours < 1:
+        raise QueryError(f"neighbours must be at least 1, got {neighbours}")
+    allowed = catalog._allowed(where)
+    index = catalog.index  # taken once: worker threads never touch the catalog's SQLite connection
+    table = catalog._items
+    universe = np.array(sorted(table.id_by_key), dtype=np.int64)
+    if allowed is not None:
+        universe = np.intersect1d(universe, allowed)
+    report = DuplicateReport(threshold=threshold, neighbours=neighbours, items=len(universe))
+    if len(universe) < 2:
+        report.seconds = time.perf_counter() - started
+        return report
+    limit = min(MAX_NEIGHBOURS + 1, len(universe))
+
+    def above(rows: np.ndarray, sims: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        return sims[:, -1] >= threshold
+
+    def work(blk: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+        qkeys, qvecs = blk
+        sims, keys = search_until(index, qvecs, neighbours + 1, allowed, limit, above)
+        full = (keys[:, -1] >= 0) & (sims[:, -1] >= threshold) & (keys.shape[1] >= limit) & (limit < len(universe))
+        edge = (keys >= 0) & (sims >= threshold) & (keys != qkeys[:, None])
+        rows, cols = np.nonzero(edge)
+        return qkeys[rows], keys[rows, cols], sims[rows, cols], int(full.sum()), len(qkeys)
+
+    src, dst, sim = [], [], []
+    with progress_bar(len(universe), "duplicates", progress) as bar:
+        for a, b, s, truncated, done in ordered_map(work, query_blocks(catalog, block, keys=allowed), threads):
+            src.append(a)
+            dst.append(b)
+            sim.append(s)
+            report.truncated += truncated
+            bar.update(done)
+    for keys in table.keys_by_hash.values():  # exact copies are one group even if an approximate index misses
+        if len(keys) > 1:
+            members = np.array(sorted(keys), dtype=np.int64)
+            src.append(members[:-1])
+            dst.append(members[1:])
+            sim.append(np.ones(len(members) - 1, np.float32))
+    src_k, dst_k, sims = np.concatenate(src), np.concatenate(dst), np.concatenate(sim)
+    keep = np.isin(dst_k, universe) & np.isin(src_k, universe)
+    src_k, dst_k, sims = src_k[keep], dst_k[keep], sims[keep]
+    report.groups = _groups(catalog, index, table, universe, src_k, dst_k, sims)
+    report.seconds = time.perf_counter() - started
+    if report.truncated:
+        log.warning("%d items have more than %d neighbours above %s; their groups rest on links through other "
+                    "members (raise the threshold to split them)", report.truncated, MAX_NEIGHBOURS, threshold)
+    if save and where is None:
+        _save(catalog, report, universe)
+    return report
+
+
+def _groups(catalog, index, table, universe: np.ndarray, src: np.ndarray, dst: np.ndarray,
+            sims: np.ndarray) -> list[DuplicateGroup]:
+    """Connected components with two or more members, largest first, each with its representative."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(universe)
+    a, b = np.searchsorted(universe, src), np.searchsorted(universe, dst)
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)).tocsr()
+    _, labels = connected_components(graph, directed=True, connection="weak")
+    counts = np.bincount(labels)
+    multi = np.flatnonzero(counts > 1)
+    if len(multi) == 0:
+        return []
+    in_group = np.isin(labels, multi)
+    member_pos = np.flatnonzero(in_group)
+    member_keys = universe[member_pos]
+    sizes = catalog.store.sizes_for(member_keys.tolist())
+    by_label: dict[int, list[int]] = {}
+    for pos in member_pos.tolist():
+        by_label.setdefault(int(labels[pos]), []).append(pos)
+    edge_label = labels[a]
+    order = np.argsort(edge_label, kind="stable")
+    edge_bounds = np.searchsorted(edge_label[order], multi, side="left"), np.searchsorted(edge_label[order], multi,
+                                                                                          side="right")
+    edge_range = {int(lab): (lo, hi) for lab, lo, hi in zip(multi, *edge_bounds, strict=True)}
+    groups = []
+    for label, positions in by_label.items():
+        keys = universe[positions].tolist()
+        size = [_true_size(table.path_by_key[k], sizes.get(k, (0, 0, 0))) for k in keys]
+        rep = max(range(len(keys)), key=lambda i: (size[i][0] * size[i][1], size[i][2], -keys[i]))
+        vecs = np.stack([np.asarray(index.vector(k), dtype=np.float32) for k in keys])
+        to_rep = vecs @ vecs[rep]
+        if len(keys) <= PAIRWISE_LIMIT:
+            pair = vecs @ vecs.T
+            upper = pair[np.triu_indices(len(keys), 1)]
+            lo_sim, hi_sim = float(upper.min()), float(upper.max())
+        else:
+            lo, hi = edge_range[label]
+            linked = sims[order[lo:hi]]
+            lo_sim, hi_sim = float(linked.min()), float(linked.max())
+        hashes = {table.hash_by_key.get(k) for k in keys}
+        kind = "exact" if len(hashes) == 1 and None not in hashes else "near"
+        members = [DuplicateMember(id=table.id_by_key[k], path=table.path_by_key[k],
+                                   similarity=round(min(1.0, float(to_rep[i])), 6), width=size[i][0],
+                                   height=size[i][1]) for i, k in enumerate(keys)]
+        members.sort(key=lambda m: (m.id != table.id_by_key[keys[rep]], -m.similarity, m.id))
+        groups.append(DuplicateGroup(group=0, kind=kind, representative=table.id_by_key[keys[rep]],
+                                     members=members, min_similarity=round(min(1.0, lo_sim), 6),
+                                     max_similarity=round(min(1.0, hi_sim), 6)))
+    groups.sort(key=lambda g: (-len(g.members), g.representative))
+    for number, g in enumerate(groups, start=1):
+        g.group = number
+    return groups
+
+
+def _true_size(path: str, stored: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(width, height, bytes) with the size from the file's header: the catalog records the size its
+    decoder produced (JPEG draft mode shrinks large photos), which cannot rank copies by resolution."""
+    try:
+        width, height = read_size(path)
+    except ImageError:
+        return stored
+    return width, height, stored[2]
+
+
+# -- saved groups and --dedupe -------------------------------------------------------------------------
+
+
+def _save(catalog, report: DuplicateReport, universe: np.ndarray) -> None:
+    """Member key -> group number, with the threshold and generation that made them."""
+    key_by_id = catalog._items.key_by_id
+    keys = [key_by_id[m.id] for g in report.groups for m in g.members]
+    numbers = [g.group for g in report.groups for _ in g.members]
+    path = Path(catalog.path) / SAVED
+    info = {"threshold": report.threshold, "generation": catalog.store.generation(), "items": report.items}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, keys=np.array(keys, np.int64), groups=np.array(numbers, np.int64),
+                 info=np.array(json.dumps(info)))
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only catalog still reports its duplicates
+        log.info("could not save duplicate groups (%s)", exc)
+    _cache.clear()
+
+
+_cache: dict[tuple[str, int, int], tuple[dict, dict[int, int]]] = {}
+
+
+def saved_groups(catalog) -> tuple[dict, dict[int, int]] | None:
+    """(info, key -> group) from the last whole-catalog ``duplicates`` run, or None if there was none."""
+    path = Path(catalog.path) / SAVED
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    stamp = (str(path), stat.st_mtime_ns, stat.st_size)
+    if stamp not in _cache:
+        with np.load(path) as data:
+            info = json.loads(str(data["info"]))
+            _cache.clear()
+            _cache[stamp] = (info, dict(zip(data["keys"].tolist(), data["groups"].tolist(), strict=True)))
+    return _cache[stamp]
+
+
+def group_codes(catalog, threshold: float = DEFAULT_THRESHOLD, *, progress: bool | None = None,
+                threads: int = DEFAULT_THREADS) -> np.ndarray:
+    """Near-duplicate group of every item key as a dense array (index = key): the smallest key of its group,
+    or its own key. Uses the saved groups when they were made at this threshold from the catalog as it is
+    now; otherwise finds (and saves) them first."""
+    table = catalog._items
+    size = (max(table.id_by_key) + 1) if table.id_by_key else 1
+    codes = np.arange(size, dtype=np.int64)
+    saved = saved_groups(catalog)
+    if saved is None or saved[0].get("threshold") != threshold or \
+            saved[0].get("generation") != catalog.store.generation():
+        log.info("finding duplicate groups at threshold %s first", threshold)
+        find_duplicates(catalog, threshold, progress=progress, threads=threads, save=True)
+        saved = saved_groups(catalog)
+    assert saved is not None
+    by_group: dict[int, list[int]] = {}
+    for key, number in saved[1].items():
+        if key < size:
+            by_group.setdefault(number, []).append(key)
+    for keys in by_group.values():
+        codes[keys] = min(keys)
+    return codes
+
+
+def nearest_distinct(catalog, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int],
+                     query_key: int | None = None) -> list[Match]:
+    """Like ``catalog._nearest``, but one item per near-duplicate group, still k results when enough
+    groups exist (fetches more until it has them). With ``query_key`` (``similar``) the query's own group
+    is left out too: a near-copy of the item is not "another" item."""
+    saved = saved_groups(catalog)
+    groups = saved[1] if saved is not None else None
+    table = catalog._items
+    size = len(catalog)
+    fetch = 3 * k + len(exclude)
+    while True:
+        matches = catalog._nearest(vector, fetch, allowed, exclude)
+        picked = _collapse(catalog, table, matches, groups, vector, query_key, k)
+        if len(picked) >= k or len(matches) < fetch or fetch >= size:
+            break
+        fetch *= 4
+    return [dataclasses.replace(m, rank=rank) for rank, m in enumerate(picked[:k], start=1)]
+
+
+def _collapse(catalog, table, matches: list[Match], groups: dict[int, int] | None, vector: np.ndarray,
+              query_key: int | None, k: int) -> list[Match]:
+    def group_of(key: int):
+        if groups is not None and key in groups:
+            return ("g", groups[key])
+        sha = table.hash_by_key.get(key)
+        return ("h", sha) if sha else ("k", key)
+
+    keys = [table.key_by_id[m.id] for m in matches]
+    if groups is not None:
+        seen = {group_of(query_key)} if query_key is not None else set()
+        picked = []
+        for key, m in zip(keys, matches, strict=True):
+            g = group_of(key)
+            if g not in seen:
+                seen.add(g)
+                picked.append(m)
+        return picked
+    # no saved groups: a result goes when it is a copy of, or too like, a better one (or the query item)
+    index = catalog.index
+    kept: list[np.ndarray] = [np.asarray(vector, np.float32).ravel()] if query_key is not None else []
+    hashes = {table.hash_by_key.get(query_key)} if query_key is not None else set()
+    picked = []
+    for key, m in zip(keys, matches, strict=True):
+        sha = table.hash_by_key.get(key)
+        if sha and sha in hashes:
+            continue
+        v = np.asarray(index.vector(key), np.float32)
+        if kept and float(np.max(np.stack(kept) @ v)) >= DEFAULT_THRESHOLD:
+            continue
+        kept.append(v)
+        hashes.add(sha)
+        picked.append(m)
+        if len(picked) == k:
+            break
+    return picked

@@ -1,0 +1,355 @@
+"""Precomputed recommendations for a whole catalog: every item's k most similar items, written to a file.
+
+Rows are ``item_id, rank, similar_id, similarity`` (plus the ``group_by`` label of the similar item), in
+item key order, ranks from 1, best first. Formats: Parquet (one row group per part), CSV, JSON lines, chosen
+by ``--format`` or the file extension.
+
+Rules, the same for every item:
+
+* an item is never recommended to itself, nor are its exact copies (same content hash);
+* ``where`` restricts the candidates (what may be recommended); every item still gets a row set.
+  ``queries_where`` restricts which items get recommendations. They are separate because both uses are
+  common: "for every product, similar products in stock" and "only for the women's range";
+* ``dedupe``: one candidate per near-duplicate group (``duplicates.py``), none from the item's own group;
+* ``group_by LABEL``: one candidate per value of that label (e.g. one per ``productDisplayName``: not the
+  same product in five colours); items without the label are each their own group. The item's own value
+  is allowed (another product with the same name may still be a fine recommendation).
+
+Filters are applied to an over-fetched neighbour list; a row that comes up short while its list was full is
+searched again with four times as many neighbours (up to ``MAX_FETCH``), so every item gets k results when
+that many qualifying candidates exist.
+
+Work is batched (blocks of queries through ``catalog.index.search``, whatever index the catalog has) and
+threaded (``neighbours.ordered_map``), and written incrementally: finished blocks go to part files in
+``<out>.partial/`` with a state file recording the last finished item key and the options. An interrupted
+run started again with the same options resumes after that key; other options start over. At the end the
+parts are joined into ``out`` (written to a temporary name, then renamed) and the partial folder goes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .duplicates import DEFAULT_THRESHOLD, group_codes
+from .errors import OutputError, QueryError
+from .neighbours import DEFAULT_BLOCK, DEFAULT_THREADS, ordered_map, progress_bar, query_blocks, search_until
+from .search import Where, check_k
+
+log = logging.getLogger(__name__)
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+           ".json": "jsonl"}
+MAX_FETCH = 4096
+PART_ROWS = 500_000  # rows per part file: a kill loses at most this much work
+PART_SECONDS = 60.0  # ... or this long
+STATE_FILE = "state.json"
+
+
+@dataclass
+class RecommendReport:
+    path: str
+    format: str
+    items: int  # items with recommendations in the file
+    rows: int
+    computed: int  # items computed by this run (the rest came from an interrupted run)
+    resumed: bool
+    short: int  # items with fewer than k recommendations (not enough qualifying candidates)
+    seconds: float
+
+    @property
+    def items_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        resumed = f", {self.items - self.computed} from the interrupted run" if self.resumed else ""
+        short = f"; {self.short} items have fewer than k" if self.short else ""
+        return (f"{self.path}: {self.rows} recommendations for {self.items} items{resumed} in {self.seconds:.1f} s "
+                f"({self.items_per_second:.0f} items/s){short}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "items_per_second": self.items_per_second}
+
+
+def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where: Where = None,
+              queries_where: Where = None, dedupe: bool = False, threshold: float = DEFAULT_THRESHOLD,
+              group_by: str | None = None, block: int = DEFAULT_BLOCK, threads: int = DEFAULT_THREADS,
+              resume: bool = True, progress: bool | None = None) -> RecommendReport:
+    """Write every item's (or every ``queries_where`` item's) k most similar items to ``out``.
+
+    Raises:
+        QueryError: bad k, ``where``, ``queries_where``, ``group_by`` label or threshold.
+        OutputError: unknown format, or ``out`` cannot be written.
+    """
+    started = time.perf_counter()
+    check_k(k)
+    out = Path(out)
+    fmt = _format(out, fmt)
+    candidates = catalog._allowed(where)
+    queries = catalog._allowed(queries_where)
+    if group_by is not None and group_by not in catalog.store.label_names():
+        labels = ", ".join(catalog.store.label_names()) or "none (index from a manifest to add labels)"
+        raise QueryError(f"unknown label {group_by!r} for --group-by; labels in this catalog: {labels}")
+    index = catalog.index
+    table = catalog._items
+    all_keys = np.array(sorted(table.id_by_key), dtype=np.int64)
+    size = int(all_keys[-1]) + 1 if len(all_keys) else 1
+    n_candidates = len(all_keys) if candidates is None else len(np.intersect1d(candidates, all_keys))
+    n_queries = len(all_keys) if queries is None else len(np.intersect1d(queries, all_keys))
+    if candidates is not None and n_candidates == 0:
+        raise QueryError(f"--where {where} matches no item: nothing could be recommended; check the label values "
+                         "with `lookalike status` or the web page's facets")
+
+    content = _content_codes(table, size)
+    groups = group_codes(catalog, threshold, progress=progress, threads=threads) if dedupe else None
+    labels, label_values = _label_codes(catalog, group_by, size) if group_by else (None, None)
+    ids = np.empty(size, dtype=object)
+    for key, item_id in table.id_by_key.items():
+        ids[key] = item_id
+
+    options = {"k": k, "format": fmt, "where": catalog.check_where(where), "dedupe": dedupe,
+               "threshold": threshold if dedupe else None, "group_by": group_by,
+               "queries_where": catalog.check_where(queries_where), "generation": catalog.store.generation(),
+               "items": len(all_keys)}
+    parts = _Parts(out, fmt, options, resume)
+    limit = min(MAX_FETCH, n_candidates)
+    first_fetch = k + 1 + (2 * k if dedupe or group_by else 0)
+
+    def work(blk: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, tuple, int]:
+        qkeys, qvecs = blk
+
+        def lacking(rows: np.ndarray, sims: np.ndarray, keys: np.ndarray) -> np.ndarray:
+            return _select(qkeys[rows], keys, k, content, groups, labels).sum(axis=1) < k
+
+        sims, keys = search_until(index, qvecs, first_fetch, candidates, limit, lacking)
+        chosen = _select(qkeys, keys, k, content, groups, labels)
+        rows, cols = np.nonzero(chosen)
+        ranks = np.cumsum(chosen, axis=1)[rows, cols].astype(np.int32)
+        short_rows = int((chosen.sum(axis=1) < min(k, n_candidates)).sum())
+        return qkeys, (qkeys[rows], ranks, keys[rows, cols], sims[rows, cols].astype(np.float32)), short_rows
+
+    blocks = query_blocks(catalog, block, keys=queries, after=parts.done_key)
+    report = RecommendReport(path=str(out), format=fmt, items=parts.items, rows=parts.rows, computed=0,
+                             resumed=parts.done_key >= 0, short=parts.short, seconds=0.0)
+    with progress_bar(n_queries - parts.items, "recommend", progress) as bar:
+        for qkeys, (item, rank, similar, sims), short_rows in ordered_map(work, blocks, threads):
+            columns = {"item_id": ids[item], "rank": rank, "similar_id": ids[similar], "similarity": sims}
+            if label_values is not None:
+                columns[group_by] = label_values[similar]
+            parts.add(columns, last_key=int(qkeys[-1]), items=len(qkeys), short=short_rows)
+            report.computed += len(qkeys)
+            bar.update(len(qkeys))
+    parts.finish()
+    report.items, report.rows, report.short = parts.items, parts.rows, parts.short
+    report.seconds = time.perf_counter() - started
+    log.info("%s", report.summary())
+    return report
+
+
+def _select(qkeys: np.ndarray, keys: np.ndarray, k: int, content: np.ndarray, groups: np.ndarray | None,
+            labels: np.ndarray | None) -> np.ndarray:
+    """Which neighbour slots become recommendations: the first k of each row that are not the item or its
+    copies and, with the options, not a second member of a near-duplicate group or label value."""
+    from .neighbours import first_in_row
+
+    valid = keys >= 0
+    safe = np.where(valid, keys, 0)
+    keep = valid & (content[safe] != content[qkeys][:, None])
+    # codes of slots already dropped: distinct negatives, so they never hide a later slot
+    dropped = -1 - np.arange(keys.shape[1], dtype=np.int64)[None, :]
+    if groups is not None:
+        code = groups[safe]
+        keep &= code != groups[qkeys][:, None]
+        keep &= first_in_row(np.where(keep, code, dropped))
+    if labels is not None:
+        keep &= first_in_row(np.where(keep, labels[safe], dropped))
+    return keep & (np.cumsum(keep, axis=1) <= k)
+
+
+def _content_codes(table, size: int) -> np.ndarray:
+    """Dense key -> smallest key with the same content hash (its own key when unique)."""
+    codes = np.arange(size, dtype=np.int64)
+    for keys in table.keys_by_hash.values():
+        if len(keys) > 1:
+            members = np.fromiter(keys, np.int64)
+            codes[members] = members.min()
+    return codes
+
+
+def _label_codes(catalog, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense key -> code of its ``name`` value (items without it get a code of their own), and key -> value."""
+    rows = catalog.store.label_values(name)
+    values = np.full(size, None, dtype=object)
+    codes = np.arange(size, dtype=np.int64) + size  # unique per key, above every value code
+    number: dict[str, int] = {}
+    for key, value in rows:
+        if key < size:
+            codes[key] = number.setdefault(value, len(number))
+            values[key] = value
+    return codes, values
+
+
+def _format(out: Path, fmt: str | None) -> str:
+    if fmt is not None:
+        if fmt not in set(FORMATS.values()):
+            raise OutputError(f"unknown format {fmt!r}; choose parquet, csv or jsonl")
+        return fmt
+    found = FORMATS.get(out.suffix.lower())
+    if found is None:
+        raise OutputError(f"{out}: cannot tell the format from the extension; name it .parquet, .csv or "
+                          ".jsonl, or pass --format")
+    if found == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as exc:
+            raise OutputError("writing Parquet needs pyarrow: pip install pyarrow, or write .csv") from exc
+    return found
+
+
+class _Parts:
+    """Finished blocks as part files in ``<out>.partial/``, a state file saying how far they go, and the
+    final join into ``out``."""
+
+    def __init__(self, out: Path, fmt: str, options: dict, resume: bool):
+        self.out, self.fmt, self.options = out, fmt, options
+        self.folder = out.with_name(out.name + ".partial")
+        self.done_key, self.items, self.rows, self.short, self.files = -1, 0, 0, 0, []
+        self._buffer: list[dict] = []
+        self._buffered_rows = 0
+        self._pending = {"last_key": -1, "items": 0, "short": 0}
+        self._since = time.monotonic()
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            state = self._state() if resume else None
+            if state is not None and state.get("options") == _jsonable(options):
+                self.done_key, self.items, self.rows = state["done_key"], state["items"], state["rows"]
+                self.short, self.files = state["short"], state["files"]
+                log.info("resuming %s after item key %d (%d items done)", out, self.done_key, self.items)
+            else:
+                if state is not None:
+                    log.warning("%s holds an interrupted run with other options; starting over", self.folder)
+                shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.mkdir(exist_ok=True)
+            for stray in self.folder.iterdir():  # parts written after the last state update
+                if stray.name != STATE_FILE and stray.name not in self.files:
+                    stray.unlink()
+        except OSError as exc:
+            raise OutputError(f"{out}: cannot write here ({exc.strerror}); choose another --out") from exc
+
+    def _state(self) -> dict | None:
+        try:
+            return json.loads((self.folder / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def add(self, columns: dict, last_key: int, items: int, short: int) -> None:
+        self._buffer.append(columns)
+        self._buffered_rows += len(columns["rank"])
+        self._pending = {"last_key": last_key, "items": self._pending["items"] + items,
+                         "short": self._pending["short"] + short}
+        if self._buffered_rows >= PART_ROWS or time.monotonic() - self._since >= PART_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending["last_key"] < 0:
+            return
+        name = f"part-{len(self.files):06d}.{self.fmt}"
+        columns = {c: np.concatenate([b[c] for b in self._buffer]) for c in self._buffer[0]} if self._buffer else {}
+        tmp = self.folder / (name + ".tmp")
+        _write_part(tmp, self.fmt, columns)
+        os.replace(tmp, self.folder / name)
+        self.files.append(name)
+        self.done_key = self._pending["last_key"]
+        self.items += self._pending["items"]
+        self.short += self._pending["short"]
+        self.rows += self._buffered_rows
+        state = {"options": _jsonable(self.options), "done_key": self.done_key, "items": self.items,
+                 "rows": self.rows, "short": self.short, "files": self.files}
+        tmp_state = self.folder / (STATE_FILE + ".tmp")
+        tmp_state.write_text(json.dumps(state))
+        os.replace(tmp_state, self.folder / STATE_FILE)
+        self._buffer, self._buffered_rows = [], 0
+        self._pending = {"last_key": -1, "items": 0, "short": 0}
+        self._since = time.monotonic()
+
+    def finish(self) -> None:
+        """Join the parts into ``out`` (atomically) and drop the partial folder."""
+        self.flush()
+        tmp = self.out.with_name(self.out.name + ".tmp")
+        parts = [self.folder / name for name in self.files]
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            schema = _schema(self.options["group_by"])
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for part in parts:
+                    writer.write_table(pq.read_table(part, schema=schema))
+        else:
+            with open(tmp, "wb") as f:
+                if self.fmt == "csv":
+                    f.write(_csv_line(_column_names(self.options["group_by"])).encode())
+                for part in parts:
+                    with open(part, "rb") as src:
+                        shutil.copyfileobj(src, f, 1 << 20)
+        os.replace(tmp, self.out)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _column_names(group_by: str | None) -> list[str]:
+    return ["item_id", "rank", "similar_id", "similarity"] + ([group_by] if group_by else [])
+
+
+def _schema(group_by: str | None):
+    import pyarrow as pa
+
+    fields = [("item_id", pa.string()), ("rank", pa.int32()), ("similar_id", pa.string()),
+              ("similarity", pa.float32())]
+    if group_by:
+        fields.append((group_by, pa.string()))
+    return pa.schema(fields)
+
+
+def _write_part(path: Path, fmt: str, columns: dict) -> None:
+    names = list(columns)
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        group_by = names[4] if len(names) > 4 else None
+        table = pa.table([pa.array(columns[n], type=f.type) for n, f in zip(names, _schema(group_by), strict=True)],
+                         schema=_schema(group_by))
+        pq.write_table(table, path)
+        return
+    sims = [f"{s:.6f}" for s in columns["similarity"].tolist()]
+    rows = zip(columns["item_id"].tolist(), columns["rank"].tolist(), columns["similar_id"].tolist(), sims,
+               *([columns[names[4]].tolist()] if len(names) > 4 else []), strict=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        if fmt == "csv":
+            csv.writer(f).writerows(rows)
+        else:
+            dumps = json.dumps
+            for row in rows:
+                line = (f'{{"item_id": {dumps(row[0])}, "rank": {row[1]}, "similar_id": {dumps(row[2])}, '
+                        f'"similarity": {row[3]}')
+                if len(row) > 4:
+                    line += f", {dumps(names[4])}: {dumps(row[4])}"
+                f.write(line + "}\n")
+
+
+def _csv_line(values: list[str]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerow(values)
+    return buf.getvalue()
+
+
+def _jsonable(options: dict) -> dict:
+    return json.loads(json.dumps(options))
