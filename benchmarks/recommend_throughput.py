@@ -33,6 +33,8 @@ from lookalike import Catalog
 from lookalike.catalog.catalog import CONFIG_FILE, DB_FILE
 from lookalike.catalog.store import Store
 from lookalike.config import CatalogConfig, EmbedderInfo
+from lookalike.index.choice import FP16_MIN_ITEMS
+from lookalike.index.synthetic import clustered_chunks
 
 
 def build_synthetic_catalog(path: str | Path, items: int, dim: int = 2048, *, families: int | None = None,
@@ -40,24 +42,22 @@ def build_synthetic_catalog(path: str | Path, items: int, dim: int = 2048, *, fa
                             chunk: int = 20_000) -> Path:
     """A catalog of ``items`` synthetic items written straight into SQLite, in chunks (memory-bounded).
 
-    Vectors: family centre + noise, unit length. ``near_copies`` of the items are an earlier item's (same chunk)
+    Vectors: ``lookalike.index.synthetic.clustered_chunks`` (the scale benchmark's clustered, embedding-like
+    unit vectors; a family is a cluster), stored as float16 from 50k items as the catalog itself would.
+    ``near_copies`` of the items are an earlier item's (same chunk)
     vector plus noise of norm 0.1 (similarity ~0.995); ``exact_copies`` repeat an earlier item's hash and vector.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=False)
     info = EmbedderInfo(name="synthetic", timm_name="none", weights="none:synthetic", dim=dim, pool="none")
-    rng = np.random.default_rng(seed)
-    families = families or max(10, items // 200)
-    centres = rng.standard_normal((families, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed + 1)
+    dtype = np.float16 if items >= FP16_MIN_ITEMS else np.float32
     store = Store(path / DB_FILE)
     conn = store.conn
     done = 0
-    while done < items:
-        n = min(chunk, items - done)
+    for vecs, fam in clustered_chunks(items, dim, families, seed=seed, chunk=chunk):
+        n = len(vecs)
         keys = np.arange(done + 1, done + n + 1)
-        fam = rng.integers(0, families, n)
-        vecs = centres[fam] + 1.2 * rng.standard_normal((n, dim)).astype(np.float32)
-        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
         hashes = [f"{k:064x}" for k in keys.tolist()]
         kind = rng.random(n)
         src = (rng.random(n) * np.arange(n)).astype(np.int64)  # an earlier row of this chunk
@@ -76,7 +76,7 @@ def build_synthetic_catalog(path: str | Path, items: int, dim: int = 2048, *, fa
             "VALUES (?, ?, ?, 0, 0, ?, 'ok', 600, 800, ?)",
             [(k, f"item{k}", f"/synthetic/item{k}.jpg", h, now) for k, h in zip(keys.tolist(), hashes, strict=True)])
         conn.executemany("INSERT INTO vectors (key, vector) VALUES (?, ?)",
-                         [(k, v.tobytes()) for k, v in zip(keys.tolist(), vecs, strict=True)])
+                         [(k, v.astype(dtype).tobytes()) for k, v in zip(keys.tolist(), vecs, strict=True)])
         conn.executemany("INSERT INTO labels (key, name, value) VALUES (?, ?, ?)",
                          [(k, "articleType", f"type{f % 50}") for k, f in zip(keys.tolist(), fam.tolist(),
                                                                                 strict=True)]

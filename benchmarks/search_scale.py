@@ -23,7 +23,7 @@ request), and batch queries/s (all 200 in one call); then speed-ups over scikit-
 Targets at 1M on a 2-core machine: p50 < 5 ms at recall@10 >= 0.95 and >= 50x faster than scikit-learn
 brute; a compact setting <= 1.2 KB/item at recall@10 >= 0.90.
 
-    python benchmarks/search_scale.py                      # 100k and 1M (about 45 min on 2 cores, ~18 GB RAM)
+    python benchmarks/search_scale.py                   # 100k and 1M: ~45 min on 2 cores, ~12 GB RAM, 10 GB disk
     python benchmarks/search_scale.py --sizes 100000       # one size
     python benchmarks/search_scale.py --catalog shop.lk    # real vectors
 """
@@ -41,7 +41,7 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 from lookalike.index import VectorIndex, choose_index, format_bytes, parse_memory, tune
-from lookalike.index.synthetic import clustered_vectors
+from lookalike.index.synthetic import clustered_chunks
 from lookalike.index.tuning import recall_at_k
 
 K = 10
@@ -70,43 +70,58 @@ def row(name, build_s, bytes_per_item, recall, p50, p99, qps, note=""):
             "p50 ms": p50, "p99 ms": p99, "batch q/s": qps, "note": note}
 
 
+def make_data(n: int, dim: int, seed: int, folder: Path, vectors: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray, faiss.IndexFlatIP]:
+    """(the n catalog vectors as float16 in a memory-mapped file, QUERIES held-out float32 queries, a FAISS
+    flat index of the float32 vectors), generated a block at a time: a million 2048-d vectors are never
+    held twice."""
+    path = folder / "vectors.f16"
+    stored = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, dim))
+    flat = faiss.IndexFlatIP(dim)
+    queries = []
+    blocks = ((b, None) for b in np.array_split(vectors, max(1, len(vectors) // 65_536))) if vectors is not None \
+        else clustered_chunks(n + QUERIES, dim, seed=seed)
+    done = 0
+    for block, _ in blocks:
+        take = min(len(block), n - done)
+        if take > 0:
+            stored[done:done + take] = block[:take]
+            flat.add(np.ascontiguousarray(block[:take], dtype=np.float32))
+            done += take
+        queries.append(block[take:])
+    stored.flush()
+    return np.load(path, mmap_mode="r"), np.ascontiguousarray(np.concatenate(queries)[:QUERIES]), flat
+
+
 def measure_size(n: int, dim: int, memory: int, compact_bytes: int, vectors: np.ndarray | None,
-                 slow_limit: int, seed: int) -> list[dict]:
+                 slow_limit: int, seed: int, folder: Path) -> list[dict]:
     started = time.perf_counter()
-    if vectors is None:
-        data = clustered_vectors(n + QUERIES, dim, seed=seed)
-    else:
-        data = vectors
-    queries, data = np.ascontiguousarray(data[-QUERIES:]), data[:-QUERIES]
-    n = len(data)
+    if vectors is not None:
+        n = len(vectors) - QUERIES
+    data, queries, flat = make_data(n, dim, seed, folder, vectors)
     keys = np.arange(n, dtype=np.int64)
     print(f"\n== {n:,} vectors of {dim} dimensions ({time.perf_counter() - started:.0f} s to make) ==", flush=True)
     rows = []
 
-    # FAISS flat: also the ground truth. Its storage then serves as the one float32 copy of the data.
-    start = time.perf_counter()
-    flat = faiss.IndexFlatIP(dim)
-    flat.add(data)
-    flat_build = time.perf_counter() - start
-    del data
-    gc.collect()
-    data = faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim)
+    # FAISS flat, the ground truth; its storage is the float32 copy scikit-learn searches too.
     qps, (_, truth) = batch_rate(lambda q: flat.search(q, K), queries)
     p50, p99 = latencies(lambda q: flat.search(q, K), queries, slow_limit)
     flat_p50 = p50
-    rows.append(row("FAISS flat (exact)", flat_build, dim * 4, 1.0, p50, p99, qps))
+    rows.append(row("FAISS flat (exact)", 0.0, dim * 4, 1.0, p50, p99, qps, "build: adding while generating"))
     print(rows[-1], flush=True)
 
+    view = faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim)
     brute = NearestNeighbors(algorithm="brute", n_neighbors=K)
     start = time.perf_counter()
-    brute.fit(data)
+    brute.fit(view)
     sk_build = time.perf_counter() - start
     qps, found = batch_rate(lambda q: brute.kneighbors(q, return_distance=False), queries)
     p50, p99 = latencies(lambda q: brute.kneighbors(q, return_distance=False), queries, slow_limit)
     sk_p50 = p50
     rows.append(row("scikit-learn brute", sk_build, dim * 4, recall_at_k(found, truth), p50, p99, qps))
     print(rows[-1], flush=True)
-    brute = None
+    brute = view = flat = None
+    gc.collect()
 
     for label, budget in (("auto", memory), ("compact", compact_bytes * n)):
         plan = choose_index(n, dim, budget)
@@ -115,22 +130,23 @@ def measure_size(n: int, dim: int, memory: int, compact_bytes: int, vectors: np.
         built = time.perf_counter() - start
         quality = tune(index, 0.95)
         build_s = time.perf_counter() - start
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
             index.save(Path(tmp), generation=0)
-            del index
+            index = None
             gc.collect()
             index, _ = VectorIndex.load(Path(tmp))  # vectors now memory-mapped from disk
             qps, (_, found) = batch_rate(lambda q, ix=index: ix.search(q, K), queries)
             p50, p99 = latencies(lambda q, ix=index: ix.search(q, K), queries, QUERIES)
             per_item = index.memory_bytes() / n
             name = f"lookalike {label}: {plan.describe()}"
-            note = (f"{index.settings.describe(plan.kind)}; build {built:.0f} s + tune {build_s - built:.0f} s; "
-                    f"tuned recall {quality.recall:.3f}; {plan.reason}")
+            note = (f"{index.settings.describe(plan.kind)} (catalog items: "
+                    f"{index.item_settings.describe(plan.kind)}); build {built:.0f} s + tune {build_s - built:.0f} s; "
+                    f"recall@10 on catalog items {quality.recall:.3f}; {plan.reason}")
             rows.append(row(name, build_s, per_item, recall_at_k(found, truth), p50, p99, qps, note))
             rows[-1]["x sklearn p50"] = sk_p50 / p50
             rows[-1]["x flat p50"] = flat_p50 / p50
             print(rows[-1], flush=True)
-            del index
+            index = None
             gc.collect()
     return rows
 
@@ -158,6 +174,7 @@ def main() -> None:
     parser.add_argument("--catalog", help="take the vectors of this catalog instead of synthetic ones")
     parser.add_argument("--slow-limit", type=int, default=20, help="single queries timed for the exact baselines")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", help="folder for the vector files (default: the system's temporary folder)")
     args = parser.parse_args()
     memory, compact = parse_memory(args.memory), args.compact_bytes
     print(f"memory budget {format_bytes(memory)} (auto), {compact:,} bytes/item (compact)")
@@ -168,11 +185,14 @@ def main() -> None:
         with Catalog.open(args.catalog) as catalog:
             _, vectors = catalog.store.vectors(catalog.config.embedder.dim)
         vectors = vectors[np.random.default_rng(args.seed).permutation(len(vectors))]
-        results.append((len(vectors) - QUERIES, measure_size(len(vectors), vectors.shape[1], memory, compact,
-                                                             vectors, args.slow_limit, args.seed)))
+        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+            results.append((len(vectors) - QUERIES, measure_size(len(vectors), vectors.shape[1], memory, compact,
+                                                                 vectors, args.slow_limit, args.seed, Path(tmp))))
     else:
         for n in (int(s) for s in args.sizes.split(",")):
-            results.append((n, measure_size(n, args.dim, memory, compact, None, args.slow_limit, args.seed)))
+            with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+                results.append((n, measure_size(n, args.dim, memory, compact, None, args.slow_limit, args.seed,
+                                                Path(tmp))))
     for n, rows in results:
         print_table(n, rows)
 

@@ -72,7 +72,7 @@ def search_until(index, queries: np.ndarray, fetch: int, allowed: np.ndarray | N
     Returns (sims, keys) padded with nan / -1 to the widest fetch: rows that needed more come back longer.
     """
     fetch = max(1, min(fetch, limit))
-    sims, keys = index.search(queries, fetch, allowed)
+    sims, keys = _search(index, queries, fetch, allowed)
     sims, keys = np.asarray(sims, dtype=np.float32), np.asarray(keys, dtype=np.int64)
     rows = np.arange(len(queries))
     while fetch < limit:
@@ -82,7 +82,7 @@ def search_until(index, queries: np.ndarray, fetch: int, allowed: np.ndarray | N
         if len(again) == 0:
             break
         fetch = min(limit, fetch * 4)
-        more_sims, more_keys = index.search(queries[again], fetch, allowed)
+        more_sims, more_keys = _search(index, queries[again], fetch, allowed)
         width = more_keys.shape[1]
         if width > keys.shape[1]:
             pad = width - keys.shape[1]
@@ -102,3 +102,11 @@ def first_in_row(codes: np.ndarray) -> np.ndarray:
     out = np.empty_like(first)
     np.put_along_axis(out, order, first, axis=1)
     return out
+
+
+def _search(index, queries: np.ndarray, fetch: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The queries of a pass are catalog items: the index's setting tuned for them, where it has one."""
+    settings = getattr(index, "item_settings", None)
+    if settings is None:
+        return index.search(queries, fetch, allowed)
+    return index.search(queries, fetch, allowed, settings=settings)

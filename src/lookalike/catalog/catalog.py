@@ -603,7 +603,7 @@ class Catalog:
         exclude = self._items.same_content(key)
         if dedupe:
             return nearest_distinct(self, self.index.vector(key), k, allowed, exclude, query_key=key)
-        return self._nearest(self.index.vector(key), k, allowed, exclude=exclude)
+        return self._nearest(self.index.vector(key), k, allowed, exclude=exclude, items=True)
 
     def duplicates(self, threshold: float = DEFAULT_THRESHOLD, **options) -> DuplicateReport:
         """Groups of exact and near-duplicate items; see ``duplicates.find_duplicates`` for the options."""
@@ -653,14 +653,17 @@ class Catalog:
         terms = self.check_where(where)
         return self.store.keys_where(terms) if terms else None
 
-    def _nearest(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int]) -> list[Match]:
+    def _nearest(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int],
+                 items: bool = False) -> list[Match]:
         if allowed is not None:
             if exclude:
                 allowed = allowed[~np.isin(allowed, list(exclude))]
             if len(allowed) == 0:
                 return []
             exclude = set()
-        sims, keys = self.index.search(vector, k + len(exclude), allowed)
+        index = self.index
+        sims, keys = index.search(vector, k + len(exclude), allowed,
+                                  settings=index.item_settings if items else None)
         picked: list[tuple[int, float]] = []
         seen: set[int] = set()
         for key, sim in zip(keys[0].tolist(), sims[0].tolist(), strict=True):

@@ -14,6 +14,18 @@ import numpy as np
 def clustered_vectors(n: int, dim: int, clusters: int | None = None, seed: int = 0, rank: int = 64,
                       spread: float = 0.5, noise: float = 0.15, chunk: int = 65_536) -> np.ndarray:
     """``n`` x ``dim`` float32 unit vectors in ``clusters`` clusters (default about n/100, at least 2)."""
+    out = np.empty((n, dim), dtype=np.float32)
+    start = 0
+    for block, _ in clustered_chunks(n, dim, clusters, seed, rank, spread, noise, chunk):
+        out[start:start + len(block)] = block
+        start += len(block)
+    return out
+
+
+def clustered_chunks(n: int, dim: int, clusters: int | None = None, seed: int = 0, rank: int = 64,
+                     spread: float = 0.5, noise: float = 0.15, chunk: int = 65_536):
+    """The same vectors as ``clustered_vectors``, as (block, cluster of each row) of at most ``chunk`` rows:
+    a million 2048-d vectors without holding them all."""
     rng = np.random.default_rng(seed)
     clusters = clusters or max(2, n // 100)
     centres = rng.standard_normal((clusters, dim), dtype=np.float32)
@@ -23,13 +35,11 @@ def clustered_vectors(n: int, dim: int, clusters: int | None = None, seed: int =
     scales = (1.0 / np.sqrt(np.arange(1, rank + 1, dtype=np.float32)))
     scales /= np.linalg.norm(scales)
     basis = rng.standard_normal((rank, dim), dtype=np.float32) * (scales[:, None] / np.sqrt(np.float32(dim)))
-    out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        rows = stop - start
-        x = centres[rng.integers(0, clusters, rows)]
+        rows = min(n, start + chunk) - start
+        which = rng.integers(0, clusters, rows)
+        x = centres[which]
         x += spread * np.sqrt(np.float32(dim)) * (rng.standard_normal((rows, rank), dtype=np.float32) @ basis)
         x += (noise / np.sqrt(np.float32(dim))) * rng.standard_normal((rows, dim), dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        out[start:stop] = x
-    return out
+        yield x, which

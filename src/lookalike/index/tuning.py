@@ -84,12 +84,14 @@ def tune(index: VectorIndex, target: float = DEFAULT_TARGET, k: int = 10, sample
     rows = sample_rows(index, sample, seed)
     truth = ground_truth(index, rows, k)
     table: list[dict] = []
+    trials: list[tuple[SearchSettings, float, float]] = []
     best: tuple[SearchSettings, float, float] | None = None  # reaching the target, fastest
     top: tuple[SearchSettings, float, float] | None = None  # highest recall seen
 
     def trial(settings: SearchSettings) -> float:
         nonlocal best, top
         recall, latency = measure(index, settings, rows, truth, k)
+        trials.append((settings, recall, latency))
         table.append({**settings.__dict__, "recall": round(recall, 4), "latency_ms": round(latency, 3)})
         if top is None or recall > top[1]:
             top = (settings, recall, latency)
@@ -115,9 +117,11 @@ def tune(index: VectorIndex, target: float = DEFAULT_TARGET, k: int = 10, sample
         trial(index.settings)
     chosen = best or top
     assert chosen is not None
+    # For catalog items as queries the sample is the population itself: the target without margin.
+    for_items = min((t for t in trials if t[1] >= target), key=lambda t: t[2], default=chosen)
     if best is None:
         log.warning("recall@%d reached only %.3f (< target %.2f); raise the memory budget or use a flat index",
                     k, chosen[1], target)
     quality = Quality(recall=chosen[1], k=k, queries=len(rows), latency_ms=chosen[2], target=target, table=table)
-    index.with_settings(chosen[0], quality)
+    index.with_settings(chosen[0], quality, for_items[0])
     return quality

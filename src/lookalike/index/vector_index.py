@@ -76,6 +76,9 @@ class VectorIndex:
         self.row_keys = row_keys  # row -> item key; -1 for a retired row
         self.vectors = vectors
         self.settings = settings or SearchSettings()
+        # Queries that are catalog items (similar, recommend, duplicates) start next to their own node and
+        # reach the target with a cheaper setting than new photos; tuning sets both.
+        self.item_settings = self.settings
         self.quality = quality or Quality(recall=1.0 if plan.kind == "flat" and plan.dtype == "float32" else None)
         self.built_count = built_count or int((row_keys >= 0).sum())
         self._key_rows = _invert(row_keys)
@@ -98,7 +101,7 @@ class VectorIndex:
         self = cls(plan, index, np.empty(0, np.int64), rows, built_count=len(keys))
         self.row_keys = keys.copy()
         self._key_rows = _invert(self.row_keys)
-        self._add_to_faiss(np.asarray(vectors, dtype=np.float32), np.arange(len(keys), dtype=np.int64))
+        self._add_to_faiss(vectors, np.arange(len(keys), dtype=np.int64))  # float32 one block at a time
         return self
 
     def _add_to_faiss(self, vectors: np.ndarray, rows: np.ndarray) -> None:
@@ -125,7 +128,7 @@ class VectorIndex:
             self.vectors.append(vectors)
             self.row_keys = np.concatenate([self.row_keys, keys])
             self._key_rows = _invert(self.row_keys, self._key_rows, rows)
-            self._add_to_faiss(np.asarray(vectors, dtype=np.float32), rows)
+            self._add_to_faiss(vectors, rows)
 
     def _retire(self, keys: np.ndarray) -> None:
         keys = keys[(keys >= 0) & (keys < len(self._key_rows))]
@@ -300,7 +303,8 @@ class VectorIndex:
         _write_atomic(folder / INDEX_FILE, lambda p: faiss.write_index(self.index, str(p)))
         stamp = {
             "format": FORMAT, "generation": generation, "rows": int(self.vectors.rows), "size": self.size,
-            "plan": self.plan.to_dict(), "settings": self.settings.__dict__, "quality": self.quality.__dict__,
+            "plan": self.plan.to_dict(), "settings": self.settings.__dict__,
+            "item_settings": self.item_settings.__dict__, "quality": self.quality.__dict__,
             "built_count": self.built_count,
         }
         _write_atomic(folder / STAMP_FILE, lambda p: p.write_text(json.dumps(stamp, indent=1)))
@@ -320,6 +324,7 @@ class VectorIndex:
                 return None
             self = cls(plan, index, row_keys, rows, SearchSettings(**stamp.get("settings", {})),
                        Quality(**stamp.get("quality", {})), int(stamp.get("built_count", 0)))
+            self.item_settings = SearchSettings(**stamp.get("item_settings", stamp.get("settings", {})))
             return self, int(stamp["generation"])
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             log.info("index in %s not usable (%s); rebuilding from stored vectors", folder, exc)
@@ -333,8 +338,10 @@ class VectorIndex:
         return (f"{self.plan.describe()}, {self.size:,} vectors, {self.settings.describe(self.plan.kind)}, "
                 f"{recall}, {format_bytes(per_item)}/item in memory")
 
-    def with_settings(self, settings: SearchSettings, quality: Quality) -> VectorIndex:
+    def with_settings(self, settings: SearchSettings, quality: Quality,
+                      item_settings: SearchSettings | None = None) -> VectorIndex:
         self.settings, self.quality = settings, quality
+        self.item_settings = item_settings or settings
         return self
 
 
