@@ -101,6 +101,10 @@ def test_tuner_prefers_cheaper_settings(data):
     high = tune(index, target=0.99, sample=200)
     assert ef_low <= index.settings.ef_search
     assert low.recall <= high.recall + 1e-9
+    # Catalog items as queries get the target without the new-photo margin: never a costlier setting.
+    assert index.item_settings.ef_search <= index.settings.ef_search
+    item_trials = [t for t in high.table if t["ef_search"] == index.item_settings.ef_search]
+    assert item_trials and item_trials[0]["recall"] >= 0.99
 
 
 def test_float16_storage_keeps_recall(data):
