@@ -22,7 +22,7 @@ MISS_SHARE = 0.5
 SAMPLE_QUERIES = 500
 LATENCY_QUERIES = 100
 EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-REFINE = (1, 2, 4, 8, 16)
+REFINE = (1, 2, 4, 8, 16, 32)
 
 
 def ground_truth(index: VectorIndex, query_rows: np.ndarray, k: int) -> np.ndarray:
@@ -120,8 +120,8 @@ def tune(index: VectorIndex, target: float = DEFAULT_TARGET, k: int = 10, sample
     # For catalog items as queries the sample is the population itself: the target without margin.
     for_items = min((t for t in trials if t[1] >= target), key=lambda t: t[2], default=chosen)
     if best is None:
-        log.warning("recall@%d reached only %.3f (< target %.2f); raise the memory budget or use a flat index",
-                    k, chosen[1], target)
+        log.warning("recall@%d on catalog items reached only %.3f (wanted %.3f: the target %.2f with a margin "
+                    "for new photos); raise --memory or use --index flat", k, chosen[1], goal, target)
     quality = Quality(recall=chosen[1], k=k, queries=len(rows), latency_ms=chosen[2], target=target, table=table)
     index.with_settings(chosen[0], quality, for_items[0])
     return quality
