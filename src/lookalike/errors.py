@@ -45,3 +45,11 @@ class UnknownItemError(QueryError):
 
 class ItemExistsError(CatalogError):
     """An item with this id is already in the catalog; the REST API answers 409."""
+
+
+class ModelFileError(ModelUnavailableError):
+    """A ``.lkm`` model file is missing, corrupt, not a lookalike model, or from an incompatible version."""
+
+
+class TrainingError(LookalikeError):
+    """Training cannot start or go on: too few images or labels, a bad option, a pack that does not fit."""
