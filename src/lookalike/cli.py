@@ -576,6 +576,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N, mps")
     p.set_defaults(func=cmd_serve)
     _analysis_parsers(sub, common, run, catalog_arg)
+    from .cli_train import add_parsers as add_train_parsers
+
+    add_train_parsers(sub, common, run)
     return parser
 
 

@@ -81,6 +81,11 @@ class ConvAutoencoder(nn.Module):
             decoder += [nn.Upsample(scale_factor=2, mode="nearest"), _block(c_in, c_out, 1)]
             c_in = c_out
         self.decoder = nn.Sequential(*decoder, nn.Conv2d(width, 3, 3, padding=1))
+        # Per-dimension statistics of the training set's codes, set after training: embeddings are
+        # standardised with them, so a direction every photo shares does not make all cosines near 1.
+        for mode, n in (("latent", latent), ("pooled", self.feature_dim)):
+            self.register_buffer(f"{mode}_mean", torch.zeros(n))
+            self.register_buffer(f"{mode}_std", torch.ones(n))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_latent(self.encoder(x).flatten(1))
@@ -106,12 +111,15 @@ class AutoencoderEmbedding(nn.Module):
         self.encoder = autoencoder.encoder
         self.to_latent = autoencoder.to_latent
         self.pooled = mode == "pooled"
+        self.register_buffer("mean", getattr(autoencoder, f"{mode}_mean").detach().clone())
+        self.register_buffer("std", getattr(autoencoder, f"{mode}_std").detach().clone())
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x)
+        return h.mean(dim=(2, 3)) if self.pooled else self.to_latent(h.flatten(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(x)
-        if self.pooled:
-            return h.mean(dim=(2, 3))
-        return self.to_latent(h.flatten(1))
+        return (self.raw(x) - self.mean) / self.std
 
 
 def build_autoencoder(arch: dict) -> ConvAutoencoder:
@@ -219,6 +227,7 @@ def train_autoencoder(
     history.stopped_early = stopped
     if stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)
+    _set_code_statistics(model, pack, train_idx, device)
     written = []
     if fig_dir is not None:
         written = _final_figures(model, pack, positions, device, fig_dir, frames, history, latent, colour_by)
@@ -272,6 +281,25 @@ def encode_pack(model: nn.Module, pack: Pack, idx: np.ndarray, device: torch.dev
         x = to_float(pack.batch(idx[b:b + batch_size]), device, mean, std)
         outs.append(model(x).float().cpu())
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
+
+
+@torch.no_grad()
+def _set_code_statistics(model: ConvAutoencoder, pack: Pack, idx: np.ndarray, device: torch.device) -> None:
+    for mode in EMBEDDING_MODES:
+        raw = _Raw(AutoencoderEmbedding(model, mode))
+        codes = torch.from_numpy(encode_pack(raw, pack, idx, device))
+        std = codes.std(dim=0) if len(codes) > 1 else torch.ones(codes.shape[1])
+        getattr(model, f"{mode}_mean").copy_(codes.mean(dim=0))
+        getattr(model, f"{mode}_std").copy_(std.clamp_min(1e-6))
+
+
+class _Raw(nn.Module):
+    def __init__(self, embedding: AutoencoderEmbedding):
+        super().__init__()
+        self.embedding = embedding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding.raw(x)
 
 
 def _save_grid(model, pack, idx, device, fig_dir: Path, epoch: int, history: History) -> Path:

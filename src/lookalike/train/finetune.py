@@ -223,6 +223,7 @@ def train_finetune(
 
     config = config or FinetuneConfig()
     options = options or TrainOptions(epochs=15, lr=1e-3)
+    out = Path(out)
     pack = pack if isinstance(pack, Pack) else Pack.open(pack)
     if embedding not in EMBEDDING_MODES:
         raise TrainingError(f"unknown --embedding {embedding!r}; choose {' or '.join(EMBEDDING_MODES)}")
