@@ -63,7 +63,8 @@ class TrainedEmbedder:
 
     @property
     def classes(self) -> dict[str, list[str]]:
-        return self.meta.classes
+        """Class names per label column, in the order of the classifier heads (the header's JSON is sorted)."""
+        return {col: self.meta.classes[col] for col in self.meta.arch.get("columns", [])}
 
     def prepare(self, img: Image.Image) -> np.ndarray:
         out = self.pil_transform(img)
@@ -86,7 +87,7 @@ class TrainedEmbedder:
         device = next(self.net.parameters()).device
         _, logits = self.net(self.normalize(batch.to(device)))
         return {col: torch.softmax(lg.float(), dim=1).cpu().numpy()
-                for col, lg in zip(self.meta.classes, logits, strict=True)}
+                for col, lg in zip(self.classes, logits, strict=True)}
 
 
 def load_trained(name: str) -> TrainedEmbedder:

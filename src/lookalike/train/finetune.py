@@ -2,7 +2,8 @@
 
 A backbone from the registry (pretrained, a local weights file, or random) is followed by a projection
 head (the embedding) and one cosine classifier per label column. The loss is cross-entropy per column plus
-supervised contrastive loss on the normalised embedding with in-batch positives; batches are class-balanced
+supervised contrastive loss of the first column on the normalised embedding with in-batch positives (so the
+first ``--label`` decides what "alike" means; the others add classifier heads); batches are class-balanced
 (P classes x K photos of the first column), since shop labels are very unbalanced and contrastive loss needs
 positives in every batch. The backbone is frozen by default; ``unfreeze`` opens its last stages (or all).
 Retrieval on a held-out split, stratified by the first column, is measured before and after training.
@@ -378,8 +379,8 @@ def _loss(z: torch.Tensor, logits: list[torch.Tensor], y: torch.Tensor, config: 
     for j, lg in enumerate(logits):
         if (y[:, j] >= 0).any():
             loss = loss + F.cross_entropy(lg.float(), y[:, j], ignore_index=-1)
-            if config.metric_weight:
-                loss = loss + config.metric_weight * supervised_contrastive(z, y[:, j], config.temperature)
+    if config.metric_weight:  # the first column alone shapes the neighbourhoods; the others only get heads
+        loss = loss + config.metric_weight * supervised_contrastive(z, y[:, 0], config.temperature)
     return loss
 
 
