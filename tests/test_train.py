@@ -154,7 +154,7 @@ def test_interrupted_training_resumes_to_the_same_model(toy, tmp_path):
 
     from lookalike.train.autoencoder import train_autoencoder
 
-    opts = TrainOptions(epochs=3, batch_size=16, lr=3e-3, patience=0)
+    opts = TrainOptions(epochs=3, batch_size=16, lr=3e-3, patience=0, checkpoint_seconds=0)
     train_autoencoder(toy / "toy.pack", tmp_path / "whole.lkm", latent=4, width=4, options=opts)
 
     def stop_after_two(epoch, history):

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import TrainingError
 from .common import (
+    Checkpointer,
     EarlyStopping,
     History,
     TrainOptions,
@@ -30,7 +31,6 @@ from .common import (
     checkpoint_path,
     load_checkpoint,
     lr_factor,
-    save_checkpoint,
     setup_device,
     split_indices,
     to_float,
@@ -175,6 +175,7 @@ def train_autoencoder(
     train_idx, val_idx = positions[train_pos], positions[val_pos]
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     history, stopper = History(), EarlyStopping(options.patience)
+    checkpoints = Checkpointer(out, options.checkpoint_seconds)
     start = 0
     if options.resume:
         start, _ = load_checkpoint(out, model, optimizer, history, stopper)
@@ -216,7 +217,7 @@ def train_autoencoder(
         watched = val_loss if val_loss is not None else history.train_loss[-1]
         stop = stopper.update(watched, epoch, model)
         history.best_epoch = stopper.best_epoch
-        save_checkpoint(out, model, optimizer, epoch, history, stopper)
+        checkpoints.maybe(model, optimizer, epoch, history, stopper)
         log.info("epoch %d: train %.5f, val %s, %.2f s", epoch + 1, history.train_loss[-1],
                  f"{val_loss:.5f}" if val_loss is not None else "-", history.seconds[-1])
         if on_epoch:

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ class TrainOptions:
     seed: int = 0
     progress: bool = False
     resume: bool = False  # continue from the checkpoint beside --out
+    checkpoint_seconds: float = 60.0  # write a checkpoint when this long has passed since the last (0: every epoch)
 
 
 @dataclass
@@ -182,6 +184,22 @@ class EarlyStopping:
 
 def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".ckpt")
+
+
+class Checkpointer:
+    """Writes a checkpoint when ``every`` seconds have passed since the last one: a ResNet's checkpoint
+    (weights, optimizer moments, best weights) is four times the model, too much to write every short epoch."""
+
+    def __init__(self, out: Path, every: float):
+        self.out, self.every = out, every
+        self.last = time.monotonic()
+
+    def maybe(self, model, optimizer, epoch: int, history: History, stopper: EarlyStopping) -> bool:
+        if time.monotonic() - self.last < self.every:
+            return False
+        save_checkpoint(self.out, model, optimizer, epoch, history, stopper)
+        self.last = time.monotonic()
+        return True
 
 
 def save_checkpoint(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import TrainingError
 from .common import (
+    Checkpointer,
     EarlyStopping,
     History,
     TrainOptions,
@@ -34,7 +35,6 @@ from .common import (
     load_checkpoint,
     lr_factor,
     normalise,
-    save_checkpoint,
     setup_device,
     split_indices,
     to_float,
@@ -274,6 +274,7 @@ def train_finetune(
         groups.append({"params": back_params, "scale": 1.0 if config.unfreeze == "all" else config.backbone_lr})
     optimizer = torch.optim.AdamW(groups, lr=options.lr, weight_decay=options.weight_decay)
     history, stopper = History(), EarlyStopping(options.patience)
+    checkpoints = Checkpointer(out, options.checkpoint_seconds)
     start = 0
     if options.resume:
         start, _ = load_checkpoint(out, net, optimizer, history, stopper)
@@ -314,7 +315,7 @@ def train_finetune(
         history.seconds.append(time.perf_counter() - t0)
         stop = stopper.update(val_loss if val_loss is not None else history.train_loss[-1], epoch, net)
         history.best_epoch = stopper.best_epoch
-        save_checkpoint(out, net, optimizer, epoch, history, stopper)
+        checkpoints.maybe(net, optimizer, epoch, history, stopper)
         log.info("epoch %d: train %.4f, val %s, %.2f s", epoch + 1, history.train_loss[-1],
                  f"{val_loss:.4f}" if val_loss is not None else "-", history.seconds[-1])
         if on_epoch:
