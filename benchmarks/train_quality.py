@@ -13,7 +13,7 @@ photos among the training photos; relevant = same articleType. Rows:
   on the training photos only (its own validation split, for early stopping, is taken from them).
 
 No pretrained weights can be downloaded here, so the fine-tuned row starts from a randomly initialised small
-CNN (``--backbone``, default timm:resnet18). Default run: about 5-8 minutes on 2 CPU cores.
+CNN (``--backbone``, default timm:resnet18). Default run: about 3-6 minutes on 2 (shared) CPU cores.
 
     python benchmarks/train_quality.py                          # 64 px, defaults
     python benchmarks/train_quality.py --size 128 --ae-epochs 60 --ft-epochs 80 --device cuda   # bigger
@@ -54,7 +54,8 @@ def main() -> int:
     parser.add_argument("--latent", type=int, action="append", help="autoencoder latent sizes (default 3 10 32)")
     parser.add_argument("--ae-epochs", type=int, default=30)
     parser.add_argument("--ae-width", type=int, default=16)
-    parser.add_argument("--ft-epochs", type=int, default=40)
+    parser.add_argument("--ft-epochs", type=int, default=60)
+    parser.add_argument("--ft-lr", type=float, default=3e-3)
     parser.add_argument("--backbone", default="timm:resnet18")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--bootstrap", type=int, default=1000)
@@ -108,7 +109,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
     for latent in args.latent or [3, 10, 32]:
         out = work / f"ae-{latent}.lkm"
         t0 = time.perf_counter()
-        result = train_autoencoder(pack, out, latent=latent, width=args.ae_width, subset=np.concatenate([train, unlabelled]),
+        seen = np.concatenate([train, unlabelled])
+        result = train_autoencoder(pack, out, latent=latent, width=args.ae_width, subset=seen,
                                    options=TrainOptions(epochs=args.ae_epochs, batch_size=32, lr=2e-3, patience=6,
                                                         device=args.device, seed=args.seed),
                                    figures=work / f"ae-{latent}-figures")
@@ -124,8 +126,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
     t0 = time.perf_counter()
     result = train_finetune(pack, out, backbone=args.backbone, weights="random", subset=train, k=args.k,
                             config=FinetuneConfig(labels=(LABEL,), unfreeze="all", dim=128, hidden=512),
-                            options=TrainOptions(epochs=args.ft_epochs, batch_size=32, lr=2e-3, val_fraction=0.15,
-                                                 patience=10, device=args.device, seed=args.seed),
+                            options=TrainOptions(epochs=args.ft_epochs, batch_size=32, lr=args.ft_lr, val_fraction=0.15,
+                                                 patience=30, device=args.device, seed=args.seed),
                             figures=work / "finetuned-figures")
     h = result.history
     print(f"fine-tune: {len(h.seconds)} epochs on {result.device} ({result.precision}), median "

@@ -342,7 +342,7 @@ def test_classify_refuses_an_autoencoder(autoencoder, toy, capsys):
 
     path, _ = autoencoder
     assert main(["classify", str(toy / "img" / "0.png"), "--model", str(path)]) == 2
-    assert "without classifier heads" in capsys.readouterr().err
+    assert "has no classifier heads" in capsys.readouterr().err
 
 
 def test_balanced_batches_draw_rare_classes_as_often_as_common_ones():

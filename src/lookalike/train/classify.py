@@ -10,6 +10,7 @@ import torch
 
 from ..config import EncodeOptions
 from ..embed import resolve_device
+from ..errors import ModelFileError
 from ..images import ImageInput, load_image
 
 
@@ -38,7 +39,8 @@ def classify_images(images: Sequence[ImageInput], model: str, top: int = 3,
     options = options or EncodeOptions()
     embedder = create_embedder(model)
     if not getattr(embedder, "classes", None):
-        embedder.classify(torch.zeros(0))  # raises the "no classifier" error with the model's name
+        raise ModelFileError(f"{model} has no classifier heads; classify needs a model from "
+                             "`lookalike train finetune`")
     device = resolve_device(options.device)
     embedder.net.to(device)
     batch_size = options.batch_size or 32
