@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,9 @@ def save_model(path: str | Path, state: dict[str, torch.Tensor], meta: ModelFile
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"lookalike": meta.to_json()})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600; a model file is shared like any other output
     tmp.replace(path)
     return path
 
