@@ -726,6 +726,9 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
     _analysis_parsers(sub, common, run, catalog_arg)
     _catalog_pass_parsers(sub, common, catalog_arg)
+    from .cli_train import add_parsers as add_train_parsers
+
+    add_train_parsers(sub, common, run)
     return parser
 
 

@@ -53,3 +53,11 @@ class IndexChoiceError(CatalogError):
 
 class OutputError(LookalikeError):
     """A result file cannot be written: unknown format or extension, a folder that cannot be written."""
+
+
+class ModelFileError(ModelUnavailableError):
+    """A ``.lkm`` model file is missing, corrupt, not a lookalike model, or from an incompatible version."""
+
+
+class TrainingError(LookalikeError):
+    """Training cannot start or go on: too few images or labels, a bad option, a pack that does not fit."""

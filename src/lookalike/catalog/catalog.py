@@ -29,6 +29,7 @@ from ..duplicates import DEFAULT_THRESHOLD, DuplicateReport, find_duplicates, ne
 from ..embed import Encoder, FileTask, encode_files
 from ..embedders.registry import DEFAULT_MODEL, create_embedder
 from ..embedders.timm import RANDOM_WEIGHTS, TimmEmbedder
+from ..embedders.trained import canonical_name
 from ..errors import CatalogError, ItemExistsError, QueryError, UnknownItemError
 from ..images import ImageInput, content_hash, decode
 from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
@@ -187,7 +188,7 @@ class Catalog:
     def check_compatible(self, model: str | None, weights: str | None) -> None:
         """Refuse to mix vectors of two models in one catalog."""
         info = self.config.embedder
-        if model is not None and model != info.name:
+        if model is not None and canonical_name(model) != info.name:
             raise CatalogError(
                 f"{self.path} holds {info.name} vectors; cannot add {model} vectors to it. Use the same "
                 "--model, or another --catalog path for the new model"
@@ -237,7 +238,7 @@ class Catalog:
             embedder = create_embedder(info.name, weights)
             if embedder.info.weights != info.weights:
                 raise CatalogError(
-                    f"{self.path}: the weights at {weights} changed since the catalog was built "
+                    f"{self.path}: the weights at {weights or info.name} changed since the catalog was built "
                     f"({embedder.info.weights} != {info.weights}); restore them or rebuild the catalog"
                 )
             self._embedder = embedder

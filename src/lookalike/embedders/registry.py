@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..errors import ModelUnavailableError, UnknownModelError
 from .handcrafted import HANDCRAFTED
 from .timm import TimmEmbedder, create_timm_embedder
+from .trained import is_model_file, load_trained
 
 TIMM_PREFIX = "timm:"
 
@@ -60,6 +61,8 @@ def resolve(name: str) -> ModelSpec:
     """
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if is_model_file(name):
+        return ModelSpec("", None, f"model trained by lookalike train: {name}")
     if name.startswith(TIMM_PREFIX):
         import timm
 
@@ -70,7 +73,8 @@ def resolve(name: str) -> ModelSpec:
             raise UnknownModelError(f"unknown timm model {timm_name!r}{hint}")
         return ModelSpec(timm_name, None, f"timm model {timm_name}")
     raise UnknownModelError(
-        f"unknown model {name!r}; choose one of {', '.join(_REGISTRY)} or any timm model as timm:<name>"
+        f"unknown model {name!r}; choose one of {', '.join(_REGISTRY)}, any timm model as timm:<name>, or a "
+        "model file from `lookalike train` (path.lkm)"
     )
 
 
@@ -85,6 +89,10 @@ def create_embedder(name: str = DEFAULT_MODEL, weights: str | None = None) -> Ti
         UnknownModelError: unknown name.
         ModelUnavailableError: weights cannot be had; the message says why and how to fix it.
     """
+    if is_model_file(name):
+        if weights is not None:
+            raise ModelUnavailableError(f"{name} holds its own weights; drop --weights {weights}")
+        return load_trained(name)
     spec = resolve(name)
     if name in HANDCRAFTED:
         if weights is not None:

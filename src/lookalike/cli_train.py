@@ -1,0 +1,260 @@
+"""``lookalike pack``, ``lookalike train autoencoder|finetune`` and ``lookalike classify``: argument parsing
+and terminal output for the ``train`` package (kept out of ``cli.py`` so each stays small)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import LookalikeError
+
+
+def cmd_pack(args: argparse.Namespace, out: Console) -> int:
+    source, images = _source(args)
+    report = _pack_with_progress(source, args.out, args.size, images, args)
+    if args.json:
+        print(json.dumps({"path": str(report.path), "total": report.total, "packed": report.packed,
+                          "failed": report.failed, "already": report.already}, indent=2))
+        return 0
+    print(f"{report.path}: {report.summary()}")
+    if report.failed:
+        from .train.pack import Pack
+
+        for item_id, path, reason in Pack.open(report.path).failures[:10]:
+            print(f"  skipped {item_id} ({path}): {reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_train_autoencoder(args: argparse.Namespace, out: Console) -> int:
+    from .train.autoencoder import train_autoencoder
+
+    options = _train_options(args, default_batch=64, default_epochs=30, default_lr=1e-3)
+    figures = args.figures or str(Path(args.out).with_suffix("")) + "-figures"
+    with _training_pack(args, default_size=128) as pack:
+        result = train_autoencoder(pack, args.out, latent=args.latent, width=args.width, embedding=args.embedding,
+                                   options=options, figures=figures, colour_by=args.color_by,
+                                   on_epoch=_epoch_printer(args, options.epochs))
+    _summary(result, out)
+    return 0
+
+
+def cmd_train_finetune(args: argparse.Namespace, out: Console) -> int:
+    from .train.finetune import FinetuneConfig, train_finetune
+
+    options = _train_options(args, default_batch=32, default_epochs=15, default_lr=1e-3)
+    unfreeze = args.unfreeze
+    config = FinetuneConfig(labels=tuple(args.label), dim=args.dim, unfreeze=unfreeze, per_class=args.per_class,
+                            colour_jitter=args.color_jitter, metric_weight=args.metric_weight)
+    figures = args.figures or str(Path(args.out).with_suffix("")) + "-figures"
+    with _training_pack(args, default_size=224) as pack:
+        result = train_finetune(pack, args.out, backbone=args.backbone, weights=args.weights, config=config,
+                                options=options, embedding=args.embedding, figures=figures, k=args.k,
+                                on_epoch=_epoch_printer(args, options.epochs))
+    _summary(result, out)
+    m = result.metrics
+    if m.get("before"):
+        table = Table(title=f"held-out retrieval on {m['label']} ({m['before']['queries']} queries among the "
+                      "training photos)", title_justify="left")
+        for col in ("model", f"precision@{m['k']}", f"mAP@{m['k']}"):
+            table.add_column(col, justify="left" if col == "model" else "right")
+        table.add_row(f"{args.backbone} before (pooled features)", f"{m['before']['precision']:.3f}",
+                      f"{m['before']['map']:.3f}")
+        table.add_row("fine-tuned", f"{m['after']['precision']:.3f}", f"{m['after']['map']:.3f}")
+        out.print(table)
+        acc = ", ".join(f"{col} {a:.3f}" for col, a in m.get("val_accuracy", {}).items())
+        if acc:
+            out.print(f"held-out classification accuracy: {acc}", highlight=False)
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace, out: Console) -> int:
+    from .cli import _options
+    from .train.classify import classify_images
+
+    predictions = classify_images(args.images, args.model, top=args.top, options=_options(args))
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+        return 0
+    for p in predictions:
+        table = Table(title=p.image, title_justify="left")
+        table.add_column("label")
+        table.add_column("prediction")
+        table.add_column("probability", justify="right")
+        for col, top in p.labels.items():
+            for rank, (name, prob) in enumerate(top):
+                table.add_row(col if rank == 0 else "", name, f"{prob:.3f}")
+        out.print(table)
+    return 0
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+
+
+def _source(args: argparse.Namespace) -> tuple[str, str | None]:
+    """``SOURCE --labels styles.csv``: the manifest is the source and SOURCE its image folder."""
+    if getattr(args, "labels", None):
+        return args.labels, args.source if args.images is None else args.images
+    return args.source, args.images
+
+
+def _pack_with_progress(source, out_path, size, images, args):
+    from .train.pack import pack_source
+
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(desc="packing", unit="img", file=sys.stderr)
+    try:
+        return pack_source(source, out_path, size=size, images=images, workers=args.workers or 0,
+                           max_pixels=args.max_pixels, on_progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+
+
+@contextmanager
+def _training_pack(args: argparse.Namespace, default_size: int):
+    """The pack to train on: SOURCE itself when it is a ``.pack``, else a temporary pack of SOURCE."""
+    from .train.pack import Pack
+
+    if args.source.endswith(".pack") and not getattr(args, "labels", None):
+        if args.size is not None:
+            raise LookalikeError(f"--size applies when packing; {args.source} is already packed")
+        yield Pack.open(args.source)
+        return
+    source, images = _source(args)
+    with tempfile.TemporaryDirectory(prefix="lookalike-pack-") as tmp:
+        report = _pack_with_progress(source, Path(tmp) / "train.pack", args.size or default_size, images, args)
+        if not args.quiet:
+            print(f"packed {report.summary()} (keep a pack with `lookalike pack` to reuse it)", file=sys.stderr)
+        yield Pack.open(Path(tmp) / "train.pack")
+
+
+def _train_options(args: argparse.Namespace, default_batch: int, default_epochs: int, default_lr: float):
+    from .train.common import TrainOptions
+
+    return TrainOptions(
+        epochs=args.epochs or default_epochs, batch_size=args.batch_size or default_batch, lr=args.lr or default_lr,
+        val_fraction=args.val, patience=args.patience, device=args.device, precision=args.precision,
+        seed=args.seed, resume=args.resume,
+    )
+
+
+def _epoch_printer(args: argparse.Namespace, epochs: int):
+    def show(epoch, history) -> None:
+        if args.quiet:
+            return
+        val = f"  val {history.val_loss[-1]:.4f}" if history.val_loss else ""
+        best = "  *" if history.best_epoch == epoch else ""
+        print(f"epoch {epoch + 1}/{epochs}  train {history.train_loss[-1]:.4f}{val}  lr {history.lr[-1]:.2e}  "
+              f"{history.seconds[-1]:.2f} s{best}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _summary(result, out: Console) -> None:
+    from .train.common import describe_times
+
+    h = result.history
+    stop = " (stopped early)" if h.stopped_early else ""
+    out.print(f"{result.model_path}: kept epoch {h.best_epoch + 1}{stop}; {describe_times(h.seconds)} on "
+              f"{result.device} ({result.precision})", highlight=False)
+    for fig in result.figures:
+        out.print(f"  figure {fig}", highlight=False)
+    out.print(f"next: lookalike index SOURCE --catalog shop.lk --model {result.model_path}", highlight=False)
+
+
+def _unfreeze(text: str) -> int | str:
+    if text == "all":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of stages (0 = frozen) or 'all'")
+    return int(text)
+
+
+def add_parsers(sub, common: argparse.ArgumentParser, run: argparse.ArgumentParser) -> None:
+    """Add ``pack``, ``train`` and ``classify`` to the ``lookalike`` command."""
+    from .cli import _int_at_least, _non_negative_int, _positive_int
+
+    source_args = argparse.ArgumentParser(add_help=False)
+    source_args.add_argument("--labels", help="a CSV manifest (e.g. styles.csv) whose images are in SOURCE")
+    source_args.add_argument("--images", help="image folder for a manifest SOURCE (default: images/ beside it)")
+
+    p = sub.add_parser("pack", parents=[common, run, source_args], help="decode a catalog once into a .pack",
+                       description="Decode, letterbox to SIZE x SIZE (aspect kept, white bars) and store every "
+                       "image as uint8 in one memory-mapped file with its id and labels, for fast training. "
+                       "Unreadable files are recorded with their reason; an interrupted run resumes.")
+    p.add_argument("source", help="a folder of images, or a CSV manifest")
+    p.add_argument("--size", type=_int_at_least(8), default=128, help="square side in pixels (default 128)")
+    p.add_argument("--out", required=True, help="the .pack file to write")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_pack)
+
+    train = argparse.ArgumentParser(add_help=False)
+    train.add_argument("--out", required=True, help="the model file to write (.lkm)")
+    train.add_argument("--epochs", type=_positive_int, default=None, help="most epochs to run")
+    train.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
+    train.add_argument("--val", type=float, default=0.15, help="share held out for validation (default 0.15)")
+    train.add_argument("--patience", type=_non_negative_int, default=5,
+                       help="stop after this many epochs without a better validation loss (0: never; default 5)")
+    train.add_argument("--seed", type=_non_negative_int, default=0,
+                       help="seed: same seed and device, same model (default 0)")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
+    train.add_argument("--size", type=_int_at_least(8), default=None,
+                       help="square side when SOURCE must be packed first")
+    train.add_argument("--figures", help="folder for loss curves and other figures (default OUT-figures)")
+
+    p = sub.add_parser("train", help="train an embedder on your own catalog (autoencoder, finetune)",
+                       description="Learn embeddings from your catalog; the .lkm written is an embedder for "
+                       "`lookalike index --model FILE.lkm`.")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    q = kinds.add_parser("autoencoder", parents=[common, run, train, source_args], help="no labels needed",
+                         description="A convolutional autoencoder (skip-free bottleneck) whose latent vector "
+                         "describes each photo. Writes loss curves, a reconstruction grid per epoch, their GIF, and "
+                         "for --latent 2 or 3 a scatter of the latent space.")
+    q.add_argument("source", help="a .pack from `lookalike pack` (fastest), or a folder/manifest to pack first")
+    q.add_argument("--latent", type=_positive_int, default=32, help="latent size (default 32)")
+    q.add_argument("--width", type=_positive_int, default=32, help="channels of the first level (default 32)")
+    q.add_argument("--embedding", default="latent", choices=["latent", "pooled"],
+                   help="what the embedder gives: the latent, or pooled encoder features (default latent)")
+    q.add_argument("--color-by", help="label column colouring the latent scatter")
+    q.set_defaults(func=cmd_train_autoencoder)
+
+    q = kinds.add_parser("finetune", parents=[common, run, train, source_args], help="learn your labels",
+                         description="Fine-tune a backbone with a projection head on label columns: cross-entropy "
+                         "plus supervised contrastive loss, class-balanced batches, product-photo augmentations. "
+                         "Prints held-out retrieval before and after; the model also classifies "
+                         "(`lookalike classify`).")
+    q.add_argument("source", help="a folder (with --labels CSV), a manifest, or a .pack with labels")
+    q.add_argument("--label", action="append", required=True, help="label column to learn; repeatable")
+    q.add_argument("--backbone", default="resnet50", help="registry name: resnet50, timm:<name>, ... (default "
+                   "resnet50)")
+    q.add_argument("--weights", default=None, help="backbone weights: a local file, or 'random' (default: hub)")
+    q.add_argument("--unfreeze", default=0, type=_unfreeze,
+                   help="backbone stages to train, from the last (default 0: frozen), or 'all'")
+    q.add_argument("--dim", type=_positive_int, default=128, help="embedding size (default 128)")
+    q.add_argument("--per-class", type=_int_at_least(2), default=4,
+                   help="photos per class in a balanced batch (default 4)")
+    q.add_argument("--metric-weight", type=float, default=1.0, help="weight of the contrastive loss (default 1)")
+    q.add_argument("--color-jitter", action=argparse.BooleanOptionalAction, default=None,
+                   help="colour jitter (default: on unless a --label is a colour)")
+    q.add_argument("--embedding", default="head", choices=["head", "backbone"],
+                   help="what the embedder gives: the trained projection, or the backbone's features")
+    q.add_argument("-k", type=_positive_int, default=5, help="k of the before/after precision@k and mAP@k (default 5)")
+    q.set_defaults(func=cmd_train_finetune)
+
+    p = sub.add_parser("classify", parents=[common, run], help="predict labels with a fine-tuned model",
+                       description="The most probable labels of photos, from a model of `lookalike train finetune`.")
+    p.add_argument("images", nargs="+", help="photos to classify")
+    p.add_argument("--model", required=True, help="the .lkm file")
+    p.add_argument("--top", type=_positive_int, default=3, help="labels to show per column (default 3)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_classify)
