@@ -94,7 +94,8 @@ def make_data(n: int, dim: int, seed: int, folder: Path, vectors: np.ndarray | N
 
 
 def measure_size(n: int, dim: int, memory: int, compact_bytes: int, vectors: np.ndarray | None,
-                 slow_limit: int, seed: int, folder: Path) -> list[dict]:
+                 slow_limit: int, seed: int, folder: Path, rows_wanted: tuple[str, ...] = ("auto", "compact")
+                 ) -> list[dict]:
     started = time.perf_counter()
     if vectors is not None:
         n = len(vectors) - QUERIES
@@ -124,6 +125,8 @@ def measure_size(n: int, dim: int, memory: int, compact_bytes: int, vectors: np.
     gc.collect()
 
     for label, budget in (("auto", memory), ("compact", compact_bytes * n)):
+        if label not in rows_wanted:
+            continue
         plan = choose_index(n, dim, budget)
         start = time.perf_counter()
         index = VectorIndex.build(keys, data, plan, seed=seed)
@@ -174,6 +177,7 @@ def main() -> None:
     parser.add_argument("--catalog", help="take the vectors of this catalog instead of synthetic ones")
     parser.add_argument("--slow-limit", type=int, default=20, help="single queries timed for the exact baselines")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["auto", "compact"], help="measure one of lookalike's two rows")
     parser.add_argument("--workdir", help="folder for the vector files (default: the system's temporary folder)")
     args = parser.parse_args()
     memory, compact = parse_memory(args.memory), args.compact_bytes
@@ -192,7 +196,7 @@ def main() -> None:
         for n in (int(s) for s in args.sizes.split(",")):
             with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
                 results.append((n, measure_size(n, args.dim, memory, compact, None, args.slow_limit, args.seed,
-                                                Path(tmp))))
+                                                Path(tmp), (args.only,) if args.only else ("auto", "compact"))))
     for n, rows in results:
         print_table(n, rows)
 

@@ -34,7 +34,7 @@ IVF_MIN_POINTS_PER_LIST = 39
 IVF_TRAIN_MAX_POINTS_PER_LIST = 64
 # Fewer items than this cannot train product quantisers (256 centroids each) and lists; search is exact.
 IVF_MIN_ITEMS = 1_000
-PQ_DIMS_PER_BYTE = 16  # one code byte per 16 dimensions: 128 bytes for 2048-d
+PQ_DIMS_PER_BYTE = 8  # at most one code byte per 8 dimensions (256 B for 2048-d); fewer when the budget is short
 ID_BYTES = 8  # every FAISS id is an int64
 GRAPH_BYTES_PER_LINK = 4
 
