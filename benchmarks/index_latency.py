@@ -19,6 +19,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from search_scale import latencies as timed  # benchmarks/ is on the path when run as a script
 from sklearn.neighbors import NearestNeighbors
 
 from lookalike.index import SearchSettings, VectorIndex
@@ -26,16 +27,6 @@ from lookalike.index.synthetic import clustered_chunks
 from lookalike.index.tuning import recall_at_k
 
 K, QUERIES = 10, 200
-
-
-def timed(search, queries: np.ndarray, limit: int) -> tuple[float, float]:
-    search(queries[:1])
-    times = []
-    for q in queries[:limit]:
-        start = time.perf_counter()
-        search(q[None])
-        times.append(time.perf_counter() - start)
-    return float(np.percentile(times, 50) * 1000), float(np.percentile(times, 99) * 1000)
 
 
 def main() -> None:

@@ -53,9 +53,6 @@ class RowVectors:
             out[~low] = tail[flat[~low] - nb]
         return np.asarray(out, dtype=np.float32).reshape(*rows.shape, self.dim)
 
-    def block(self, start: int, stop: int) -> np.ndarray:
-        return self.get(np.arange(start, stop))
-
     def _tail_matrix(self) -> np.ndarray:
         if self._joined is None:
             self._joined = np.concatenate(self._tail) if self._tail else np.empty((0, self.dim), self.dtype)

@@ -184,12 +184,6 @@ class VectorIndex:
             raise KeyError(key)
         return self.vectors.get(np.array([row]))[0]
 
-    def vectors_of(self, keys: np.ndarray) -> np.ndarray:
-        rows = self._key_rows[np.asarray(keys, dtype=np.int64)]
-        if (rows < 0).any():
-            raise KeyError(int(np.asarray(keys)[rows < 0][0]))
-        return self.vectors.get(rows)
-
     def _row(self, key: int) -> int:
         return int(self._key_rows[key]) if 0 <= key < len(self._key_rows) else -1
 
