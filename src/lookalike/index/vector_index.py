@@ -84,6 +84,7 @@ class VectorIndex:
         self._key_rows = _invert(row_keys)
         self._live_bitmap: np.ndarray | None = None
         self._size: int | None = None
+        self._memory_bytes: int | None = None
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -102,7 +103,7 @@ class VectorIndex:
         self = cls(plan, index, np.empty(0, np.int64), rows, built_count=len(keys))
         self.row_keys = keys.copy()
         self._key_rows = _invert(self.row_keys)
-        self._size = None
+        self._size = self._memory_bytes = None
         self._add_to_faiss(vectors, np.arange(len(keys), dtype=np.int64))  # float32 one block at a time
         return self
 
@@ -129,7 +130,7 @@ class VectorIndex:
             rows = np.arange(first, first + len(keys), dtype=np.int64)
             self.vectors.append(vectors)
             self.row_keys = np.concatenate([self.row_keys, keys])
-            self._size = None
+            self._size = self._memory_bytes = None
             self._key_rows = _invert(self.row_keys, self._key_rows, rows)
             self._add_to_faiss(vectors, rows)
 
@@ -141,7 +142,7 @@ class VectorIndex:
             return
         self.row_keys[rows] = -1
         self._key_rows[keys] = -1
-        self._size = None
+        self._size = self._memory_bytes = None
         if self.plan.kind != "hnsw":
             self.index.remove_ids(faiss.IDSelectorBatch(rows))
         self._live_bitmap = None
@@ -188,8 +189,11 @@ class VectorIndex:
         return int(self._key_rows[key]) if 0 <= key < len(self._key_rows) else -1
 
     def memory_bytes(self) -> int:
-        """Bytes the FAISS index holds in memory (its serialised size; the row file stays on disk)."""
-        return int(faiss.serialize_index(self.index).nbytes)
+        """Bytes the FAISS index holds in memory: its serialised size (the row file stays on disk). Taken
+        from the index file when it is as saved; serialising a million-item index copies gigabytes."""
+        if self._memory_bytes is None:
+            self._memory_bytes = int(faiss.serialize_index(self.index).nbytes)
+        return self._memory_bytes
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                settings: SearchSettings | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -302,6 +306,7 @@ class VectorIndex:
         self.vectors.save(folder / VECTORS_FILE)
         _write_atomic(folder / ROWS_FILE, lambda p: _save_npy(p, self.row_keys))
         _write_atomic(folder / INDEX_FILE, lambda p: faiss.write_index(self.index, str(p)))
+        self._memory_bytes = (folder / INDEX_FILE).stat().st_size
         stamp = {
             "format": FORMAT, "generation": generation, "rows": int(self.vectors.rows), "size": self.size,
             "plan": self.plan.to_dict(), "settings": self.settings.__dict__,
@@ -326,6 +331,7 @@ class VectorIndex:
             self = cls(plan, index, row_keys, rows, SearchSettings(**stamp.get("settings", {})),
                        Quality(**stamp.get("quality", {})), int(stamp.get("built_count", 0)))
             self.item_settings = SearchSettings(**stamp.get("item_settings", stamp.get("settings", {})))
+            self._memory_bytes = (folder / INDEX_FILE).stat().st_size
             return self, int(stamp["generation"])
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             log.info("index in %s not usable (%s); rebuilding from stored vectors", folder, exc)
