@@ -4,8 +4,9 @@ What it measures, all in one run on the same machine:
 
 * **Indexing, ours**: ``Catalog.create(tmp/"bench.lk", model="resnet50", weights="random")`` then
   ``catalog.add(images_folder, options=EncodeOptions(...))``, timed end to end from JPEG files on disk to a
-  saved catalog (listing, hashing, decoding in worker processes, batched embedding, SQLite writes, FAISS
-  index build and save). Images/s = photos indexed / seconds. The model is built before the clock starts.
+  saved catalog (listing, hashing, decoding and batched embedding in worker processes on a CPU, or decoding
+  workers feeding the GPU; SQLite writes, FAISS index build and save). Images/s = photos indexed / seconds.
+  The model is built before the clock starts.
 * **Indexing, baseline** (the seed notebooks' way): one photo at a time,
   ``PIL.Image.open(path).convert("RGB")`` (full decode), ``resize((224, 224))``, float32 tensor normalised
   with the ImageNet mean/std, a float32 batch-of-one forward of the same timm ResNet-50
@@ -60,7 +61,7 @@ import torch
 from PIL import Image
 
 from lookalike import Catalog, EncodeOptions, LookalikeError
-from lookalike.embed import default_workers
+from lookalike.embed import plan_workers
 from lookalike.embedders.registry import resolve
 from lookalike.sources import find_images
 
@@ -86,6 +87,7 @@ class IndexRun:
     device: str
     batch_size: int
     workers: int
+    layout: str  # who runs the model: "model in each worker, N thread(s)" or "model here, workers decode"
     images: int
     failed: int
     seconds: float
@@ -208,19 +210,15 @@ def warm_file_cache(files: list[Path]) -> None:
 # -- ours --------------------------------------------------------------------------------------------
 
 
-def effective_workers(options: EncodeOptions, batch_size: int, count: int) -> int:
-    """The decoding processes ``encode_files`` will start for ``count`` files (its own rule, mirrored)."""
-    workers = default_workers() if options.workers is None else options.workers
-    return min(workers, max(1, count // max(1, batch_size))) if workers else 0
-
-
 def new_catalog(path: Path, options: EncodeOptions, count: int) -> tuple[Catalog, IndexRun]:
     """An empty catalog with its model already on the device, and the settings its indexing will use."""
     catalog = Catalog.create(path, model=MODEL, weights=WEIGHTS)
     encoder = catalog.encoder(options)  # places the model before the clock starts; ``add`` reuses it
+    plan = plan_workers(encoder, count)
+    layout = (f"model in each worker, {plan.threads} thread(s)" if plan.embed_in_workers
+              else f"model here on {torch.get_num_threads()} thread(s), workers decode")
     run = IndexRun(precision=encoder.precision, device=str(encoder.device), batch_size=encoder.batch_size,
-                   workers=effective_workers(options, encoder.batch_size, count), images=0, failed=0,
-                   seconds=0.0)
+                   workers=plan.workers, layout=layout, images=0, failed=0, seconds=0.0)
     return catalog, run
 
 
@@ -450,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
 
         ours, run = new_catalog(workdir / "bench.lk", options, len(files))
         with ours:
-            say(f"device     {run.device}   torch threads {torch.get_num_threads()}   "
-                f"workers {run.workers}   precision {run.precision}   batch size {run.batch_size}")
+            say(f"device     {run.device}   workers {run.workers} ({run.layout})   precision {run.precision}   "
+                f"batch size {run.batch_size}")
             time_add(ours, indexed, options, run)
             say(f"ours       {run.images} images in {run.seconds:.2f} s = {run.rate:.1f} img/s "
                 f"({run.precision})" + (f", {run.failed} failed" if run.failed else ""))

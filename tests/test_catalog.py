@@ -191,6 +191,38 @@ def test_parallel_decoding_gives_the_same_vectors_as_inline(tmp_path, photo_dir,
         np.testing.assert_allclose(cat.vector("yellow-ellipse"), inline, atol=1e-5)
 
 
+def test_cpu_workers_that_embed_give_the_inline_vectors_and_report_bad_files(tmp_path, photo_dir, tiny_embedder):
+    """bf16 on a CPU: each worker decodes and embeds whole batches; results keep their files and order."""
+    from lookalike.embed import plan_workers
+
+    (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    options = EncodeOptions(workers=2, batch_size=3, progress=False, precision="bf16", device="cpu")
+    with Catalog.create(tmp_path / "w.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
+        plan = plan_workers(cat.encoder(options), 13)
+        assert plan.embed_in_workers and plan.workers == 2
+        report = cat.add(photo_dir, options=options)
+        assert (report.indexed, report.failed) == (12, 1)
+        assert cat.status().failures[0][0] == "broken"
+        inline = cat.encoder(EncodeOptions(workers=0, precision="bf16", device="cpu"))
+        names = sorted(p.stem for p in photo_dir.glob("*.jpg") if p.stem != "broken")  # top level: id = stem
+        expected = inline.encode([photo_dir / f"{n}.jpg" for n in names])
+        got = np.stack([cat.vector(n) for n in names])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_worker_plan_keeps_the_model_home_where_splitting_it_does_not_pay(tiny_embedder):
+    from lookalike.embed import Encoder, plan_workers
+
+    def plan(count: int, **kw):
+        return plan_workers(Encoder(tiny_embedder, EncodeOptions(device="cpu", batch_size=4, **kw)), count)
+
+    assert plan(100, workers=2, precision="fp32") == plan(100, workers=2, precision="fp32")
+    assert not plan(100, workers=2, precision="fp32").embed_in_workers  # fp32 scales better on all cores
+    assert plan(100, workers=0, precision="bf16").workers == 0  # inline, as asked
+    assert plan(5, workers=8, precision="bf16").workers == 2  # no more workers than batches
+    assert not plan(3, workers=8, precision="bf16").embed_in_workers  # one batch: one process is enough
+
+
 def test_files_over_the_size_limit_are_not_read(tmp_path, photo_dir, tiny_embedder):
     make_image(photo_dir / "poster.png", size=(900, 900), shape="stripes")
     limit = (photo_dir / "poster.png").stat().st_size - 1
