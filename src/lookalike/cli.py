@@ -638,7 +638,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=_positive_int, default=None,
                      help="images per model call (default: 256 on CUDA, 32 on CPU)")
     run.add_argument("--workers", type=_non_negative_int, default=None,
-                     help="decoding processes (default: one per core; 0 decodes in the main process)")
+                     help="worker processes that decode (on a CPU in bf16 they also embed, one model thread each); "
+                          "default: one per core; 0 decodes in the main process")
     run.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
                      help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
     run.add_argument("--no-draft", action="store_true", help="decode JPEGs at full size (slower; for checks)")
