@@ -210,6 +210,15 @@ def test_cpu_workers_that_embed_give_the_inline_vectors_and_report_bad_files(tmp
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_the_catalog_records_each_photos_own_size_not_the_drafted_one(tmp_path, tiny_embedder):
+    folder = tmp_path / "big"
+    make_image(folder / "poster.jpg", size=(1000, 1400), quality=90)
+    with Catalog.create(tmp_path / "b.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
+        cat.add(folder, options=INLINE)
+        key = cat.store.item("poster").key
+        assert cat.store.sizes_for([key])[key][:2] == (1000, 1400)
+
+
 def test_worker_plan_keeps_the_model_home_where_splitting_it_does_not_pay(tiny_embedder):
     from lookalike.embed import Encoder, plan_workers
 

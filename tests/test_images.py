@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import huge_png_header, make_image
 from lookalike.errors import ImageError
-from lookalike.images import content_hash, decode, load_image
+from lookalike.images import content_hash, decode, load_image, source_size
 
 RED, GREEN, BLUE, YELLOW, WHITE = (220, 20, 20), (20, 180, 40), (20, 40, 220), (230, 210, 30), (255, 255, 255)
 
@@ -96,6 +96,18 @@ def test_exif_orientation_is_applied_with_draft_too():
     assert h > w and min(w, h) >= 100 and max(w, h) <= 600
     for got, want in zip(quadrant_colours(img), (GREEN, RED, YELLOW, BLUE), strict=True):
         assert_close(got, want, tol=30)
+
+
+@pytest.mark.parametrize(("orientation", "upright"), [(1, (1200, 800)), (6, (800, 1200)), (8, (800, 1200))])
+def test_a_drafted_image_still_knows_the_size_of_the_photo(orientation, upright):
+    """Catalogs record the photo's size, not the reduced size the decoder chose for the model."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(quadrants((1200, 800)), "JPEG", quality=90, exif=exif.tobytes())
+    img = decode(data, draft_size=100)
+    assert max(img.size) <= 600  # really drafted
+    assert source_size(img) == upright
+    assert source_size(decode(data)) == upright == decode(data).size
 
 
 # --- colour modes -----------------------------------------------------------------------------------------

@@ -240,8 +240,9 @@ def _groups(catalog, index, table, universe: np.ndarray, src: np.ndarray, dst: n
 
 
 def _true_size(path: str, stored: tuple[int, int, int]) -> tuple[int, int, int]:
-    """(width, height, bytes) with the size from the file's header: the catalog records the size its
-    decoder produced (JPEG draft mode shrinks large photos), which cannot rank copies by resolution."""
+    """(width, height, bytes) with the size from the file's header: catalogs indexed before the store
+    recorded the photo's own size hold the decoded size (JPEG draft mode shrinks large photos), which cannot
+    rank copies by resolution."""
     try:
         width, height = read_size(path)
     except ImageError:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .config import EncodeOptions
 from .embedders.timm import TimmEmbedder, prepare_with
 from .errors import LookalikeError
-from .images import ImageInput, content_hash, decode, load_image
+from .images import ImageInput, content_hash, decode, load_image, source_size
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class _FileDataset(torch.utils.data.Dataset):
             return result, None
         try:
             img = decode(data, draft_size=self.draft, max_pixels=self.max_pixels)
-            result.width, result.height = img.size
+            result.width, result.height = source_size(img)
             return result, prepare_with(self.pil_transform, img)
         except LookalikeError as exc:
             result.error = str(exc)

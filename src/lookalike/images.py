@@ -27,6 +27,9 @@ Image.MAX_IMAGE_PIXELS = None
 ImageInput = str | Path | bytes | Image.Image
 
 
+SOURCE_SIZE = "lookalike_source_size"  # key in ``Image.info``: the file's own size, upright
+
+
 def content_hash(data: bytes) -> str:
     """Identity of a file's content: equal hashes are exact duplicates, whatever their names."""
     return hashlib.sha256(data).hexdigest()
@@ -83,12 +86,21 @@ def to_rgb(img: Image.Image, *, draft_size: int | None = None, max_pixels: int =
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
         img.load()
+        loaded = img.size
         img = ImageOps.exif_transpose(img) or img
-        return _mode_to_rgb(img)
+        rgb = _mode_to_rgb(img)
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated data surfaces as OSError, SyntaxError, ValueError...
         raise ImageError(f"truncated or corrupt image data ({_short(exc)})") from exc
+    turned = rgb.size != loaded  # EXIF orientation swapped the sides
+    rgb.info[SOURCE_SIZE] = (height, width) if turned else (width, height)
+    return rgb
+
+
+def source_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of the picture as stored, upright: draft decoding may have returned fewer pixels."""
+    return tuple(img.info.get(SOURCE_SIZE, img.size))
 
 
 def _mode_to_rgb(img: Image.Image) -> Image.Image:
