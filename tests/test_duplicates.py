@@ -182,3 +182,27 @@ def test_command_line_prints_groups_json_and_csv(catalog, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["duplicates", "--catalog", path, "--threshold", "2"])
     assert exc.value.code == 2
+
+
+def test_rest_api_dedupes_search_and_similar_on_request(catalog, planted):
+    """`dedupe` on /api/search (form field) and /api/items/{id}/similar (query): one item per group."""
+    from fastapi.testclient import TestClient
+
+    from lookalike.api import ServeSettings, create_app
+
+    find_duplicates(catalog, 0.9, progress=False)
+    path = catalog.path
+    catalog.close()
+    with TestClient(create_app(ServeSettings(catalog=path))) as client:
+        plain = client.get("/api/items/p0/similar", params={"k": 20}).json()
+        assert plain["dedupe"] is False and "p0-small" in [r["id"] for r in plain["results"]]
+        body = client.get("/api/items/p0/similar", params={"k": 20, "dedupe": "true"}).json()
+        ids = [r["id"] for r in body["results"]]
+        assert body["dedupe"] is True and len(ids) == 11 and "p0-small" not in ids and "p0" not in ids
+        assert all(sum(i in pair for i in ids) == 1 for pair in list(PLANTED.items())[1:])
+        data = (planted / "photos" / "p1.jpg").read_bytes()
+        found = client.post("/api/search", files={"image": ("p1.jpg", data, "image/jpeg")},
+                            data={"k": "12", "dedupe": "true"}).json()
+        ids = [r["id"] for r in found["results"]]
+        assert found["dedupe"] is True and len(ids) == 12
+        assert all(sum(i in pair for i in ids) == 1 for pair in PLANTED.items())

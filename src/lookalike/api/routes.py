@@ -37,6 +37,10 @@ async def service(request: Request) -> CatalogService:  # async: no thread hop f
 Service = Annotated[CatalogService, Depends(service)]
 
 
+DEDUPE_HELP = ("one item per near-duplicate group (the groups `lookalike duplicates` saved; without them, one "
+               "item per exact copy); a `similar` query also leaves out its own near-copies")
+
+
 async def k_param(request: Request, k: Annotated[int, Query(ge=1, description="how many results")] = 10) -> int:
     return _check_k(request, k)
 
@@ -75,14 +79,15 @@ def health(svc: Service) -> schemas.Health:
 @router.post("/search", response_model=schemas.SearchResult, summary="The catalog items most like an uploaded photo")
 def search(request: Request, svc: Service, image: Annotated[UploadFile, File(description="a photo")],
            k: Annotated[int, Form(ge=1)] = 10, where: Annotated[list[str] | None, Form()] = None,
-           min_similarity: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None) -> Response:
+           min_similarity: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
+           dedupe: Annotated[bool, Form(description=DEDUPE_HELP)] = False) -> Response:
     started = time.perf_counter()
     _check_k(request, k)
     data = _read_upload(request, image)
     where = where or []
-    matches = svc.search(data, k, where, min_similarity)
+    matches = svc.search(data, k, where, min_similarity, dedupe)
     return _result(request, {"kind": "upload", "id": None, "filename": image.filename}, k, where, min_similarity,
-                   matches, started)
+                   matches, started, dedupe)
 
 
 @router.get("/items", response_model=schemas.ItemPage, summary="Browse the catalog, with label facets")
@@ -96,11 +101,12 @@ def browse(request: Request, svc: Service, offset: Offset = 0, limit: Annotated[
 @router.get("/items/{item_id:path}/similar", response_model=schemas.SearchResult,
             summary="More like this: the items most like a catalog item (never itself or its exact copies)")
 async def similar(request: Request, svc: Service, item_id: str, k: Annotated[int, Depends(k_param)],
-                  where: WhereParam = None, min_similarity: MinSimilarity = None) -> Response:
+                  where: WhereParam = None, min_similarity: MinSimilarity = None,
+                  dedupe: Annotated[bool, Query(description=DEDUPE_HELP)] = False) -> Response:
     started = time.perf_counter()
-    matches = await svc.similar(item_id, k, where or [], min_similarity)
+    matches = await svc.similar(item_id, k, where or [], min_similarity, dedupe)
     return _result(request, {"kind": "item", "id": item_id, "filename": None}, k, where or [], min_similarity,
-                   matches, started)
+                   matches, started, dedupe)
 
 
 @router.get("/items/{item_id:path}/image", summary="The original image file", response_class=FileResponse,
@@ -198,7 +204,7 @@ def _item(request: Request, item: CatalogItem) -> schemas.Item:
 
 
 def _result(request: Request, query: dict, k: int, where: list[str], min_similarity: float | None,
-            matches: list[tuple[Match, str | None]], started: float) -> JSONResponse:
+            matches: list[tuple[Match, str | None]], started: float, dedupe: bool = False) -> JSONResponse:
     """A SearchResult built as plain JSON: the shape is fixed here and documented by the response model, so
     revalidating it on every request (a third of a /similar request's time) buys nothing."""
     results = []
@@ -208,7 +214,7 @@ def _result(request: Request, query: dict, k: int, where: list[str], min_similar
                         "thumbnail_url": thumbnail_url, "rank": match.rank, "similarity": match.similarity,
                         "distance": match.distance})
     return JSONResponse({"query": query, "k": k, "where": parse_where(where), "min_similarity": min_similarity,
-                         "results": results, "took_ms": _ms(started)})
+                         "dedupe": dedupe, "results": results, "took_ms": _ms(started)})
 
 
 def _file(request: Request, path, media_type: str, etag: str | None) -> Response:

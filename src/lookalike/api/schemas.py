@@ -29,6 +29,7 @@ class SearchResult(BaseModel):
     k: int
     where: dict[str, str]
     min_similarity: float | None
+    dedupe: bool = Field(False, description="one item per near-duplicate group")
     results: list[MatchItem]
     took_ms: float = Field(description="time spent answering, from request to response")
 

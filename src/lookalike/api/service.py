@@ -76,17 +76,19 @@ class CatalogService:
         """
         return self.batcher.embed(data)
 
-    def search(self, data: bytes, k: int, where: Where, min_similarity: float | None) -> list[Versioned]:
+    def search(self, data: bytes, k: int, where: Where, min_similarity: float | None, dedupe: bool = False
+               ) -> list[Versioned]:
         """The k items most like an uploaded image, each with its content hash (for cacheable URLs)."""
         check_k(k)
         self._call(self.catalog.check_where, where)  # a bad filter fails before the model runs
         vector = self.embed(data)
-        return self._call(self._versioned, self.catalog.search_vector, (vector, k, where), min_similarity)
+        return self._call(self._versioned, self.catalog.search_vector, (vector, k, where, dedupe), min_similarity)
 
-    async def similar(self, item_id: str, k: int, where: Where, min_similarity: float | None) -> list[Versioned]:
+    async def similar(self, item_id: str, k: int, where: Where, min_similarity: float | None, dedupe: bool = False
+                      ) -> list[Versioned]:
         """More like a catalog item; awaited on the event loop, so a request costs one thread hop."""
         future = self._catalog_thread.submit(
-            self._versioned, self.catalog.similar, (item_id, k, where), min_similarity)
+            self._versioned, self.catalog.similar, (item_id, k, where, False, dedupe), min_similarity)
         return await asyncio.wrap_future(future)
 
     def _versioned(self, find: Callable[..., list[Match]], args: tuple, min_similarity: float | None
