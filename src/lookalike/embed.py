@@ -168,7 +168,7 @@ def _place_model(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
     Returns the model and the dtype its inputs must have (None: use autocast).
     """
     model = model.to(device, memory_format=torch.channels_last).eval()
-    if device.type == "cuda":
+    if device.type == "cuda" and not torch.backends.cudnn.deterministic:  # a seeded training run asked for it
         torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN time its algorithms once
     if device.type != "cpu" or dtype is None:
         return model, None
