@@ -96,23 +96,30 @@ def _committed(db: Path) -> int:
 
 
 @pytest.mark.slow
-def test_killed_index_run_leaves_a_working_catalog_and_the_rerun_resumes(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["inline", "embedding workers"])
+def test_killed_index_run_leaves_a_working_catalog_and_the_rerun_resumes(tmp_path, workers):
     photos = tmp_path / "many"
     total = 240
     for n in range(total):
         make_image(photos / f"p{n:03d}.jpg", color=(n % 256, (7 * n) % 256, (13 * n) % 256),
                    size=(640, 480), shape=["rect", "ellipse", "stripes"][n % 3], quality=90)
     args = [sys.executable, "-m", "lookalike.cli", "index", str(photos), "--catalog", "k.lk", "--model", TINY_MODEL,
-            "--weights", "random", "--batch-size", "2", "--workers", "0", "-q"]
+            "--weights", "random", "--batch-size", "2", "--workers", workers, "--precision", "bf16", "-q"]
     proc = subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     db = tmp_path / "k.lk" / "catalog.sqlite"
     deadline = time.time() + 240
     while _committed(db) < 20 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
+    children = _children(proc.pid)
+    assert len(children) == int(workers)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = _committed(db)
     assert 0 < done < total, f"kill landed outside the run ({done} of {total} committed)"
+    deadline = time.time() + 30  # orphaned workers notice their parent is gone and stop using the cores
+    while any(_alive(pid) for pid in children) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in children)
 
     with Catalog.open(tmp_path / "k.lk") as cat:  # opens, and its index is rebuilt from what was committed
         assert len(cat) == done
@@ -125,3 +132,23 @@ def test_killed_index_run_leaves_a_working_catalog_and_the_rerun_resumes(tmp_pat
     assert report["unchanged"] == done
     with Catalog.open(tmp_path / "k.lk") as cat:
         assert len(cat) == total
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the parent pid
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
