@@ -135,6 +135,13 @@ def _walk_through(page, browser, server: str, query: Path) -> None:
     assert clicked not in ids
     page.screenshot(path=str(ARTIFACTS / "serve-similar.png"), full_page=True)
 
+    # One per look-alike group: the page asks the API for it (12 distinct photos: still 11 results).
+    with page.expect_request(lambda r: "/similar?" in r.url and "dedupe=true" in r.url):
+        page.get_by_test_id("dedupe").check()
+    expect(cards).to_have_count(11)
+    with page.expect_request(lambda r: "/similar?" in r.url and "dedupe" not in r.url):
+        page.get_by_test_id("dedupe").uncheck()
+
     # Filter by a label facet.
     page.get_by_test_id("facet-colour").select_option("red")
     expect(cards).to_have_count(3 if not clicked.split("/")[-1].startswith("red") else 2)

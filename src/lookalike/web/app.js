@@ -34,6 +34,7 @@ function searchOptions() {
   const params = filterParams();
   params.set("k", $("k").value);
   if ($("min-sim").value) params.set("min_similarity", $("min-sim").value);
+  if ($("dedupe").checked) params.set("dedupe", "true");
   return params;
 }
 
@@ -245,6 +246,7 @@ async function start() {
   });
   $("k").addEventListener("change", rerun);
   $("min-sim").addEventListener("change", rerun);
+  $("dedupe").addEventListener("change", rerun);
   $("more").addEventListener("click", () => browse(true));
   $("clear-filters").addEventListener("click", () => {
     document.querySelectorAll("#facets select").forEach((s) => { s.value = ""; });
