@@ -263,3 +263,30 @@ def test_relabelling_updates_results_without_rebuilding_the_index(labelled, tmp_
     assert labelled.labels("105")["baseColour"] == "Teal"
     assert [m.id for m in labelled.similar("100", k=3, where=["baseColour=Teal"])] == ["105"]
     assert stamp.read_text() == before  # labels are not in the vector index: no rebuild
+
+
+def test_a_killed_embedding_worker_is_one_clear_error_and_keeps_the_catalog(tmp_path, photo_dir, tiny_embedder,
+                                                                           monkeypatch):
+    """The kernel's OOM killer takes a worker: the run stops with a line saying what to change."""
+    import signal
+
+    from lookalike import LookalikeError
+    from lookalike import embed as embed_module
+
+    real = embed_module._EmbeddedBatches.__getitem__
+
+    def dies_on_the_third_batch(self, b):
+        if b == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, b)
+
+    monkeypatch.setattr(embed_module._EmbeddedBatches, "__getitem__", dies_on_the_third_batch)
+    options = EncodeOptions(workers=2, batch_size=2, progress=False, precision="bf16", device="cpu")
+    with Catalog.create(tmp_path / "k.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
+        stopped = r"worker process stopped .*(exited unexpectedly|killed by signal).*--workers \(now 2\)"
+        with pytest.raises(LookalikeError, match=stopped):
+            cat.add(photo_dir, options=options)
+    monkeypatch.undo()
+    with Catalog.open(tmp_path / "k.lk") as cat:  # still opens; the rerun finishes the job
+        report = cat.add(photo_dir, options=INLINE)
+        assert len(cat) == 12 and report.indexed + report.unchanged == 12

@@ -8,6 +8,7 @@ reports every unreadable file with its reason instead of dropping or replacing i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -333,11 +334,13 @@ def encode_files(encoder: Encoder, tasks: Sequence[FileTask]) -> Iterator[Encode
             _EmbeddedBatches(dataset, encoder),
             batch_size=None,
             num_workers=plan.workers,
+            collate_fn=_as_is,
             worker_init_fn=functools.partial(_set_threads, plan.threads),
             prefetch_factor=2,
             multiprocessing_context="fork",
         )
-        yield from loader
+        with _worker_deaths_explained(plan):
+            yield from loader
         return
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -348,9 +351,31 @@ def encode_files(encoder: Encoder, tasks: Sequence[FileTask]) -> Iterator[Encode
         prefetch_factor=4 if plan.workers else None,
         pin_memory=encoder.device.type == "cuda",
     )
-    for embedded, arrays, others in loader:
-        vectors = encoder.embed_uint8(arrays) if arrays is not None else None
-        yield EncodedBatch(embedded=embedded, vectors=vectors, others=others)
+    with _worker_deaths_explained(plan):
+        for embedded, arrays, others in loader:
+            vectors = encoder.embed_uint8(arrays) if arrays is not None else None
+            yield EncodedBatch(embedded=embedded, vectors=vectors, others=others)
+
+
+def _as_is(batch: EncodedBatch) -> EncodedBatch:
+    return batch
+
+
+@contextlib.contextmanager
+def _worker_deaths_explained(plan: WorkerPlan) -> Iterator[None]:
+    """A worker killed from outside (most often by the kernel, out of memory) becomes one line saying what
+    to change; what earlier batches wrote stays written."""
+    try:
+        yield
+    except RuntimeError as exc:
+        text = str(exc)
+        if "DataLoader worker" not in text:
+            raise
+        reason = text.split(". ", 1)[0].strip().rstrip(".")
+        raise LookalikeError(
+            f"a worker process stopped ({reason}); everything indexed so far is kept. If memory ran out, "
+            f"rerun with fewer --workers (now {plan.workers}) or a smaller --batch-size; the rerun resumes"
+        ) from exc
 
 
 def _set_threads(threads: int, _worker: int) -> None:
