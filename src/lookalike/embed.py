@@ -285,24 +285,25 @@ def plan_workers(encoder: Encoder, count: int) -> WorkerPlan:
     shares its cores with decoding processes loses to preemption: one descheduled OpenMP thread stalls every
     convolution (ResNet-50 bf16, 2 cores: 66 img/s with two decoding workers, 73 decoding inline). So each
     worker gets a single-threaded copy of the model (forked, shared copy-on-write) and runs decode and
-    forward for whole batches with no cross-core synchronisation (82 img/s). Where ``fork`` is not the
-    start method, copying the model into every worker would cost more than it saves: workers only decode.
+    forward for whole batches with no cross-core synchronisation (82 img/s). Where processes cannot be
+    forked (macOS, Windows), copying the model into every worker would cost more than it saves: workers
+    only decode.
     The split is for reduced precision only: bf16 convolutions scale linearly with threads (49.9 img/s on one,
     97 on two), fp32 ones do not (16.4 on one, 46.3 on two), so an fp32 model keeps all the cores.
     """
     workers = default_workers() if encoder.options.workers is None else encoder.options.workers
     batches = -(-count // max(1, encoder.batch_size))
     workers = min(workers, max(1, batches)) if workers else 0
-    if encoder.device.type != "cpu" or encoder.dtype is None or workers < 2 or not _fork_is_default():
+    if encoder.device.type != "cpu" or encoder.dtype is None or workers < 2 or not _can_fork():
         return WorkerPlan(workers, False)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return WorkerPlan(workers, True, max(1, cores // workers))
 
 
-def _fork_is_default() -> bool:
-    import multiprocessing
-
-    return multiprocessing.get_start_method(allow_none=True) in (None, "fork") and sys.platform == "linux"
+def _can_fork() -> bool:
+    """Linux forks safely whatever the default start method (Python 3.14 defaults to forkserver); macOS
+    frameworks do not survive a fork, and Windows has none."""
+    return sys.platform == "linux"
 
 
 class _EmbeddedBatches(torch.utils.data.Dataset):
