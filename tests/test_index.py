@@ -107,13 +107,58 @@ def test_tuner_prefers_cheaper_settings(data):
     assert item_trials and item_trials[0]["recall"] >= 0.99
 
 
-def test_float16_storage_keeps_recall(data):
+def test_float16_storage_keeps_recall(data, tmp_path):
     keys, vectors = data
     index = VectorIndex.build(keys, vectors, IndexPlan("flat", "float16"))
     queries = vectors[:200]
     _, found = index.search(queries, 10)
     assert recall_at_k(found, exact(vectors, keys, queries, 10)) >= 0.99
-    assert index.memory_bytes() < VectorIndex.build(keys, vectors).memory_bytes() * 0.6
+    exact_flat = VectorIndex.build(keys, vectors)
+    index.save(tmp_path / "half", 1)
+    exact_flat.save(tmp_path / "full", 1)
+    saved = {name: sum(f.stat().st_size for f in (tmp_path / name).iterdir()) for name in ("half", "full")}
+    assert saved["half"] < 0.7 * saved["full"]  # float16 rows on disk too, not only float16 codes in memory
+    # The exact flat index also searches float16 codes in memory; its float32 rows stay on disk.
+    assert exact_flat.memory_bytes() < 0.6 * len(keys) * vectors.shape[1] * 4
+
+
+def test_flat_float32_answers_are_exact_even_where_float16_cannot_tell_items_apart(monkeypatch):
+    """Near-ties closer than float16's resolution: the float16 scan cannot order them, the answer must.
+    Single queries (float16 scan, proof, fallback), batches (BLAS) and filters all give the exact top-k."""
+    import lookalike.index.vector_index as vi
+
+    rng = np.random.default_rng(3)
+    dim = 96
+    centre = rng.standard_normal(dim)
+    centre /= np.linalg.norm(centre)
+    # 300 items at similarities 0.9999, 0.999897, ... to the centre: 3e-6 apart, where float16 blurs by 5e-4
+    sims = 0.9999 - 3e-6 * rng.permutation(300)
+    sideways = rng.standard_normal((300, dim))
+    sideways -= np.outer(sideways @ centre, centre)
+    sideways /= np.linalg.norm(sideways, axis=1, keepdims=True)
+    near = sims[:, None] * centre + np.sqrt(1 - sims**2)[:, None] * sideways
+    far = rng.standard_normal((700, dim))
+    vectors = np.vstack([near, far / np.linalg.norm(far, axis=1, keepdims=True)]).astype(np.float32)
+    keys = np.arange(1000, dtype=np.int64) * 3
+    index = VectorIndex.build(keys, vectors)
+    queries = np.vstack([centre, vectors[[5, 400, 999]]]).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+
+    def truth(q, pool):
+        sims = vectors[pool].astype(np.float64) @ q.astype(np.float64)
+        return set(keys[pool][np.argsort(-sims, kind="stable")[:10]])
+
+    everything = np.arange(1000)
+    for q in queries:  # one at a time: the float16 scan
+        _, found = index.search(q, 10)
+        assert set(found[0]) == truth(q, everything)
+    _, found = index.search(np.repeat(queries, 6, axis=0), 10)  # 24 at once: BLAS
+    assert [set(f) for f in found[::6]] == [truth(q, everything) for q in queries]
+    monkeypatch.setattr(vi, "EXACT_SUBSET_MAX", 10)  # filters through the FAISS selector as well
+    allowed = keys[::2]
+    for q in queries:
+        _, found = index.search(q, 10, allowed=allowed)
+        assert set(found[0]) == truth(q, everything[::2])
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])

@@ -43,6 +43,8 @@ class RowVectors:
         rows = np.asarray(rows, dtype=np.int64)
         flat = rows.ravel()
         nb = len(self._base)
+        if len(flat) > 1 and flat[-1] - flat[0] == len(flat) - 1 and (np.diff(flat) == 1).all():
+            return self._span(int(flat[0]), int(flat[-1]) + 1).reshape(*rows.shape, self.dim)
         if not self._tail_rows or (len(flat) and flat.max() < nb):
             out = self._base[np.clip(flat, 0, max(nb - 1, 0))] if nb else np.zeros((len(flat), self.dim))
         else:
@@ -52,6 +54,17 @@ class RowVectors:
             out[low] = self._base[flat[low]]
             out[~low] = tail[flat[~low] - nb]
         return np.asarray(out, dtype=np.float32).reshape(*rows.shape, self.dim)
+
+    def _span(self, start: int, stop: int) -> np.ndarray:
+        """Consecutive rows as a view where they lie in one part (no copy of a float32 memory map)."""
+        nb = len(self._base)
+        if stop <= nb:
+            part = self._base[start:stop]
+        elif start >= nb:
+            part = self._tail_matrix()[start - nb:stop - nb]
+        else:
+            part = np.concatenate([self._base[start:], self._tail_matrix()[:stop - nb]])
+        return np.asarray(part, dtype=np.float32)
 
     def _tail_matrix(self) -> np.ndarray:
         if self._joined is None:

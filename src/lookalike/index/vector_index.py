@@ -35,6 +35,10 @@ FORMAT = 2
 # A label filter matching at most this many items is answered exactly from the row file: always k results.
 EXACT_SUBSET_MAX = 20_000
 HNSW_MAX_RETIRED = 0.2  # retired share of an HNSW graph that triggers a rebuild
+# A flat float32 index keeps float16 copies in FAISS: a single query scans half the bytes (0.49 ms against
+# 1.44 ms at 5k x 2048, 6.5 against 17.7 ms at 50k) and the answer is made exact again below.
+SCREEN_MAX_QUERIES = 20  # from this many queries at once, BLAS over the float32 rows is faster
+SCREEN_EXTRA = 16  # candidates beyond 2k that the float16 scan passes to the exact re-ranking
 REFINE_BLOCK = 64  # queries re-ranked at once (64 x 10 x 16 candidates x 2048-d float32 = 80 MB)
 
 
@@ -82,6 +86,7 @@ class VectorIndex:
         self.quality = quality or Quality(recall=1.0 if plan.kind == "flat" and plan.dtype == "float32" else None)
         self.built_count = built_count or int((row_keys >= 0).sum())
         self._key_rows = _invert(row_keys)
+        self._screened = plan.kind == "flat" and plan.dtype == "float32" and _holds_float16(index)
         self._live_bitmap: np.ndarray | None = None
         self._size: int | None = None
         self._memory_bytes: int | None = None
@@ -249,6 +254,8 @@ class VectorIndex:
 
     def _approximate(self, queries: np.ndarray, k: int, settings: SearchSettings,
                      allowed_rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if self._screened:
+            return self._screened_exact(queries, k, allowed_rows)
         selector, keep = self._selector(allowed_rows)
         kind = self.plan.kind
         fetch = k
@@ -264,6 +271,41 @@ class VectorIndex:
         if kind == "ivfpq":  # exact similarities from the row file, also when refine is 1
             sims, rows = self._rerank(queries, rows, k)
         return sims, rows
+
+    def _screened_exact(self, queries: np.ndarray, k: int, allowed_rows: np.ndarray | None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of a flat index from its float16 copies: scan them for candidates, re-rank those with
+        the float32 rows, and prove no other row could rank higher.
+
+        A float16 copy of a vector moves its inner product with q by at most ||q|| (2^-11 + 2 d 2^-24)
+        (rounding of each component, plus both sums' float32 rounding). Every row left out scored at most the
+        last candidate's float16 similarity, so once the k-th exact similarity beats that plus the bound, the
+        answer is the exact one. A query that cannot show it (near-ties at the boundary) is answered by a
+        full exact scan, as are batches, where BLAS over the float32 rows is the faster scan anyway.
+        """
+        pool = allowed_rows
+        if len(queries) >= SCREEN_MAX_QUERIES:  # similarities recomputed as the re-ranking does, so an item's
+            _, rows = self._exact(queries, k, pool if pool is not None else self._live_rows())  # score does
+            return self._rerank(queries, rows, k)  # not depend on how many queries came with it
+        available = len(allowed_rows) if allowed_rows is not None else self.size
+        fetch = min(available, max(2 * k, k + SCREEN_EXTRA))
+        selector, keep = self._selector(allowed_rows)
+        params = faiss.SearchParameters(sel=selector) if selector is not None else None
+        rough, candidates = self.index.search(queries, fetch, params=params)
+        del keep
+        sims, rows = self._rerank(queries, candidates, k)
+        if fetch >= available:
+            return sims, rows  # every row was a candidate
+        bound = np.linalg.norm(queries, axis=1) * (2.0 ** -11 + 2 * self.dim * 2.0 ** -24)
+        proven = (candidates[:, -1] < 0) | (sims[:, k - 1] > rough[:, -1] + bound)
+        if not proven.all():
+            doubt = ~proven
+            _, exact_rows = self._exact(queries[doubt], k, pool if pool is not None else self._live_rows())
+            sims[doubt], rows[doubt] = self._rerank(queries[doubt], exact_rows, k)
+        return sims, rows
+
+    def _live_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.row_keys >= 0)
 
     def _selector(self, allowed_rows: np.ndarray | None):
         """A bitmap of the rows a search may return (allowed and live); None when every row may.
@@ -292,7 +334,7 @@ class VectorIndex:
             sims = np.einsum("qd,qcd->qc", queries[start:start + REFINE_BLOCK], vecs)
             sims[cand < 0] = -np.inf
             kk = min(k, cand.shape[1])
-            order = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
+            order = np.lexsort((cand, -sims), axis=1)[:, :kk]  # equal scores: lower row first, however found
             out_s[start:start + REFINE_BLOCK, :kk] = np.take_along_axis(sims, order, 1)
             out_r[start:start + REFINE_BLOCK, :kk] = np.take_along_axis(cand, order, 1)
         out_r[~np.isfinite(out_s)] = -1
@@ -372,9 +414,8 @@ def _invert(row_keys: np.ndarray, previous: np.ndarray | None = None, new_rows: 
 def _new_faiss_index(plan: IndexPlan, dim: int) -> faiss.Index:
     ip = faiss.METRIC_INNER_PRODUCT
     fp16 = plan.dtype == "float16"
-    if plan.kind == "flat":
-        base = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, ip) if fp16 else faiss.IndexFlatIP(dim)
-        return faiss.IndexIDMap2(base)
+    if plan.kind == "flat":  # float16 codes either way; a float32 plan re-ranks from its float32 rows
+        return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, ip))
     if plan.kind == "hnsw":
         m = int(plan.params.get("M", 32))
         index = (faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, m, ip) if fp16
@@ -390,6 +431,15 @@ def _new_faiss_index(plan: IndexPlan, dim: int) -> faiss.Index:
         index.cp.niter = 10
         return index
     raise ValueError(f"unknown index kind {plan.kind!r}")
+
+
+def _holds_float16(index: faiss.Index) -> bool:
+    """A flat index with float16 codes (indexes saved before the float16 screen hold IndexFlatIP)."""
+    inner = getattr(index, "index", None)
+    if inner is None:
+        return False
+    inner = faiss.downcast_index(inner)
+    return isinstance(inner, faiss.IndexScalarQuantizer) and inner.sq.qtype == faiss.ScalarQuantizer.QT_fp16
 
 
 def _train(index: faiss.Index, vectors: np.ndarray, plan: IndexPlan, seed: int) -> None:
