@@ -38,6 +38,7 @@ HNSW_MAX_RETIRED = 0.2  # retired share of an HNSW graph that triggers a rebuild
 # A flat float32 index keeps float16 copies in FAISS: a single query scans half the bytes (0.49 ms against
 # 1.44 ms at 5k x 2048, 6.5 against 17.7 ms at 50k) and the answer is made exact again below.
 SCREEN_MAX_QUERIES = 20  # from this many queries at once, BLAS over the float32 rows is faster
+SCREEN_MIN_ITEMS = 8192  # below this, scanning the float32 rows directly costs less than screen + proof
 SCREEN_EXTRA = 16  # candidates beyond 2k that the float16 scan passes to the exact re-ranking
 REFINE_BLOCK = 64  # queries re-ranked at once (64 x 10 x 16 candidates x 2048-d float32 = 80 MB)
 
@@ -100,7 +101,7 @@ class VectorIndex:
         plan = plan or IndexPlan("flat")
         keys = np.asarray(keys, dtype=np.int64)
         dim = vectors.shape[1]
-        index = _new_faiss_index(plan, dim)
+        index = _new_faiss_index(plan, dim, len(keys))
         rows = RowVectors(dim, plan.dtype)
         rows.append(vectors)
         if plan.kind == "ivfpq":
@@ -157,7 +158,10 @@ class VectorIndex:
         return int(self.vectors.rows - self.size)
 
     def needs_rebuild(self) -> bool:
-        """HNSW carrying too many retired rows, or IVF lists trained on a quarter of today's items."""
+        """HNSW carrying too many retired rows, IVF lists trained on a quarter of today's items, or a flat
+        index whose size has left the band its float16 screen (or lack of one) was chosen for."""
+        if self.plan.kind == "flat" and self.plan.dtype == "float32":
+            return (self.size >= 2 * SCREEN_MIN_ITEMS) if not self._screened else (self.size < SCREEN_MIN_ITEMS // 2)
         if self.plan.kind == "hnsw":
             return self.retired > HNSW_MAX_RETIRED * max(self.vectors.rows, 1)
         if self.plan.kind == "ivfpq":
@@ -243,11 +247,11 @@ class VectorIndex:
         best_r = np.full((nq, k), -1, np.int64)
         for start in range(0, len(rows), 65_536):
             part = rows[start:start + 65_536]
-            sims = queries @ self.vectors.get(part).T
-            kk = min(k, len(part))
-            top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-            cand_s = np.concatenate([best_s, np.take_along_axis(sims, top, 1)], axis=1)
-            cand_r = np.concatenate([best_r, part[top]], axis=1)
+            kk = min(k, len(part))  # FAISS's own exact kNN: BLAS for batches, SIMD for single queries
+            sims, top = faiss.knn(queries, np.ascontiguousarray(self.vectors.get(part)), kk,
+                                  metric=faiss.METRIC_INNER_PRODUCT)
+            cand_s = np.concatenate([best_s, sims], axis=1)
+            cand_r = np.concatenate([best_r, np.where(top >= 0, part[np.clip(top, 0, None)], -1)], axis=1)
             order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
             best_s, best_r = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_r, order, 1)
         return best_s, best_r
@@ -284,10 +288,10 @@ class VectorIndex:
         full exact scan, as are batches, where BLAS over the float32 rows is the faster scan anyway.
         """
         pool = allowed_rows
-        if len(queries) >= SCREEN_MAX_QUERIES:  # similarities recomputed as the re-ranking does, so an item's
-            _, rows = self._exact(queries, k, pool if pool is not None else self._live_rows())  # score does
-            return self._rerank(queries, rows, k)  # not depend on how many queries came with it
         available = len(allowed_rows) if allowed_rows is not None else self.size
+        if len(queries) >= SCREEN_MAX_QUERIES or available < SCREEN_MIN_ITEMS:
+            _, rows = self._exact(queries, k, pool if pool is not None else self._live_rows())
+            return self._rerank(queries, rows, k)  # scores computed one way, however many queries came
         fetch = min(available, max(2 * k, k + SCREEN_EXTRA))
         selector, keep = self._selector(allowed_rows)
         params = faiss.SearchParameters(sel=selector) if selector is not None else None
@@ -411,11 +415,13 @@ def _invert(row_keys: np.ndarray, previous: np.ndarray | None = None, new_rows: 
     return out
 
 
-def _new_faiss_index(plan: IndexPlan, dim: int) -> faiss.Index:
+def _new_faiss_index(plan: IndexPlan, dim: int, count: int) -> faiss.Index:
     ip = faiss.METRIC_INNER_PRODUCT
     fp16 = plan.dtype == "float16"
-    if plan.kind == "flat":  # float16 codes either way; a float32 plan re-ranks from its float32 rows
-        return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, ip))
+    if plan.kind == "flat":  # float16 codes from SCREEN_MIN_ITEMS on; a float32 plan re-ranks from its rows
+        if fp16 or count >= SCREEN_MIN_ITEMS:
+            return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, ip))
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     if plan.kind == "hnsw":
         m = int(plan.params.get("M", 32))
         index = (faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, m, ip) if fp16
