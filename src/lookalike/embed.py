@@ -288,6 +288,7 @@ def plan_workers(encoder: Encoder, count: int) -> WorkerPlan:
     forward for whole batches with no cross-core synchronisation (82 img/s). Where processes cannot be
     forked (macOS, Windows), copying the model into every worker would cost more than it saves: workers
     only decode.
+
     The split is for reduced precision only: bf16 convolutions scale linearly with threads (49.9 img/s on one,
     97 on two), fp32 ones do not (16.4 on one, 46.3 on two), so an fp32 model keeps all the cores.
     """
@@ -370,8 +371,9 @@ def _worker_deaths_explained(plan: WorkerPlan) -> Iterator[None]:
         yield
     except RuntimeError as exc:
         text = str(exc)
-        if "DataLoader worker" not in text:
-            raise
+        if "DataLoader worker" not in text or not any(
+                died in text for died in ("exited unexpectedly", "killed by signal")):
+            raise  # an error raised inside a worker is re-raised as itself: a bug to see, not a resource
         reason = text.split(". ", 1)[0].strip().rstrip(".")
         raise LookalikeError(
             f"a worker process stopped ({reason}); everything indexed so far is kept. If memory ran out, "
