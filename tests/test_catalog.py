@@ -290,3 +290,17 @@ def test_a_killed_embedding_worker_is_one_clear_error_and_keeps_the_catalog(tmp_
     with Catalog.open(tmp_path / "k.lk") as cat:  # still opens; the rerun finishes the job
         report = cat.add(photo_dir, options=INLINE)
         assert len(cat) == 12 and report.indexed + report.unchanged == 12
+
+
+def test_an_error_inside_an_embedding_worker_stays_itself(tmp_path, photo_dir, tiny_embedder, monkeypatch):
+    """Only a worker that died gets the out-of-memory hint; a bug raised in a worker is shown as it is."""
+    from lookalike import embed as embed_module
+
+    def breaks(self, b):
+        raise RuntimeError("model exploded")
+
+    monkeypatch.setattr(embed_module._EmbeddedBatches, "__getitem__", breaks)
+    options = EncodeOptions(workers=2, batch_size=2, progress=False, precision="bf16", device="cpu")
+    with Catalog.create(tmp_path / "e.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
+        with pytest.raises(RuntimeError, match="model exploded"):
+            cat.add(photo_dir, options=options)
