@@ -91,8 +91,12 @@ def default_batch_size(device: torch.device) -> int:
 
 def default_workers() -> int:
     """Decoding processes: one per core, capped; the model's own threads share the cores on CPU runs."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, 16))
+    return max(1, min(_cores(), 16))
+
+
+def _cores() -> int:
+    """The cores this process may run on (a container's or taskset's limit, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class Encoder:
@@ -264,8 +268,11 @@ def _collate(items: list[tuple[FileResult, np.ndarray | None]]):
     return [r for r, _ in ok], arrays, others
 
 
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
+def _set_threads(threads: int, _worker: int) -> None:
+    torch.set_num_threads(threads)
+
+
+_worker_init = functools.partial(_set_threads, 1)  # decoding workers leave the cores to the model
 
 
 @dataclass(frozen=True)
@@ -297,8 +304,7 @@ def plan_workers(encoder: Encoder, count: int) -> WorkerPlan:
     workers = min(workers, max(1, batches)) if workers else 0
     if encoder.device.type != "cpu" or encoder.dtype is None or workers < 2 or not _can_fork():
         return WorkerPlan(workers, False)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return WorkerPlan(workers, True, max(1, cores // workers))
+    return WorkerPlan(workers, True, max(1, _cores() // workers))
 
 
 def _can_fork() -> bool:
@@ -380,6 +386,3 @@ def _worker_deaths_explained(plan: WorkerPlan) -> Iterator[None]:
             f"rerun with fewer --workers (now {plan.workers}) or a smaller --batch-size; the rerun resumes"
         ) from exc
 
-
-def _set_threads(threads: int, _worker: int) -> None:
-    torch.set_num_threads(threads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import logging
 from collections.abc import Callable
@@ -82,13 +83,15 @@ class CatalogService:
         check_k(k)
         self._call(self.catalog.check_where, where)  # a bad filter fails before the model runs
         vector = self.embed(data)
-        return self._call(self._versioned, self.catalog.search_vector, (vector, k, where, dedupe), min_similarity)
+        return self._call(self._versioned, functools.partial(self.catalog.search_vector, dedupe=dedupe),
+                          (vector, k, where), min_similarity)
 
     async def similar(self, item_id: str, k: int, where: Where, min_similarity: float | None, dedupe: bool = False
                       ) -> list[Versioned]:
         """More like a catalog item; awaited on the event loop, so a request costs one thread hop."""
         future = self._catalog_thread.submit(
-            self._versioned, self.catalog.similar, (item_id, k, where, False, dedupe), min_similarity)
+            self._versioned, functools.partial(self.catalog.similar, dedupe=dedupe), (item_id, k, where),
+            min_similarity)
         return await asyncio.wrap_future(future)
 
     def _versioned(self, find: Callable[..., list[Match]], args: tuple, min_similarity: float | None
