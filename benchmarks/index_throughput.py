@@ -61,9 +61,9 @@ import torch
 from PIL import Image
 
 from lookalike import Catalog, EncodeOptions, LookalikeError
-from lookalike.embed import plan_workers
-from lookalike.embedders.registry import resolve
-from lookalike.sources import find_images
+from lookalike.core.sources import find_images
+from lookalike.engines.embed import plan_workers
+from lookalike.models.registry import resolve
 
 MODEL = "resnet50"
 WEIGHTS = "random"

@@ -31,10 +31,10 @@ import numpy as np
 
 from lookalike import Catalog
 from lookalike.catalog.catalog import CONFIG_FILE, DB_FILE
-from lookalike.catalog.store import Store
-from lookalike.config import CatalogConfig, EmbedderInfo
+from lookalike.core.config import CatalogConfig, EmbedderInfo
 from lookalike.index.choice import FP16_MIN_ITEMS
 from lookalike.index.synthetic import clustered_chunks
+from lookalike.store.sqlite import Store
 
 
 def build_synthetic_catalog(path: str | Path, items: int, dim: int = 2048, *, families: int | None = None,
@@ -90,8 +90,8 @@ def build_synthetic_catalog(path: str | Path, items: int, dim: int = 2048, *, fa
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lookalike.duplicates import find_duplicates
-    from lookalike.recommend import recommend
+    from lookalike.analysis.duplicates import find_duplicates
+    from lookalike.analysis.recommend import recommend
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--items", type=int, default=20_000)

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 from lookalike import Catalog, LookalikeError
-from lookalike.config import EncodeOptions
-from lookalike.evaluate import METRIC_NAMES, evaluate_catalogs, format_estimate
+from lookalike.analysis.evaluate import METRIC_NAMES, evaluate_catalogs, format_estimate
+from lookalike.core.config import EncodeOptions
 
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-products"
 SHOWN = ("precision", "recall", "map", "ndcg", "hit_rate", "top1_accuracy", "majority_accuracy", "mean_distance")

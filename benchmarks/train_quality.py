@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lookalike.config import EncodeOptions
-from lookalike.embed import Encoder
-from lookalike.embedders import create_embedder
-from lookalike.evaluate import evaluate_vectors
+from lookalike.analysis.evaluate import evaluate_vectors
+from lookalike.core.config import EncodeOptions
+from lookalike.engines.embed import Encoder
+from lookalike.models import create_embedder
 from lookalike.train.autoencoder import train_autoencoder
 from lookalike.train.common import TrainOptions, split_indices
 from lookalike.train.finetune import FinetuneConfig, train_finetune

@@ -41,7 +41,7 @@ def make_image(path: Path, color=(200, 30, 30), size=(96, 128), shape: str = "re
 
 @pytest.fixture(scope="session")
 def tiny_embedder():
-    from lookalike.embedders import create_embedder
+    from lookalike.models import create_embedder
 
     return create_embedder(TINY_MODEL, weights="random")
 
@@ -112,7 +112,7 @@ def labelled_catalog(tmp_path: Path, photo_dir: Path):
     import shutil
 
     from lookalike import Catalog
-    from lookalike.config import EncodeOptions
+    from lookalike.core.config import EncodeOptions
 
     shutil.copy(photo_dir / "red-rect.jpg", photo_dir / "red-copy.jpg")
     rows = ["path,colour,shape"]

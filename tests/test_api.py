@@ -289,7 +289,7 @@ def test_concurrent_searches_get_the_same_answers_as_one_by_one(client, shop):
 
 def test_batcher_batches_waiting_requests_and_reports_failures(tiny_embedder):
     from lookalike.api.batcher import EmbedBatcher
-    from lookalike.embed import Encoder
+    from lookalike.engines.embed import Encoder
 
     encoder = Encoder(tiny_embedder, EncodeOptions(precision="fp32", workers=0))
     sizes: list[int] = []

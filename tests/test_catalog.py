@@ -193,7 +193,7 @@ def test_parallel_decoding_gives_the_same_vectors_as_inline(tmp_path, photo_dir,
 
 def test_cpu_workers_that_embed_give_the_inline_vectors_and_report_bad_files(tmp_path, photo_dir, tiny_embedder):
     """bf16 on a CPU: each worker decodes and embeds whole batches; results keep their files and order."""
-    from lookalike.embed import plan_workers
+    from lookalike.engines.embed import plan_workers
 
     (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     options = EncodeOptions(workers=2, batch_size=3, progress=False, precision="bf16", device="cpu")
@@ -220,7 +220,7 @@ def test_the_catalog_records_each_photos_own_size_not_the_drafted_one(tmp_path, 
 
 
 def test_worker_plan_keeps_the_model_home_where_splitting_it_does_not_pay(tiny_embedder):
-    from lookalike.embed import Encoder, plan_workers
+    from lookalike.engines.embed import Encoder, plan_workers
 
     def plan(count: int, **kw):
         return plan_workers(Encoder(tiny_embedder, EncodeOptions(device="cpu", batch_size=4, **kw)), count)
@@ -245,7 +245,7 @@ def test_labels_of_an_item_and_opening_with_the_wrong_embedder(labelled, tmp_pat
     assert labelled.labels("105") == {"articleType": "Tshirts", "baseColour": "Green"}
     assert labelled.labels("999") == {}
     labelled.close()
-    from lookalike.embedders.timm import create_timm_embedder
+    from lookalike.models.timm import create_timm_embedder
 
     max_pooled = create_timm_embedder(TINY_MODEL, "test_resnet.r160_in1k", pool="max", weights="random")
     with pytest.raises(CatalogError, match="was built with"):
@@ -271,16 +271,16 @@ def test_a_killed_embedding_worker_is_one_clear_error_and_keeps_the_catalog(tmp_
     import signal
 
     from lookalike import LookalikeError
-    from lookalike import embed as embed_module
+    from lookalike.engines import torch_runtime as embed_module
 
-    real = embed_module._EmbeddedBatches.__getitem__
+    real = embed_module.EmbeddedBatches.__getitem__
 
     def dies_on_the_third_batch(self, b):
         if b == 2:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(self, b)
 
-    monkeypatch.setattr(embed_module._EmbeddedBatches, "__getitem__", dies_on_the_third_batch)
+    monkeypatch.setattr(embed_module.EmbeddedBatches, "__getitem__", dies_on_the_third_batch)
     options = EncodeOptions(workers=2, batch_size=2, progress=False, precision="bf16", device="cpu")
     with Catalog.create(tmp_path / "k.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
         stopped = r"worker process stopped .*(exited unexpectedly|killed by signal).*--workers \(now 2\)"
@@ -294,12 +294,12 @@ def test_a_killed_embedding_worker_is_one_clear_error_and_keeps_the_catalog(tmp_
 
 def test_an_error_inside_an_embedding_worker_stays_itself(tmp_path, photo_dir, tiny_embedder, monkeypatch):
     """Only a worker that died gets the out-of-memory hint; a bug raised in a worker is shown as it is."""
-    from lookalike import embed as embed_module
+    from lookalike.engines import torch_runtime as embed_module
 
     def breaks(self, b):
         raise RuntimeError("model exploded")
 
-    monkeypatch.setattr(embed_module._EmbeddedBatches, "__getitem__", breaks)
+    monkeypatch.setattr(embed_module.EmbeddedBatches, "__getitem__", breaks)
     options = EncodeOptions(workers=2, batch_size=2, progress=False, precision="bf16", device="cpu")
     with Catalog.create(tmp_path / "e.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
         with pytest.raises(RuntimeError, match="model exploded"):

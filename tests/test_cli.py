@@ -66,10 +66,12 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, photo_dir, tiny_embedder,
 
 
 def test_every_command_has_help():
-    from lookalike.cli import _parser
+    from lookalike.cli import build_parser
 
-    parser = _parser()
-    for command in ("index", "search", "similar", "status", "models", "demo"):
+    parser = build_parser()
+    commands = ("index", "tune", "search", "similar", "status", "models", "demo", "serve", "evaluate", "cluster",
+                "duplicates", "recommend", "plot", "report", "pack", "train", "classify")
+    for command in commands:
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args([command, "--help"])
         assert exit_info.value.code == 0

@@ -11,9 +11,9 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from lookalike import LookalikeError, QueryError
+from lookalike.analysis.cluster import choose_n, cluster_catalog, kmeans, project_2d, purity
 from lookalike.cli import main
-from lookalike.cluster import choose_n, cluster_catalog, kmeans, project_2d, purity
-from lookalike.config import EncodeOptions
+from lookalike.core.config import EncodeOptions
 
 
 def planted(n_per: int = 40, centres: int = 3, dim: int = 16, spread: float = 0.15, seed: int = 0):

@@ -13,10 +13,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from lookalike import Catalog, QueryError
-from lookalike import duplicates as duplicates_module
+from lookalike.analysis import duplicates as duplicates_module
+from lookalike.analysis.duplicates import find_duplicates, group_codes, saved_groups
+from lookalike.catalog import dedupe as dedupe_module
 from lookalike.cli import main
-from lookalike.config import EncodeOptions
-from lookalike.duplicates import find_duplicates, group_codes, saved_groups
+from lookalike.core.config import EncodeOptions
 from test_recommend import vector_catalog
 
 PLANTED = {"p0": "p0-small", "p1": "p1-recompressed", "p2": "p2-cropped", "p3": "p3-copy"}
@@ -85,7 +86,7 @@ def test_planted_copies_group_together_and_distinct_products_do_not(catalog):
 
 
 def test_a_strict_threshold_keeps_only_exact_copies(catalog):
-    report = catalog.duplicates(0.9999, progress=False)
+    report = find_duplicates(catalog, 0.9999, progress=False)
     assert [(g.kind, sorted(g.ids)) for g in report.groups] == [("exact", ["p3", "p3-copy"])]
 
 
@@ -130,7 +131,7 @@ def test_dedupe_shows_one_item_per_group_and_still_k_results(catalog, saved, mon
         find_duplicates(catalog, 0.9, progress=False)
     else:  # results collapse among themselves at the default threshold (the cropped copy scores 0.93 here)
         assert saved_groups(catalog) is None
-        monkeypatch.setattr(duplicates_module, "DEFAULT_THRESHOLD", 0.9)
+        monkeypatch.setattr(dedupe_module, "DEFAULT_THRESHOLD", 0.9)
     query = catalog.vector("p0")
     plain = [m.id for m in catalog.search_vector(query, k=4)]
     assert plain[:2] == ["p0", "p0-small"] or plain[:2] == ["p0-small", "p0"]
@@ -149,7 +150,7 @@ def test_dedupe_shows_one_item_per_group_and_still_k_results(catalog, saved, mon
 
 def test_group_codes_follow_the_catalog_and_the_threshold(catalog, planted):
     find_duplicates(catalog, 0.9, progress=False)
-    key = catalog._items.key_by_id
+    key = catalog.table.key_by_id
     codes = group_codes(catalog, 0.9)
     assert codes[key["p0"]] == codes[key["p0-small"]] != codes[key["p1"]]
     codes = group_codes(catalog, 0.9999)  # another threshold: found again, exact copies only
@@ -158,7 +159,7 @@ def test_group_codes_follow_the_catalog_and_the_threshold(catalog, planted):
     # a new item: the saved groups are from an older catalog, so they are found again and include it
     catalog.add_image((planted / "photos" / "p1.jpg").read_bytes(), item_id="p1-again")
     codes = group_codes(catalog, 0.9999)
-    key = catalog._items.key_by_id
+    key = catalog.table.key_by_id
     assert codes[key["p1-again"]] == codes[key["p1"]]
     assert saved_groups(catalog)[0]["generation"] == catalog.store.generation()
 

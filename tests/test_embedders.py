@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from conftest import TINY_MODEL, make_image
-from lookalike.embedders import create_embedder, list_models, resolve
-from lookalike.errors import ModelUnavailableError, UnknownModelError
-from lookalike.images import load_image
+from lookalike.core.errors import ModelUnavailableError, UnknownModelError
+from lookalike.core.images import load_image
+from lookalike.models import create_embedder, list_models, resolve
 
 TIMM_NAME = TINY_MODEL.split(":", 1)[1]
 
@@ -36,7 +36,7 @@ def test_unknown_names_fail_with_the_valid_ones():
 
 
 def test_vectors_are_unit_float32_of_the_model_width(tiny_embedder, tmp_path):
-    from lookalike.embed import Encoder
+    from lookalike.engines.embed import Encoder
 
     paths = [make_image(tmp_path / f"{i}.png", color=(40 * i, 90, 200 - 30 * i)) for i in range(3)]
     enc = Encoder(tiny_embedder)
@@ -50,10 +50,10 @@ def test_vectors_are_unit_float32_of_the_model_width(tiny_embedder, tmp_path):
 
 def test_max_pooling_differs_from_average_pooling(tmp_path):
     img = make_image(tmp_path / "a.png")
-    from lookalike.embed import Encoder
+    from lookalike.engines.embed import Encoder
 
     avg = create_embedder(TINY_MODEL, weights="random")
-    from lookalike.embedders.timm import create_timm_embedder
+    from lookalike.models.timm import create_timm_embedder
 
     mx = create_timm_embedder("t", TIMM_NAME, pool="max", weights="random")
     assert mx.info.pool == "max"
@@ -179,7 +179,7 @@ def test_resize_center_crop_matches_torchvision_within_one_grey_level(size, inte
     """The cropped-box resize that decoding workers use gives torchvision's Resize + CenterCrop pixels."""
     from torchvision import transforms as T
 
-    from lookalike.embedders.timm import ResizeCenterCrop
+    from lookalike.models.timm import ResizeCenterCrop
 
     rng = np.random.default_rng(sum(size))
     smooth = rng.integers(0, 256, (size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8)
@@ -198,7 +198,7 @@ def test_resize_center_crop_matches_torchvision_within_one_grey_level(size, inte
 def test_resize_center_crop_leaves_other_pipelines_to_torchvision():
     from torchvision import transforms as T
 
-    from lookalike.embedders.timm import ResizeCenterCrop
+    from lookalike.models.timm import ResizeCenterCrop
 
     assert ResizeCenterCrop.replacing([T.Resize((200, 100)), T.CenterCrop(96)]) is None
     assert ResizeCenterCrop.replacing([T.Resize(200, max_size=300), T.CenterCrop(96)]) is None
@@ -208,8 +208,8 @@ def test_resize_center_crop_leaves_other_pipelines_to_torchvision():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 def test_gpu_vectors_agree_with_cpu_vectors(tiny_embedder, tmp_path):
-    from lookalike.config import EncodeOptions
-    from lookalike.embed import Encoder
+    from lookalike.core.config import EncodeOptions
+    from lookalike.engines.embed import Encoder
 
     paths = [make_image(tmp_path / f"{i}.jpg", color=(30 * i, 100, 200 - 20 * i)) for i in range(6)]
     cpu = Encoder(create_embedder(TINY_MODEL, weights="random"), EncodeOptions(device="cpu", precision="fp32"))
@@ -222,8 +222,8 @@ def test_gpu_vectors_agree_with_cpu_vectors(tiny_embedder, tmp_path):
 @pytest.mark.parametrize("model", [TINY_MODEL, "timm:test_vit.r160_in1k", "timm:mobilenetv3_small_100"])
 def test_bf16_vectors_stay_close_to_fp32_whatever_the_architecture(model, tmp_path):
     """CNNs get BatchNorm folded and one cast to bf16; models with other norms keep autocast."""
-    from lookalike.config import EncodeOptions
-    from lookalike.embed import Encoder
+    from lookalike.core.config import EncodeOptions
+    from lookalike.engines.embed import Encoder
 
     paths = [make_image(tmp_path / f"{i}.jpg", color=(40 * i, 120, 220 - 30 * i), shape="ellipse") for i in range(4)]
     fp32 = Encoder(create_embedder(model, weights="random"), EncodeOptions(device="cpu", precision="fp32"))

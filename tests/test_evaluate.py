@@ -11,9 +11,9 @@ import pytest
 
 from conftest import make_image, random_unit
 from lookalike import Catalog, QueryError
+from lookalike.analysis.evaluate import evaluate_catalog, evaluate_catalogs, evaluate_vectors, nearest
 from lookalike.cli import main
-from lookalike.config import EncodeOptions
-from lookalike.evaluate import evaluate_catalog, evaluate_catalogs, evaluate_vectors, nearest
+from lookalike.core.config import EncodeOptions
 
 
 def unit(rows) -> np.ndarray:

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from conftest import huge_png_header, make_image
-from lookalike.errors import ImageError
-from lookalike.images import content_hash, decode, load_image, source_size
+from lookalike.core.errors import ImageError
+from lookalike.core.images import content_hash, decode, load_image, source_size
 
 RED, GREEN, BLUE, YELLOW, WHITE = (220, 20, 20), (20, 180, 40), (20, 40, 220), (230, 210, 30), (255, 255, 255)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lookalike.errors import IndexChoiceError
+from lookalike.core.errors import IndexChoiceError
 from lookalike.index import IndexPlan, VectorIndex, choice, choose_index, parse_memory, tune, vector_index
 from lookalike.index.synthetic import clustered_vectors
 from lookalike.index.tuning import ground_truth, recall_at_k, sample_rows

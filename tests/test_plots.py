@@ -8,10 +8,11 @@ from PIL import Image
 
 from conftest import make_image
 from lookalike import LookalikeError
+from lookalike.analysis.cluster import cluster_catalog
+from lookalike.catalog.query import Match
 from lookalike.cli import main
-from lookalike.cluster import cluster_catalog
-from lookalike.images import image_sizes, read_size
-from lookalike.plots import (
+from lookalike.core.images import image_sizes, read_size
+from lookalike.figures.plots import (
     NEUTRAL,
     RIGHT,
     WRONG,
@@ -22,7 +23,6 @@ from lookalike.plots import (
     save,
     sizes_figure,
 )
-from lookalike.search import Match
 
 
 def match(rank, path, label, sim=0.9):

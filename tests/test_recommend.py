@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from lookalike import Catalog, QueryError
-from lookalike import recommend as recommend_module
+from lookalike.analysis import recommend as recommend_module
+from lookalike.analysis.recommend import recommend
 from lookalike.catalog.catalog import CONFIG_FILE, DB_FILE
-from lookalike.catalog.store import ItemRecord, Store
 from lookalike.cli import main
-from lookalike.config import CatalogConfig, EmbedderInfo
-from lookalike.errors import OutputError
-from lookalike.recommend import recommend
+from lookalike.core.config import CatalogConfig, EmbedderInfo
+from lookalike.core.errors import OutputError
+from lookalike.store.sqlite import ItemRecord, Store
 
 
 def vector_catalog(path: Path, vectors: np.ndarray, hashes: list[str] | None = None,

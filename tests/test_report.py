@@ -7,9 +7,9 @@ from html.parser import HTMLParser
 
 import pytest
 
+from lookalike.analysis.cluster import cluster_catalog
 from lookalike.cli import main
-from lookalike.cluster import cluster_catalog
-from lookalike.report import build_report
+from lookalike.figures.report import build_report
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 

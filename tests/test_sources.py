@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_image
-from lookalike.errors import SourceError
-from lookalike.sources import SourceItem, read_source
+from lookalike.core.errors import SourceError
+from lookalike.core.sources import SourceItem, read_source
 
 KAGGLE_HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
 KAGGLE_COLUMNS = KAGGLE_HEADER.split(",")[1:]

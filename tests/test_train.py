@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_MODEL, make_image
-from lookalike.errors import LookalikeError, ModelFileError, TrainingError
+from lookalike.core.errors import LookalikeError, ModelFileError, TrainingError
 from lookalike.train.common import TrainOptions
 from lookalike.train.pack import Letterbox, Pack, pack_source
 
@@ -185,8 +185,8 @@ def test_autoencoder_refuses_sizes_it_cannot_take(tmp_path, toy):
 
 def test_trained_model_is_an_embedder_that_indexes_and_reopens(autoencoder, toy, tmp_path, monkeypatch):
     from lookalike import Catalog
-    from lookalike.config import EncodeOptions
-    from lookalike.embedders import create_embedder
+    from lookalike.core.config import EncodeOptions
+    from lookalike.models import create_embedder
 
     path, _ = autoencoder
     embedder = create_embedder(str(path))
@@ -213,9 +213,9 @@ def test_trained_model_is_an_embedder_that_indexes_and_reopens(autoencoder, toy,
 
 def test_trained_vectors_match_the_pack_encoding(autoencoder, toy):
     """The embedder sees catalog photos exactly as training saw the pack (letterbox, no crop)."""
-    from lookalike.config import EncodeOptions
-    from lookalike.embed import Encoder
-    from lookalike.embedders import create_embedder
+    from lookalike.core.config import EncodeOptions
+    from lookalike.engines.embed import Encoder
+    from lookalike.models import create_embedder
     from lookalike.train.autoencoder import encode_pack
 
     path, _ = autoencoder
@@ -245,7 +245,7 @@ def _write_lkm(path: Path, metadata: dict | None) -> Path:
     ("edited-arch", "do not match|cannot rebuild"),
 ])
 def test_wrong_or_corrupt_model_files_are_refused(case, message, tmp_path, autoencoder):
-    from lookalike.embedders import create_embedder
+    from lookalike.models import create_embedder
 
     good, _ = autoencoder
     path = tmp_path / "m.lkm"
@@ -288,10 +288,10 @@ def test_model_file_errors_are_one_line_in_the_cli(tmp_path, capsys):
 def test_finetuning_on_planted_classes_beats_the_untrained_model(finetuned, toy, tmp_path):
     """New photos, never seen in training, searched among the training photos: shape retrieval is better with
     the fine-tuned embedder than with the same network untrained."""
-    from lookalike.config import EncodeOptions
-    from lookalike.embed import Encoder
-    from lookalike.embedders import create_embedder
-    from lookalike.evaluate import evaluate_vectors
+    from lookalike.analysis.evaluate import evaluate_vectors
+    from lookalike.core.config import EncodeOptions
+    from lookalike.engines.embed import Encoder
+    from lookalike.models import create_embedder
 
     path, result = finetuned
     assert result.metrics["after"]["precision"] > result.metrics["before"]["precision"]
@@ -311,7 +311,7 @@ def test_finetuning_on_planted_classes_beats_the_untrained_model(finetuned, toy,
 
 
 def test_finetuned_model_records_what_made_it(finetuned):
-    from lookalike.train.modelfile import read_meta
+    from lookalike.models.modelfile import read_meta
 
     path, _ = finetuned
     meta = read_meta(path)
@@ -443,7 +443,7 @@ def test_training_on_a_missing_device_is_refused(toy, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 def test_training_on_the_gpu_in_mixed_precision(toy, tmp_path):
-    from lookalike.embedders import create_embedder
+    from lookalike.models import create_embedder
     from lookalike.train.autoencoder import train_autoencoder
 
     result = train_autoencoder(toy / "toy.pack", tmp_path / "gpu.lkm", latent=8, width=8,

@@ -11,8 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from .. import __version__
-from ..errors import (
+from ..core.errors import (
     ImageError,
     ItemExistsError,
     LookalikeError,
@@ -20,6 +19,7 @@ from ..errors import (
     QueryError,
     UnknownItemError,
 )
+from ..core.version import __version__
 from .limits import BodyLimitMiddleware
 from .routes import router
 from .service import CatalogService

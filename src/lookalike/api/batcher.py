@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from ..embed import Encoder
+from ..engines.embed import Encoder
 
 LINGER_SHARE = 0.25  # of the previous model call's time
 LINGER_MAX_S = 0.008

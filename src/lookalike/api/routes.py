@@ -12,12 +12,12 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from .. import __version__
 from ..catalog.catalog import CatalogItem
-from ..images import image_media_type
-from ..search import Match, parse_where
-from . import schemas
+from ..catalog.query import Match, parse_where
+from ..core.images import image_media_type
+from ..core.version import __version__
 from .limits import too_large_message
+from .schemas import Deleted, Health, Item, ItemPage, Predicted, SearchResult
 from .service import CatalogService
 from .thumbnails import DEFAULT_SIZE
 
@@ -68,15 +68,15 @@ async def require_admin(request: Request, authorization: Annotated[str | None, H
 # -- read endpoints -----------------------------------------------------------------------------------
 
 
-@router.get("/health", response_model=schemas.Health, summary="Is the server up, and what does it serve")
-def health(svc: Service) -> schemas.Health:
+@router.get("/health", response_model=Health, summary="Is the server up, and what does it serve")
+def health(svc: Service) -> Health:
     encoder = svc.encoder
-    return schemas.Health(status="ok", version=__version__, items=svc.size(),
+    return Health(status="ok", version=__version__, items=svc.size(),
                           model=svc.catalog.config.embedder.describe(), device=str(encoder.device),
                           precision=encoder.precision, writable=svc.settings.admin_token is not None)
 
 
-@router.post("/search", response_model=schemas.SearchResult, summary="The catalog items most like an uploaded photo")
+@router.post("/search", response_model=SearchResult, summary="The catalog items most like an uploaded photo")
 def search(request: Request, svc: Service, image: Annotated[UploadFile, File(description="a photo")],
            k: Annotated[int, Form(ge=1)] = 10, where: Annotated[list[str] | None, Form()] = None,
            min_similarity: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
@@ -90,15 +90,15 @@ def search(request: Request, svc: Service, image: Annotated[UploadFile, File(des
                    matches, started, dedupe)
 
 
-@router.get("/items", response_model=schemas.ItemPage, summary="Browse the catalog, with label facets")
+@router.get("/items", response_model=ItemPage, summary="Browse the catalog, with label facets")
 def browse(request: Request, svc: Service, offset: Offset = 0, limit: Annotated[int, Query(ge=0, le=500)] = 50,
-           where: WhereParam = None) -> schemas.ItemPage:
+           where: WhereParam = None) -> ItemPage:
     total, items, facets = svc.browse(offset, limit, where or [])
-    return schemas.ItemPage(total=total, offset=offset, limit=limit, where=parse_where(where or []),
+    return ItemPage(total=total, offset=offset, limit=limit, where=parse_where(where or []),
                             items=[_item(request, it) for it in items], facets=facets)
 
 
-@router.get("/items/{item_id:path}/similar", response_model=schemas.SearchResult,
+@router.get("/items/{item_id:path}/similar", response_model=SearchResult,
             summary="More like this: the items most like a catalog item (never itself or its exact copies)")
 async def similar(request: Request, svc: Service, item_id: str, k: Annotated[int, Depends(k_param)],
                   where: WhereParam = None, min_similarity: MinSimilarity = None,
@@ -131,42 +131,42 @@ def thumbnail(request: Request, svc: Service, item_id: str,
     return _file(request, path, "image/jpeg", f"{item.sha256}-{path.parent.parent.name}")
 
 
-@router.get("/items/{item_id:path}", response_model=schemas.Item, summary="One catalog item")
-def item(request: Request, svc: Service, item_id: str) -> schemas.Item:
+@router.get("/items/{item_id:path}", response_model=Item, summary="One catalog item")
+def item(request: Request, svc: Service, item_id: str) -> Item:
     return _item(request, svc.item(item_id))
 
 
 # -- write endpoints (admin token) ----------------------------------------------------------------------
 
 
-@router.post("/items", response_model=schemas.Item, status_code=201, dependencies=[Depends(require_admin)],
+@router.post("/items", response_model=Item, status_code=201, dependencies=[Depends(require_admin)],
              summary="Add an image to the catalog (admin token)")
 def add_item(request: Request, svc: Service, image: Annotated[UploadFile, File()],
              id: Annotated[str | None, Form(description="item id; default: from the content hash")] = None,
              labels: Annotated[str | None, Form(description='JSON object, e.g. {"articleType": "Shirts"}')] = None,
-             ) -> schemas.Item:
+             ) -> Item:
     parsed = _parse_labels(labels)
     data = _read_upload(request, image)
     return _item(request, svc.add(data, id, parsed))
 
 
-@router.delete("/items/{item_id:path}", response_model=schemas.Deleted, dependencies=[Depends(require_admin)],
+@router.delete("/items/{item_id:path}", response_model=Deleted, dependencies=[Depends(require_admin)],
                summary="Remove an item from the catalog (admin token)")
-def delete_item(svc: Service, item_id: str) -> schemas.Deleted:
+def delete_item(svc: Service, item_id: str) -> Deleted:
     svc.remove(item_id)
-    return schemas.Deleted(id=item_id, deleted=True)
+    return Deleted(id=item_id, deleted=True)
 
 
 # -- the seed system's endpoint ----------------------------------------------------------------------
 
 
-@router.post("/predict", response_model=schemas.Predicted,
+@router.post("/predict", response_model=Predicted,
              summary="Seed-compatible search: base64 images of the closest items and of the upload")
 def predict(request: Request, svc: Service, image: Annotated[UploadFile, File()],
-            k: Annotated[int, Form(ge=1)] = 10) -> schemas.Predicted:
+            k: Annotated[int, Form(ge=1)] = 10) -> Predicted:
     _check_k(request, k)
     closest, uploaded = svc.predict(_read_upload(request, image), k)
-    return schemas.Predicted(closest_images=closest, uploaded_image=uploaded)
+    return Predicted(closest_images=closest, uploaded_image=uploaded)
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -198,9 +198,9 @@ def _urls(request: Request, item_id: str, sha256: str | None) -> tuple[str, str]
     return f"{base}/image?{version}", f"{base}/thumbnail?{version}"
 
 
-def _item(request: Request, item: CatalogItem) -> schemas.Item:
+def _item(request: Request, item: CatalogItem) -> Item:
     image_url, thumbnail_url = _urls(request, item.id, item.sha256)
-    return schemas.Item(id=item.id, labels=item.labels, image_url=image_url, thumbnail_url=thumbnail_url)
+    return Item(id=item.id, labels=item.labels, image_url=image_url, thumbnail_url=thumbnail_url)
 
 
 def _result(request: Request, query: dict, k: int, where: list[str], min_similarity: float | None,

@@ -19,9 +19,9 @@ from PIL import Image
 
 from ..catalog import Catalog
 from ..catalog.catalog import CatalogItem
-from ..config import EncodeOptions
-from ..images import decode
-from ..search import Match, Where, check_k
+from ..catalog.query import Match, Where, check_k
+from ..core.config import EncodeOptions
+from ..core.images import decode
 from .batcher import EmbedBatcher
 from .settings import ServeSettings
 from .thumbnails import ThumbnailCache

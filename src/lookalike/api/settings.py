@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..config import DEFAULT_MAX_PIXELS
+from ..core.config import DEFAULT_MAX_PIXELS
 
 MB = 1024 * 1024
 

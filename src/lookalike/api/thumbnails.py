@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..images import load_image
+from ..core.images import load_image
 
 log = logging.getLogger(__name__)
 

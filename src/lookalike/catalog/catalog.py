@@ -24,18 +24,18 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..config import CatalogConfig, EmbedderInfo, EncodeOptions
-from ..duplicates import DEFAULT_THRESHOLD, DuplicateReport, find_duplicates, nearest_distinct
-from ..embed import Encoder, FileTask, encode_files
-from ..embedders.registry import DEFAULT_MODEL, create_embedder
-from ..embedders.timm import RANDOM_WEIGHTS, TimmEmbedder
-from ..embedders.trained import canonical_name
-from ..errors import CatalogError, ItemExistsError, QueryError, UnknownItemError
-from ..images import ImageInput, content_hash, decode
+from ..core.config import CatalogConfig, EmbedderInfo, EncodeOptions
+from ..core.errors import CatalogError, ItemExistsError, QueryError, UnknownItemError
+from ..core.images import ImageInput, content_hash, decode
+from ..core.sources import SourceItem, read_source
+from ..engines.embed import Encoder, FileTask, encode_files
 from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
-from ..search import Match, Where, check_k, distance_from_similarity, parse_where
-from ..sources import SourceItem, read_source
-from .store import ItemRecord, Store
+from ..models.base import RANDOM_WEIGHTS, Embedder
+from ..models.modelfile import canonical_name
+from ..models.registry import DEFAULT_MODEL, create_embedder
+from ..store.sqlite import ItemRecord, Store
+from .dedupe import nearest_distinct
+from .query import Match, Where, check_k, distance_from_similarity, parse_where
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class CatalogStatus:
 class Catalog:
     """A searchable catalog of product images. Use ``Catalog.create`` or ``Catalog.open``."""
 
-    def __init__(self, path: Path, config: CatalogConfig, embedder: TimmEmbedder | None = None):
+    def __init__(self, path: Path, config: CatalogConfig, embedder: Embedder | None = None):
         self.path = path
         self.config = config
         self.store = Store(path / DB_FILE)
@@ -116,7 +116,7 @@ class Catalog:
         self._encoder: Encoder | None = None
         self._index: VectorIndex | None = None
         self._index_generation = -1
-        self._meta: _ItemTable | None = None
+        self._meta: ItemTable | None = None
         self._checked_at = 0.0
         self._labels_generation = -1
         self._label_counts: tuple[tuple[int, int], dict[str, dict[str, int]]] | None = None
@@ -125,7 +125,7 @@ class Catalog:
 
     @classmethod
     def create(cls, path: str | Path, model: str = DEFAULT_MODEL, weights: str | None = None,
-               embedder: TimmEmbedder | None = None) -> Catalog:
+               embedder: Embedder | None = None) -> Catalog:
         """Make a new, empty catalog for ``model``; the model is loaded first, so a model that cannot be
         had leaves nothing on disk.
 
@@ -150,7 +150,7 @@ class Catalog:
         return catalog
 
     @classmethod
-    def open(cls, path: str | Path, embedder: TimmEmbedder | None = None) -> Catalog:
+    def open(cls, path: str | Path, embedder: Embedder | None = None) -> Catalog:
         """Open an existing catalog; the model is loaded only when an image must be embedded.
 
         ``embedder`` passes a model already loaded; it must be the one the catalog was built with.
@@ -208,7 +208,7 @@ class Catalog:
                         f"({digest}). Use the original file, or another --catalog path"
                     )
 
-    def _use_weights(self, weights: str) -> TimmEmbedder:
+    def _use_weights(self, weights: str) -> Embedder:
         """Load the model from the file the user named (it may have moved since the catalog was built)."""
         self._embedder = create_embedder(self.config.embedder.name, weights)
         return self._embedder
@@ -225,7 +225,7 @@ class Catalog:
     # -- the model ---------------------------------------------------------------------------------
 
     @property
-    def embedder(self) -> TimmEmbedder:
+    def embedder(self) -> Embedder:
         """The catalog's own embedder, loaded on first use with the weights it was built with."""
         if self._embedder is None:
             info = self.config.embedder
@@ -485,22 +485,23 @@ class Catalog:
         return quality
 
     @property
-    def _items(self) -> _ItemTable:
+    def table(self) -> ItemTable:
+        """Id, path and content hash of every embedded item by store key (kept until the catalog changes)."""
         self._refresh_index(save=False)
         if self._meta is None:
-            self._meta = _ItemTable(self.store.ok_items())
+            self._meta = ItemTable(self.store.ok_items())
         return self._meta
 
     def __len__(self) -> int:
         return self.index.size
 
     def ids(self) -> list[str]:
-        return list(self._items.id_by_key.values())
+        return list(self.table.id_by_key.values())
 
     def labels(self, item_id: str) -> dict[str, str]:
         """The labels of a catalog item (empty when its source had none)."""
         key = self._key(item_id)
-        return self._items.labels_for([key], self.store)[key]
+        return self.table.labels_for([key], self.store)[key]
 
     def vector(self, item_id: str) -> np.ndarray:
         """The stored vector of an item.
@@ -517,7 +518,7 @@ class Catalog:
             UnknownItemError: no embedded item has this id.
         """
         key = self._key(item_id)
-        table = self._items
+        table = self.table
         return CatalogItem(id=table.id_by_key[key], path=table.path_by_key[key],
                            labels=table.labels_for([key], self.store)[key], sha256=table.hash_by_key.get(key))
 
@@ -529,8 +530,8 @@ class Catalog:
         """
         if offset < 0 or limit < 0:
             raise QueryError(f"offset and limit must be 0 or more, got offset={offset}, limit={limit}")
-        allowed = self._allowed(where)
-        table = self._items
+        allowed = self.allowed(where)
+        table = self.table
         keys = sorted(table.id_by_key) if allowed is None else sorted(
             k for k in allowed.tolist() if k in table.id_by_key)
         page = keys[offset:offset + limit]
@@ -571,18 +572,18 @@ class Catalog:
             QueryError: bad ``k`` or ``where``.
         """
         check_k(k)
-        allowed = self._allowed(where)
+        allowed = self.allowed(where)
         vector = self.encoder().encode(image)
         if dedupe:
             return nearest_distinct(self, vector, k, allowed, exclude=set())
-        return self._nearest(vector, k, allowed, exclude=set())
+        return self.nearest(vector, k, allowed, exclude=set())
 
     def search_vector(self, vector: np.ndarray, k: int = 10, where: Where = None, dedupe: bool = False
                       ) -> list[Match]:
         check_k(k)
         if dedupe:
-            return nearest_distinct(self, np.asarray(vector, dtype=np.float32), k, self._allowed(where), set())
-        return self._nearest(np.asarray(vector, dtype=np.float32), k, self._allowed(where), exclude=set())
+            return nearest_distinct(self, np.asarray(vector, dtype=np.float32), k, self.allowed(where), set())
+        return self.nearest(np.asarray(vector, dtype=np.float32), k, self.allowed(where), exclude=set())
 
     def similar(self, item_id: str, k: int = 10, where: Where = None, same_cluster: bool = False,
                 dedupe: bool = False) -> list[Match]:
@@ -596,24 +597,20 @@ class Catalog:
             QueryError: unknown id, bad ``k`` or ``where``; ``same_cluster`` without clusters for the item.
         """
         check_k(k)
-        allowed = self._allowed(where)
+        allowed = self.allowed(where)
         key = self._key(item_id)
         if same_cluster:
             members = self._cluster_members(item_id, key)
             allowed = members if allowed is None else np.intersect1d(allowed, members)
-        exclude = self._items.same_content(key)
+        exclude = self.table.same_content(key)
         if dedupe:
             return nearest_distinct(self, self.index.vector(key), k, allowed, exclude, query_key=key)
-        return self._nearest(self.index.vector(key), k, allowed, exclude=exclude, items=True)
-
-    def duplicates(self, threshold: float = DEFAULT_THRESHOLD, **options) -> DuplicateReport:
-        """Groups of exact and near-duplicate items; see ``duplicates.find_duplicates`` for the options."""
-        return find_duplicates(self, threshold, **options)
+        return self.nearest(self.index.vector(key), k, allowed, exclude=exclude, items=True)
 
     def clusters(self) -> dict[str, int]:
         """Item id -> k-means cluster, as stored by ``lookalike cluster`` (empty before clustering)."""
         by_key = self.store.clusters()
-        table = self._items
+        table = self.table
         return {table.id_by_key[key]: c for key, c in by_key.items() if key in table.id_by_key}
 
     def _cluster_members(self, item_id: str, key: int) -> np.ndarray:
@@ -627,7 +624,7 @@ class Catalog:
         return self.store.keys_in_cluster(cluster)
 
     def _key(self, item_id: str) -> int:
-        key = self._items.key_by_id.get(str(item_id))
+        key = self.table.key_by_id.get(str(item_id))
         if key is None:
             row = self.store.item(str(item_id))
             if row is not None and row.status == "failed":
@@ -650,12 +647,19 @@ class Catalog:
             raise QueryError(f"unknown label {unknown[0]!r} in filter; labels in this catalog: {listing}")
         return terms
 
-    def _allowed(self, where: Where) -> np.ndarray | None:
+    def allowed(self, where: Where) -> np.ndarray | None:
+        """Store keys of the items matching ``where`` (int64, sorted), or None for no filter.
+
+        Raises:
+            QueryError: malformed filter or unknown label.
+        """
         terms = self.check_where(where)
         return self.store.keys_where(terms) if terms else None
 
-    def _nearest(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int],
+    def nearest(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int],
                  items: bool = False) -> list[Match]:
+        """The k best matches of a unit ``vector`` (float32, D) among ``allowed`` keys (None: all), leaving out
+        the keys in ``exclude``; ``items``: the query is a catalog item (use the index's item setting)."""
         if allowed is not None:
             if exclude:
                 allowed = allowed[~np.isin(allowed, list(exclude))]
@@ -674,7 +678,7 @@ class Catalog:
             picked.append((key, sim))
             if len(picked) == k:
                 break
-        table = self._items
+        table = self.table
         labels = table.labels_for([key for key, _ in picked], self.store)
         return [
             Match(rank=rank, id=table.id_by_key[key], path=table.path_by_key[key], similarity=float(sim),
@@ -710,7 +714,7 @@ class Catalog:
         }
 
 
-class _ItemTable:
+class ItemTable:
     """Id, path and content hash of every embedded item, held in memory for fast result rows."""
 
     def __init__(self, rows: list[tuple[int, str, str, str | None]]):

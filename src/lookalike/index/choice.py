@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import IndexChoiceError
+from ..core.errors import IndexChoiceError
 
 KINDS = ("flat", "hnsw", "ivfpq")
 

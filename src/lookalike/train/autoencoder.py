@@ -10,7 +10,6 @@ latent (``latent``) or the encoder's last feature map averaged over space (``poo
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import TrainingError
+from ..core.errors import TrainingError
+from ..models.letterbox import FILL
+from ..models.modelfile import ModelFile, save_model
+from ..models.networks import AUTOENCODER_MODES as EMBEDDING_MODES
+from ..models.networks import AutoencoderEmbedding, ConvAutoencoder
 from .common import (
     Checkpointer,
     EarlyStopping,
@@ -35,96 +38,11 @@ from .common import (
     split_indices,
     to_float,
 )
-from .modelfile import ModelFile, save_model
-from .pack import FILL, Pack
+from .pack import Pack
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_MODES = ("latent", "pooled")
 GRID_SAMPLES = 8
-
-
-def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
-        nn.LeakyReLU(0.1, inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.1, inplace=True),
-    )
-
-
-class ConvAutoencoder(nn.Module):
-    """Encoder (stride-2 blocks down to 4 x 4, then a linear latent) and a mirrored decoder.
-
-    ``size`` must be a power of two from 16 up; channels double per level from ``width`` up to 8 x width.
-    """
-
-    def __init__(self, size: int = 64, latent: int = 32, width: int = 32):
-        super().__init__()
-        if size < 16 or size & (size - 1):
-            raise TrainingError(f"autoencoder input size {size} must be a power of two of at least 16 "
-                                "(32, 64, 128, ...); pack with --size accordingly")
-        if latent < 1:
-            raise TrainingError(f"--latent {latent}: must be at least 1")
-        levels = int(math.log2(size)) - 2
-        chans = [width * 2 ** min(i, 3) for i in range(levels)]
-        self.size, self.latent_dim, self.width = size, latent, width
-        self.feature_dim = chans[-1]
-        encoder, c_in = [], 3
-        for c in chans:
-            encoder.append(_block(c_in, c, 2))
-            c_in = c
-        self.encoder = nn.Sequential(*encoder)
-        self.to_latent = nn.Linear(chans[-1] * 16, latent)
-        self.from_latent = nn.Sequential(nn.Linear(latent, chans[-1] * 16), nn.LeakyReLU(0.1, inplace=True))
-        decoder = []
-        for c_out in list(reversed(chans[:-1])) + [width]:
-            decoder += [nn.Upsample(scale_factor=2, mode="nearest"), _block(c_in, c_out, 1)]
-            c_in = c_out
-        self.decoder = nn.Sequential(*decoder, nn.Conv2d(width, 3, 3, padding=1))
-        # Per-dimension statistics of the training set's codes, set after training: embeddings are
-        # standardised with them, so a direction every photo shares does not make all cosines near 1.
-        for mode, n in (("latent", latent), ("pooled", self.feature_dim)):
-            self.register_buffer(f"{mode}_mean", torch.zeros(n))
-            self.register_buffer(f"{mode}_std", torch.ones(n))
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_latent(self.encoder(x).flatten(1))
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.from_latent(z).view(z.shape[0], self.feature_dim, 4, 4)
-        return torch.sigmoid(self.decoder(h))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
-
-    def arch(self) -> dict:
-        return {"size": self.size, "latent": self.latent_dim, "width": self.width}
-
-
-class AutoencoderEmbedding(nn.Module):
-    """The encoder alone, as an embedder's model: the latent, or the last feature map's spatial mean."""
-
-    def __init__(self, autoencoder: ConvAutoencoder, mode: str = "latent"):
-        super().__init__()
-        if mode not in EMBEDDING_MODES:
-            raise TrainingError(f"unknown autoencoder embedding {mode!r}; choose {' or '.join(EMBEDDING_MODES)}")
-        self.encoder = autoencoder.encoder
-        self.to_latent = autoencoder.to_latent
-        self.pooled = mode == "pooled"
-        self.register_buffer("mean", getattr(autoencoder, f"{mode}_mean").detach().clone())
-        self.register_buffer("std", getattr(autoencoder, f"{mode}_std").detach().clone())
-
-    def raw(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(x)
-        return h.mean(dim=(2, 3)) if self.pooled else self.to_latent(h.flatten(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.raw(x) - self.mean) / self.std
-
-
-def build_autoencoder(arch: dict) -> ConvAutoencoder:
-    """The architecture a model file records, with fresh weights (the registry then loads the file's)."""
-    return ConvAutoencoder(size=int(arch["size"]), latent=int(arch["latent"]), width=int(arch["width"]))
 
 
 @dataclass
@@ -304,7 +222,7 @@ class _Raw(nn.Module):
 
 
 def _save_grid(model, pack, idx, device, fig_dir: Path, epoch: int, history: History) -> Path:
-    from .figures import reconstruction_grid
+    from ..figures.training import reconstruction_grid
 
     originals = pack.batch(idx)
     scale = max(1, 64 // pack.size)
@@ -319,8 +237,8 @@ def _save_grid(model, pack, idx, device, fig_dir: Path, epoch: int, history: His
 
 def _final_figures(model, pack: Pack, positions, device, fig_dir: Path, frames: list[Path], history: History,
                    latent: int, colour_by: str | None) -> list[Path]:
-    from ..plots import save
-    from .figures import latent_figure, loss_figure, save_gif
+    from ..figures.plots import save
+    from ..figures.training import latent_figure, loss_figure, save_gif
 
     written = [save(loss_figure(history.train_loss, history.val_loss, "autoencoder reconstruction loss (MSE)",
                                 history.best_epoch), fig_dir / "loss.png")]

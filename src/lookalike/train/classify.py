@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import EncodeOptions
-from ..embed import resolve_device
-from ..errors import ModelFileError
-from ..images import ImageInput, load_image
+from ..core.config import EncodeOptions
+from ..core.errors import ModelFileError
+from ..core.images import ImageInput, load_image
+from ..engines.torch_runtime import resolve_device
 
 
 @dataclass
@@ -34,7 +34,7 @@ def classify_images(images: Sequence[ImageInput], model: str, top: int = 3,
         ModelFileError: not a model file, or a model without classifier heads (an autoencoder).
         ImageError: a photo cannot be read (the message names it).
     """
-    from ..embedders.registry import create_embedder
+    from ..models.registry import create_embedder
 
     options = options or EncodeOptions()
     embedder = create_embedder(model)

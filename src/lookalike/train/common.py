@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..embed import resolve_device
-from ..errors import TrainingError
+from ..core.errors import TrainingError
+from ..engines.torch_runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

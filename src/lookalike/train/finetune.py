@@ -23,7 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import TrainingError
+from ..core.errors import TrainingError
+from ..models.letterbox import FILL
+from ..models.modelfile import ModelFile, save_model
+from ..models.networks import FINETUNE_MODES as EMBEDDING_MODES
+from ..models.networks import FinetuneEmbedding, FinetuneNet
 from .common import (
     Checkpointer,
     EarlyStopping,
@@ -39,12 +43,10 @@ from .common import (
     split_indices,
     to_float,
 )
-from .modelfile import ModelFile, save_model
-from .pack import FILL, Pack
+from .pack import Pack
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_MODES = ("head", "backbone")
 COLOUR_LABEL = re.compile(r"colou?r", re.IGNORECASE)
 _NOT_STAGES = ("fc", "head", "classifier", "global_pool", "head_drop", "pre_logits", "fc_norm", "norm")
 
@@ -63,62 +65,6 @@ class FinetuneConfig:
     colour_jitter: bool | None = None  # None: on unless a label column is a colour
     min_count: int = 2  # classes with fewer training photos are merged into no label (too rare to learn)
     backbone_lr: float = 0.1  # unfrozen backbone stages learn at this fraction of the head's rate
-
-
-class CosineClassifier(nn.Module):
-    """Logits as scaled cosines between the embedding and one weight vector per class: the classes become
-    directions in the embedding space, which is what nearest-neighbour search measures."""
-
-    def __init__(self, dim: int, classes: int, scale: float = 16.0):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(classes, dim) * 0.01)
-        self.scale = scale
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.normalize(z, dim=1) @ F.normalize(self.weight, dim=1).T
-
-
-class FinetuneNet(nn.Module):
-    def __init__(self, backbone: nn.Module, feature_dim: int, dim: int, hidden: int, n_classes: list[int]):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Sequential(nn.Linear(feature_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                  nn.Linear(hidden, dim))
-        self.classifiers = nn.ModuleList([CosineClassifier(dim, n) for n in n_classes])
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x).flatten(1))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        z = self.embed(x)
-        return z, [clf(z) for clf in self.classifiers]
-
-
-class FinetuneEmbedding(nn.Module):
-    """The embedder's model: the projection (``head``) or the backbone's pooled features (``backbone``)."""
-
-    def __init__(self, net: FinetuneNet, mode: str = "head"):
-        super().__init__()
-        if mode not in EMBEDDING_MODES:
-            raise TrainingError(f"unknown fine-tune embedding {mode!r}; choose {' or '.join(EMBEDDING_MODES)}")
-        self.backbone = net.backbone
-        self.head = net.head if mode == "head" else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.backbone(x).flatten(1)
-        return self.head(h) if self.head is not None else h
-
-
-def build_finetune(arch: dict) -> FinetuneNet:
-    """The architecture a model file records, with random weights (the file's are loaded after)."""
-    import timm
-
-    kwargs: dict = {"num_classes": 0}
-    if arch.get("pool") not in (None, "", "default"):
-        kwargs["global_pool"] = arch["pool"]
-    backbone = timm.create_model(arch["timm_name"], pretrained=False, **kwargs)
-    return FinetuneNet(backbone, int(arch["feature_dim"]), int(arch["dim"]), int(arch["hidden"]),
-                       [int(n) for n in arch["n_classes"]])
 
 
 def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -219,7 +165,7 @@ def train_finetune(
         TrainingError: a label column is missing, or too few labelled photos or classes.
         UnknownModelError, ModelUnavailableError: the backbone or its weights cannot be had.
     """
-    from ..embedders.registry import create_embedder
+    from ..models.registry import create_embedder
     from .autoencoder import TrainResult
 
     config = config or FinetuneConfig()
@@ -350,8 +296,8 @@ def train_finetune(
     checkpoint_path(out).unlink(missing_ok=True)
     written = []
     if figures is not None:
-        from ..plots import save
-        from .figures import loss_figure
+        from ..figures.plots import save
+        from ..figures.training import loss_figure
 
         written.append(save(loss_figure(history.train_loss, history.val_loss, "fine-tuning loss (CE + SupCon)",
                                         history.best_epoch), Path(figures) / "loss.png"))
@@ -424,7 +370,7 @@ def _accuracy(net, pack, idx, codes, device, mean, std, batch_size) -> list[floa
 def _retrieval(model: nn.Module, pack: Pack, train_idx, val_idx, train_codes, val_codes, device, mean, std,
                k: int) -> dict[str, float]:
     """precision@k and mAP@k of held-out photos searched among the training photos (first label column)."""
-    from ..evaluate import evaluate_vectors
+    from ..analysis.evaluate import evaluate_vectors
     from .autoencoder import encode_pack
 
     if len(val_idx) == 0:

@@ -1,7 +1,7 @@
 """A catalog decoded once into one memory-mappable file, so a training epoch reads pixels at memory speed.
 
 The seed autoencoder trained from a pre-packed binary copy of the dataset because decoding JPEGs one by one
-each epoch was too slow. A pack is that copy, built with the core decoder (``embed._FileDataset``: draft
+each epoch was too slow. A pack is that copy, built with the core decoder (``engines.embed.FileReader``: draft
 decoding, EXIF, the same limits and one-line reasons for bad files) and a letterbox resize that keeps the
 aspect ratio. Layout of one ``.pack`` file::
 
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from ..config import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from ..errors import SourceError, TrainingError
-from ..sources import read_source
+from ..core.config import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from ..core.errors import SourceError, TrainingError
+from ..core.sources import read_source
+from ..models.letterbox import Letterbox
 
 log = logging.getLogger(__name__)
 
@@ -36,31 +36,6 @@ PACK_VERSION = 1
 ALIGN = 4096
 REASON_BYTES = 160
 TODO, DONE, FAILED = 0, 1, 2
-FILL = 255  # letterbox bars: white, as product photos are shot on white
-
-
-class Letterbox:
-    """Resize to fit a ``size`` x ``size`` square keeping the aspect ratio, centred on white.
-
-    A class rather than a closure so decoding workers receive it pickled; also the trained embedders' PIL
-    transform, so a model sees catalog photos exactly as it saw its training pack.
-    """
-
-    def __init__(self, size: int, fill: int = FILL):
-        self.size = int(size)
-        self.fill = int(fill)
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        w, h = img.size
-        scale = self.size / max(w, h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        resized = img.convert("RGB").resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
-        out = Image.new("RGB", (self.size, self.size), (self.fill,) * 3)
-        out.paste(resized, ((self.size - nw) // 2, (self.size - nh) // 2))
-        return out
-
-    def __repr__(self) -> str:
-        return f"Letterbox(size={self.size}, fill={self.fill})"
 
 
 @dataclass
@@ -153,7 +128,8 @@ def pack_source(
     """
     import torch
 
-    from ..embed import FileTask, _FileDataset, _worker_init
+    from ..engines.embed import FileReader, FileTask
+    from ..engines.torch_runtime import decoding_worker_init
 
     if not 8 <= size <= 1024:
         raise TrainingError(f"--size {size}: choose a square side between 8 and 1024 pixels")
@@ -189,13 +165,10 @@ def pack_source(
     already = n - len(todo)
     tasks = [FileTask(Path(header["paths"][i]), ref=int(i)) for i in todo]
 
-    class _Shape:  # what _FileDataset needs of an embedder
-        pil_transform = Letterbox(size)
-
-    dataset = _FileDataset(tasks, _Shape(), size, max_pixels, max_bytes)
+    dataset = FileReader(tasks, Letterbox(size), size, max_pixels, max_bytes)
     workers = 0 if workers is None else workers
     loader = torch.utils.data.DataLoader(dataset, batch_size=chunk, num_workers=workers, collate_fn=list,
-                                         worker_init_fn=_worker_init if workers else None)
+                                         worker_init_fn=decoding_worker_init if workers else None)
     packed = failed = 0
     try:
         for batch in loader:

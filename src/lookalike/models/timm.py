@@ -13,13 +13,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import EmbedderInfo
-from ..errors import ModelUnavailableError
+from ..core.config import EmbedderInfo
+from ..core.errors import ModelUnavailableError
+from .base import RANDOM_SEED, RANDOM_WEIGHTS, prepare_with
 
 log = logging.getLogger(__name__)
 
-RANDOM_WEIGHTS = "random"
-RANDOM_SEED = 0
 
 
 class TimmEmbedder:
@@ -34,6 +33,7 @@ class TimmEmbedder:
         from timm.data import create_transform, resolve_data_config
         from torchvision import transforms as T
 
+        self.needs_torch = True
         self.model = model.eval()
         self.info = info
         self.data_config = resolve_data_config({}, model=model)
@@ -108,12 +108,6 @@ class ResizeCenterCrop:
 
     def __repr__(self) -> str:
         return f"ResizeCenterCrop(size={self.size}, crop={self.crop}, resample={self.resample})"
-
-
-def prepare_with(pil_transform, img: Image.Image) -> np.ndarray:
-    """Module-level so decoding workers receive only the (small, picklable) transform, not the model."""
-    out = pil_transform(img)
-    return np.asarray(out if out.mode == "RGB" else out.convert("RGB"), dtype=np.uint8)
 
 
 def _smallest_side_needed(pil_steps: list, data_config: dict) -> int:

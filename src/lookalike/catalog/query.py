@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from .errors import QueryError
+from ..core.errors import QueryError
 
 Where = Mapping[str, str] | Sequence[str] | None
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..plots import categories_for, palette
+from .plots import categories_for, palette
 
 
 def loss_figure(train: Sequence[float], val: Sequence[float], title: str = "", best_epoch: int = -1):

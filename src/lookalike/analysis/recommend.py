@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..catalog.query import Where, check_k
+from ..core.errors import OutputError, QueryError
 from .duplicates import DEFAULT_THRESHOLD, group_codes
-from .errors import OutputError, QueryError
 from .neighbours import DEFAULT_BLOCK, DEFAULT_THREADS, ordered_map, progress_bar, query_blocks, search_until
-from .search import Where, check_k
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +94,13 @@ def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where
     check_k(k)
     out = Path(out)
     fmt = _format(out, fmt)
-    candidates = catalog._allowed(where)
-    queries = catalog._allowed(queries_where)
+    candidates = catalog.allowed(where)
+    queries = catalog.allowed(queries_where)
     if group_by is not None and group_by not in catalog.store.label_names():
         labels = ", ".join(catalog.store.label_names()) or "none (index from a manifest to add labels)"
         raise QueryError(f"unknown label {group_by!r} for --group-by; labels in this catalog: {labels}")
     index = catalog.index
-    table = catalog._items
+    table = catalog.table
     all_keys = np.array(sorted(table.id_by_key), dtype=np.int64)
     size = int(all_keys[-1]) + 1 if len(all_keys) else 1
     n_candidates = len(all_keys) if candidates is None else len(np.intersect1d(candidates, all_keys))

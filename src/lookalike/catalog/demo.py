@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .catalog import Catalog, IndexReport
-from .catalog.catalog import CONFIG_FILE
-from .config import CatalogConfig, EncodeOptions
-from .embedders.registry import DEFAULT_MODEL, create_embedder
-from .embedders.timm import RANDOM_WEIGHTS
-from .errors import ModelUnavailableError
-from .search import Match
+from ..core.config import CatalogConfig, EncodeOptions
+from ..core.errors import ModelUnavailableError
+from ..models.base import RANDOM_WEIGHTS
+from ..models.registry import DEFAULT_MODEL, create_embedder
+from .catalog import CONFIG_FILE, Catalog, IndexReport
+from .query import Match
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,21 @@
 """Names users type (``resnet50``, ``timm:convnext_tiny``) mapped to backbones, pooling and weights.
 
 Like timm's own ``create_model``: the name picks the architecture and pretrained tag; pooling and weights
-are options; an unknown name fails with the list of valid ones.
+are options; an unknown name fails with the list of valid ones. Looking names up imports no PyTorch: the
+network modules (``timm``, ``trained``) are imported when a network model is created.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..errors import ModelUnavailableError, UnknownModelError
+from ..core.errors import ModelUnavailableError, UnknownModelError
 from .handcrafted import HANDCRAFTED
-from .timm import TimmEmbedder, create_timm_embedder
-from .trained import is_model_file, load_trained
+from .modelfile import is_model_file
+
+if TYPE_CHECKING:
+    from .base import Embedder
 
 TIMM_PREFIX = "timm:"
 
@@ -78,8 +82,9 @@ def resolve(name: str) -> ModelSpec:
     )
 
 
-def create_embedder(name: str = DEFAULT_MODEL, weights: str | None = None) -> TimmEmbedder:  # or a handcrafted one
-    """Build an embedder by name.
+def create_embedder(name: str = DEFAULT_MODEL, weights: str | None = None) -> Embedder:
+    """Build an embedder by name: a timm backbone (``TimmEmbedder``), a ``.lkm`` file (``TrainedEmbedder``) or a
+    model-free one (``colorhist``, ``pixels``).
 
     ``weights``: None fetches the pretrained weights from the Hugging Face hub (or its cache);
     a path loads a local ``.safetensors``/``.pth`` file; ``"random"`` gives seeded random weights
@@ -92,10 +97,14 @@ def create_embedder(name: str = DEFAULT_MODEL, weights: str | None = None) -> Ti
     if is_model_file(name):
         if weights is not None:
             raise ModelUnavailableError(f"{name} holds its own weights; drop --weights {weights}")
+        from .trained import load_trained
+
         return load_trained(name)
     spec = resolve(name)
     if name in HANDCRAFTED:
         if weights is not None:
             raise ModelUnavailableError(f"{name} has no weights; drop --weights {weights}")
         return HANDCRAFTED[name]()
+    from .timm import create_timm_embedder
+
     return create_timm_embedder(name, spec.timm_name, pool=spec.pool, weights=weights)

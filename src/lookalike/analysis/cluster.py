@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .errors import LookalikeError, QueryError
+from ..core.errors import LookalikeError, QueryError
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .cluster import cluster_catalog, project_2d, stored_summaries
-from .evaluate import (
+from ..analysis.cluster import cluster_catalog, project_2d, stored_summaries
+from ..analysis.evaluate import (
     METRIC_NAMES,
     REFERENCES,
     CatalogData,
@@ -27,8 +26,9 @@ from .evaluate import (
     format_estimate,
     load_catalog_data,
 )
+from ..catalog.query import Match, distance_from_similarity
+from ..core.version import __version__
 from .plots import GridRow, categories_for, cluster_figure, grid_figure, load_thumbnail, palette, png_bytes
-from .search import Match, distance_from_similarity
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def build_report(catalog, out: str | Path, label: str | None = None, k: int = 5,
         QueryError: unknown label, a catalog without items.
         LookalikeError: the map method is not available; the file cannot be written.
     """
-    from .errors import LookalikeError, QueryError
+    from ..core.errors import LookalikeError, QueryError
 
     data = load_catalog_data(catalog)
     if len(data) == 0:

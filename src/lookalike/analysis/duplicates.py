@@ -12,17 +12,14 @@ are linked through other members, as near-copies of one photo usually are). With
 edge can be missed where the index misses a neighbour. Connected components chain: two members of a group
 can be less similar than the threshold when each is close to a third; ``min_similarity`` shows it.
 
-A whole-catalog run saves its groups in ``analysis/duplicates.npz``; ``search``/``similar``/``recommend``
-with ``dedupe`` use them to show one item per group. Without saved groups, ``dedupe`` collapses a result
-list on its own: a result is dropped when it is an exact copy of, or at least ``DEFAULT_THRESHOLD`` similar
-to, a better-ranked result.
+A whole-catalog run saves its groups in ``analysis/duplicates.npz``; ``search``/``similar`` with ``dedupe``
+(``catalog.dedupe``) and ``recommend`` use them to show one item per group.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -31,18 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError, QueryError
-from .images import read_size
+from ..catalog.dedupe import DEFAULT_THRESHOLD, save_groups, saved_groups
+from ..catalog.query import Where
+from ..core.errors import ImageError, QueryError
+from ..core.images import read_size
 from .neighbours import DEFAULT_BLOCK, DEFAULT_THREADS, ordered_map, progress_bar, query_blocks, search_until
-from .search import Match, Where
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.95
 DEFAULT_NEIGHBOURS = 20
 MAX_NEIGHBOURS = 1024
 PAIRWISE_LIMIT = 512  # groups up to this size get exact pairwise min/max similarity; larger ones their edges'
-SAVED = Path("analysis") / "duplicates.npz"
 
 
 @dataclass(frozen=True)
@@ -133,9 +129,9 @@ def find_duplicates(catalog, threshold: float = DEFAULT_THRESHOLD, *, neighbours
         raise QueryError(f"threshold must be above 0 and at most 1 (cosine similarity), got {threshold}")
     if neighbours < 1:
         raise QueryError(f"neighbours must be at least 1, got {neighbours}")
-    allowed = catalog._allowed(where)
+    allowed = catalog.allowed(where)
     index = catalog.index  # taken once: worker threads never touch the catalog's SQLite connection
-    table = catalog._items
+    table = catalog.table
     universe = np.array(sorted(table.id_by_key), dtype=np.int64)
     if allowed is not None:
         universe = np.intersect1d(universe, allowed)
@@ -250,44 +246,16 @@ def _true_size(path: str, stored: tuple[int, int, int]) -> tuple[int, int, int]:
     return width, height, stored[2]
 
 
-# -- saved groups and --dedupe -------------------------------------------------------------------------
+# -- saved groups (for --dedupe, see catalog.dedupe) ---------------------------------------------------
 
 
 def _save(catalog, report: DuplicateReport, universe: np.ndarray) -> None:
     """Member key -> group number, with the threshold and generation that made them."""
-    key_by_id = catalog._items.key_by_id
+    key_by_id = catalog.table.key_by_id
     keys = [key_by_id[m.id] for g in report.groups for m in g.members]
     numbers = [g.group for g in report.groups for _ in g.members]
-    path = Path(catalog.path) / SAVED
     info = {"threshold": report.threshold, "generation": catalog.store.generation(), "items": report.items}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, keys=np.array(keys, np.int64), groups=np.array(numbers, np.int64),
-                 info=np.array(json.dumps(info)))
-        os.replace(tmp, path)
-    except OSError as exc:  # a read-only catalog still reports its duplicates
-        log.info("could not save duplicate groups (%s)", exc)
-    _cache.clear()
-
-
-_cache: dict[tuple[str, int, int], tuple[dict, dict[int, int]]] = {}
-
-
-def saved_groups(catalog) -> tuple[dict, dict[int, int]] | None:
-    """(info, key -> group) from the last whole-catalog ``duplicates`` run, or None if there was none."""
-    path = Path(catalog.path) / SAVED
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    stamp = (str(path), stat.st_mtime_ns, stat.st_size)
-    if stamp not in _cache:
-        with np.load(path) as data:
-            info = json.loads(str(data["info"]))
-            _cache.clear()
-            _cache[stamp] = (info, dict(zip(data["keys"].tolist(), data["groups"].tolist(), strict=True)))
-    return _cache[stamp]
+    save_groups(catalog, keys, numbers, info)
 
 
 def group_codes(catalog, threshold: float = DEFAULT_THRESHOLD, *, progress: bool | None = None,
@@ -295,7 +263,7 @@ def group_codes(catalog, threshold: float = DEFAULT_THRESHOLD, *, progress: bool
     """Near-duplicate group of every item key as a dense array (index = key): the smallest key of its group,
     or its own key. Uses the saved groups when they were made at this threshold from the catalog as it is
     now; otherwise finds (and saves) them first."""
-    table = catalog._items
+    table = catalog.table
     size = (max(table.id_by_key) + 1) if table.id_by_key else 1
     codes = np.arange(size, dtype=np.int64)
     saved = saved_groups(catalog)
@@ -312,60 +280,3 @@ def group_codes(catalog, threshold: float = DEFAULT_THRESHOLD, *, progress: bool
     for keys in by_group.values():
         codes[keys] = min(keys)
     return codes
-
-
-def nearest_distinct(catalog, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int],
-                     query_key: int | None = None) -> list[Match]:
-    """Like ``catalog._nearest``, but one item per near-duplicate group, still k results when enough
-    groups exist (fetches more until it has them). With ``query_key`` (``similar``) the query's own group
-    is left out too: a near-copy of the item is not "another" item."""
-    saved = saved_groups(catalog)
-    groups = saved[1] if saved is not None else None
-    table = catalog._items
-    size = len(catalog)
-    fetch = 3 * k + len(exclude)
-    while True:
-        matches = catalog._nearest(vector, fetch, allowed, exclude)
-        picked = _collapse(catalog, table, matches, groups, vector, query_key, k)
-        if len(picked) >= k or len(matches) < fetch or fetch >= size:
-            break
-        fetch *= 4
-    return [dataclasses.replace(m, rank=rank) for rank, m in enumerate(picked[:k], start=1)]
-
-
-def _collapse(catalog, table, matches: list[Match], groups: dict[int, int] | None, vector: np.ndarray,
-              query_key: int | None, k: int) -> list[Match]:
-    def group_of(key: int):
-        if groups is not None and key in groups:
-            return ("g", groups[key])
-        sha = table.hash_by_key.get(key)
-        return ("h", sha) if sha else ("k", key)
-
-    keys = [table.key_by_id[m.id] for m in matches]
-    if groups is not None:
-        seen = {group_of(query_key)} if query_key is not None else set()
-        picked = []
-        for key, m in zip(keys, matches, strict=True):
-            g = group_of(key)
-            if g not in seen:
-                seen.add(g)
-                picked.append(m)
-        return picked
-    # no saved groups: a result goes when it is a copy of, or too like, a better one (or the query item)
-    index = catalog.index
-    kept: list[np.ndarray] = [np.asarray(vector, np.float32).ravel()] if query_key is not None else []
-    hashes = {table.hash_by_key.get(query_key)} if query_key is not None else set()
-    picked = []
-    for key, m in zip(keys, matches, strict=True):
-        sha = table.hash_by_key.get(key)
-        if sha and sha in hashes:
-            continue
-        v = np.asarray(index.vector(key), np.float32)
-        if kept and float(np.max(np.stack(kept) @ v)) >= DEFAULT_THRESHOLD:
-            continue
-        kept.append(v)
-        hashes.add(sha)
-        picked.append(m)
-        if len(picked) == k:
-            break
-    return picked

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import EncodeOptions
-from .errors import QueryError
+from ..core.config import EncodeOptions
+from ..core.errors import QueryError
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def evaluate_vectors(
     loo = queries is None
     if loo:
         queries, query_labels, query_ids = base, base_labels, base_ids
-        base_codes = _group_codes(base_groups, n_b)
+        base_codes = content_group_codes(base_groups, n_b)
         query_codes = base_codes
     else:
         queries = np.asarray(queries, dtype=np.float32)
@@ -330,7 +330,7 @@ def evaluate_vectors(
     )
 
 
-def _group_codes(groups: Sequence | None, n: int) -> np.ndarray:
+def content_group_codes(groups: Sequence | None, n: int) -> np.ndarray:
     """Integer code per item; items with equal non-empty group share it, None/"" get codes of their own."""
     if groups is None:
         return np.arange(n, dtype=np.int64)
@@ -345,7 +345,7 @@ def _shared_group_codes(base_groups: Sequence | None, query_groups: Sequence | N
                         ) -> tuple[np.ndarray, np.ndarray]:
     both = list(base_groups) if base_groups is not None else [None] * n_b
     both += list(query_groups) if query_groups is not None else [None] * n_q
-    codes = _group_codes(both, n_b + n_q)
+    codes = content_group_codes(both, n_b + n_q)
     return codes[:n_b], codes[n_b:]
 
 
@@ -527,8 +527,8 @@ class _Queries:
 
 def _embed_queries(encoder, queries: str | Path, query_images: str | Path | None, label: str,
                    data: CatalogData) -> _Queries:
-    from .embed import FileTask, encode_files
-    from .sources import read_source
+    from ..core.sources import read_source
+    from ..engines.embed import FileTask, encode_files
 
     listing = read_source(queries, query_images)
     for warning in listing.warnings:
@@ -561,8 +561,8 @@ def _colorhist_row(catalog, data: CatalogData, base_labels, k, held_out: _Querie
         notes.append(f"{len(data) - len(kept)} catalog photos could not be re-read for the colour histograms")
     args = dict(common, base_ids=[data.ids[i] for i in kept], base_groups=[data.sha256[i] for i in kept])
     if held_out is not None:
-        from .embed import Encoder
-        from .embedders.handcrafted import ColourHistogramEmbedder
+        from ..engines.embed import Encoder
+        from ..models.handcrafted import ColourHistogramEmbedder
 
         encoder = Encoder(ColourHistogramEmbedder(), EncodeOptions(precision="fp32", progress=False))
         args["queries"] = encoder.encode(held_out.paths) if held_out.paths else np.zeros((0, encoder.embedder.dim))
@@ -577,8 +577,8 @@ def colour_histograms(catalog, data: CatalogData) -> tuple[np.ndarray, np.ndarra
 
     Returns (vectors N x 512, ok mask); a photo that cannot be read now has ok False.
     """
-    from .embed import Encoder, FileTask, encode_files
-    from .embedders.handcrafted import HANDCRAFTED_WEIGHTS, ColourHistogramEmbedder
+    from ..engines.embed import Encoder, FileTask, encode_files
+    from ..models.handcrafted import HANDCRAFTED_WEIGHTS, ColourHistogramEmbedder
 
     cache = Path(catalog.path) / "analysis" / "colorhist.npz"
     stamp = f"{catalog.store.generation()}:{HANDCRAFTED_WEIGHTS}"
@@ -609,7 +609,7 @@ def colour_histograms(catalog, data: CatalogData) -> tuple[np.ndarray, np.ndarra
 
 def evaluate_catalogs(paths: Sequence[str | Path], label: str, k: int = 10, **kwargs) -> list[Evaluation]:
     """Several catalogs side by side (e.g. one per embedder); reference rows come from the first only."""
-    from .catalog import Catalog
+    from ..catalog import Catalog
 
     rows: list[Evaluation] = []
     references = kwargs.pop("references", REFERENCES)

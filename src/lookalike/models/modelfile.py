@@ -18,11 +18,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ..core.errors import ModelFileError
 
-from ..errors import ModelFileError
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,21 @@ FORMAT = "lookalike-model"
 VERSION = 1
 SUFFIX = ".lkm"
 KINDS = ("autoencoder", "finetune")
+MODE_SEPARATOR = "#"
+
+
+def is_model_file(name: str) -> bool:
+    """Does this model name point at a trained model file (``path.lkm`` or ``path.lkm#mode``)?"""
+    return name.split(MODE_SEPARATOR, 1)[0].lower().endswith(SUFFIX)
+
+
+def canonical_name(name: str) -> str:
+    """The name a catalog records: a model file's absolute path (plus ``#mode``), so it reopens from anywhere;
+    other names as they are."""
+    if not is_model_file(name):
+        return name
+    path, sep, mode = name.partition(MODE_SEPARATOR)
+    return str(Path(path).expanduser().resolve()) + (sep + mode if mode else "")
 
 
 @dataclass

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import LookalikeError
-from .search import Match
+from ..catalog.query import Match
+from ..core.errors import LookalikeError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def png_bytes(fig, dpi: int = 80) -> bytes:
 
 def load_thumbnail(path: str | Path, size: int = 160) -> Image.Image | None:
     """The photo shrunk to fit ``size`` (JPEG draft decoding), or None when it cannot be read now."""
-    from .images import load_image
+    from ..core.images import load_image
 
     try:
         img = load_image(path, draft_size=size)
@@ -275,7 +275,7 @@ def grid_for_catalog(catalog, item_ids: Sequence[str], k: int = 5, label: str | 
     Raises:
         QueryError: unknown item id, bad ``k``/``where``, or an unknown ``label``.
     """
-    from .errors import QueryError
+    from ..core.errors import QueryError
 
     if label is not None and label not in catalog.store.label_names():
         raise QueryError(f"unknown label {label!r}; labels in this catalog: "
@@ -291,8 +291,8 @@ def map_for_catalog(catalog, method: str = "pca", colour_by: str | None = None, 
                     seed: int = 0):
     """The catalog's 2D map (``cluster.project_2d``) with ``links`` seeded sample queries joined to their
     k nearest items (``evaluate.nearest``, the item itself and its copies left out)."""
-    from .cluster import project_2d
-    from .evaluate import _group_codes, load_catalog_data, nearest
+    from ..analysis.cluster import project_2d
+    from ..analysis.evaluate import content_group_codes, load_catalog_data, nearest
 
     data = load_catalog_data(catalog)
     values = data.values(colour_by) if colour_by else [None] * len(data)
@@ -300,7 +300,7 @@ def map_for_catalog(catalog, method: str = "pca", colour_by: str | None = None, 
     pairs: list[tuple[int, list[int]]] = []
     if links:
         queries = np.random.default_rng(seed).permutation(len(data))[:links]
-        groups = _group_codes(data.sha256, len(data))
+        groups = content_group_codes(data.sha256, len(data))
         idx, _ = nearest(data.vectors[queries], data.vectors, k, groups[queries], groups)
         pairs = [(int(q), [j for j in row.tolist() if j >= 0]) for q, row in zip(queries, idx, strict=True)]
     title = f"{catalog.path.name}: {method.upper()} of {len(data)} items ({catalog.config.embedder.name})"
@@ -313,8 +313,8 @@ def clusters_for_catalog(catalog, label: str | None = None, samples: int = 6):
     Raises:
         QueryError: the catalog has no clusters yet.
     """
-    from .cluster import stored_summaries
-    from .evaluate import load_catalog_data
+    from ..analysis.cluster import stored_summaries
+    from ..analysis.evaluate import load_catalog_data
 
     data = load_catalog_data(catalog)
     summaries = stored_summaries(data, label, samples)

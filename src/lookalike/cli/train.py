@@ -1,5 +1,5 @@
-"""``lookalike pack``, ``lookalike train autoencoder|finetune`` and ``lookalike classify``: argument parsing
-and terminal output for the ``train`` package (kept out of ``cli.py`` so each stays small)."""
+"""Training commands: ``pack``, ``train autoencoder|finetune`` and ``classify`` (PyTorch is imported when
+they run)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
+from ..core.errors import LookalikeError
+from .common import Parents, encode_options, int_at_least, non_negative_int, positive_int
 
-from .errors import LookalikeError
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def cmd_pack(args: argparse.Namespace, out: Console) -> int:
@@ -25,7 +27,7 @@ def cmd_pack(args: argparse.Namespace, out: Console) -> int:
         return 0
     print(f"{report.path}: {report.summary()}")
     if report.failed:
-        from .train.pack import Pack
+        from ..train.pack import Pack
 
         for item_id, path, reason in Pack.open(report.path).failures[:10]:
             print(f"  skipped {item_id} ({path}): {reason}", file=sys.stderr)
@@ -33,7 +35,7 @@ def cmd_pack(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_train_autoencoder(args: argparse.Namespace, out: Console) -> int:
-    from .train.autoencoder import train_autoencoder
+    from ..train.autoencoder import train_autoencoder
 
     options = _train_options(args, default_batch=64, default_epochs=30, default_lr=1e-3)
     figures = args.figures or str(Path(args.out).with_suffix("")) + "-figures"
@@ -46,7 +48,9 @@ def cmd_train_autoencoder(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_train_finetune(args: argparse.Namespace, out: Console) -> int:
-    from .train.finetune import FinetuneConfig, train_finetune
+    from rich.table import Table
+
+    from ..train.finetune import FinetuneConfig, train_finetune
 
     options = _train_options(args, default_batch=32, default_epochs=15, default_lr=1e-3)
     unfreeze = args.unfreeze
@@ -75,10 +79,11 @@ def cmd_train_finetune(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_classify(args: argparse.Namespace, out: Console) -> int:
-    from .cli import _options
-    from .train.classify import classify_images
+    from rich.table import Table
 
-    predictions = classify_images(args.images, args.model, top=args.top, options=_options(args))
+    from ..train.classify import classify_images
+
+    predictions = classify_images(args.images, args.model, top=args.top, options=encode_options(args))
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return 0
@@ -105,7 +110,7 @@ def _source(args: argparse.Namespace) -> tuple[str, str | None]:
 
 
 def _pack_with_progress(source, out_path, size, images, args):
-    from .train.pack import pack_source
+    from ..train.pack import pack_source
 
     bar = None
     if not args.quiet and sys.stderr.isatty():
@@ -123,7 +128,7 @@ def _pack_with_progress(source, out_path, size, images, args):
 @contextmanager
 def _training_pack(args: argparse.Namespace, default_size: int):
     """The pack to train on: SOURCE itself when it is a ``.pack``, else a temporary pack of SOURCE."""
-    from .train.pack import Pack
+    from ..train.pack import Pack
 
     if args.source.endswith(".pack") and not getattr(args, "labels", None):
         if args.size is not None:
@@ -139,7 +144,7 @@ def _training_pack(args: argparse.Namespace, default_size: int):
 
 
 def _train_options(args: argparse.Namespace, default_batch: int, default_epochs: int, default_lr: float):
-    from .train.common import TrainOptions
+    from ..train.common import TrainOptions
 
     return TrainOptions(
         epochs=args.epochs or default_epochs, batch_size=args.batch_size or default_batch, lr=args.lr or default_lr,
@@ -161,7 +166,7 @@ def _epoch_printer(args: argparse.Namespace, epochs: int):
 
 
 def _summary(result, out: Console) -> None:
-    from .train.common import describe_times
+    from ..train.common import describe_times
 
     h = result.history
     stop = " (stopped early)" if h.stopped_early else ""
@@ -180,9 +185,9 @@ def _unfreeze(text: str) -> int | str:
     return int(text)
 
 
-def add_parsers(sub, common: argparse.ArgumentParser, run: argparse.ArgumentParser) -> None:
+def add_parsers(sub, parents: Parents) -> None:
     """Add ``pack``, ``train`` and ``classify`` to the ``lookalike`` command."""
-    from .cli import _int_at_least, _non_negative_int, _positive_int
+    common, run = parents.common, parents.run
 
     source_args = argparse.ArgumentParser(add_help=False)
     source_args.add_argument("--labels", help="a CSV manifest (e.g. styles.csv) whose images are in SOURCE")
@@ -193,22 +198,22 @@ def add_parsers(sub, common: argparse.ArgumentParser, run: argparse.ArgumentPars
                        "image as uint8 in one memory-mapped file with its id and labels, for fast training. "
                        "Unreadable files are recorded with their reason; an interrupted run resumes.")
     p.add_argument("source", help="a folder of images, or a CSV manifest")
-    p.add_argument("--size", type=_int_at_least(8), default=128, help="square side in pixels (default 128)")
+    p.add_argument("--size", type=int_at_least(8), default=128, help="square side in pixels (default 128)")
     p.add_argument("--out", required=True, help="the .pack file to write")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_pack)
 
     train = argparse.ArgumentParser(add_help=False)
     train.add_argument("--out", required=True, help="the model file to write (.lkm)")
-    train.add_argument("--epochs", type=_positive_int, default=None, help="most epochs to run")
+    train.add_argument("--epochs", type=positive_int, default=None, help="most epochs to run")
     train.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
     train.add_argument("--val", type=float, default=0.15, help="share held out for validation (default 0.15)")
-    train.add_argument("--patience", type=_non_negative_int, default=5,
+    train.add_argument("--patience", type=non_negative_int, default=5,
                        help="stop after this many epochs without a better validation loss (0: never; default 5)")
-    train.add_argument("--seed", type=_non_negative_int, default=0,
+    train.add_argument("--seed", type=non_negative_int, default=0,
                        help="seed: same seed and device, same model (default 0)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
-    train.add_argument("--size", type=_int_at_least(8), default=None,
+    train.add_argument("--size", type=int_at_least(8), default=None,
                        help="square side when SOURCE must be packed first")
     train.add_argument("--figures", help="folder for loss curves and other figures (default OUT-figures)")
 
@@ -221,8 +226,8 @@ def add_parsers(sub, common: argparse.ArgumentParser, run: argparse.ArgumentPars
                          "describes each photo. Writes loss curves, a reconstruction grid per epoch, their GIF, and "
                          "for --latent 2 or 3 a scatter of the latent space.")
     q.add_argument("source", help="a .pack from `lookalike pack` (fastest), or a folder/manifest to pack first")
-    q.add_argument("--latent", type=_positive_int, default=32, help="latent size (default 32)")
-    q.add_argument("--width", type=_positive_int, default=32, help="channels of the first level (default 32)")
+    q.add_argument("--latent", type=positive_int, default=32, help="latent size (default 32)")
+    q.add_argument("--width", type=positive_int, default=32, help="channels of the first level (default 32)")
     q.add_argument("--embedding", default="latent", choices=["latent", "pooled"],
                    help="what the embedder gives: the latent, or pooled encoder features (default latent)")
     q.add_argument("--color-by", help="label column colouring the latent scatter")
@@ -240,21 +245,21 @@ def add_parsers(sub, common: argparse.ArgumentParser, run: argparse.ArgumentPars
     q.add_argument("--weights", default=None, help="backbone weights: a local file, or 'random' (default: hub)")
     q.add_argument("--unfreeze", default=0, type=_unfreeze,
                    help="backbone stages to train, from the last (default 0: frozen), or 'all'")
-    q.add_argument("--dim", type=_positive_int, default=128, help="embedding size (default 128)")
-    q.add_argument("--per-class", type=_int_at_least(2), default=4,
+    q.add_argument("--dim", type=positive_int, default=128, help="embedding size (default 128)")
+    q.add_argument("--per-class", type=int_at_least(2), default=4,
                    help="photos per class in a balanced batch (default 4)")
     q.add_argument("--metric-weight", type=float, default=1.0, help="weight of the contrastive loss (default 1)")
     q.add_argument("--color-jitter", action=argparse.BooleanOptionalAction, default=None,
                    help="colour jitter (default: on unless a --label is a colour)")
     q.add_argument("--embedding", default="head", choices=["head", "backbone"],
                    help="what the embedder gives: the trained projection, or the backbone's features")
-    q.add_argument("-k", type=_positive_int, default=5, help="k of the before/after precision@k and mAP@k (default 5)")
+    q.add_argument("-k", type=positive_int, default=5, help="k of the before/after precision@k and mAP@k (default 5)")
     q.set_defaults(func=cmd_train_finetune)
 
     p = sub.add_parser("classify", parents=[common, run], help="predict labels with a fine-tuned model",
                        description="The most probable labels of photos, from a model of `lookalike train finetune`.")
     p.add_argument("images", nargs="+", help="photos to classify")
     p.add_argument("--model", required=True, help="the .lkm file")
-    p.add_argument("--top", type=_positive_int, default=3, help="labels to show per column (default 3)")
+    p.add_argument("--top", type=positive_int, default=3, help="labels to show per column (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_classify)

@@ -13,36 +13,29 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import EmbedderInfo
-from ..errors import ModelFileError
-from ..train.modelfile import SUFFIX, ModelFile, file_digest, load_model_file, load_weights
-from ..train.pack import Letterbox
-
-MODE_SEPARATOR = "#"
-
-
-def is_model_file(name: str) -> bool:
-    """Does this model name point at a trained model file (``path.lkm`` or ``path.lkm#mode``)?"""
-    return name.split(MODE_SEPARATOR, 1)[0].lower().endswith(SUFFIX)
-
-
-def canonical_name(name: str) -> str:
-    """The name a catalog records: a model file's absolute path (plus ``#mode``), so it reopens from anywhere;
-    other names as they are."""
-    if not is_model_file(name):
-        return name
-    path, sep, mode = name.partition(MODE_SEPARATOR)
-    return str(Path(path).expanduser().resolve()) + (sep + mode if mode else "")
+from ..core.config import EmbedderInfo
+from ..core.errors import ModelFileError
+from .letterbox import Letterbox
+from .modelfile import (
+    MODE_SEPARATOR,
+    ModelFile,
+    canonical_name,
+    file_digest,
+    load_model_file,
+    load_weights,
+)
+from .networks import AutoencoderEmbedding, FinetuneEmbedding, build_autoencoder, build_finetune
 
 
 class TrainedEmbedder:
-    """A ``.lkm`` model: ``model`` maps a normalised batch to vectors; ``classify`` gives label probabilities
+    """A ``.lkm`` model (PyTorch): ``model`` maps a normalised batch to vectors; ``classify`` gives label probabilities
     for fine-tuned models that carry classifier heads."""
 
     def __init__(self, name: str, meta: ModelFile, net: torch.nn.Module, model: torch.nn.Module, mode: str,
                  digest: str):
         pre = meta.preprocess
         self.meta = meta
+        self.needs_torch = True
         self.net = net.eval()
         self.model = model.eval()
         self.pil_transform = Letterbox(int(pre["size"]), int(pre.get("fill", 255)))
@@ -96,9 +89,6 @@ def load_trained(name: str) -> TrainedEmbedder:
     Raises:
         ModelFileError: missing, corrupt, not a lookalike model, newer version, or an unknown mode.
     """
-    from ..train.autoencoder import AutoencoderEmbedding, build_autoencoder
-    from ..train.finetune import FinetuneEmbedding, build_finetune
-
     path_text, _, mode = name.partition(MODE_SEPARATOR)
     path = Path(path_text).expanduser()
     meta, state = load_model_file(path)

@@ -1,0 +1,259 @@
+"""Analysis commands: ``evaluate``, ``cluster``, ``duplicates``, ``recommend`` (passes over a whole catalog)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING
+
+from .common import (
+    Parents,
+    encode_options,
+    int_at_least,
+    int_range,
+    json_float,
+    non_negative_int,
+    positive_int,
+    similarity,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def cmd_evaluate(args: argparse.Namespace, out: Console) -> int:
+    from ..analysis.evaluate import REFERENCES, evaluate_catalogs
+
+    references = [] if args.no_reference else list(REFERENCES)
+    results = []
+    for label in args.label:
+        rows = evaluate_catalogs(args.catalog, label, args.k, queries=args.queries, query_images=args.query_images,
+                                 references=references, bootstrap=args.bootstrap, seed=args.seed,
+                                 options=encode_options(args))
+        results.append(rows)
+    if args.json:
+        print(json.dumps([row.to_dict(per_class=args.per_class) for rows in results for row in rows], indent=2,
+                         default=json_float))
+        return 0
+    for rows in results:
+        _metrics_table(rows, out)
+        if args.per_class:
+            for row in rows:
+                if row.embedder not in ("random ranking", "colour histogram"):
+                    _per_class_table(row, out)
+    return 0
+
+
+def _metrics_table(rows, out: Console) -> None:
+    from rich.table import Table
+
+    from ..analysis.evaluate import METRIC_NAMES, format_estimate
+
+    first = rows[0]
+    table = Table(title=f"{first.label}, k={first.k}, {first.mode}: {first.retrieval_queries} queries "
+                  f"(± half the 95% bootstrap interval)", title_justify="left")
+    table.add_column("run", no_wrap=True)
+    table.add_column("embedder", no_wrap=True)
+    for name in METRIC_NAMES:
+        table.add_column(_SHORT.get(name, METRIC_NAMES[name]).replace("@k", f"@{first.k}"), justify="right")
+    table.add_column("top-1 macro F1", justify="right")
+    for row in rows:
+        f1 = row.classification["top1"].macro_f1
+        table.add_row(row.name, row.embedder,
+                      *(format_estimate(row.metrics[n]).replace(" ±0.", "±.") for n in METRIC_NAMES), f"{f1:.3f}")
+    out.print(table)
+    excluded = ", ".join(f"{name} {n}" for name, n in first.excluded.items() if n)
+    out.print(f"items searched {first.items}; queries with the label {first.queries}; not used as queries: "
+              f"{excluded or 'none'}", highlight=False)
+    for note in dict.fromkeys(note for row in rows for note in row.notes):
+        out.print(f"note: {note}", highlight=False)
+
+
+_SHORT = {"precision": "P@k", "recall": "R@k", "hit_rate": "hit@k", "top1_accuracy": "top-1 acc",
+          "majority_accuracy": "maj-of-k acc", "mean_distance": "mean dist", "median_distance": "median dist"}
+
+
+def _per_class_table(row, out: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"per class: {row.name} ({row.label})", title_justify="left")
+    for col in ("class", "items", "queries", "precision", "recall", "AP", "hit rate", "top-1 P", "top-1 R",
+                "top-1 F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in row.per_class:
+        table.add_row(c.label, str(c.items), str(c.queries), *(_fmt(v) for v in (
+            c.precision, c.recall, c.map, c.hit_rate, c.top1.precision, c.top1.recall, c.top1.f1)),
+            str(c.top1.support))
+    out.print(table)
+
+
+def _fmt(value: float) -> str:
+    return "-" if value != value else f"{value:.3f}"
+
+
+def cmd_cluster(args: argparse.Namespace, out: Console) -> int:
+    from rich.table import Table
+
+    from ..analysis.cluster import cluster_catalog
+    from ..catalog.catalog import Catalog
+
+    with Catalog.open(args.catalog) as catalog:
+        result = cluster_catalog(catalog, args.n, auto=args.range if args.auto else None, label=args.label,
+                                 seed=args.seed)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=json_float))
+        return 0
+    if result.scores:
+        out.print("silhouette by n: " + ", ".join(f"{n}: {s:.3f}" for n, s in result.scores.items()),
+                  highlight=False)
+    table = Table(title=f"{result.n} clusters of {result.items} items (stored in {args.catalog})",
+                  title_justify="left")
+    for col in ("cluster", "items", f"most common {args.label}" if args.label else "", "nearest the centre"):
+        if col:
+            table.add_column(col, justify="right" if col in ("cluster", "items") else "left", overflow="fold")
+    for c in result.clusters:
+        top = [f"{c.top_label} ({c.top_share:.0%})" if c.top_label else "-"] if args.label else []
+        table.add_row(str(c.cluster), str(c.size), *top, ", ".join(c.samples))
+    out.print(table)
+    purity = f"; purity against {args.label} {result.purity:.3f}" if result.purity is not None else ""
+    out.print(f"silhouette {result.silhouette:.3f}{purity}", highlight=False)
+    out.print(f"next: lookalike similar ID --catalog {args.catalog} --same-cluster", highlight=False)
+    return 0
+
+
+def cmd_duplicates(args: argparse.Namespace, out: Console) -> int:
+    from rich.table import Table
+
+    from ..analysis.duplicates import find_duplicates
+    from ..catalog.catalog import Catalog
+
+    with Catalog.open(args.catalog) as catalog:
+        report = find_duplicates(catalog, args.threshold, neighbours=args.neighbours, where=args.where,
+                                 block=args.block_size, threads=args.threads, progress=False if args.quiet else None)
+    if args.csv:
+        report.write_csv(args.csv)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    if report.groups:
+        shown = report.groups[:args.limit]
+        table = Table(title=f"duplicate groups in {args.catalog}", title_justify="left")
+        for col in ("group", "kind", "size", "similarity", "representative", "members"):
+            table.add_column(col, justify="right" if col in ("group", "size") else "left", overflow="fold")
+        for g in shown:
+            others = [i for i in g.ids if i != g.representative]
+            more = f" ... +{len(others) - 8}" if len(others) > 8 else ""
+            table.add_row(str(g.group), g.kind, str(len(g.members)), f"{g.min_similarity:.3f}-{g.max_similarity:.3f}",
+                          g.representative, ", ".join(others[:8]) + more)
+        out.print(table)
+        if len(report.groups) > len(shown):
+            out.print(f"... and {len(report.groups) - len(shown)} more groups (--limit N, --json or --csv)")
+    print(f"{args.catalog}: {report.summary()}" + (f"; groups written to {args.csv}" if args.csv else ""))
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace, out: Console) -> int:
+    from ..analysis.recommend import recommend
+    from ..catalog.catalog import Catalog
+
+    with Catalog.open(args.catalog) as catalog:
+        report = recommend(catalog, args.k, args.out, fmt=args.format, where=args.where,
+                           queries_where=args.queries_where, dedupe=args.dedupe, threshold=args.threshold,
+                           group_by=args.group_by, block=args.block_size, threads=args.threads,
+                           resume=not args.restart, progress=False if args.quiet else None)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.summary())
+    return 0
+
+
+def seed_parser() -> argparse.ArgumentParser:
+    seed = argparse.ArgumentParser(add_help=False)
+    seed.add_argument("--seed", type=non_negative_int, default=0, help="seed for sampling and resampling (0)")
+    return seed
+
+
+def add_parsers(sub, parents: Parents) -> None:
+    """Add the analysis commands to the ``lookalike`` parser."""
+    common, run, catalog_arg = parents.common, parents.run, parents.catalog
+    from ..analysis.duplicates import DEFAULT_NEIGHBOURS
+    from ..analysis.neighbours import DEFAULT_BLOCK, DEFAULT_THREADS
+    from ..catalog.dedupe import DEFAULT_THRESHOLD
+
+    seed = seed_parser()
+    p = sub.add_parser("evaluate", parents=[common, run, seed], help="retrieval metrics and kNN classification",
+                       description="How good are the recommendations? Leave-one-out over the catalog (or held-out "
+                       "--queries): precision/recall/mAP/nDCG/hit rate@k, mean and median neighbour distance, "
+                       "kNN classification, with reference rows: chance and a colour histogram of the same photos.")
+    p.add_argument("--catalog", action="append", required=True,
+                   help="a catalog; repeat to compare several (e.g. one per embedder) side by side")
+    p.add_argument("--label", action="append", required=True,
+                   help="items with equal values of this label are relevant (e.g. articleType); repeatable; "
+                   "'cluster' uses the stored clusters")
+    p.add_argument("-k", type=positive_int, default=10, help="neighbours per query (default 10)")
+    p.add_argument("--queries", help="held-out queries: a CSV manifest (id or path column + label columns)")
+    p.add_argument("--query-images", help="image folder of the --queries manifest (default: images/ beside it)")
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000,
+                   help="resamples for the 95%% intervals (default 1000; 0: none)")
+    p.add_argument("--no-reference", action="store_true", help="leave out the chance and colour-histogram rows")
+    p.add_argument("--per-class", action="store_true", help="also print (and put in --json) the per-class table")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("cluster", parents=[common, catalog_arg, seed], help="k-means clusters, stored per item",
+                       description="k-means on the catalog's vectors, stored per item (for `similar "
+                       "--same-cluster`, `--label cluster`, `plot map --color-by cluster`). Replaces earlier "
+                       "clusters.")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("-n", type=int_at_least(2), help="number of clusters")
+    how.add_argument("--auto", action="store_true", help="choose n by silhouette over --range")
+    p.add_argument("--range", type=int_range, default=(2, 12), metavar="LOW:HIGH", help="n tried by --auto (2:12)")
+    p.add_argument("--label", help="report each cluster's most common value and the purity against this label")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_cluster)
+
+
+    passes = argparse.ArgumentParser(add_help=False)
+    passes.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
+                        help=f"search threads (default {DEFAULT_THREADS})")
+    passes.add_argument("--block-size", type=positive_int, default=DEFAULT_BLOCK,
+                        help=f"queries per index search (default {DEFAULT_BLOCK})")
+    passes.add_argument("--threshold", type=similarity, default=DEFAULT_THRESHOLD,
+                        help=f"cosine similarity at which two items are near duplicates (default {DEFAULT_THRESHOLD})")
+
+    p = sub.add_parser("duplicates", parents=[common, catalog_arg, passes], help="exact and near-duplicate groups",
+                       description="Group items that are the same file (content hash) or look the same "
+                       "(similarity >= --threshold, joined into connected components). A whole-catalog run is "
+                       "saved for `search/similar/recommend --dedupe`.")
+    p.add_argument("--neighbours", type=positive_int, default=DEFAULT_NEIGHBOURS,
+                   help=f"neighbours searched per item (default {DEFAULT_NEIGHBOURS}; more are fetched for items "
+                   "whose last neighbour is still above the threshold)")
+    p.add_argument("--where", action="append", default=None, metavar="LABEL=VALUE",
+                   help="only items with this label value (not saved for --dedupe)")
+    p.add_argument("--csv", help="also write one row per group member to this CSV file")
+    p.add_argument("--limit", type=non_negative_int, default=20, help="groups to print (default 20; all in --json)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_duplicates)
+
+    p = sub.add_parser("recommend", parents=[common, catalog_arg, passes],
+                       help="every item's k look-alikes, to parquet/csv/jsonl",
+                       description="Write, for every item, its k most similar items (item_id, rank, similar_id, "
+                       "similarity) to --out, never the item itself or its exact copies. An interrupted run "
+                       "resumes when started again with the same options.")
+    p.add_argument("-k", type=positive_int, default=10, help="recommendations per item (default 10)")
+    p.add_argument("--out", required=True, help="file to write: .parquet, .csv or .jsonl")
+    p.add_argument("--format", choices=["parquet", "csv", "jsonl"], help="instead of the extension")
+    p.add_argument("--where", action="append", default=None, metavar="LABEL=VALUE",
+                   help="only recommend items with this label value (every item still gets recommendations)")
+    p.add_argument("--queries-where", action="append", default=None, metavar="LABEL=VALUE",
+                   help="only write recommendations for items with this label value")
+    p.add_argument("--dedupe", action="store_true", help="one item per near-duplicate group, none of the "
+                   "item's own group (finds the groups first unless saved at this --threshold)")
+    p.add_argument("--group-by", metavar="LABEL", help="one recommendation per value of this label, e.g. "
+                   "productDisplayName; the value is written as an extra column")
+    p.add_argument("--restart", action="store_true", help="ignore an interrupted run and start over")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_recommend)
+
+

@@ -1,0 +1,178 @@
+"""Catalog commands: ``index``, ``tune``, ``status``, ``models``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from .common import Parents, encode_options, non_negative_int, show_matches
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def cmd_index(args: argparse.Namespace, out: Console) -> int:
+    from ..catalog.catalog import Catalog
+    from ..index.choice import IndexOptions
+
+    IndexOptions().changed(kind=args.index, memory=args.memory, recall=args.recall)  # refuse before creating
+    catalog = Catalog.open_or_create(args.catalog, args.model, args.weights)
+    with catalog:
+        if args.index is not None or args.memory is not None or args.recall is not None:
+            catalog.configure_index(kind=args.index, memory=args.memory, recall=args.recall)
+        report = catalog.add(args.source, images=args.images, prune=args.prune, options=encode_options(args))
+        if args.json:
+            print(json.dumps({**report.__dict__, "images_per_second": report.images_per_second}, indent=2))
+        else:
+            for warning in report.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            print(f"{args.catalog}: {report.summary()}; {len(catalog)} items searchable")
+            if report.failed:
+                print(f"  {report.failed} files skipped; `lookalike status --catalog {args.catalog}` lists why")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace, out: Console) -> int:
+    from rich.table import Table
+
+    from ..catalog.catalog import Catalog
+    from ..index.vector_index import SearchSettings
+
+    with Catalog.open(args.catalog) as catalog:
+        quality = catalog.tune(args.recall)
+        index = catalog.index
+        if args.json:
+            print(json.dumps({"index": index.describe(), "settings": index.settings.__dict__,
+                              "quality": quality.__dict__}, indent=2))
+            return 0
+        table = Table(title=f"recall@{quality.k} on {quality.queries} catalog items vs exact search",
+                      title_justify="left")
+        for col in ("setting", "recall", "latency ms"):
+            table.add_column(col, justify="right" if col != "setting" else "left")
+        for row in quality.table:
+            setting = SearchSettings(**{k: row[k] for k in ("ef_search", "nprobe", "refine")})
+            table.add_row(setting.describe(index.kind), f"{row['recall']:.3f}", f"{row['latency_ms']:.2f}")
+        if quality.table:
+            out.print(table)
+        out.print(f"chosen: {index.describe()}")
+        if quality.target is not None and quality.recall is not None and quality.recall < quality.target:
+            out.print(f"[yellow]recall {quality.recall:.3f} is below the target {quality.target}; "
+                      "raise --memory or use --index flat[/]")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, out: Console) -> int:
+    from rich.table import Table
+
+    from ..catalog.catalog import Catalog
+
+    with Catalog.open(args.catalog) as catalog:
+        status = catalog.status(failures=args.failures)
+    if args.json:
+        print(json.dumps(status.to_dict(), indent=2))
+        return 0
+    out.print(f"catalog  {status.path}")
+    out.print(f"model    {status.embedder.describe()}")
+    out.print(f"items    {status.items} searchable, {status.failed} failed")
+    out.print(f"index    {status.index}")
+    detail = status.index_detail
+    if detail:
+        out.print(f"         chosen: {detail['reason']}; {detail['disk_bytes_per_item']:,.0f} bytes/item on disk")
+    out.print(f"labels   {', '.join(status.labels) or '(none)'}")
+    if status.failures:
+        table = Table(title="failed files (retried when the file changes)", title_justify="left")
+        for col in ("id", "path", "reason"):
+            table.add_column(col, overflow="fold")
+        for item_id, path, reason in status.failures:
+            table.add_row(item_id, path, reason)
+        out.print(table)
+        if status.failed > len(status.failures):
+            out.print(f"... and {status.failed - len(status.failures)} more (--failures N shows more)")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, out: Console) -> int:
+    from ..models.registry import list_models
+
+    for name, spec in list_models().items():
+        out.print(f"{name:16} {spec.description}")
+    out.print(f"{'timm:<name>':16} any timm model, e.g. timm:convnext_tiny.fb_in22k")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, out: Console) -> int:
+    from pathlib import Path
+
+    from ..catalog.demo import run_demo
+
+    path = Path(args.catalog)
+    result = run_demo(path, model=args.model, options=encode_options(args), weights=args.weights)
+    with result.catalog as catalog:
+        if result.fallback:
+            out.print(f"note: {result.fallback}; the demo uses {args.model} with seeded random weights instead, "
+                      "so neighbours follow colour and shape only", markup=False, highlight=False)
+        out.print(f"[bold]Demo catalog[/bold] {path}: {result.report.summary()}")
+        out.print(f"model: {catalog.config.embedder.describe()}")
+        for item_id, labels, matches in result.examples:
+            name = labels.get("productDisplayName", item_id)
+            show_matches(matches, args, out, title=f"more like {item_id}: {name}")
+        example = result.examples[0][0] if result.examples else "ID"
+        out.print("\nNext:")
+        out.print(f"  lookalike similar {example} --catalog {path} -k 5 --where gender=Men")
+        photo = result.examples[-1][2][0].path if result.examples and result.examples[-1][2] else "photo.jpg"
+        out.print(f"  lookalike search {photo} --catalog {path} -k 5")
+        out.print(f"  lookalike status --catalog {path}")
+        out.print("  lookalike index ./your-images --catalog shop.lk     # your own catalog")
+    return 0
+
+
+def add_parsers(sub, parents: Parents) -> None:
+    """Add the catalog commands to the ``lookalike`` parser."""
+    common, run, catalog_arg = parents.common, parents.run, parents.catalog
+    from ..models.registry import DEFAULT_MODEL
+
+    p = sub.add_parser("index", parents=[common, run, catalog_arg], help="embed a folder or manifest",
+                       description="Embed every image of a folder (recursive) or CSV manifest into a catalog. "
+                       "Only new or changed files are embedded; an interrupted run resumes.")
+    p.add_argument("source", help="a folder of images, or a CSV manifest with an id or path column")
+    p.add_argument("--images", help="image folder for a manifest (default: images/ beside it, or its folder)")
+    p.add_argument("--model", default=None, help=f"embedder for a new catalog (default {DEFAULT_MODEL}); "
+                   "see `lookalike models`")
+    p.add_argument("--weights", default=None, help="local .safetensors/.pth weights instead of the hub; "
+                   "'random' for timing runs")
+    p.add_argument("--prune", action="store_true", help="drop items whose files are gone")
+    p.add_argument("--index", default=None, choices=["auto", "flat", "hnsw", "ivfpq"],
+                   help="index kind (default auto: exact up to 50k items, HNSW up to 2M, then IVF-PQ); kept")
+    p.add_argument("--memory", default=None, metavar="SIZE",
+                   help="memory budget for the index, e.g. 4G (default auto: half the machine's RAM); kept")
+    p.add_argument("--recall", type=float, default=None,
+                   help="recall@10 the approximate index is tuned to reach (default 0.95); kept")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("tune", parents=[common, catalog_arg], help="measure recall and re-tune the index",
+                       description="Measure recall@10 of the catalog's index against exact search on a sample "
+                       "of its items, and pick the fastest search setting that reaches the target.")
+    p.add_argument("--recall", type=float, default=None, help="target recall@10 (default: the catalog's, 0.95)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("status", parents=[common, catalog_arg], help="counts, model and failed files",
+                       description="What a catalog holds: counts, model, labels and failed files with reasons.")
+    p.add_argument("--failures", type=non_negative_int, default=50, help="failed files to list (default 50)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("models", parents=[common], help="list the embedders by name")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("demo", parents=[common, run], help="a tour on sample photos shipped with lookalike",
+                       description="Build a catalog of the sample product photos shipped with lookalike and "
+                       "show look-alikes for three of them. Works offline.")
+    p.add_argument("--catalog", default="lookalike-demo.lk", help="where to build it (default lookalike-demo.lk)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"embedder (default {DEFAULT_MODEL})")
+    p.add_argument("--weights", default=None, help="local weights file instead of the hub")
+    p.add_argument("--json", action="store_true", help="print the look-alikes as JSON")
+    p.set_defaults(func=cmd_demo, where=None)

@@ -1,0 +1,148 @@
+"""What every command group shares: argument types, the parent parsers, encode options and result tables.
+
+Imports nothing heavy: the parser for every command is built from this without loading PyTorch, FAISS,
+matplotlib or FastAPI; each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..core.config import DEFAULT_MAX_PIXELS, EncodeOptions
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..catalog.query import Match
+
+EXIT_USAGE = 2  # expected failures: one line on stderr, this exit code
+
+
+def int_at_least(lowest: int):
+    """An argparse type: a whole number of at least ``lowest``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {lowest}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def similarity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a cosine similarity above 0 and at most 1, e.g. 0.95")
+    return value
+
+
+def figure_path(text: str) -> str:
+    """Refuse a wrong extension before any work is done."""
+    from ..figures.plots import FORMATS
+
+    if Path(text).suffix.lower() not in FORMATS:
+        raise argparse.ArgumentTypeError(f"{text!r}: write the figure as .png or .svg")
+    return text
+
+
+def int_range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition(":")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write LOW:HIGH, e.g. 2:12") from None
+    if not sep or lo < 2 or hi < lo:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 2 <= LOW <= HIGH, e.g. 2:12")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class Parents:
+    """Option groups that several commands take (argparse parent parsers)."""
+
+    common: argparse.ArgumentParser  # -q/--quiet, -v/--verbose
+    run: argparse.ArgumentParser  # device, precision, batch size, workers, pixel limit, draft
+    catalog: argparse.ArgumentParser  # --catalog
+    query: argparse.ArgumentParser  # -k, --where, --json, --dedupe
+
+
+def parent_parsers() -> Parents:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bar, errors only")
+    common.add_argument("-v", "--verbose", action="store_true", help="log what is going on")
+
+    run = argparse.ArgumentParser(add_help=False)
+    run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    run.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                     help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32")
+    run.add_argument("--batch-size", type=positive_int, default=None,
+                     help="images per model call (default: 256 on CUDA, 32 on CPU)")
+    run.add_argument("--workers", type=non_negative_int, default=None,
+                     help="worker processes that decode (on a CPU in bf16 they also embed, one model thread each); "
+                          "default: one per core; 0 decodes in the main process")
+    run.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                     help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
+    run.add_argument("--no-draft", action="store_true", help="decode JPEGs at full size (slower; for checks)")
+
+    catalog = argparse.ArgumentParser(add_help=False)
+    catalog.add_argument("--catalog", required=True, help="the catalog directory, e.g. shop.lk")
+
+    query = argparse.ArgumentParser(add_help=False)
+    query.add_argument("-k", type=positive_int, default=10, help="how many items to return (default 10)")
+    query.add_argument("--where", action="append", default=None, metavar="LABEL=VALUE",
+                       help="only items with this label value; repeat to require several (AND)")
+    query.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    query.add_argument("--dedupe", action="store_true", help="one item per near-duplicate group (the groups of "
+                       "the last `lookalike duplicates` run, else copies of a better result are dropped)")
+
+    return Parents(common=common, run=run, catalog=catalog, query=query)
+
+
+def encode_options(args: argparse.Namespace) -> EncodeOptions:
+    return EncodeOptions(
+        device=args.device, precision=args.precision, batch_size=args.batch_size, workers=args.workers,
+        max_pixels=args.max_pixels, draft=not args.no_draft, progress=not args.quiet,
+    )
+
+
+def show_matches(matches: list[Match], args: argparse.Namespace, out: Console, title: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps([m.to_dict() for m in matches], indent=2))
+        return
+    if not matches:
+        out.print(f"{title}: no matches" + (" (the filter matches no other item)" if args.where else ""))
+        return
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("id")
+    table.add_column("similarity", justify="right")
+    table.add_column("distance", justify="right")
+    table.add_column("labels", overflow="fold")
+    table.add_column("path", overflow="fold")
+    for m in matches:
+        labels = ", ".join(m.labels.get(k) for k in ("articleType", "baseColour", "gender") if m.labels.get(k))
+        if not labels:
+            labels = ", ".join(f"{k}={v}" for k, v in list(m.labels.items())[:3])
+        table.add_row(str(m.rank), m.id, f"{m.similarity:.3f}", f"{m.distance:.3f}", labels, m.path)
+    out.print(table)
+
+
+def json_float(value):
+    return None if isinstance(value, float) else str(value)

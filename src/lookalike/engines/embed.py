@@ -1,0 +1,181 @@
+"""Images in, L2-normalised float32 vectors out: batching, parallel decoding, device and precision.
+
+The contract follows sentence-transformers' ``encode``: one image in gives one vector, a list gives a
+matrix; ``device="auto"`` picks cuda, then mps, then cpu; finished batches move back to the CPU at once.
+Catalog indexing uses ``encode_files``, which decodes in parallel workers and reports every unreadable file
+with its reason instead of dropping or replacing it.
+
+Network models run on PyTorch (``torch_runtime``, imported only for them); model-free embedders
+(``colorhist``, ``pixels``) run on NumPy with decoding threads, and never import PyTorch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.config import EncodeOptions
+from ..core.errors import LookalikeError
+from ..core.images import ImageInput, load_image
+from .files import (
+    EncodedBatch,
+    FileReader,
+    FileResult,
+    FileTask,
+    WorkerPlan,
+    cores,
+    default_workers,
+    plan_workers,
+    stack_results,
+)
+
+if TYPE_CHECKING:
+    from ..models.base import Embedder
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EncodedBatch", "Encoder", "FileReader", "FileResult", "FileTask", "HostDevice", "WorkerPlan", "cores",
+           "default_workers", "encode_files", "plan_workers"]
+
+HOST_BATCH_SIZE = 64  # model-free embedders: NumPy work per batch is small, so batches are larger
+
+
+@dataclass(frozen=True)
+class HostDevice:
+    """Where a model-free embedder runs: this process's CPU (NumPy). Prints and compares like a device."""
+
+    type: str = "cpu"
+
+    def __str__(self) -> str:
+        return self.type
+
+
+class Encoder:
+    """An embedder placed on a device in the chosen precision, ready to turn uint8 batches into vectors.
+
+    Network models (``embedder.needs_torch``) are placed with PyTorch (``torch_runtime``): ``device`` is a
+    ``torch.device``, ``dtype`` the reduced precision or None. Model-free embedders run on NumPy:
+    ``device`` is ``HostDevice("cpu")``, precision fp32, and PyTorch is never imported.
+
+    Raises:
+        LookalikeError: unknown or absent device, unknown precision, batch size below 1.
+    """
+
+    def __init__(self, embedder: Embedder, options: EncodeOptions | None = None):
+        self.options = options or EncodeOptions()
+        self.embedder = embedder
+        self.model: Any = None
+        self.model_dtype: Any = None  # the dtype inputs are cast to when the whole model was cast (else autocast)
+        if getattr(embedder, "needs_torch", True):
+            from . import torch_runtime as rt
+
+            self.device: Any = rt.resolve_device(self.options.device)
+            self.dtype: Any = rt.resolve_precision(self.options.precision, self.device)
+            self.batch_size = self.options.batch_size or rt.default_batch_size(self.device)
+        else:
+            self.device, self.dtype = HostDevice(), None
+            self.batch_size = self.options.batch_size or HOST_BATCH_SIZE
+        if self.batch_size < 1:
+            raise LookalikeError(f"--batch-size {self.batch_size}: must be at least 1")
+        if getattr(embedder, "needs_torch", True):
+            self.model, self.model_dtype = rt.place_model(embedder.model, self.device, self.dtype)
+
+    @property
+    def uses_torch(self) -> bool:
+        return self.model is not None
+
+    @property
+    def precision(self) -> str:
+        if not self.uses_torch:
+            return "fp32"
+        from .torch_runtime import PRECISION_NAMES
+
+        return PRECISION_NAMES[self.dtype]
+
+    def embed_uint8(self, batch) -> np.ndarray:
+        """N x H x W x 3 uint8 (a NumPy array or a tensor) -> N x D float32, unit length."""
+        if not self.uses_torch:
+            return self.embedder.embed_arrays(np.asarray(batch))
+        from .torch_runtime import embed_batch
+
+        return embed_batch(self, batch)
+
+    def encode(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """One image -> a D vector; a list -> an N x D matrix.
+
+        Raises:
+            ImageError: an image cannot be read (the message names it).
+        """
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        out = np.zeros((len(items), self.embedder.dim), dtype=np.float32)
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            arrays = [self.prepare(im) for im in chunk]
+            out[start:start + len(chunk)] = self.embed_uint8(np.stack(arrays))
+        return out[0] if single else out
+
+    def prepare(self, image: ImageInput) -> np.ndarray:
+        """Decode and resize one image to the model's uint8 H x W x 3 input, on the calling thread, so
+        servers can decode in parallel and batch only the model call.
+
+        Raises:
+            ImageError: the image cannot be read.
+        """
+        return self.embedder.prepare(load_image(image, draft_size=self.draft_size,
+                                                max_pixels=self.options.max_pixels))
+
+    @property
+    def draft_size(self) -> int | None:
+        """The smallest side JPEG draft decoding may go down to (None: decode at full size)."""
+        return self.embedder.draft_size if self.options.draft else None
+
+
+def encode_files(encoder: Encoder, tasks: Sequence[FileTask]) -> Iterator[EncodedBatch]:
+    """Embed files in batches, decoding in parallel; yields batches in task order.
+
+    Network models go through PyTorch DataLoader workers (``torch_runtime.encode_files_torch``); model-free
+    embedders decode in a thread pool (Pillow releases the GIL while decoding and resizing) one batch ahead
+    of NumPy.
+    """
+    if encoder.uses_torch:
+        from .torch_runtime import encode_files_torch
+
+        yield from encode_files_torch(encoder, list(tasks))
+        return
+    options = encoder.options
+    reader = FileReader(tasks, encoder.embedder.pil_transform, encoder.draft_size, options.max_pixels,
+                        options.max_bytes)
+    size, n = encoder.batch_size, len(reader)
+    starts = iter(range(0, n, size))
+    workers = default_workers() if options.workers is None else options.workers
+
+    def finish(items: list[tuple[FileResult, np.ndarray | None]]) -> EncodedBatch:
+        embedded, arrays, others = stack_results(items)
+        vectors = encoder.embed_uint8(arrays) if arrays is not None else None
+        return EncodedBatch(embedded=embedded, vectors=vectors, others=others)
+
+    if workers == 0:
+        for start in starts:
+            yield finish([reader[i] for i in range(start, min(start + size, n))])
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-decode") as pool:
+        pending: deque = deque()
+
+        def submit() -> None:
+            start = next(starts, None)
+            if start is not None:
+                pending.append([pool.submit(reader.__getitem__, i) for i in range(start, min(start + size, n))])
+
+        submit()
+        submit()
+        while pending:
+            futures = pending.popleft()
+            submit()
+            yield finish([f.result() for f in futures])
