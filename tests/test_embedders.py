@@ -231,3 +231,42 @@ def test_bf16_vectors_stay_close_to_fp32_whatever_the_architecture(model, tmp_pa
     a, b = fp32.encode(paths), bf16.encode(paths)
     assert a.shape == b.shape == (4, fp32.embedder.dim)
     assert (a * b).sum(axis=1).min() > 0.99
+
+
+def test_colour_histogram_is_the_square_root_of_the_non_white_pixel_frequencies():
+    """The NumPy colorhist against NumPy's own histogramdd: background (>= 240 on every channel) left out,
+    an all-white photo keeping all its pixels, unit length."""
+    from lookalike.models.handcrafted import ColourHistogramEmbedder
+
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, size=(3, 64, 64, 3), dtype=np.uint8)
+    batch[1, :32] = 255  # half studio white
+    batch[2] = 250  # all background
+    vectors = ColourHistogramEmbedder().embed_arrays(batch)
+    assert vectors.dtype == np.float32 and vectors.shape == (3, 512)
+    for row, img in zip(vectors, batch, strict=True):
+        pixels = img.reshape(-1, 3).astype(float)
+        keep = pixels.min(axis=1) < 240
+        keep = keep if keep.any() else np.ones(len(pixels), bool)
+        hist, _ = np.histogramdd(pixels[keep], bins=8, range=[(0, 256)] * 3)
+        expected = np.sqrt(hist.ravel() / keep.sum())
+        np.testing.assert_allclose(row, expected, atol=1e-6)
+        assert abs(np.linalg.norm(row) - 1) < 1e-5
+
+
+def test_model_free_embedders_encode_without_pytorch(tmp_path):
+    """``pixels``: the 16 x 16 thumbnail, centred, unit length; the encoder runs it on NumPy (fp32, cpu) and
+    a fresh interpreter that encodes with it never imports torch."""
+    from lookalike.engines.embed import Encoder
+
+    photo = make_image(tmp_path / "p.png", color=(10, 200, 30), size=(40, 40))
+    encoder = Encoder(create_embedder("pixels"))
+    assert str(encoder.device) == "cpu" and encoder.precision == "fp32"
+    vector = encoder.encode(photo)
+    thumb = np.asarray(Image.open(photo).convert("RGB").resize((16, 16), Image.Resampling.BILINEAR), float)
+    expected = thumb.transpose(2, 0, 1).ravel() - thumb.mean()
+    np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), atol=1e-6)
+    code = ("import sys\nfrom lookalike.engines.embed import Encoder\nfrom lookalike.models import create_embedder\n"
+            f"Encoder(create_embedder('colorhist')).encode([{str(photo)!r}] * 3)\n"
+            "sys.exit(3 if 'torch' in sys.modules else 0)\n")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -27,7 +27,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
-import torch
 
 from ..engines.embed import Encoder
 
@@ -110,7 +109,7 @@ class EmbedBatcher:
         if not good:
             return
         try:
-            vectors = encoder.embed_uint8(torch.from_numpy(np.stack([a for a, _ in good])))
+            vectors = encoder.embed_uint8(np.stack([a for a, _ in good]))
         except Exception as exc:  # noqa: BLE001 - handed to every waiting request
             for _, future in good:
                 future.set_exception(exc)

@@ -1,0 +1,83 @@
+"""Start-up cost of light commands: wall time and peak memory of ``lookalike --help``, ``status`` and
+``similar ID --json`` on a ``--model pixels`` catalog of the shared photos, each in a fresh interpreter.
+
+The baseline is an older checkout of lookalike run in the same session on the same catalog (``--baseline-src``,
+e.g. a ``git worktree add /tmp/before 866be5d`` of the last commit before the layered layout), so the ratio
+compares code, not machines. Peak memory is the child's maximum resident set (``os.wait4``, as
+``/usr/bin/time -v`` reports it). Targets (issue 12): under 0.5 s and 250 MB for ``--help`` and ``status``,
+under 1 s and 400 MB for ``similar``.
+
+    python benchmarks/cli_startup.py --baseline-src /tmp/before/src
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-products"
+OURS = Path(__file__).resolve().parents[1] / "src"
+TARGETS = {"--help": (0.5, 250), "status": (0.5, 250), "similar": (1.0, 400)}  # seconds, MB
+
+
+def run_once(src: Path, args: list[str], cwd: Path) -> tuple[float, float, int]:
+    """Wall seconds, peak RSS in MB and exit code of ``lookalike ARGS`` with ``src`` first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"lookalike {' '.join(args)} failed under {src}: {proc.stderr.read().decode()[-500:]}")
+    return wall, usage.ru_maxrss / 1024, proc.returncode
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--photos", type=Path, default=SHARED, help="folder with styles.csv and images/")
+    ap.add_argument("--baseline-src", type=Path, help="src/ folder of an older lookalike checkout to compare with")
+    ap.add_argument("--runs", type=int, default=5, help="runs per command and version (median wall, max memory)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="cli-startup-"))
+    catalog = work / "shop.lk"
+    subprocess.run([sys.executable, "-m", "lookalike.cli", "index", str(args.photos / "styles.csv"), "--images",
+                    str(args.photos / "images"), "--catalog", str(catalog), "--model", "pixels", "-q"],
+                   check=True, env={**os.environ, "PYTHONPATH": str(OURS)})
+    sys.path.insert(0, str(OURS))
+    from lookalike.catalog.catalog import Catalog
+
+    with Catalog.open(catalog) as opened:
+        item, size = sorted(opened.ids())[0], len(opened)
+    print(f"catalog: {size} items, --model pixels, {catalog}")
+    commands = {"--help": ["--help"], "status": ["status", "--catalog", str(catalog)],
+                "similar": ["similar", item, "--catalog", str(catalog), "--json"]}
+    versions = {"ours": OURS, **({"baseline": args.baseline_src} if args.baseline_src else {})}
+    rows = {}
+    for name, cmd in commands.items():
+        for version, src in versions.items():
+            run_once(src, cmd, work)  # warm the page cache
+            results = [run_once(src, cmd, work) for _ in range(args.runs)]
+            rows[name, version] = (statistics.median(r[0] for r in results), max(r[1] for r in results))
+    print(f"\n{'command':10} {'ours s':>8} {'ours MB':>8}" + (f" {'base s':>8} {'base MB':>8} {'speed-up':>9} "
+          f"{'memory':>7}" if args.baseline_src else "") + "  target")
+    for name in commands:
+        wall, mem = rows[name, "ours"]
+        limit_s, limit_mb = TARGETS[name]
+        line = f"{name:10} {wall:8.2f} {mem:8.0f}"
+        if args.baseline_src:
+            bwall, bmem = rows[name, "baseline"]
+            line += f" {bwall:8.2f} {bmem:8.0f} {bwall / wall:8.1f}x {bmem / mem:6.1f}x"
+        ok = wall < limit_s and mem < limit_mb
+        print(line + f"  <{limit_s} s, <{limit_mb} MB: {'met' if ok else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
