@@ -9,10 +9,14 @@ Layout of ``shop.lk/``::
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import io
 import logging
 import os
+import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -26,14 +30,15 @@ from tqdm import tqdm
 
 from ..core.config import CatalogConfig, EmbedderInfo, EncodeOptions
 from ..core.errors import CatalogError, ItemExistsError, QueryError, UnknownItemError
-from ..core.images import ImageInput, content_hash, decode
+from ..core.images import IMAGE_EXTENSIONS, ImageInput, content_hash, decode
 from ..core.sources import SourceItem, read_source
 from ..engines.embed import Encoder, FileTask, encode_files
 from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
 from ..models.base import RANDOM_WEIGHTS, Embedder
 from ..models.modelfile import canonical_name
 from ..models.registry import DEFAULT_MODEL, create_embedder
-from ..store.sqlite import ItemRecord, Store
+from ..store.sqlite import ItemRecord, Store, StoredItem
+from .consistency import index_disagrees
 from .dedupe import nearest_distinct
 from .query import Match, Where, check_k, distance_from_similarity, parse_where
 
@@ -138,16 +143,41 @@ class Catalog:
         path = Path(path)
         if (path / CONFIG_FILE).exists():
             raise CatalogError(f"{path}: a catalog already exists; open it, or choose another --catalog path")
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and (not path.is_dir() or any(path.iterdir())) and not _unfinished_creation(path):
             raise CatalogError(f"{path}: exists and is not an empty folder; choose another --catalog path")
         embedder = embedder or create_embedder(model, weights)
         extra = {"weights_path": str(Path(weights).resolve())} if weights not in (None, RANDOM_WEIGHTS) else {}
         config = CatalogConfig(embedder=embedder.info, created=dt.datetime.now(dt.timezone.utc).isoformat(),
                                extra=extra)
-        path.mkdir(parents=True, exist_ok=True)
-        catalog = cls(path, config, embedder)  # creates the database
-        config.save(path / CONFIG_FILE)  # written last: a catalog without it is not a catalog yet
-        return catalog
+        # Built whole in a hidden sibling, then renamed into place: a kill at any moment leaves either no
+        # catalog or a complete one (rename(2) is atomic, and replaces an empty folder).
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a creation that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        building = Path(tempfile.mkdtemp(prefix=f".{path.name}.creating-", dir=path.parent))
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            building.chmod(0o777 & ~umask)  # mkdtemp makes it private; a catalog is shared like any folder
+            Store(building / DB_FILE).close()
+            config.save(building / CONFIG_FILE)
+            if path.exists():
+                shutil.rmtree(path) if _unfinished_creation(path) else path.rmdir()
+            os.rename(building, path)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        return cls(path, config, embedder)
+
+    def discard_if_empty(self) -> bool:
+        """Delete this catalog if nothing was ever added to it (a first ``index`` that failed before its first
+        batch), so a retry may choose another model; returns whether it was deleted."""
+        counts = self.store.counts()
+        if counts.get("ok", 0) or counts.get("failed", 0):
+            return False
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        return True
 
     @classmethod
     def open(cls, path: str | Path, embedder: Embedder | None = None) -> Catalog:
@@ -170,6 +200,11 @@ class Catalog:
         if embedder is not None and embedder.info != config.embedder:
             raise CatalogError(f"{path} was built with {config.embedder.describe()}, not {embedder.info.describe()}")
         return cls(path, config, embedder)
+
+    @staticmethod
+    def exists(path: str | Path) -> bool:
+        """Is there a catalog at ``path``?"""
+        return (Path(path) / CONFIG_FILE).is_file()
 
     @classmethod
     def open_or_create(cls, path: str | Path, model: str | None = None, weights: str | None = None) -> Catalog:
@@ -266,14 +301,17 @@ class Catalog:
         started = time.perf_counter()
         listing = read_source(source, images)
         report = IndexReport(warnings=list(listing.warnings))
-        for warning in listing.warnings:
-            log.warning(warning)
+        if not listing.items:
+            report.warnings.append(f"{source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         stored = self.store.items()
+        listed = assign_item_ids(listing.items, stored, Path(source), report.warnings)
+        for warning in report.warnings:
+            log.warning(warning)
         stored_labels = self.store.labels()
         todo: list[tuple[SourceItem, FileTask, int, int]] = []
         touch: list[tuple[str, str, int, int]] = []
         relabel: dict[str, dict[str, str]] = {}
-        for item in listing.items:
+        for item in listed:
             try:
                 stat = item.path.stat()
             except OSError as exc:
@@ -421,14 +459,21 @@ class Catalog:
             return
         folder = self.path / INDEX_DIR
         index, at = self._index, self._index_generation
+        from_disk = False
         if index is None:
             loaded = VectorIndex.load(folder)
             if loaded is not None and loaded[1] <= generation:
-                index, at = loaded
+                (index, at), from_disk = loaded, True
         changed = index is None or at != generation
         if index is not None and at != generation:
             keys, vectors = self.store.vectors(self.config.embedder.dim, index.plan.dtype, since=at)
             index.update(keys, vectors, self.store.removed_since(at))
+        if from_disk and index is not None:  # prove the saved index belongs to this store before trusting it
+            problem = index_disagrees(index, self.store, self.config.embedder.dim)
+            if problem:
+                log.warning("%s does not match the catalog's store (%s); rebuilding it from the stored vectors",
+                            folder, problem)
+                index, force_rebuild = None, True
         options = self.index_options()
         count = index.size if index is not None else self.store.counts()["ok"]
         plan = choose_index(count, self.config.embedder.dim, options.memory, options.kind)
@@ -576,7 +621,32 @@ class Catalog:
         vector = self.encoder().encode(image)
         if dedupe:
             return nearest_distinct(self, vector, k, allowed, exclude=set())
-        return self.nearest(vector, k, allowed, exclude=set())
+        return self._with_exact_copies(self.nearest(vector, k, allowed, exclude=set()), image, vector, k, allowed)
+
+    def _with_exact_copies(self, matches: list[Match], image: ImageInput, vector: np.ndarray, k: int,
+                           allowed: np.ndarray | None) -> list[Match]:
+        """An item whose file is byte for byte the query photo always comes back, whatever an approximate
+        index missed."""
+        data = image if isinstance(image, bytes) else None
+        if isinstance(image, (str, Path)):
+            try:
+                data = Path(image).read_bytes()
+            except OSError:
+                data = None
+        table = self.table
+        copies = table.keys_by_hash.get(content_hash(data), set()) if data is not None else set()
+        if allowed is not None:
+            copies = {key for key in copies if key in set(allowed.tolist())}
+        missing = copies - {table.key_by_id[m.id] for m in matches}
+        if not missing:
+            return matches
+        labels = table.labels_for(sorted(missing), self.store)
+        extra = [Match(rank=0, id=table.id_by_key[key], path=table.path_by_key[key],
+                       similarity=float(np.dot(self.index.vector(key), vector)),
+                       distance=distance_from_similarity(float(np.dot(self.index.vector(key), vector))),
+                       labels=labels[key]) for key in sorted(missing)]
+        ranked = sorted([*extra, *matches], key=lambda m: -m.similarity)[:k]
+        return [dataclasses.replace(m, rank=rank) for rank, m in enumerate(ranked, start=1)]
 
     def search_vector(self, vector: np.ndarray, k: int = 10, where: Where = None, dedupe: bool = False
                       ) -> list[Match]:
@@ -708,10 +778,73 @@ class Catalog:
             "reason": index.plan.reason, "search": index.settings.__dict__,
             "recall": q.recall, "recall_k": q.k, "recall_queries": q.queries, "recall_target": q.target,
             "latency_ms": q.latency_ms, "vectors": index.size, "retired_rows": index.retired,
-            "memory_bytes_per_item": round(index.memory_bytes() / items, 1),
-            "disk_bytes_per_item": round(on_disk / items, 1),
+            "memory_bytes_per_item": round(index.memory_bytes() / items, 1) if index.size else None,
+            "disk_bytes_per_item": round(on_disk / items, 1) if index.size else None,
             "options": self.index_options().to_dict(),
         }
+
+
+def _unfinished_creation(path: Path) -> bool:
+    """A folder left by a catalog creation that was killed before ``catalog.json`` was written (versions before
+    atomic creation): only the store's files, holding no item. Safe to replace."""
+    if not path.is_dir() or (path / CONFIG_FILE).exists():
+        return False
+    names = {p.name for p in path.iterdir()}
+    if not names or not names <= {DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal", INDEX_DIR}:
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path / DB_FILE}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 0
+    except sqlite3.Error:
+        return (path / DB_FILE).exists() and (path / DB_FILE).stat().st_size == 0
+
+
+def assign_item_ids(items: list[SourceItem], stored: Mapping[str, StoredItem], source: Path,
+                    warnings: list[str]) -> list[SourceItem]:
+    """The ids listed files get in a catalog that may already hold them: an item is a file.
+
+    1. A file already in the catalog (same resolved path) keeps its id, whichever folder, manifest or id
+       scheme lists it now, so re-indexing never doubles an item.
+    2. An id that already names another file that still exists is a conflict, said in one line naming both
+       files. From a folder, the file already in the catalog keeps the id and the new file gets it qualified
+       by the folder's name (``shopB/shoe``, then ``shopB/shoe~2`` ...). From a manifest, whose ids are the
+       shop's own, the manifest wins (the item now shows the new file), unless the old file is listed too:
+       then the new one is qualified by the manifest's name.
+    3. An id whose old file is gone (moved or renamed) simply follows the new file.
+    """
+    by_path = {row.path: item_id for item_id, row in stored.items()}
+    listed_paths = {str(item.path) for item in items}
+    taken = set(stored) | {item.id for item in items}
+    out: list[SourceItem] = []
+    kept = 0
+    for item in items:
+        path = str(item.path)
+        known = by_path.get(path)
+        if known is not None:
+            kept += known != item.id
+            out.append(item if known == item.id else dataclasses.replace(item, id=known))
+            continue
+        old = stored.get(item.id)
+        if old is None or old.path == path or not Path(old.path).exists():
+            out.append(item)
+            continue
+        if not source.is_dir() and old.path not in listed_paths:
+            warnings.append(f"item {item.id!r} now shows {path} (was {old.path}, which the manifest no longer "
+                            "names for this id)")
+            out.append(item)
+            continue
+        base = f"{source.resolve().name if source.is_dir() else source.stem}/{item.id}"
+        new_id, n = base, 1
+        while new_id in taken:
+            n += 1
+            new_id = f"{base}~{n}"
+        taken.add(new_id)
+        warnings.append(f"id {item.id!r} already names {old.path}; {path} is indexed as {new_id!r}")
+        out.append(dataclasses.replace(item, id=new_id))
+    if kept:
+        warnings.append(f"{kept} files already in the catalog keep their ids (an item is a file, whichever source "
+                        "lists it)")
+    return out
 
 
 class ItemTable:

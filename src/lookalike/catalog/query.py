@@ -23,12 +23,23 @@ class Match:
     distance: float
     labels: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Float rounding can put the cosine of unit vectors a hair outside [-1, 1]; never show 1.0000013.
+        object.__setattr__(self, "similarity", clip_similarity(self.similarity))
+        object.__setattr__(self, "distance", min(2.0, max(0.0, float(self.distance))))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def clip_similarity(similarity: float) -> float:
+    """A cosine kept within [-1, 1] (rounding of float32 and float16 dot products can leave it)."""
+    return min(1.0, max(-1.0, float(similarity)))
+
+
 def distance_from_similarity(similarity: float) -> float:
-    return math.sqrt(max(0.0, 2.0 - 2.0 * similarity))
+    """Euclidean distance between unit vectors with this cosine, in [0, 2]."""
+    return math.sqrt(min(4.0, max(0.0, 2.0 - 2.0 * clip_similarity(similarity))))
 
 
 def parse_where(where: Where) -> dict[str, str]:

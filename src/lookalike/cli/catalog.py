@@ -18,11 +18,17 @@ def cmd_index(args: argparse.Namespace, out: Console) -> int:
     from ..index.choice import IndexOptions
 
     IndexOptions().changed(kind=args.index, memory=args.memory, recall=args.recall)  # refuse before creating
+    new = not Catalog.exists(args.catalog)
     catalog = Catalog.open_or_create(args.catalog, args.model, args.weights)
     with catalog:
-        if args.index is not None or args.memory is not None or args.recall is not None:
-            catalog.configure_index(kind=args.index, memory=args.memory, recall=args.recall)
-        report = catalog.add(args.source, images=args.images, prune=args.prune, options=encode_options(args))
+        try:
+            if args.index is not None or args.memory is not None or args.recall is not None:
+                catalog.configure_index(kind=args.index, memory=args.memory, recall=args.recall)
+            report = catalog.add(args.source, images=args.images, prune=args.prune, options=encode_options(args))
+        except BaseException:
+            if new:  # a first run that failed before its first batch leaves nothing behind
+                catalog.discard_if_empty()
+            raise
         if args.json:
             print(json.dumps({**report.__dict__, "images_per_second": report.images_per_second}, indent=2))
         else:
@@ -58,8 +64,8 @@ def cmd_tune(args: argparse.Namespace, out: Console) -> int:
             out.print(table)
         out.print(f"chosen: {index.describe()}")
         if quality.target is not None and quality.recall is not None and quality.recall < quality.target:
-            out.print(f"[yellow]recall {quality.recall:.3f} is below the target {quality.target}; "
-                      "raise --memory or use --index flat[/]")
+            out.print(f"[yellow]recall {quality.recall:.3f} is below the target {quality.target}, so searches "
+                      "scan exactly until it is reached: raise --memory, lower --recall or use --index flat[/]")
     return 0
 
 
@@ -79,7 +85,8 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
     out.print(f"index    {status.index}")
     detail = status.index_detail
     if detail:
-        out.print(f"         chosen: {detail['reason']}; {detail['disk_bytes_per_item']:,.0f} bytes/item on disk")
+        on_disk = f"; {detail['disk_bytes_per_item']:,.0f} bytes/item on disk" if status.items else ""
+        out.print(f"         chosen: {detail['reason']}{on_disk}")
     out.print(f"labels   {', '.join(status.labels) or '(none)'}")
     if status.failures:
         table = Table(title="failed files (retried when the file changes)", title_justify="left")

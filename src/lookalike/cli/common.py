@@ -91,7 +91,7 @@ def parent_parsers() -> Parents:
     run.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                      help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32")
     run.add_argument("--batch-size", type=positive_int, default=None,
-                     help="images per model call (default: 256 on CUDA, 32 on CPU)")
+                     help="images per model call (default: 256 on CUDA, 8 on CPU, 64 for pixels/colorhist)")
     run.add_argument("--workers", type=non_negative_int, default=None,
                      help="worker processes that decode (on a CPU in bf16 they also embed, one model thread each); "
                           "default: one per core; 0 decodes in the main process")

@@ -12,6 +12,8 @@ import numpy as np
 
 from .vector_index import Quality, SearchSettings, VectorIndex
 
+EXACT = SearchSettings(exact=True)  # when no setting reaches the target, answers stay exact
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGET = 0.95
@@ -118,10 +120,12 @@ def tune(index: VectorIndex, target: float = DEFAULT_TARGET, k: int = 10, sample
     chosen = best or top
     assert chosen is not None
     # For catalog items as queries the sample is the population itself: the target without margin.
-    for_items = min((t for t in trials if t[1] >= target), key=lambda t: t[2], default=chosen)
+    reaching = [t for t in trials if t[1] >= target]
+    for_items = min(reaching, key=lambda t: t[2])[0] if reaching else EXACT
     if best is None:
-        log.warning("recall@%d on catalog items reached only %.3f (wanted %.3f: the target %.2f with a margin "
-                    "for new photos); raise --memory or use --index flat", k, chosen[1], goal, target)
+        log.warning("the %s index reached recall@%d %.3f at best (wanted %.3f: the target %.2f with a margin for "
+                    "new photos); searching exactly until it does: raise --memory, lower --recall or use --index "
+                    "flat", kind, k, chosen[1], goal, target)
     quality = Quality(recall=chosen[1], k=k, queries=len(rows), latency_ms=chosen[2], target=target, table=table)
-    index.with_settings(chosen[0], quality, for_items[0])
+    index.with_settings(chosen[0] if best is not None else EXACT, quality, for_items)
     return quality

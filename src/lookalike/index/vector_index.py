@@ -12,6 +12,7 @@ the store's change log when stale, rebuilt from the stored vectors when that is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -50,8 +51,11 @@ class SearchSettings:
     ef_search: int = 64
     nprobe: int = 16
     refine: int = 1
+    exact: bool = False  # tuning found no setting reaching the recall target: scan exactly until one does
 
     def describe(self, kind: str) -> str:
+        if self.exact and kind != "flat":
+            return "exact scan (no setting reached the recall target)"
         if kind == "hnsw":
             return f"efSearch={self.ef_search}"
         if kind == "ivfpq":
@@ -194,6 +198,23 @@ class VectorIndex:
             raise KeyError(key)
         return self.vectors.get(np.array([row]))[0]
 
+    def faiss_vector(self, key: int) -> np.ndarray | None:
+        """The vector FAISS itself holds for an item (decoded from its float32 or float16 codes), to check the
+        index file against the store; None for IVF-PQ, whose codes keep no faithful copy.
+
+        Raises:
+            KeyError: the item is not in the index.
+        """
+        row = self._row(key)
+        if row < 0:
+            raise KeyError(key)
+        if self.plan.kind == "ivfpq":
+            return None
+        try:
+            return np.asarray(self.index.reconstruct(row), np.float32)
+        except RuntimeError:
+            return None
+
     def _row(self, key: int) -> int:
         return int(self._key_rows[key]) if 0 <= key < len(self._key_rows) else -1
 
@@ -258,6 +279,8 @@ class VectorIndex:
 
     def _approximate(self, queries: np.ndarray, k: int, settings: SearchSettings,
                      allowed_rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if settings.exact and self.plan.kind != "flat":
+            return self._exact(queries, k, allowed_rows if allowed_rows is not None else self._live_rows())
         if self._screened:
             return self._screened_exact(queries, k, allowed_rows)
         selector, keep = self._selector(allowed_rows)
@@ -357,7 +380,7 @@ class VectorIndex:
             "format": FORMAT, "generation": generation, "rows": int(self.vectors.rows), "size": self.size,
             "plan": self.plan.to_dict(), "settings": self.settings.__dict__,
             "item_settings": self.item_settings.__dict__, "quality": self.quality.__dict__,
-            "built_count": self.built_count,
+            "built_count": self.built_count, "rows_sha256": _rows_digest(self.row_keys),
         }
         _write_atomic(folder / STAMP_FILE, lambda p: p.write_text(json.dumps(stamp, indent=1)))
 
@@ -370,6 +393,10 @@ class VectorIndex:
                 return None
             plan = IndexPlan.from_dict(stamp["plan"])
             row_keys = np.load(folder / ROWS_FILE)
+            if stamp.get("rows_sha256") not in (None, _rows_digest(row_keys)):
+                log.warning("%s does not match its checksum (damaged); rebuilding the index from the store",
+                            folder / ROWS_FILE)
+                return None
             index = faiss.read_index(str(folder / INDEX_FILE))
             rows = RowVectors.load(folder / VECTORS_FILE, index.d, plan.dtype, int(stamp["rows"]))
             if len(row_keys) != rows.rows:
@@ -384,12 +411,15 @@ class VectorIndex:
             return None
 
     def describe(self) -> str:
+        if not self.size:
+            return f"{self.plan.describe()}, empty"
         q = self.quality
-        recall = "exact" if self.plan.kind == "flat" and self.plan.dtype == "float32" else (
-            f"recall@{q.k} {q.recall:.3f} on {q.queries} items" if q.recall is not None else "recall not measured")
+        exact = self.plan.kind == "flat" and self.plan.dtype == "float32"
+        recall = "" if exact else (f", recall@{q.k} {q.recall:.3f} on {q.queries} items" if q.recall is not None
+                                   else ", recall not measured")
         per_item = self.memory_bytes() / max(self.size, 1)
-        return (f"{self.plan.describe()}, {self.size:,} vectors, {self.settings.describe(self.plan.kind)}, "
-                f"{recall}, {format_bytes(per_item)}/item in memory")
+        return (f"{self.plan.describe()}, {self.size:,} vectors, {self.settings.describe(self.plan.kind)}{recall}, "
+                f"{format_bytes(per_item)}/item in memory")
 
     def with_settings(self, settings: SearchSettings, quality: Quality,
                       item_settings: SearchSettings | None = None) -> VectorIndex:
@@ -459,6 +489,11 @@ def _train(index: faiss.Index, vectors: np.ndarray, plan: IndexPlan, seed: int) 
     index.pq.cp.min_points_per_centroid = 4  # few items per code is fine: the vectors re-rank the answer
     log.info("training IVF-PQ (%d lists, %d-byte codes) on %d vectors", nlist, plan.params["m"], len(sample))
     index.train(sample)
+
+
+def _rows_digest(row_keys: np.ndarray) -> str:
+    """sha256 of the row -> key map (8 MB at a million rows: a few milliseconds), kept in the stamp."""
+    return hashlib.sha256(np.ascontiguousarray(row_keys, dtype=np.int64).tobytes()).hexdigest()
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -238,6 +238,17 @@ class Store:
                 n += 1
         return keys[:n], mat[:n]
 
+    def vectors_for(self, keys: Iterable[int], dim: int) -> dict[int, np.ndarray]:
+        """Stored vectors (float32 or float16, D) of the given item keys that have one."""
+        keys = [int(k) for k in keys]
+        out: dict[int, np.ndarray] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, blob in self.conn.execute(f"SELECT key, vector FROM vectors WHERE key IN ({marks})", chunk):
+                out[int(key)] = _decode(blob, dim)
+        return out
+
     def removed_since(self, generation: int) -> np.ndarray:
         """Keys whose vectors went away after ``generation`` (the index must drop them)."""
         rows = self.conn.execute("SELECT DISTINCT key FROM removed WHERE gen > ?", (generation,)).fetchall()
