@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -415,3 +416,179 @@ def test_relative_source_paths_work(tmp_path, monkeypatch):
     assert ids(listing) == ["x/a"]
     assert listing.items[0].path == (tmp_path / "shop" / "x" / "a.jpg").resolve()
     assert os.path.isabs(listing.items[0].path)
+
+
+# --- manifest dialects: delimiters, encodings, line ends --------------------------------------------------------
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_semicolon_manifest_with_crlf_from_a_european_spreadsheet(tmp_path):
+    image(tmp_path / "images" / "shoes" / "a.jpg")
+    image(tmp_path / "images" / "b.jpg")
+    text = 'id;path;category\r\n15970;shoes/a.jpg;Schuhe, rot\r\n39386;b.jpg;"Hemd; blau"\r\n'
+    listing = read_source(write_bytes(tmp_path / "export.csv", text.encode("utf-8")))
+    items = by_id(listing)
+    assert set(items) == {"15970", "39386"} and listing.warnings == []
+    assert items["15970"].labels == {"category": "Schuhe, rot"}  # a comma is text in a ;-separated file
+    assert items["39386"].labels == {"category": "Hemd; blau"}  # a quoted delimiter too
+    assert items["15970"].path == (tmp_path / "images" / "shoes" / "a.jpg").resolve()
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_every_delimiter_line_end_and_byte_order_mark(tmp_path, delimiter, newline, bom):
+    image(tmp_path / "images" / "1.jpg")
+    image(tmp_path / "images" / "2.png")
+    others = "".join(d for d in ",;|" if d != delimiter)
+    rows = [["id", "colour", "title"], ["1", "red", f'"a {others} b"'], ["2", "", '"two\nlines"']]
+    text = newline.join(delimiter.join(row) for row in rows) + newline
+    listing = read_source(write_bytes(tmp_path / "m.csv", bom + text.encode("utf-8")))
+    items = by_id(listing)
+    assert set(items) == {"1", "2"} and listing.warnings == []
+    assert items["1"].labels == {"colour": "red", "title": f"a {others} b"}
+    assert items["2"].labels == {"title": "two\nlines"} and items["2"].path.name == "2.png"
+
+
+def test_tab_separated_manifest_with_commas_in_its_header(tmp_path):
+    image(tmp_path / "images" / "1.jpg")
+    text = "id\tname, as shown\tprice, EUR\n1\tShirt, blue\t9,99\n"
+    listing = read_source(write(tmp_path / "m.txt", text))
+    assert listing.items[0].labels == {"name, as shown": "Shirt, blue", "price, EUR": "9,99"}
+
+
+def test_utf16_and_windows_1252_exports_are_read(tmp_path):
+    image(tmp_path / "images" / "1.jpg")
+    image(tmp_path / "images" / "2.jpg")
+    text = "id;Farbe\r\n1;Grün\r\n2;Weiß\r\n"
+    utf16 = read_source(write_bytes(tmp_path / "a.txt", text.replace(";", "\t").encode("utf-16")))  # "Unicode text"
+    assert by_id(utf16)["1"].labels == {"Farbe": "Grün"} and utf16.warnings == []
+    ansi = read_source(write_bytes(tmp_path / "b.csv", text.encode("cp1252")))  # Excel's "CSV" on Windows
+    assert by_id(ansi)["2"].labels == {"Farbe": "Weiß"}
+    assert len(ansi.warnings) == 1 and "UTF-8" in ansi.warnings[0] and "b.csv" in ansi.warnings[0]
+
+
+def test_a_workbook_saved_as_csv_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(SourceError, match="save it as CSV"):
+        read_source(write_bytes(tmp_path / "m.csv", b"PK\x03\x04" + bytes(60)))
+
+
+def test_header_names_match_ignoring_case_spaces_and_underscores(tmp_path):
+    image(tmp_path / "images" / "a.jpg")
+    items = by_id(read_source(write(tmp_path / "m.csv", "Image Path,File_Name_Colour\na.jpg,red\n")))
+    assert items["a"].labels == {"File_Name_Colour": "red"}
+
+
+def test_no_id_column_names_the_delimiter_that_would_have_found_one(tmp_path):
+    image(tmp_path / "images" / "1.jpg")
+    text = "id;colour\n" + "".join(f"{n},red\n" for n in range(30))  # header and rows disagree
+    with pytest.raises(SourceError) as info:
+        read_source(write(tmp_path / "m.csv", text))
+    message = str(info.value)
+    assert "no id or path column" in message and "\n" not in message
+    assert "read as ','-separated" in message and "split on ';'" in message and "['id', 'colour']" in message
+
+
+# --- duplicate ids ------------------------------------------------------------------------------------------
+
+def test_duplicate_ids_are_named_with_their_lines(tmp_path):
+    image(tmp_path / "images" / "15970.jpg")
+    image(tmp_path / "images" / "7.jpg")
+    rows = ["15970,a", "7,b", "", "8,c", "9,d", "10,e", "15970,f", "7,g", "7,h"]
+    with pytest.raises(SourceError) as info:
+        read_source(write(tmp_path / "m.csv", "id,colour\n2,x\n" + "\n".join(rows) + "\n"))
+    message = str(info.value)
+    assert "m.csv" in message and "2 ids appear more than once" in message and "\n" not in message
+    assert "id '15970' on lines 3 and 9" in message and "id '7' on lines 4, 10 and 11" in message
+
+
+def test_path_manifest_naming_one_file_twice_names_both_lines(tmp_path):
+    image(tmp_path / "images" / "a.jpg")
+    with pytest.raises(SourceError, match=r"id 'a' on lines 2 and 4"):
+        read_source(write(tmp_path / "m.csv", "path,colour\na.jpg,red\nb.jpg,blue\n./A.JPG,green\n"))
+
+
+def test_path_manifest_files_sharing_a_stem_keep_their_suffix(tmp_path):
+    image(tmp_path / "images" / "a.jpg")
+    image(tmp_path / "images" / "a.png")
+    items = by_id(read_source(write(tmp_path / "m.csv", "path,colour\na.jpg,red\na.png,blue\n")))
+    assert items["a.jpg"].labels == {"colour": "red"} and items["a.png"].labels == {"colour": "blue"}
+
+
+# --- a row and its file match when a person would say they have the same name -----------------------------
+
+NFD_CAFE = unicodedata.normalize("NFD", "café")
+
+
+@pytest.mark.parametrize(
+    ("column", "cell", "on_disk"),
+    [
+        ("path", "Shoes/Red Sneaker.JPG", "shoes/red sneaker.jpg"),  # case, on a case-sensitive disk
+        ("path", "img\\\\sub\\\\a.jpg", "img/sub/a.jpg"),  # Windows backslashes (\\ in the test source)
+        ("path", ".\\\\img\\\\A.jpg", "img/a.jpg"),
+        ("path", "./img/a.jpg", "img/a.jpg"),
+        ("path", "  img/a.jpg  ", "img/a.jpg"),
+        ("path", "café.jpg", f"{NFD_CAFE}.jpg"),  # macOS writes names decomposed
+        ("path", f"{NFD_CAFE}.jpg", "café.jpg"),
+        ("path", "photo.jpeg", "photo.JPG"),  # the same format spelled another way
+        ("path", "FILE_URL", "My Shoes/a b.jpg"),  # file:// URL, percent-encoded
+        ("id", "15970", "15970.jpeg"),
+        ("id", "15970", "15970.PNG"),
+        ("id", "SKU-Ab1", "sku-ab1.jpg"),
+        ("id", "Café", f"{NFD_CAFE}.webp"),
+        ("id", "15970.JPG", "15970.jpg"),  # an id written as its file name
+    ],
+)
+def test_rows_find_their_file_however_the_name_is_spelled(tmp_path, column, cell, on_disk):
+    pics = tmp_path / "images"
+    file = image(pics / on_disk)
+    if cell == "FILE_URL":
+        cell = file.absolute().as_uri()
+    cell = cell.replace("\\\\", "\\")
+    listing = read_source(write(tmp_path / "m.csv", f'{column},colour\n"{cell}",red\n'), images=pics)
+    assert listing.warnings == []
+    assert len(listing.items) == 1  # the file is the row's, not also an unlabelled item of its own
+    item = listing.items[0]
+    assert item.path == file.resolve() and item.labels == {"colour": "red"}
+    if column == "path":
+        assert item.id == Path(on_disk).with_suffix("").as_posix()  # as a folder source names it
+    else:
+        assert item.id == cell
+
+
+def test_an_exact_name_wins_over_a_loose_one(tmp_path):
+    pics = tmp_path / "images"
+    image(pics / "red.jpg")
+    image(pics / "Red.jpg")
+    listing = read_source(write(tmp_path / "m.csv", "path,colour\nRed.jpg,dark\nred.jpg,light\n"), images=pics)
+    assert by_id(listing)["Red"].labels == {"colour": "dark"} and by_id(listing)["red"].labels == {"colour": "light"}
+    assert listing.warnings == []
+
+
+@pytest.mark.parametrize(("column", "cell"), [("path", "RED.JPEG"), ("id", "RED")])
+def test_a_row_matching_two_files_loosely_is_skipped_with_a_warning(tmp_path, column, cell):
+    pics = tmp_path / "images"
+    image(pics / "red.jpg")
+    image(pics / "Red.jpg")
+    listing = read_source(write(tmp_path / "m.csv", f"{column},colour\n{cell},x\n"), images=pics)
+    assert sorted(ids(listing)) == ["Red", "red"] and all(item.labels == {} for item in listing.items)
+    assert len(listing.warnings) == 1
+    warning = listing.warnings[0]
+    assert "line 2" in warning and "'red.jpg'" in warning and "'Red.jpg'" in warning and "\n" not in warning
+
+
+def test_the_folder_is_listed_once_not_per_row(tmp_path, monkeypatch):
+    import lookalike.core.sources as sources
+
+    for n in range(20):
+        image(tmp_path / "images" / f"P{n}.jpg")
+    calls = []
+    real = sources.find_images
+    monkeypatch.setattr(sources, "find_images", lambda folder: calls.append(folder) or real(folder))
+    rows = "".join(f"p{n},x\n" for n in range(20))  # every row needs the loose lookup
+    listing = read_source(write(tmp_path / "m.csv", "id,colour\n" + rows))
+    assert len(calls) == 1 and len(listing.items) == 20 and listing.warnings == []
