@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_MODEL, make_image
-from lookalike import Catalog
+from lookalike import Catalog, EncodeOptions
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -81,12 +81,28 @@ def test_every_command_has_help():
 def test_demo_works_offline_and_says_what_it_used(tmp_path):
     res = run("demo", "--catalog", "demo.lk", cwd=tmp_path)
     assert "note: cannot load weights for resnet50" in res.stdout
-    assert "random weights" in res.stdout
+    assert "the demo uses pixels instead" in res.stdout and "--weights FILE" in res.stdout
     assert res.stdout.count("more like") == 3
     assert "Next:" in res.stdout and "lookalike similar" in res.stdout
     assert "indexed 46" in res.stdout
     again = run("demo", "--catalog", "demo.lk", cwd=tmp_path)
     assert "indexed 0, unchanged 46" in again.stdout
+
+
+def test_the_offline_demo_recommends_shoes_for_a_shoe(tmp_path):
+    """The fallback is chosen for quality: a sneaker's look-alikes are mostly footwear (with random
+    ResNet-50 weights they were caps and bags)."""
+    from lookalike.catalog.demo import run_demo
+
+    result = run_demo(tmp_path / "demo.lk", options=EncodeOptions(workers=0, progress=False))
+    with result.catalog as catalog:
+        assert result.fallback and catalog.config.embedder.name == "pixels"
+        footwear = {"Casual Shoes", "Sports Shoes", "Formal Shoes", "Heels", "Flats", "Sandals", "Flip Flops"}
+        shoes = [i for i, labels, _ in result.examples if labels.get("articleType") in footwear]
+        assert shoes
+        for item_id in shoes:
+            kinds = [m.labels.get("articleType") for m in catalog.similar(item_id, k=5)]
+            assert sum(k in footwear for k in kinds) >= 3, kinds
 
 
 def _committed(db: Path) -> int:

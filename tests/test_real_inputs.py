@@ -284,3 +284,20 @@ def test_an_exact_copy_of_the_query_photo_is_always_found(tmp_path, photo_dir, m
         monkeypatch.setattr(cat, "nearest", missing_the_copy)
         top = cat.search(query, k=3)
         assert top[0].id == "green-ellipse" and top[0].similarity > 0.999 and [m.rank for m in top] == [1, 2, 3]
+
+
+def test_links_are_counted_in_the_summary_and_a_linked_file_is_one_item(tmp_path):
+    shop = tmp_path / "shop"
+    make_image(shop / "real" / "a.jpg", color=(200, 30, 30))
+    make_image(tmp_path / "elsewhere" / "b.jpg", color=(30, 60, 200))
+    (shop / "alias.jpg").symlink_to(shop / "real" / "a.jpg")  # a second name for a file already listed
+    (shop / "broken.jpg").symlink_to(tmp_path / "gone.jpg")
+    (shop / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (shop / "loop").symlink_to(shop, target_is_directory=True)
+    with Catalog.create(tmp_path / "c.lk", "pixels") as cat:
+        report = cat.add(shop, options=INLINE)
+        assert len(cat) == 1 and report.indexed == 1
+    said = [w for w in report.warnings if "skipped" in w]
+    assert len(said) == 1
+    assert "1 broken links" in said[0] and "2 linked folders (not followed" in said[0]
+    assert "1 more links to files already listed" in said[0]

@@ -118,8 +118,11 @@ def cmd_demo(args: argparse.Namespace, out: Console) -> int:
     result = run_demo(path, model=args.model, options=encode_options(args), weights=args.weights)
     with result.catalog as catalog:
         if result.fallback:
-            out.print(f"note: {result.fallback}; the demo uses {args.model} with seeded random weights instead, "
-                      "so neighbours follow colour and shape only", markup=False, highlight=False)
+            from ..catalog.demo import OFFLINE_MODEL, OFFLINE_QUALITY
+
+            out.print(f"note: {result.fallback}; the demo uses {OFFLINE_MODEL} instead, the best embedder that "
+                      f"needs no download ({OFFLINE_QUALITY}). For {args.model}: run once with internet access "
+                      "(the weights are then cached), or pass --weights FILE", markup=False, highlight=False)
         out.print(f"[bold]Demo catalog[/bold] {path}: {result.report.summary()}")
         out.print(f"model: {catalog.config.embedder.describe()}")
         for item_id, labels, matches in result.examples:

@@ -59,28 +59,73 @@ def read_source(source: str | Path, images: str | Path | None = None) -> SourceL
     if source.is_dir():
         if images is not None:
             raise SourceError("--images is only for a CSV manifest; a folder source is scanned as is")
-        return SourceListing(items=_folder_items(source))
+        return _folder_listing(source)
     if source.suffix.lower() in (".csv", ".tsv", ".txt"):
         return _manifest_items(source, Path(images) if images is not None else None)
     raise SourceError(f"{source}: not a folder or a .csv manifest")
 
 
-def find_images(folder: Path) -> list[Path]:
-    """Image files under ``folder``, recursively, in a stable order (hidden folders skipped)."""
-    found = []
+@dataclass
+class FolderScan:
+    """What a folder holds for indexing, and what was passed over (said in one warning line)."""
+
+    images: list[Path]
+    broken_links: list[Path] = field(default_factory=list)  # symbolic links to nothing
+    linked_folders: list[Path] = field(default_factory=list)  # symbolic links to folders: not followed
+    repeated: list[Path] = field(default_factory=list)  # links to a file already listed: one file, one item
+
+
+def scan_folder(folder: Path) -> FolderScan:
+    """Image files under ``folder``, recursively, in a stable order. Hidden files and folders are skipped;
+    a symbolic link to an image is followed (the item is the file it points to, listed once however many
+    links lead to it); links to folders are not followed (no loops, no catalog reaching outside the folder
+    unasked: index such a folder by its own path); broken links are counted."""
+    scan = FolderScan(images=[])
+    seen: set[Path] = set()
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts):
+        if any(part.startswith(".") for part in rel.parts) or path.suffix.lower() not in IMAGE_EXTENSIONS and \
+                not path.is_symlink():
             continue
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            found.append(path)
-    return found
+        if path.is_symlink():
+            if not path.exists():
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    scan.broken_links.append(path)
+                continue
+            if path.is_dir():
+                scan.linked_folders.append(path)
+                continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            continue
+        target = path.resolve()
+        if target in seen:
+            scan.repeated.append(path)
+            continue
+        seen.add(target)
+        scan.images.append(path)
+    return scan
 
 
-def _folder_items(folder: Path) -> list[SourceItem]:
-    paths = find_images(folder)
-    return [SourceItem(id=item_id, path=path.resolve())
-            for path, item_id in zip(paths, _file_ids(paths, folder), strict=True)]
+def find_images(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, in a stable order (see ``scan_folder``)."""
+    return scan_folder(folder).images
+
+
+def _folder_listing(folder: Path) -> SourceListing:
+    scan = scan_folder(folder)
+    paths = scan.images
+    items = [SourceItem(id=item_id, path=path.resolve())
+             for path, item_id in zip(paths, _file_ids(paths, folder), strict=True)]
+    passed = [f"{len(scan.broken_links)} broken links" if scan.broken_links else "",
+              f"{len(scan.linked_folders)} linked folders (not followed; index them by their own path)"
+              if scan.linked_folders else "",
+              f"{len(scan.repeated)} more links to files already listed" if scan.repeated else ""]
+    passed = [p for p in passed if p]
+    warnings = []
+    if passed:
+        example = (scan.broken_links or scan.linked_folders or scan.repeated)[0]
+        warnings.append(f"{folder}: skipped {', '.join(passed)}, e.g. {example}")
+    return SourceListing(items=items, warnings=warnings)
 
 
 def _file_ids(paths: list[Path], root: Path, taken: set[str] = frozenset()) -> list[str]:
