@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from importlib import resources
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.errors import (
     ImageError,
@@ -21,9 +26,10 @@ from ..core.errors import (
 )
 from ..core.version import __version__
 from .limits import BodyLimitMiddleware
+from .multipart import FilenameStarMiddleware
 from .routes import router
 from .service import CatalogService
-from .settings import ServeSettings
+from .settings import ServeSettings, env_name
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,18 @@ STATUS_BY_ERROR: list[tuple[type[LookalikeError], int]] = [
     (QueryError, 422),  # bad k, where, id
     (LookalikeError, 400),
 ]
+
+# Library messages end in advice for the terminal (`lookalike status`, --max-pixels), which the CLI prints as
+# it is. At the HTTP edge that advice is replaced by what an API client can do, by the error's kind; the
+# reason before it is kept. (kind, text the message holds ("" for any), advice)
+API_ADVICE: list[tuple[type[LookalikeError], str, str]] = [
+    (ImageError, "--max-pixels", f"send a smaller image (the limit is the server setting {env_name('max_pixels')})"),
+    (UnknownItemError, "", "GET /api/items lists the catalog"),
+]
+# A clause ("(...)" or "; ...") that names a CLI command or option.
+_CLI = r"(?:`lookalike\b|(?<![\w-])--[a-z])"
+_CLI_ADVICE = re.compile(rf"\s*\([^()]*{_CLI}[^()]*\)|;[^;]*{_CLI}[^;]*")
+MAX_PATH_SHOWN = 200
 
 
 def create_app(settings: ServeSettings, service: CatalogService | None = None) -> FastAPI:
@@ -63,13 +81,30 @@ def create_app(settings: ServeSettings, service: CatalogService | None = None) -
                     "deleting items needs the server's admin token.",
     )
     app.state.settings = settings
-    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(FilenameStarMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)  # outermost
     app.include_router(router)
 
+    # Every error is one JSON line: {"detail": "<one line>"}, never the request's own bytes.
     @app.exception_handler(LookalikeError)
     async def lookalike_error(request: Request, exc: LookalikeError) -> JSONResponse:
         status = next(code for kind, code in STATUS_BY_ERROR if isinstance(exc, kind))
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        return error_response(status, api_message(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, validation_message(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code < 200 or exc.status_code in (204, 205, 304):  # answers without a body
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return error_response(exc.status_code, http_message(request, exc), exc.headers)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        # The traceback goes to the server's log (Starlette logs it after this answer), not to the client.
+        return error_response(500, "internal server error; the server's log has the details")
 
     app.mount("/static", StaticFiles(directory=str(WEB_DIR)), name="static")
 
@@ -78,3 +113,54 @@ def create_app(settings: ServeSettings, service: CatalogService | None = None) -
         return FileResponse(str(WEB_DIR / "index.html"), headers={"Cache-Control": "no-cache"})
 
     return app
+
+
+def error_response(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": one_line(detail)}, status_code=status, headers=dict(headers or {}))
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def api_message(exc: LookalikeError) -> str:
+    """The library's message for an API client: CLI advice replaced by the kind's API advice (API_ADVICE)."""
+    text = one_line(str(exc))
+    reason = _CLI_ADVICE.sub("", text).strip()
+    if reason == text:
+        return text
+    advice = next((adv for kind, marker, adv in API_ADVICE if isinstance(exc, kind) and marker in text), "")
+    return f"{reason}; {advice}" if advice else reason
+
+
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """``field: what is wrong`` for each error, joined by "; ". Only the field and pydantic's message are
+    kept: the error's ``input`` (a whole upload, when a file came as a text field) is never echoed."""
+    parts = []
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", ())]
+        field = ".".join(loc[1:]) if len(loc) > 1 else (loc[0] if loc else "request")
+        msg = str(error.get("msg", "invalid value"))
+        if "UploadFile" in msg:  # the part came as a text field: no filename in its Content-Disposition
+            msg = 'expected a file: send it as a multipart part with a filename="..."'
+        parts.append(f"{field}: {msg}")
+    return "; ".join(dict.fromkeys(parts)) or "invalid request"
+
+
+def http_message(request: Request, exc: StarletteHTTPException) -> str:
+    """An HTTPException's detail as one line; the framework's bare "Not Found" and "Method Not Allowed" (no
+    such route) say what was asked and where the API is described."""
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    try:
+        bare = detail == HTTPStatus(exc.status_code).phrase
+    except ValueError:
+        bare = False
+    if not bare:
+        return detail
+    asked = f"{request.method} {request.url.path[:MAX_PATH_SHOWN]}"
+    if exc.status_code == 404:
+        return f"nothing at {asked}; the API is described at /docs"
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return f"{asked} is not allowed" + (f"; use {allowed}" if allowed else "") + " (the API is described at /docs)"
+    return detail

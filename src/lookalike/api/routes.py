@@ -19,6 +19,7 @@ from ..core.version import __version__
 from .limits import too_large_message
 from .schemas import Deleted, Health, Item, ItemPage, Predicted, SearchResult
 from .service import CatalogService
+from .settings import env_name
 from .thumbnails import DEFAULT_SIZE
 
 router = APIRouter(prefix="/api")
@@ -48,7 +49,7 @@ async def k_param(request: Request, k: Annotated[int, Query(ge=1, description="h
 def _check_k(request: Request, k: int) -> int:
     limit = request.app.state.settings.max_k
     if k > limit:
-        raise HTTPException(422, f"k={k} is over this server's limit of {limit}")
+        raise HTTPException(422, f"k={k} is over this server's limit of {limit} (server setting {env_name('max_k')})")
     return k
 
 
@@ -57,8 +58,8 @@ async def require_admin(request: Request, authorization: Annotated[str | None, H
     """Writes need the token given to `lookalike serve --admin-token` (or LOOKALIKE_ADMIN_TOKEN)."""
     expected = request.app.state.settings.admin_token
     if expected is None:
-        raise HTTPException(403, "this server is read-only; start it with --admin-token (or LOOKALIKE_ADMIN_TOKEN) "
-                                 "to allow adding and deleting items")
+        raise HTTPException(403, "this server is read-only: adding and deleting items needs a server started with "
+                                 f"an admin token (server setting {env_name('admin_token')}, or --admin-token)")
     given = x_admin_token or (authorization[7:] if authorization and authorization.startswith("Bearer ") else "")
     if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
         raise HTTPException(401, "missing or wrong admin token: send it as 'Authorization: Bearer <token>'",
@@ -116,8 +117,8 @@ def image(request: Request, svc: Service, item_id: str) -> Response:
     try:
         media = image_media_type(item.path)
     except OSError as exc:
-        raise HTTPException(404, f"the image file of item {item_id!r} is gone from {item.path}; "
-                                 "re-index the catalog") from exc
+        raise HTTPException(404, f"the image file of item {item_id!r} is gone from the server; its catalog "
+                                 "needs re-indexing") from exc
     return _file(request, item.path, media, item.sha256)
 
 

@@ -26,3 +26,11 @@ class ServeSettings(BaseSettings):
     device: str = Field(default="auto", description="auto | cpu | cuda | mps")
     max_batch: int = Field(default=16, gt=0, description="uploads embedded together in one model call")
     thumbnail_cache: Path | None = Field(default=None, description="default: <catalog>/thumbnails")
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a server setting, e.g. ``LOOKALIKE_MAX_PIXELS``: what error
+    messages name, since an API client's operator may never have typed a `lookalike serve` option."""
+    if field not in ServeSettings.model_fields:
+        raise KeyError(f"no server setting {field!r}")
+    return f"{ServeSettings.model_config['env_prefix']}{field}".upper()
