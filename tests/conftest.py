@@ -125,3 +125,43 @@ def labelled_catalog(tmp_path: Path, photo_dir: Path):
     catalog.add(photo_dir / "labels.csv", images=photo_dir, options=EncodeOptions(workers=0, progress=False))
     yield catalog
     catalog.close()
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server (tests/pg_cluster.py), started the first time a test needs one and stopped
+    at the end of the session; skipped, with the reason, where the server binaries are missing."""
+    from pg_cluster import PgCluster, find_binaries
+
+    bindir = find_binaries()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql-15")
+    cluster = PgCluster(bindir)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.remove()
+        raise
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture
+def pg_url(pg_server, request) -> str:
+    """A catalog URL of its own for each test: a fresh schema in the session's database."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:30]
+    return f"{pg_server.url}?schema=t_{name}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_location(request, tmp_path) -> str:
+    """Where a store lives, once for each backend: a SQLite file, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "catalog.sqlite")
+    return request.getfixturevalue("pg_url")

@@ -37,7 +37,7 @@ from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
 from ..models.base import RANDOM_WEIGHTS, Embedder
 from ..models.modelfile import canonical_name
 from ..models.registry import DEFAULT_MODEL, create_embedder
-from ..store.sqlite import ItemRecord, Store, StoredItem
+from ..store import ItemRecord, SQLiteStore, Store, StoredItem
 from .consistency import index_disagrees
 from .dedupe import nearest_distinct
 from .query import Match, Where, check_k, distance_from_similarity, parse_where
@@ -116,7 +116,7 @@ class Catalog:
     def __init__(self, path: Path, config: CatalogConfig, embedder: Embedder | None = None):
         self.path = path
         self.config = config
-        self.store = Store(path / DB_FILE)
+        self.store: Store = SQLiteStore(path / DB_FILE)
         self._embedder = embedder
         self._encoder: Encoder | None = None
         self._index: VectorIndex | None = None
@@ -159,7 +159,7 @@ class Catalog:
             umask = os.umask(0)
             os.umask(umask)
             building.chmod(0o777 & ~umask)  # mkdtemp makes it private; a catalog is shared like any folder
-            Store(building / DB_FILE).close()
+            SQLiteStore(building / DB_FILE).close()
             config.save(building / CONFIG_FILE)
             if path.exists():
                 shutil.rmtree(path) if _unfinished_creation(path) else path.rmdir()
