@@ -127,6 +127,18 @@ def labelled_catalog(tmp_path: Path, photo_dir: Path):
     catalog.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_folder(tmp_path_factory):
+    """Database catalogs keep their FAISS cache in a per-user folder: the tests' own, never ~/.cache."""
+    old = os.environ.get("LOOKALIKE_CACHE_DIR")
+    os.environ["LOOKALIKE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("LOOKALIKE_CACHE_DIR", None)
+    else:
+        os.environ["LOOKALIKE_CACHE_DIR"] = old
+
+
 # -- PostgreSQL -------------------------------------------------------------------------------------------
 
 
@@ -164,4 +176,12 @@ def store_location(request, tmp_path) -> str:
     """Where a store lives, once for each backend: a SQLite file, then a PostgreSQL URL."""
     if request.param == "sqlite":
         return str(tmp_path / "catalog.sqlite")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(params=["folder", "postgres"])
+def catalog_location(request, tmp_path) -> str:
+    """Where a catalog lives, once for each backend: a folder, then a PostgreSQL URL."""
+    if request.param == "folder":
+        return str(tmp_path / "shop.lk")
     return request.getfixturevalue("pg_url")

@@ -17,6 +17,7 @@ from ..core.errors import (
     LookalikeError,
     NotAnImageError,
     QueryError,
+    StoreUnavailableError,
     UnknownItemError,
 )
 from ..core.version import __version__
@@ -31,6 +32,7 @@ WEB_DIR = resources.files("lookalike") / "web"
 
 # Most specific first: the first class an error is an instance of gives the status.
 STATUS_BY_ERROR: list[tuple[type[LookalikeError], int]] = [
+    (StoreUnavailableError, 503),  # the catalog's database is down or restarting: retry
     (NotAnImageError, 415),  # not an image at all
     (ImageError, 422),  # corrupt, truncated, decompression bomb
     (UnknownItemError, 404),
@@ -51,7 +53,7 @@ def create_app(settings: ServeSettings, service: CatalogService | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = service or CatalogService(settings)
         app.state.service = svc
-        log.info("serving %s: %d items", settings.catalog, svc.size())
+        log.info("serving %s: %d items", svc.catalog.name, svc.size())
         try:
             yield
         finally:
@@ -69,7 +71,8 @@ def create_app(settings: ServeSettings, service: CatalogService | None = None) -
     @app.exception_handler(LookalikeError)
     async def lookalike_error(request: Request, exc: LookalikeError) -> JSONResponse:
         status = next(code for kind, code in STATUS_BY_ERROR if isinstance(exc, kind))
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     app.mount("/static", StaticFiles(directory=str(WEB_DIR)), name="static")
 

@@ -14,6 +14,7 @@ from .common import (
     json_float,
     non_negative_int,
     positive_int,
+    shown_catalog,
     similarity,
 )
 
@@ -106,7 +107,7 @@ def cmd_cluster(args: argparse.Namespace, out: Console) -> int:
     if result.scores:
         out.print("silhouette by n: " + ", ".join(f"{n}: {s:.3f}" for n, s in result.scores.items()),
                   highlight=False)
-    table = Table(title=f"{result.n} clusters of {result.items} items (stored in {args.catalog})",
+    table = Table(title=f"{result.n} clusters of {result.items} items (stored in {shown_catalog(args.catalog)})",
                   title_justify="left")
     for col in ("cluster", "items", f"most common {args.label}" if args.label else "", "nearest the centre"):
         if col:
@@ -117,7 +118,7 @@ def cmd_cluster(args: argparse.Namespace, out: Console) -> int:
     out.print(table)
     purity = f"; purity against {args.label} {result.purity:.3f}" if result.purity is not None else ""
     out.print(f"silhouette {result.silhouette:.3f}{purity}", highlight=False)
-    out.print(f"next: lookalike similar ID --catalog {args.catalog} --same-cluster", highlight=False)
+    out.print(f"next: lookalike similar ID --catalog {shown_catalog(args.catalog)} --same-cluster", highlight=False)
     return 0
 
 
@@ -137,7 +138,7 @@ def cmd_duplicates(args: argparse.Namespace, out: Console) -> int:
         return 0
     if report.groups:
         shown = report.groups[:args.limit]
-        table = Table(title=f"duplicate groups in {args.catalog}", title_justify="left")
+        table = Table(title=f"duplicate groups in {shown_catalog(args.catalog)}", title_justify="left")
         for col in ("group", "kind", "size", "similarity", "representative", "members"):
             table.add_column(col, justify="right" if col in ("group", "size") else "left", overflow="fold")
         for g in shown:
@@ -148,7 +149,8 @@ def cmd_duplicates(args: argparse.Namespace, out: Console) -> int:
         out.print(table)
         if len(report.groups) > len(shown):
             out.print(f"... and {len(report.groups) - len(shown)} more groups (--limit N, --json or --csv)")
-    print(f"{args.catalog}: {report.summary()}" + (f"; groups written to {args.csv}" if args.csv else ""))
+    written = f"; groups written to {args.csv}" if args.csv else ""
+    print(f"{shown_catalog(args.catalog)}: {report.summary()}{written}")
     return 0
 
 

@@ -14,7 +14,10 @@ if TYPE_CHECKING:
 
 
 def cmd_index(args: argparse.Namespace, out: Console) -> int:
+    import contextlib
+
     from ..catalog.catalog import Catalog
+    from ..core.errors import LookalikeError
     from ..index.choice import IndexOptions
 
     IndexOptions().changed(kind=args.index, memory=args.memory, recall=args.recall)  # refuse before creating
@@ -27,16 +30,17 @@ def cmd_index(args: argparse.Namespace, out: Console) -> int:
             report = catalog.add(args.source, images=args.images, prune=args.prune, options=encode_options(args))
         except BaseException:
             if new:  # a first run that failed before its first batch leaves nothing behind
-                catalog.discard_if_empty()
+                with contextlib.suppress(LookalikeError):  # the database may be what failed
+                    catalog.discard_if_empty()
             raise
         if args.json:
             print(json.dumps({**report.__dict__, "images_per_second": report.images_per_second}, indent=2))
         else:
             for warning in report.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
-            print(f"{args.catalog}: {report.summary()}; {len(catalog)} items searchable")
+            print(f"{catalog.name}: {report.summary()}; {len(catalog)} items searchable")
             if report.failed:
-                print(f"  {report.failed} files skipped; `lookalike status --catalog {args.catalog}` lists why")
+                print(f"  {report.failed} files skipped; `lookalike status --catalog {catalog.name}` lists why")
     return 0
 
 

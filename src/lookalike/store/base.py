@@ -103,6 +103,10 @@ class Store(ABC):
     def close(self) -> None:
         """Release the connection(s)."""
 
+    @abstractmethod
+    def bytes_on_disk(self) -> int:
+        """What the store takes on disk (file, or the schema's tables with their indexes and TOAST)."""
+
     def watch(self, callback: Callable[[], None]) -> Watch:
         """Call ``callback`` (on another thread) soon after another process commits a write; where the backend
         cannot tell, nothing is called and readers keep polling ``generations``."""

@@ -150,6 +150,11 @@ class PostgresStore(Store):
     def close(self) -> None:
         self.pool.close()
 
+    def bytes_on_disk(self) -> int:
+        row = self._one("SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c JOIN pg_namespace n "
+                        "ON n.oid = c.relnamespace WHERE n.nspname = ? AND c.relkind = 'r'", (self.schema,))
+        return int(row[0])
+
     # -- the primitives --------------------------------------------------------------------------------
 
     def _rows(self, query: str, args: tuple | list = (), binary: bool = False) -> list[tuple]:

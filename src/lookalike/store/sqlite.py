@@ -85,6 +85,9 @@ class SQLiteStore(Store):
     def close(self) -> None:
         self.conn.close()
 
+    def bytes_on_disk(self) -> int:
+        return self.path.stat().st_size
+
     def _rows(self, sql: str, args: tuple | list = (), binary: bool = False) -> list[tuple]:
         return self.conn.execute(sql, args).fetchall()
 
