@@ -58,9 +58,13 @@ class PgCluster:
             cmd = ["runuser", "-u", self.as_user, "--", *cmd]
         return subprocess.run(cmd, capture_output=True, text=True, check=check, cwd=self.root)
 
-    def start(self) -> None:
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+    def start(self, durable: bool = False) -> None:
+        """Start (again) on the same port; ``durable``: PostgreSQL's default fsync and synchronous commit (for
+        benchmarks), else both off (tests: nothing here must survive a crash of the machine)."""
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self.durable = durable
         res = self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w",
                         "-t", "30", "start", check=False)
         if res.returncode != 0:

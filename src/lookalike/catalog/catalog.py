@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..core.config import CatalogConfig, EmbedderInfo, EncodeOptions
-from ..core.errors import CatalogError, ItemExistsError, QueryError, UnknownItemError
+from ..core.errors import CatalogError, ItemExistsError, QueryError, StoreUnavailableError, UnknownItemError
 from ..core.images import IMAGE_EXTENSIONS, ImageInput, content_hash, decode
 from ..core.sources import SourceItem, read_source
 from ..engines.embed import Encoder, FileTask, encode_files
@@ -602,7 +602,11 @@ class Catalog:
         if self._index is not None and not save and not force_rebuild and now - self._checked_at < 0.25:
             return
         self._checked_at = now
-        generation, labels_generation = self.store.generations()
+        try:
+            generation, labels_generation = self.store.generations()
+        except StoreUnavailableError:
+            self._checked_at = 0.0  # the next call asks again (and is told at once while it is down)
+            raise
         if labels_generation != self._labels_generation and self._meta is not None:
             self._meta.forget_labels()
         self._labels_generation = labels_generation

@@ -8,6 +8,11 @@ catalog's channel, delivered at commit, which ``watch`` turns into a callback: r
 than at their next poll. Tables live in their own schema (the URL's ``?schema=``, default ``lookalike``), so the
 role needs rights on that schema only. Vectors are ``bytea`` (stored uncompressed: float bytes do not
 compress). Connection failures become ``StoreUnavailableError`` with one line that never holds the password.
+
+An outage (the server restarted, the network gone) is noticed by the first call that fails; from then on calls
+fail at once with the same line (a server answers 503 at once instead of queueing requests behind 2 s waits),
+except one every ``PROBE_INTERVAL_S`` that tries a fresh connection; when one succeeds the pool is replaced by
+a new one (no waiting out the pool's own reconnection backoff) and calls go through again.
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ log = logging.getLogger(__name__)
 
 FORMAT = "1"
 CONNECT_TIMEOUT_S = 5  # a database that does not answer is reported, not waited on
-POOL_TIMEOUT_S = 3.0  # a request waits this long for a connection during an outage, then gets 503
+POOL_TIMEOUT_S = 2.0  # the longest a call waits for a pooled connection before it is told "unavailable"
+PROBE_INTERVAL_S = 0.5  # while the database is down, one call this often tries it; the others fail at once
+# SQLSTATEs that mean the connection, not the query, failed: 08 connection exceptions, 57P01-03 shutdown/starting
+_DOWN_STATES = ("08", "57P01", "57P02", "57P03")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -95,15 +103,42 @@ class PostgresStore(Store):
         self.channel = f"lookalike_{self.schema}"
         self.vector_dtype = np.dtype(np.float32)
         _quiet_pool_logs(self.url)
+        self.max_connections = max_connections
+        self._lock = threading.Lock()
+        self._down: str | None = None  # why the database is unavailable, while it is
+        self._next_probe = 0.0
         with self._translated(), psycopg.connect(self.url.conninfo, autocommit=True,
                                                  connect_timeout=CONNECT_TIMEOUT_S) as conn:
             self._prepare(conn, create)
-        self.pool = ConnectionPool(self.url.conninfo, min_size=1, max_size=max_connections, open=False,
-                                   kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
-                                   configure=self._configure, check=ConnectionPool.check_connection,
-                                   timeout=POOL_TIMEOUT_S, name=f"lookalike-{self.schema}")
         with self._translated():
-            self.pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+            self.pool = self._new_pool()
+
+    def _new_pool(self) -> ConnectionPool:
+        pool = ConnectionPool(self.url.conninfo, min_size=1, max_size=self.max_connections, open=False,
+                              kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                              configure=self._configure, check=ConnectionPool.check_connection,
+                              timeout=POOL_TIMEOUT_S, name=f"lookalike-{self.schema}")
+        pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        return pool
+
+    def _connection(self):
+        """A pooled connection (a context manager), unless the database is known to be down: then fail at once,
+        or, once per ``PROBE_INTERVAL_S``, try it and, if it is back, start over with a new pool."""
+        if self._down is not None:
+            with self._lock:
+                now = time.monotonic()
+                if self._down is not None and now < self._next_probe:
+                    raise StoreUnavailableError(self._down)
+                self._next_probe = now + PROBE_INTERVAL_S  # this call probes; the others fail meanwhile
+            if self._down is not None:
+                psycopg.connect(self.url.conninfo, connect_timeout=CONNECT_TIMEOUT_S).close()  # raises if still down
+                with self._lock:
+                    if self._down is not None:
+                        old, self.pool = self.pool, self._new_pool()
+                        self._down = None
+                        log.info("%s: the catalog database is back", self.location)
+                        threading.Thread(target=old.close, kwargs={"timeout": 1.0}, daemon=True).start()
+        return self.pool.connection()
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -141,9 +176,16 @@ class PostgresStore(Store):
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             reason = _first_line(exc) if not isinstance(exc, PoolTimeout) else (
                 f"no connection within {POOL_TIMEOUT_S:g} s")
-            raise StoreUnavailableError(
-                f"{self.location}: the catalog database is unavailable ({self.url.redact(reason)}); "
-                "try again when it is back") from None
+            message = (f"{self.location}: the catalog database is unavailable ({self.url.redact(reason)}); "
+                       "try again when it is back")
+            state = getattr(exc, "sqlstate", None)
+            if state is None or state.startswith(_DOWN_STATES):  # the connection failed, not the query
+                with self._lock:
+                    if self._down is None:
+                        log.info("%s", message)
+                        self._next_probe = time.monotonic() + PROBE_INTERVAL_S
+                    self._down = message
+            raise StoreUnavailableError(message) from None
         except psycopg.Error as exc:
             raise CatalogError(f"{self.location}: {self.url.redact(_first_line(exc))}") from None
 
@@ -158,11 +200,11 @@ class PostgresStore(Store):
     # -- the primitives --------------------------------------------------------------------------------
 
     def _rows(self, query: str, args: tuple | list = (), binary: bool = False) -> list[tuple]:
-        with self._translated(), self.pool.connection() as conn:
+        with self._translated(), self._connection() as conn:
             return conn.cursor(binary=binary).execute(_pg(query), args).fetchall()
 
     def _stream(self, query: str, args: tuple | list, chunk: int) -> Iterator[list[tuple]]:
-        with self._translated(), self.pool.connection() as conn, conn.transaction():
+        with self._translated(), self._connection() as conn, conn.transaction():
             with conn.cursor(name="lookalike_stream", binary=True) as cur:
                 cur.itersize = chunk
                 cur.execute(_pg(query), args)
@@ -171,7 +213,7 @@ class PostgresStore(Store):
 
     @contextlib.contextmanager
     def _begin(self) -> Iterator[_Cursor]:
-        with self._translated(), self.pool.connection() as conn, conn.transaction():
+        with self._translated(), self._connection() as conn, conn.transaction():
             cur = conn.cursor()
             cur.execute("SELECT value FROM meta WHERE name = 'generation' FOR UPDATE")  # writers one at a time
             yield _Cursor(cur)
@@ -210,7 +252,7 @@ class _Cursor:
 
 class _Listener(Watch):
     """LISTEN on the catalog's channel on a connection of its own; every notification (and every reconnection,
-    which may have missed some) calls back. A lost connection is retried with backoff, up to 5 s apart."""
+    which may have missed some) calls back. A lost connection is retried with backoff, up to 2 s apart."""
 
     def __init__(self, store: PostgresStore, callback: Callable[[], None]):
         self.store, self.callback = store, callback
@@ -237,7 +279,7 @@ class _Listener(Watch):
             except Exception:  # a callback's own failure must not end the listening
                 log.exception("change callback failed")
             self.stopped.wait(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, 2.0)
 
     def close(self) -> None:
         self.stopped.set()
@@ -266,9 +308,12 @@ class _Redact(logging.Filter):
 
 
 def _quiet_pool_logs(url: DatabaseURL) -> None:
-    """The pool logs every failed reconnection at WARNING; keep that, without the password, and at most once a
-    second per message."""
+    """The pool logs every failed reconnection at WARNING, several lines each: where the application set up no
+    handler for them they go nowhere (not to Python's last-resort stderr handler: an outage is one line, ours);
+    where it did, they come without the password and at most once a second per message."""
     logger = logging.getLogger("psycopg.pool")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
     if url.password and not any(isinstance(f, _Redact) and f.url == url for f in logger.filters):
         logger.addFilter(_Redact(url))
     if not any(isinstance(f, _Throttle) for f in logger.filters):
