@@ -1,4 +1,4 @@
-"""Catalog commands: ``index``, ``tune``, ``status``, ``models``, ``demo``."""
+"""Catalog commands: ``index``, ``tune``, ``status``, ``copy``, ``models``, ``demo``."""
 
 from __future__ import annotations
 
@@ -104,6 +104,17 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def cmd_copy(args: argparse.Namespace, out: Console) -> int:
+    from ..catalog.copy import copy_catalog
+
+    report = copy_catalog(args.source, args.destination)
+    if args.json:
+        print(json.dumps(report.__dict__, indent=2))
+    else:
+        print(f"{report.destination}: {report.summary()}; index {report.index}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace, out: Console) -> int:
     from ..models.registry import list_models
 
@@ -178,6 +189,17 @@ def add_parsers(sub, parents: Parents) -> None:
     p.add_argument("--failures", type=non_negative_int, default=50, help="failed files to list (default 50)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("copy", parents=[common], help="copy a catalog between a folder and PostgreSQL",
+                       description="Copy a catalog with its items, failures, labels, vectors, clusters and uploaded "
+                       "images to another store: a folder (SQLite) or a postgresql:// URL, either way. Verified by "
+                       "counts and a sample of vectors before the destination becomes a catalog; an interrupted "
+                       "copy leaves none, and running it again starts over.")
+    p.add_argument("source", help="the catalog to copy: a folder or a postgresql:// URL")
+    p.add_argument("destination", help="where the copy goes: a new folder, or a postgresql://user@host/db URL "
+                   "(?schema=NAME, default lookalike) holding no catalog")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_copy)
 
     p = sub.add_parser("models", parents=[common], help="list the embedders by name")
     p.set_defaults(func=cmd_models)

@@ -382,6 +382,16 @@ class Store(ABC):
     def label_rows(self) -> list[tuple[int, str, str]]:
         return [tuple(r) for r in self._rows("SELECT key, name, value FROM labels ORDER BY key, name")]
 
+    def table_counts(self) -> dict[str, int]:
+        """Rows of every table that holds catalog data (embedded and failed items apart): what a copy must match."""
+        counts = self.counts()
+        for table in ("labels", "vectors", "clusters", "uploads"):
+            counts[table] = int(self._one(f"SELECT COUNT(*) FROM {table}")[0])
+        return counts
+
+    def vector_keys(self) -> np.ndarray:
+        return np.array([r[0] for r in self._rows("SELECT key FROM vectors ORDER BY key")], dtype=np.int64)
+
     def upload_names(self) -> list[str]:
         return [r[0] for r in self._rows("SELECT name FROM uploads ORDER BY name")]
 
