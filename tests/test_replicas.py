@@ -198,6 +198,9 @@ def test_a_database_restart_under_running_replicas_is_503_then_they_recover(repl
     stop.set()
     for t in threads:
         t.join()
+    outage = seen[:during]
+    print(f"outage: {sum(s == 503 for s, _, _ in outage)} of {len(outage)} answers 503, slowest "
+          f"{max(t for _, t, _ in outage):.2f} s; back after {recovered}")
     statuses = {s for s, _, _ in seen}
     assert statuses <= {200, 503}, [x for x in seen if x[0] not in (200, 503)][:3]
     unavailable = [body["detail"] for s, _, body in seen[:during] if s == 503]

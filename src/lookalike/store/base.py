@@ -119,31 +119,38 @@ class Store(ABC):
     # -- writing -----------------------------------------------------------------------------------
 
     def write(self, records: Iterable[ItemRecord]) -> None:
-        """Insert or update items, their vectors and labels, all or nothing."""
+        """Insert or update items, their vectors and labels, all or nothing. A few statements per batch, not a
+        few per item: over a network every statement is a round trip."""
         now = time.time()
         with self._begin() as cur:
             gen = _next_generation(cur)
-            for rec in records:
-                key = cur.execute(
-                    """INSERT INTO items (id, path, size, mtime_ns, sha256, status, reason, width, height, updated)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                       ON CONFLICT (id) DO UPDATE SET path=excluded.path, size=excluded.size,
-                         mtime_ns=excluded.mtime_ns, sha256=excluded.sha256, status=excluded.status,
-                         reason=excluded.reason, width=excluded.width, height=excluded.height,
-                         updated=excluded.updated
-                       RETURNING key""",
-                    (rec.id, rec.path, rec.size, rec.mtime_ns, rec.sha256, rec.status, rec.reason,
-                     rec.width, rec.height, now),
-                ).fetchone()[0]
-                if rec.vector is not None:
-                    blob = np.ascontiguousarray(rec.vector, dtype=self.vector_dtype).tobytes()
-                    cur.execute("INSERT INTO vectors (key, vector, gen) VALUES (?, ?, ?) ON CONFLICT (key) "
-                                "DO UPDATE SET vector = excluded.vector, gen = excluded.gen", (key, blob, gen))
-                elif rec.status != "ok":
-                    if cur.execute("DELETE FROM vectors WHERE key = ?", (key,)).rowcount:
-                        cur.execute("INSERT INTO removed (key, gen) VALUES (?, ?)", (key, gen))
-                if rec.labels is not None:
-                    _write_labels(cur, key, rec.labels)
+            by_id = {rec.id: rec for rec in records}  # one row per id (a later record of an id wins)
+            keys: dict[str, int] = {}
+            for chunk in _chunks(list(by_id.values()), 500):
+                args = [x for rec in chunk for x in (rec.id, rec.path, rec.size, rec.mtime_ns, rec.sha256,
+                                                     rec.status, rec.reason, rec.width, rec.height, now)]
+                rows = cur.execute(
+                    "INSERT INTO items (id, path, size, mtime_ns, sha256, status, reason, width, height, updated) "
+                    f"VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'] * len(chunk))} "
+                    "ON CONFLICT (id) DO UPDATE SET path=excluded.path, size=excluded.size, "
+                    "mtime_ns=excluded.mtime_ns, sha256=excluded.sha256, status=excluded.status, "
+                    "reason=excluded.reason, width=excluded.width, height=excluded.height, updated=excluded.updated "
+                    "RETURNING key, id", args).fetchall()
+                keys.update({item_id: int(key) for key, item_id in rows})
+            vectors = [(keys[rec.id], np.ascontiguousarray(rec.vector, dtype=self.vector_dtype).tobytes(), gen)
+                       for rec in by_id.values() if rec.vector is not None]
+            _insert_rows(cur, "INSERT INTO vectors (key, vector, gen) VALUES {} ON CONFLICT (key) "
+                              "DO UPDATE SET vector = excluded.vector, gen = excluded.gen", vectors)
+            failed = [keys[rec.id] for rec in by_id.values() if rec.vector is None and rec.status != "ok"]
+            for chunk in _chunks(failed, 900):
+                gone = cur.execute(f"DELETE FROM vectors WHERE key IN ({_marks(chunk)}) RETURNING key",
+                                   chunk).fetchall()
+                _insert_rows(cur, "INSERT INTO removed (key, gen) VALUES {}", [(int(k), gen) for (k,) in gone])
+            relabel = {keys[rec.id]: rec.labels for rec in by_id.values() if rec.labels is not None}
+            for chunk in _chunks(list(relabel), 900):
+                cur.execute(f"DELETE FROM labels WHERE key IN ({_marks(chunk)})", chunk)
+            _insert_rows(cur, "INSERT INTO labels (key, name, value) VALUES {}",
+                         [(key, str(n), str(v)) for key, labels in relabel.items() for n, v in labels.items()])
             _bump(cur)
 
     def touch(self, updates: Iterable[tuple[str, str, int, int]]) -> None:
@@ -435,6 +442,13 @@ def _marks(values) -> str:
 def _chunks(values: list, size: int) -> Iterator[list]:
     for start in range(0, len(values), size):
         yield values[start:start + size]
+
+
+def _insert_rows(cur: Cursor, sql: str, rows: list[tuple], per_statement: int = 300) -> None:
+    """Rows in multi-row ``VALUES`` statements (``sql`` has ``{}`` where they go): one round trip for many."""
+    for chunk in _chunks(rows, per_statement):
+        marks = "(" + ", ".join("?" * len(chunk[0])) + ")"
+        cur.execute(sql.format(", ".join([marks] * len(chunk))), [x for row in chunk for x in row])
 
 
 def _write_labels(cur: Cursor, key: int, labels: Mapping[str, str]) -> None:
