@@ -122,6 +122,10 @@ def test_the_cli_takes_a_url_or_lookalike_catalog_and_never_prints_the_password(
     assert main(["status"]) == 0
     assert main(["duplicates", "--threshold", "0.99", "-q"]) == 0
     out = capsys.readouterr()
+    assert main(["evaluate", "--label", "colour", "--bootstrap", "0"]) == 2  # the catalog from the variable
+    assert main(["demo", "--catalog", url]) == 2
+    errors = capsys.readouterr().err
+    assert "label" in errors and "folder catalog" in errors and "s3cret-pw" not in errors
     assert "s3cret-pw" not in out.out + out.err
     assert "indexed 12" in out.out and "postgresql://postgres@127.0.0.1" in out.out
     dead = "postgresql://postgres:s3cret-pw@127.0.0.1:1/postgres"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import TYPE_CHECKING
 
 from .common import (
+    CATALOG_ENV,
     Parents,
     encode_options,
     int_at_least,
@@ -26,6 +28,7 @@ def cmd_evaluate(args: argparse.Namespace, out: Console) -> int:
     from ..analysis.evaluate import REFERENCES, evaluate_catalogs
 
     references = [] if args.no_reference else list(REFERENCES)
+    args.catalog = args.catalog or [os.environ[CATALOG_ENV]]
     results = []
     for label in args.label:
         rows = evaluate_catalogs(args.catalog, label, args.k, queries=args.queries, query_images=args.query_images,
@@ -188,8 +191,9 @@ def add_parsers(sub, parents: Parents) -> None:
                        description="How good are the recommendations? Leave-one-out over the catalog (or held-out "
                        "--queries): precision/recall/mAP/nDCG/hit rate@k, mean and median neighbour distance, "
                        "kNN classification, with reference rows: chance and a colour histogram of the same photos.")
-    p.add_argument("--catalog", action="append", required=True,
-                   help="a catalog; repeat to compare several (e.g. one per embedder) side by side")
+    p.add_argument("--catalog", action="append", required=not os.environ.get(CATALOG_ENV), default=None,
+                   help="a catalog (folder or postgresql:// URL); repeat to compare several (e.g. one per embedder) "
+                   f"side by side (default ${CATALOG_ENV})")
     p.add_argument("--label", action="append", required=True,
                    help="items with equal values of this label are relevant (e.g. articleType); repeatable; "
                    "'cluster' uses the stored clusters")

@@ -128,7 +128,12 @@ def cmd_demo(args: argparse.Namespace, out: Console) -> int:
     from pathlib import Path
 
     from ..catalog.demo import run_demo
+    from ..core.errors import LookalikeError
+    from ..store.urls import is_database_url
 
+    if is_database_url(args.catalog):
+        raise LookalikeError("the demo builds a folder catalog; give --catalog a folder, then `lookalike copy` it "
+                             "to a database if you like")
     path = Path(args.catalog)
     result = run_demo(path, model=args.model, options=encode_options(args), weights=args.weights)
     with result.catalog as catalog:
