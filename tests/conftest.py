@@ -125,3 +125,63 @@ def labelled_catalog(tmp_path: Path, photo_dir: Path):
     catalog.add(photo_dir / "labels.csv", images=photo_dir, options=EncodeOptions(workers=0, progress=False))
     yield catalog
     catalog.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_folder(tmp_path_factory):
+    """Database catalogs keep their FAISS cache in a per-user folder: the tests' own, never ~/.cache."""
+    old = os.environ.get("LOOKALIKE_CACHE_DIR")
+    os.environ["LOOKALIKE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("LOOKALIKE_CACHE_DIR", None)
+    else:
+        os.environ["LOOKALIKE_CACHE_DIR"] = old
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server (tests/pg_cluster.py), started the first time a test needs one and stopped
+    at the end of the session; skipped, with the reason, where the server binaries are missing."""
+    from pg_cluster import PgCluster, find_binaries
+
+    bindir = find_binaries()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql-15")
+    cluster = PgCluster(bindir)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.remove()
+        raise
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture
+def pg_url(pg_server, request) -> str:
+    """A catalog URL of its own for each test: a fresh schema in the session's database."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:30]
+    return f"{pg_server.url}?schema=t_{name}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_location(request, tmp_path) -> str:
+    """Where a store lives, once for each backend: a SQLite file, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "catalog.sqlite")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(params=["folder", "postgres"])
+def catalog_location(request, tmp_path) -> str:
+    """Where a catalog lives, once for each backend: a folder, then a PostgreSQL URL."""
+    if request.param == "folder":
+        return str(tmp_path / "shop.lk")
+    return request.getfixturevalue("pg_url")

@@ -22,6 +22,7 @@ from ..core.errors import (
     LookalikeError,
     NotAnImageError,
     QueryError,
+    StoreUnavailableError,
     UnknownItemError,
 )
 from ..core.version import __version__
@@ -37,6 +38,7 @@ WEB_DIR = resources.files("lookalike") / "web"
 
 # Most specific first: the first class an error is an instance of gives the status.
 STATUS_BY_ERROR: list[tuple[type[LookalikeError], int]] = [
+    (StoreUnavailableError, 503),  # the catalog's database is down or restarting: retry
     (NotAnImageError, 415),  # not an image at all
     (ImageError, 422),  # corrupt, truncated, decompression bomb
     (UnknownItemError, 404),
@@ -69,7 +71,7 @@ def create_app(settings: ServeSettings, service: CatalogService | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = service or CatalogService(settings)
         app.state.service = svc
-        log.info("serving %s: %d items", settings.catalog, svc.size())
+        log.info("serving %s: %d items", svc.catalog.name, svc.size())
         try:
             yield
         finally:
@@ -89,7 +91,8 @@ def create_app(settings: ServeSettings, service: CatalogService | None = None) -
     @app.exception_handler(LookalikeError)
     async def lookalike_error(request: Request, exc: LookalikeError) -> JSONResponse:
         status = next(code for kind, code in STATUS_BY_ERROR if isinstance(exc, kind))
-        return error_response(status, api_message(exc))
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return error_response(status, api_message(exc), headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

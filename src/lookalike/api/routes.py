@@ -114,12 +114,13 @@ async def similar(request: Request, svc: Service, item_id: str, k: Annotated[int
             responses={200: {"content": {"image/*": {}}}, 304: {"description": "not modified"}})
 def image(request: Request, svc: Service, item_id: str) -> Response:
     item = svc.item(item_id)
+    path = svc.image_file(item.path)
     try:
-        media = image_media_type(item.path)
+        media = image_media_type(path)
     except OSError as exc:
         raise HTTPException(404, f"the image file of item {item_id!r} is gone from the server; its catalog "
                                  "needs re-indexing") from exc
-    return _file(request, item.path, media, item.sha256)
+    return _file(request, path, media, item.sha256)
 
 
 @router.get("/items/{item_id:path}/thumbnail", summary="A small JPEG of the item, made once and cached",

@@ -8,6 +8,7 @@ import base64
 import functools
 import io
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..catalog import Catalog
 from ..catalog.catalog import CatalogItem
 from ..catalog.query import Match, Where, check_k
 from ..core.config import EncodeOptions
+from ..core.errors import LookalikeError
 from ..core.images import decode
 from .batcher import EmbedBatcher
 from .settings import ServeSettings
@@ -54,11 +56,33 @@ class CatalogService:
             self._catalog_thread.shutdown()
             raise
         self.encoder = self.batcher.encoder
-        self.thumbnails = ThumbnailCache(settings.thumbnail_cache or settings.catalog / "thumbnails")
+        self.thumbnails = ThumbnailCache(settings.thumbnail_cache or self.catalog.folder / "thumbnails")
         # Warm up so the first user does not pay for lazy initialisation (oneDNN kernels, CUDA context).
         self.batcher.embed(self.encoder.prepare(Image.new("RGB", (64, 64), "white")))
+        # Writes by other replicas or jobs: a database catalog says so at once (LISTEN/NOTIFY) and the catalog
+        # thread catches up before the next request; without that, requests look every 0.25 s (polling).
+        self._refresh_queued = threading.Event()
+        self._watch = self.catalog.watch(self._changed)
+
+    def _changed(self) -> None:
+        """Called on the listening thread: one catch-up queued on the catalog thread, however many writes."""
+        if self._refresh_queued.is_set():
+            return
+        self._refresh_queued.set()
+        try:
+            self._catalog_thread.submit(self._catch_up)
+        except RuntimeError:  # shutting down
+            pass
+
+    def _catch_up(self) -> None:
+        self._refresh_queued.clear()
+        try:
+            self.catalog.refresh()
+        except LookalikeError as exc:  # the database went away again; requests answer 503 until it is back
+            log.info("catching up: %s", exc)
 
     def close(self) -> None:
+        self._watch.close()
         self.batcher.close()
         self._call(self.catalog.close)
         self._catalog_thread.shutdown()
@@ -115,7 +139,11 @@ class CatalogService:
         return self._call(self.catalog.__len__)
 
     def thumbnail(self, item: CatalogItem, size: int) -> Path:
-        return self.thumbnails.get(item.path, item.sha256, size)
+        return self.thumbnails.get(self.image_file(item.path), item.sha256, size)
+
+    def image_file(self, path: str) -> Path:
+        """The image file of an item (an upload kept in the database is read into the cache folder once)."""
+        return self.catalog.image_file(path)
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -130,7 +158,8 @@ class CatalogService:
 
     def predict(self, data: bytes, k: int) -> tuple[list[str], str]:
         """Base64 JPEGs of the k closest images and of the upload, as the seed's /api/predict gave."""
-        closest = [_jpeg_base64(self.thumbnails.get(m.path, sha, 512)) for m, sha in self.search(data, k, None, None)]
+        closest = [_jpeg_base64(self.thumbnails.get(self.image_file(m.path), sha, 512))
+                   for m, sha in self.search(data, k, None, None)]
         uploaded = decode(data, max_pixels=self.settings.max_pixels)
         uploaded.thumbnail((512, 512))
         buffer = io.BytesIO()

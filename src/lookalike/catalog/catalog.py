@@ -1,10 +1,13 @@
-"""A catalog on disk and everything a user does with it: create, open, add a source, search, status.
+"""A catalog and everything a user does with it: create, open, add a source, search, status.
 
-Layout of ``shop.lk/``::
+A catalog is a folder (SQLite) or a ``postgresql://`` URL. Layout of a folder ``shop.lk/``::
 
     catalog.json     the embedder that made the vectors (a catalog never mixes models)
     catalog.sqlite   items, labels, failures and vectors; the source of truth
     index/           the FAISS index, derived and rebuilt when stale
+
+A database catalog holds the same in its schema (the config in ``meta``, uploaded images in ``uploads``); each
+process keeps ``index/`` and ``analysis/`` in a cache folder of its own (``location.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..core.config import CatalogConfig, EmbedderInfo, EncodeOptions
-from ..core.errors import CatalogError, ItemExistsError, QueryError, UnknownItemError
+from ..core.errors import CatalogError, ItemExistsError, QueryError, StoreUnavailableError, UnknownItemError
 from ..core.images import IMAGE_EXTENSIONS, ImageInput, content_hash, decode
 from ..core.sources import SourceItem, read_source
 from ..engines.embed import Encoder, FileTask, encode_files
@@ -37,9 +41,11 @@ from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
 from ..models.base import RANDOM_WEIGHTS, Embedder
 from ..models.modelfile import canonical_name
 from ..models.registry import DEFAULT_MODEL, create_embedder
-from ..store.sqlite import ItemRecord, Store, StoredItem
+from ..store import ItemRecord, SQLiteStore, Store, StoredItem, is_database_url, open_store, parse_database_url
+from ..store.base import UPLOAD_PREFIX, Watch
 from .consistency import index_disagrees
 from .dedupe import nearest_distinct
+from .location import database_cache
 from .query import Match, Where, check_k, distance_from_similarity, parse_where
 
 log = logging.getLogger(__name__)
@@ -111,12 +117,35 @@ class CatalogStatus:
 
 
 class Catalog:
-    """A searchable catalog of product images. Use ``Catalog.create`` or ``Catalog.open``."""
+    """A searchable catalog of product images, in a folder or a PostgreSQL database. Use ``Catalog.create`` or
+    ``Catalog.open``.
 
-    def __init__(self, path: Path, config: CatalogConfig, embedder: Embedder | None = None):
-        self.path = path
+    ``name`` is where it is as a person may see it (a folder, or the URL without its password); ``folder`` is
+    where this process keeps what it derives (the catalog folder itself, or a cache folder for a database);
+    ``path`` is the folder of a folder catalog and ``name`` for a database one.
+    """
+
+    def __init__(self, path: str | Path, config: CatalogConfig, embedder: Embedder | None = None,
+                 store: Store | None = None):
         self.config = config
-        self.store = Store(path / DB_FILE)
+        self._scratch: Path | None = None
+        if is_database_url(path):
+            url = parse_database_url(str(path))
+            self.store: Store = store or open_store(str(path))
+            self.name = self.path = url.display
+            self.title = f"{url.display.rsplit('/', 1)[-1].split('?')[0]}/{url.schema}"
+            folder = database_cache(url, str(config.extra.get("catalog_id") or "none"))
+            if folder is None:  # LOOKALIKE_CACHE_DIR=memory: nothing kept after this process
+                folder = self._scratch = Path(tempfile.mkdtemp(prefix="lookalike-cache-"))
+            self.folder = folder
+            self.index_dir: Path | None = None if self._scratch else folder / INDEX_DIR
+            self.uploads_in_store = True
+        else:
+            self.path = Path(path)
+            self.name, self.title, self.folder = str(self.path), self.path.name, self.path
+            self.store = store or SQLiteStore(self.path / DB_FILE)
+            self.index_dir = self.path / INDEX_DIR
+            self.uploads_in_store = False
         self._embedder = embedder
         self._encoder: Encoder | None = None
         self._index: VectorIndex | None = None
@@ -138,8 +167,11 @@ class Catalog:
 
         Raises:
             CatalogError: a catalog already exists at ``path``.
+            StoreUnavailableError: ``path`` is a database URL and the database cannot be reached.
             UnknownModelError, ModelUnavailableError: see ``create_embedder``.
         """
+        if is_database_url(path):
+            return cls._create_in_database(str(path), model, weights, embedder)
         path = Path(path)
         if (path / CONFIG_FILE).exists():
             raise CatalogError(f"{path}: a catalog already exists; open it, or choose another --catalog path")
@@ -159,7 +191,7 @@ class Catalog:
             umask = os.umask(0)
             os.umask(umask)
             building.chmod(0o777 & ~umask)  # mkdtemp makes it private; a catalog is shared like any folder
-            Store(building / DB_FILE).close()
+            SQLiteStore(building / DB_FILE).close()
             config.save(building / CONFIG_FILE)
             if path.exists():
                 shutil.rmtree(path) if _unfinished_creation(path) else path.rmdir()
@@ -169,12 +201,43 @@ class Catalog:
             raise
         return cls(path, config, embedder)
 
+    @classmethod
+    def _create_in_database(cls, url: str, model: str, weights: str | None, embedder: Embedder | None) -> Catalog:
+        """Tables first, then the config and the catalog's id in one transaction: the config is the commit point
+        (a kill before it leaves empty tables, which the next creation reuses)."""
+        from ..store.postgres import PostgresStore
+
+        store = PostgresStore(url, create=True)
+        try:
+            if store.get_meta("config") is not None:
+                raise CatalogError(f"{store.location}: a catalog already exists; open it, or choose another "
+                                   "--catalog (another ?schema=)")
+            if not store.is_empty():
+                raise CatalogError(f"{store.location}: holds items but no catalog config (an unfinished "
+                                   "`lookalike copy`?); run that copy again, or choose another ?schema=")
+            embedder = embedder or create_embedder(model, weights)
+            extra = {"weights_path": str(Path(weights).resolve())} if weights not in (None, RANDOM_WEIGHTS) else {}
+            extra["catalog_id"] = uuid.uuid4().hex
+            config = CatalogConfig(embedder=embedder.info, created=dt.datetime.now(dt.timezone.utc).isoformat(),
+                                   extra=extra)
+            store.set_meta("config", config.to_json())
+        except BaseException:
+            store.close()
+            raise
+        return cls(url, config, embedder, store=store)
+
     def discard_if_empty(self) -> bool:
         """Delete this catalog if nothing was ever added to it (a first ``index`` that failed before its first
         batch), so a retry may choose another model; returns whether it was deleted."""
         counts = self.store.counts()
         if counts.get("ok", 0) or counts.get("failed", 0):
             return False
+        drop = getattr(self.store, "drop", None)
+        if drop is not None:  # a database catalog: its tables go; the cache folder is this process's own
+            drop()
+            self.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return True
         self.close()
         shutil.rmtree(self.path, ignore_errors=True)
         return True
@@ -187,7 +250,10 @@ class Catalog:
 
         Raises:
             CatalogError: no catalog at ``path``, or ``embedder`` is not its model.
+            StoreUnavailableError: ``path`` is a database URL and the database cannot be reached.
         """
+        if is_database_url(path):
+            return cls._open_database(str(path), embedder)
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
             raise CatalogError(f"{path}: no catalog here; build one with `lookalike index SOURCE --catalog {path}`")
@@ -201,9 +267,45 @@ class Catalog:
             raise CatalogError(f"{path} was built with {config.embedder.describe()}, not {embedder.info.describe()}")
         return cls(path, config, embedder)
 
+    @classmethod
+    def _open_database(cls, url: str, embedder: Embedder | None) -> Catalog:
+        store = open_store(url)
+        try:
+            text = store.get_meta("config")
+            if text is None:
+                raise CatalogError(f"{store.location}: no catalog here; build one with `lookalike index SOURCE "
+                                   f"--catalog {store.location}`")
+            try:
+                config = CatalogConfig.from_json(text)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CatalogError(f"{store.location}: unreadable catalog config ({exc})") from exc
+            if config.format != 1:
+                raise CatalogError(f"{store.location}: catalog format {config.format} is newer than this lookalike; "
+                                   "upgrade it")
+            if embedder is not None and embedder.info != config.embedder:
+                raise CatalogError(f"{store.location} was built with {config.embedder.describe()}, not "
+                                   f"{embedder.info.describe()}")
+        except BaseException:
+            store.close()
+            raise
+        return cls(url, config, embedder, store=store)
+
     @staticmethod
     def exists(path: str | Path) -> bool:
-        """Is there a catalog at ``path``?"""
+        """Is there a catalog at ``path``?
+
+        Raises:
+            StoreUnavailableError: ``path`` is a database URL and the database cannot be reached.
+        """
+        if is_database_url(path):
+            try:
+                store = open_store(str(path))
+            except CatalogError:
+                return False
+            try:
+                return store.get_meta("config") is not None
+            finally:
+                store.close()
         return (Path(path) / CONFIG_FILE).is_file()
 
     @classmethod
@@ -213,8 +315,7 @@ class Catalog:
         Raises:
             CatalogError: the catalog was built with another model or other weights.
         """
-        path = Path(path)
-        if not (path / CONFIG_FILE).is_file():
+        if not cls.exists(path):
             return cls.create(path, model or DEFAULT_MODEL, weights)
         catalog = cls.open(path)
         catalog.check_compatible(model, weights)
@@ -225,21 +326,21 @@ class Catalog:
         info = self.config.embedder
         if model is not None and canonical_name(model) != info.name:
             raise CatalogError(
-                f"{self.path} holds {info.name} vectors; cannot add {model} vectors to it. Use the same "
+                f"{self.name} holds {info.name} vectors; cannot add {model} vectors to it. Use the same "
                 "--model, or another --catalog path for the new model"
             )
         if weights is not None:
             wanted = "random:" if weights == RANDOM_WEIGHTS else "file:"
             if not info.weights.startswith(wanted):
                 raise CatalogError(
-                    f"{self.path} was built with weights {info.weights}; --weights {weights} would mix vectors "
+                    f"{self.name} was built with weights {info.weights}; --weights {weights} would mix vectors "
                     "of different weights. Drop --weights, or use another --catalog path"
                 )
             if wanted == "file:":
                 digest = self._use_weights(weights).info.weights
                 if digest != info.weights:
                     raise CatalogError(
-                        f"{self.path} was built with weights {info.weights}; {weights} is a different file "
+                        f"{self.name} was built with weights {info.weights}; {weights} is a different file "
                         f"({digest}). Use the original file, or another --catalog path"
                     )
 
@@ -250,6 +351,8 @@ class Catalog:
 
     def close(self) -> None:
         self.store.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     def __enter__(self) -> Catalog:
         return self
@@ -273,7 +376,7 @@ class Catalog:
             embedder = create_embedder(info.name, weights)
             if embedder.info.weights != info.weights:
                 raise CatalogError(
-                    f"{self.path}: the weights at {weights or info.name} changed since the catalog was built "
+                    f"{self.name}: the weights at {weights or info.name} changed since the catalog was built "
                     f"({embedder.info.weights} != {info.weights}); restore them or rebuild the catalog"
                 )
             self._embedder = embedder
@@ -337,7 +440,8 @@ class Catalog:
         if touch:
             self.store.touch(touch)
         if prune:
-            gone = [i for i, row in self.store.items().items() if not Path(row.path).exists()]
+            gone = [i for i, row in self.store.items().items()
+                    if not row.path.startswith(UPLOAD_PREFIX) and not Path(row.path).exists()]
             report.pruned = self.store.delete(gone) if gone else 0
         self._refresh_index(save=True)
         report.seconds = time.perf_counter() - started
@@ -377,8 +481,9 @@ class Catalog:
 
     def add_image(self, data: bytes, item_id: str | None = None, labels: Mapping[str, str] | None = None,
                   vector: np.ndarray | None = None) -> CatalogItem:
-        """Add one image given as bytes (an upload): kept under ``uploads/`` inside the catalog, named by
-        its content hash, embedded (unless ``vector`` is passed, already embedded by the caller's encoder)
+        """Add one image given as bytes (an upload): kept under ``uploads/`` inside a folder catalog, or in the
+        database of a database catalog (where every replica can serve it), named by its content hash, embedded
+        (unless ``vector`` is passed, already embedded by the caller's encoder)
         and searchable at once. ``item_id`` defaults to the first 16 hex digits of the content hash.
 
         Raises:
@@ -393,18 +498,17 @@ class Catalog:
             vector = self.encoder().encode(image)
         if self.store.item(item_id) is not None:
             raise ItemExistsError(f"item {item_id!r} is already in the catalog; delete it first or choose another id")
-        folder = self.path / UPLOADS_DIR
-        folder.mkdir(exist_ok=True)
         fmt = (_opened_format(data) or "png").lower()
-        target = folder / f"{sha[:32]}.{'jpg' if fmt == 'jpeg' else fmt}"
-        if not target.exists():
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        stat = target.stat()
+        name = f"{sha[:32]}.{'jpg' if fmt == 'jpeg' else fmt}"
+        if self.uploads_in_store:
+            self.store.put_upload(name, data)
+            path, size, mtime_ns = UPLOAD_PREFIX + name, len(data), time.time_ns()
+        else:
+            target = _write_once(self.path / UPLOADS_DIR / name, data)
+            stat = target.stat()
+            path, size, mtime_ns = str(target), stat.st_size, stat.st_mtime_ns
         self.store.write([ItemRecord(
-            id=item_id, path=str(target), size=stat.st_size, mtime_ns=stat.st_mtime_ns, sha256=sha, status="ok",
+            id=item_id, path=path, size=size, mtime_ns=mtime_ns, sha256=sha, status="ok",
             width=image.width, height=image.height, vector=np.asarray(vector, dtype=np.float32),
             labels=dict(labels or {}))])
         self._refresh_index(save=True)
@@ -422,14 +526,61 @@ class Catalog:
         if missing:
             raise UnknownItemError(f"unknown item id {missing[0]!r}; `lookalike status` lists the catalog")
         removed = self.store.delete(ids)
-        uploads = (self.path / UPLOADS_DIR).resolve()
+        uploads = (self.path / UPLOADS_DIR).resolve() if not self.uploads_in_store else None
         still_used = {row.path for row in self.store.items().values()}
+        stored = [known[i].path[len(UPLOAD_PREFIX):] for i in ids if known[i].path.startswith(UPLOAD_PREFIX)]
+        if stored:
+            self.store.delete_uploads(stored)  # those no other item shows
+            for name in stored:
+                if UPLOAD_PREFIX + name not in still_used:
+                    (self.folder / UPLOADS_DIR / name).unlink(missing_ok=True)
         for item_id in ids:
             path = Path(known[item_id].path)
-            if path.parent.resolve() == uploads and str(path) not in still_used:
+            if uploads is not None and path.parent.resolve() == uploads and str(path) not in still_used:
                 path.unlink(missing_ok=True)
         self._refresh_index(save=True)
         return removed
+
+    def image_file(self, path: str) -> Path:
+        """The file of an item's image (``CatalogItem.path``, ``Match.path``): the path itself, or for an upload
+        kept in the database, a copy read from it once into this process's cache folder.
+
+        Raises:
+            UnknownItemError: the database holds no such upload any more.
+        """
+        if not path.startswith(UPLOAD_PREFIX):
+            return Path(path)
+        name = path[len(UPLOAD_PREFIX):]
+        target = self.folder / UPLOADS_DIR / Path(name).name
+        if not target.exists():
+            data = self.store.upload(name)
+            if data is None:
+                raise UnknownItemError(f"the uploaded image {name} is gone from {self.name}")
+            _write_once(target, data)
+        return target
+
+    # -- following other processes ---------------------------------------------------------------------
+
+    def changed_elsewhere(self) -> None:
+        """Another process wrote: look at the store on the next call instead of within 0.25 s (thread-safe)."""
+        self._checked_at = 0.0
+
+    def refresh(self) -> None:
+        """Catch up with the store now (a server does this when told of a write, so the next request is fast).
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached.
+        """
+        self._refresh_index(save=False)
+
+    def watch(self, on_change) -> Watch:
+        """Call ``on_change`` on another thread soon after another process writes to this catalog (database
+        catalogs: LISTEN/NOTIFY); readers of a folder catalog poll instead. ``close()`` the result to stop."""
+        def heard() -> None:
+            self.changed_elsewhere()
+            on_change()
+
+        return self.store.watch(heard)
 
     # -- searching ---------------------------------------------------------------------------------
 
@@ -451,16 +602,20 @@ class Catalog:
         if self._index is not None and not save and not force_rebuild and now - self._checked_at < 0.25:
             return
         self._checked_at = now
-        generation, labels_generation = self.store.generations()
+        try:
+            generation, labels_generation = self.store.generations()
+        except StoreUnavailableError:
+            self._checked_at = 0.0  # the next call asks again (and is told at once while it is down)
+            raise
         if labels_generation != self._labels_generation and self._meta is not None:
             self._meta.forget_labels()
         self._labels_generation = labels_generation
         if self._index is not None and self._index_generation == generation and not force_rebuild:
             return
-        folder = self.path / INDEX_DIR
+        folder = self.index_dir
         index, at = self._index, self._index_generation
         from_disk = False
-        if index is None:
+        if index is None and folder is not None:
             loaded = VectorIndex.load(folder)
             if loaded is not None and loaded[1] <= generation:
                 (index, at), from_disk = loaded, True
@@ -486,7 +641,7 @@ class Catalog:
             del vectors
             tune(index, options.recall)
         self.store.vector_dtype = np.dtype(index.plan.dtype)
-        if changed or rebuild:
+        if (changed or rebuild) and folder is not None:
             try:
                 if save or rebuild:
                     index.save(folder, generation)
@@ -512,7 +667,8 @@ class Catalog:
         new = old.changed(kind=kind, memory=memory, recall=recall)
         if new != old:
             self.store.set_meta("index_options", new.to_json())
-            if self._index is not None or (self.path / INDEX_DIR / "stamp.json").exists():
+            saved = self.index_dir is not None and (self.index_dir / "stamp.json").exists()
+            if self._index is not None or saved:
                 index = self.index
                 plan = choose_index(index.size, self.config.embedder.dim, new.memory, new.kind)
                 if (plan.kind, plan.dtype) != (index.plan.kind, index.plan.dtype):
@@ -526,7 +682,8 @@ class Catalog:
         reaching ``recall`` (default: the catalog's target); saved with the index."""
         index = self.index
         quality = tune(index, recall if recall is not None else self.index_options().recall)
-        index.save(self.path / INDEX_DIR, self._index_generation)
+        if self.index_dir is not None:
+            index.save(self.index_dir, self._index_generation)
         return quality
 
     @property
@@ -687,10 +844,10 @@ class Catalog:
         cluster = self.store.cluster_of(key)
         if cluster is None:
             if self.store.cluster_info() is None:
-                raise QueryError(f"{self.path} has no clusters yet; run `lookalike cluster --catalog {self.path} "
+                raise QueryError(f"{self.name} has no clusters yet; run `lookalike cluster --catalog {self.name} "
                                  "-n 6` (or --auto) first")
             raise QueryError(f"item {item_id!r} was added after the last clustering; run `lookalike cluster "
-                             f"--catalog {self.path}` again")
+                             f"--catalog {self.name}` again")
         return self.store.keys_in_cluster(cluster)
 
     def _key(self, item_id: str) -> int:
@@ -762,16 +919,16 @@ class Catalog:
         counts = self.store.counts()
         index = self.index
         return CatalogStatus(
-            path=str(self.path), embedder=self.config.embedder, items=counts["ok"], failed=counts["failed"],
+            path=self.name, embedder=self.config.embedder, items=counts["ok"], failed=counts["failed"],
             labels=self.store.label_names(), index=index.describe(),
             failures=self.store.failures(failures), index_detail=self._index_detail(index),
         )
 
     def _index_detail(self, index: VectorIndex) -> dict:
         items = max(index.size, 1)
-        folder = self.path / INDEX_DIR
-        on_disk = sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) if folder.exists() else 0
-        on_disk += (self.path / DB_FILE).stat().st_size
+        folder = self.index_dir
+        on_disk = sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) if folder and folder.exists() else 0
+        on_disk += self.store.bytes_on_disk()
         q = index.quality
         return {
             "kind": index.plan.kind, "dtype": index.plan.dtype, "params": index.plan.params,
@@ -882,6 +1039,17 @@ def _check_new_id(item_id: str) -> str:
     if not item_id or len(item_id) > MAX_ID_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in item_id):
         raise QueryError(f"item id {item_id[:40]!r} must be 1 to {MAX_ID_LENGTH} printable characters")
     return item_id
+
+
+def _write_once(target: Path, data: bytes) -> Path:
+    """Write a file named by its content, atomically, unless it is already there."""
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    return target
 
 
 def _opened_format(data: bytes) -> str | None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import TYPE_CHECKING
 
 from .common import (
+    CATALOG_ENV,
     Parents,
     encode_options,
     int_at_least,
@@ -14,6 +16,7 @@ from .common import (
     json_float,
     non_negative_int,
     positive_int,
+    shown_catalog,
     similarity,
 )
 
@@ -25,6 +28,7 @@ def cmd_evaluate(args: argparse.Namespace, out: Console) -> int:
     from ..analysis.evaluate import REFERENCES, evaluate_catalogs
 
     references = [] if args.no_reference else list(REFERENCES)
+    args.catalog = args.catalog or [os.environ[CATALOG_ENV]]
     results = []
     for label in args.label:
         rows = evaluate_catalogs(args.catalog, label, args.k, queries=args.queries, query_images=args.query_images,
@@ -106,7 +110,7 @@ def cmd_cluster(args: argparse.Namespace, out: Console) -> int:
     if result.scores:
         out.print("silhouette by n: " + ", ".join(f"{n}: {s:.3f}" for n, s in result.scores.items()),
                   highlight=False)
-    table = Table(title=f"{result.n} clusters of {result.items} items (stored in {args.catalog})",
+    table = Table(title=f"{result.n} clusters of {result.items} items (stored in {shown_catalog(args.catalog)})",
                   title_justify="left")
     for col in ("cluster", "items", f"most common {args.label}" if args.label else "", "nearest the centre"):
         if col:
@@ -117,7 +121,7 @@ def cmd_cluster(args: argparse.Namespace, out: Console) -> int:
     out.print(table)
     purity = f"; purity against {args.label} {result.purity:.3f}" if result.purity is not None else ""
     out.print(f"silhouette {result.silhouette:.3f}{purity}", highlight=False)
-    out.print(f"next: lookalike similar ID --catalog {args.catalog} --same-cluster", highlight=False)
+    out.print(f"next: lookalike similar ID --catalog {shown_catalog(args.catalog)} --same-cluster", highlight=False)
     return 0
 
 
@@ -137,7 +141,7 @@ def cmd_duplicates(args: argparse.Namespace, out: Console) -> int:
         return 0
     if report.groups:
         shown = report.groups[:args.limit]
-        table = Table(title=f"duplicate groups in {args.catalog}", title_justify="left")
+        table = Table(title=f"duplicate groups in {shown_catalog(args.catalog)}", title_justify="left")
         for col in ("group", "kind", "size", "similarity", "representative", "members"):
             table.add_column(col, justify="right" if col in ("group", "size") else "left", overflow="fold")
         for g in shown:
@@ -148,7 +152,8 @@ def cmd_duplicates(args: argparse.Namespace, out: Console) -> int:
         out.print(table)
         if len(report.groups) > len(shown):
             out.print(f"... and {len(report.groups) - len(shown)} more groups (--limit N, --json or --csv)")
-    print(f"{args.catalog}: {report.summary()}" + (f"; groups written to {args.csv}" if args.csv else ""))
+    written = f"; groups written to {args.csv}" if args.csv else ""
+    print(f"{shown_catalog(args.catalog)}: {report.summary()}{written}")
     return 0
 
 
@@ -186,8 +191,9 @@ def add_parsers(sub, parents: Parents) -> None:
                        description="How good are the recommendations? Leave-one-out over the catalog (or held-out "
                        "--queries): precision/recall/mAP/nDCG/hit rate@k, mean and median neighbour distance, "
                        "kNN classification, with reference rows: chance and a colour histogram of the same photos.")
-    p.add_argument("--catalog", action="append", required=True,
-                   help="a catalog; repeat to compare several (e.g. one per embedder) side by side")
+    p.add_argument("--catalog", action="append", required=not os.environ.get(CATALOG_ENV), default=None,
+                   help="a catalog (folder or postgresql:// URL); repeat to compare several (e.g. one per embedder) "
+                   f"side by side (default ${CATALOG_ENV})")
     p.add_argument("--label", action="append", required=True,
                    help="items with equal values of this label are relevant (e.g. articleType); repeatable; "
                    "'cluster' uses the stored clusters")

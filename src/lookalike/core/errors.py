@@ -61,3 +61,8 @@ class ModelFileError(ModelUnavailableError):
 
 class TrainingError(LookalikeError):
     """Training cannot start or go on: too few images or labels, a bad option, a pack that does not fit."""
+
+
+class StoreUnavailableError(LookalikeError):
+    """The catalog's database cannot be reached (down, restarting, network); the REST API answers 503 and the
+    command line stops with one line; finished batches are kept and the next run resumes."""
