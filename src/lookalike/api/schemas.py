@@ -19,9 +19,10 @@ class MatchItem(Item):
 
 
 class Query(BaseModel):
-    kind: str = Field(description="'upload' or 'item'")
+    kind: str = Field(description="'upload', 'text', 'upload+text', 'item' or 'item+text'")
     id: str | None = Field(default=None, description="the catalog item searched from (kind 'item')")
     filename: str | None = None
+    text: str | None = Field(default=None, description="the words searched for, if any")
 
 
 class SearchResult(BaseModel):
@@ -52,6 +53,7 @@ class Health(BaseModel):
     device: str
     precision: str
     writable: bool = Field(description="whether POST/DELETE /api/items are enabled (an admin token is set)")
+    text: bool = Field(False, description="whether the model understands words (search and similar take `text`)")
 
 
 class Predicted(BaseModel):
