@@ -198,3 +198,29 @@ def tiny_clip(clip_hub):
         embedder = create_embedder(TINY_CLIP)
         assert embedder.tokenizer is not None
     return embedder
+
+
+def word_options():
+    """fp32 on the CPU, inline decoding: exact comparisons with brute force."""
+    from lookalike.core.config import EncodeOptions
+
+    return EncodeOptions(device="cpu", precision="fp32", workers=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def word_shop(tmp_path_factory, tiny_clip) -> Path:
+    """The twelve labelled photos (colour x shape) in a catalog of the tiny random CLIP."""
+    from lookalike import Catalog
+
+    root = tmp_path_factory.mktemp("words")
+    rows = ["path,colour,shape"]
+    for colour, rgb in COLORS.items():
+        for shape in SHAPES:
+            make_image(root / "photos" / f"{colour}-{shape}.jpg", color=rgb, shape=shape, quality=90)
+            rows.append(f"{colour}-{shape}.jpg,{colour},{shape}")
+    (root / "photos" / "labels.csv").write_text("\n".join(rows) + "\n")
+    with Catalog.create(root / "shop.lk", TINY_CLIP, embedder=tiny_clip) as catalog:
+        catalog.add(root / "photos" / "labels.csv", options=word_options())
+    return root
+
+

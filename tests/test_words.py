@@ -12,28 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import COLORS, SHAPES, TINY_CLIP, make_image
+from conftest import word_options
 from lookalike import Catalog
 from lookalike.catalog.query import QueryPart, QueryWeights, combine
 from lookalike.core.config import EncodeOptions
 from lookalike.core.errors import NoTextModelError, QueryError
 
-OPTIONS = EncodeOptions(device="cpu", precision="fp32", workers=0, progress=False)
-
-
-@pytest.fixture(scope="module")
-def word_shop(tmp_path_factory, tiny_clip) -> Path:
-    """The twelve labelled photos (colour x shape) in a catalog of the tiny random CLIP."""
-    root = tmp_path_factory.mktemp("words")
-    rows = ["path,colour,shape"]
-    for colour, rgb in COLORS.items():
-        for shape in SHAPES:
-            make_image(root / "photos" / f"{colour}-{shape}.jpg", color=rgb, shape=shape, quality=90)
-            rows.append(f"{colour}-{shape}.jpg,{colour},{shape}")
-    (root / "photos" / "labels.csv").write_text("\n".join(rows) + "\n")
-    with Catalog.create(root / "shop.lk", TINY_CLIP, embedder=tiny_clip) as catalog:
-        catalog.add(root / "photos" / "labels.csv", options=OPTIONS)
-    return root
+OPTIONS = word_options()
 
 
 @pytest.fixture
