@@ -217,11 +217,16 @@ def word_server(word_shop, clip_hub):
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_words_in_a_real_browser(word_server):
-    """Type words, see what the API answers for them; on an item, "more like this, but ..." with words."""
+def test_words_in_a_real_browser(word_server, word_shop, clip_hub):
+    """Type words, see what the API answers for them; on an item, "more like this, but ..." with words;
+    labels predicted by `lookalike tag` (in another process, while the server runs) are marked predicted."""
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     from playwright.sync_api import expect, sync_playwright
+
+    tag = lookalike("tag", "--catalog", str(word_shop / "shop.lk"), "--column", "style", "--classes",
+                    "casual,formal", env={"HF_HOME": str(clip_hub)})
+    assert tag.wait(timeout=120) == 0, tag.communicate()[1]
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     expect.set_options(timeout=20_000)
@@ -244,6 +249,10 @@ def test_words_in_a_real_browser(word_server):
             expect(cards).to_have_count(12)
             assert [cards.nth(i).get_attribute("data-id") for i in range(12)] == [r["id"] for r in results]
             assert "text=red" in page.url
+            expect(cards.first.get_by_test_id("predicted")).to_contain_text("(predicted,")
+            facets = page.request.get(word_server + "/api/items?limit=0").json()["facets"]
+            if len(facets.get("style", {})) > 1:  # the page offers a filter only for a label with two values
+                expect(page.locator("#facets")).to_contain_text("style (predicted)")
             page.screenshot(path=str(ARTIFACTS / "serve-words.png"), full_page=True)
 
             picked = cards.nth(2).get_attribute("data-id")

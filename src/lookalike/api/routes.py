@@ -103,9 +103,9 @@ def search(request: Request, svc: Service,
 @router.get("/items", response_model=ItemPage, summary="Browse the catalog, with label facets")
 def browse(request: Request, svc: Service, offset: Offset = 0, limit: Annotated[int, Query(ge=0, le=500)] = 50,
            where: WhereParam = None) -> ItemPage:
-    total, items, facets = svc.browse(offset, limit, where or [])
+    total, items, facets, predicted = svc.browse(offset, limit, where or [])
     return ItemPage(total=total, offset=offset, limit=limit, where=parse_where(where or []),
-                            items=[_item(request, it) for it in items], facets=facets)
+                    items=[_item(request, it) for it in items], facets=facets, predicted_labels=predicted)
 
 
 @router.get("/items/{item_id:path}/similar", response_model=SearchResult,
@@ -214,7 +214,8 @@ def _urls(request: Request, item_id: str, sha256: str | None) -> tuple[str, str]
 
 def _item(request: Request, item: CatalogItem) -> Item:
     image_url, thumbnail_url = _urls(request, item.id, item.sha256)
-    return Item(id=item.id, labels=item.labels, image_url=image_url, thumbnail_url=thumbnail_url)
+    return Item(id=item.id, labels=item.labels, predicted=item.predicted, image_url=image_url,
+                thumbnail_url=thumbnail_url)
 
 
 def _result(request: Request, query: dict, k: int, where: list[str], min_similarity: float | None,
@@ -224,7 +225,7 @@ def _result(request: Request, query: dict, k: int, where: list[str], min_similar
     results = []
     for match, sha256 in matches:
         image_url, thumbnail_url = _urls(request, match.id, sha256)
-        results.append({"id": match.id, "labels": match.labels, "image_url": image_url,
+        results.append({"id": match.id, "labels": match.labels, "predicted": match.predicted, "image_url": image_url,
                         "thumbnail_url": thumbnail_url, "rank": match.rank, "similarity": match.similarity,
                         "distance": match.distance})
     return JSONResponse({"query": query, "k": k, "where": parse_where(where), "min_similarity": min_similarity,

@@ -132,10 +132,11 @@ class CatalogService:
     def item(self, item_id: str) -> CatalogItem:
         return self._call(self.catalog.item, item_id)
 
-    def browse(self, offset: int, limit: int, where: Where) -> tuple[int, list[CatalogItem], dict]:
-        def page() -> tuple[int, list[CatalogItem], dict]:
+    def browse(self, offset: int, limit: int, where: Where) -> tuple[int, list[CatalogItem], dict, list[str]]:
+        """A page of items, the label facets, and which labels were predicted (``lookalike tag``)."""
+        def page() -> tuple[int, list[CatalogItem], dict, list[str]]:
             total, items = self.catalog.browse(offset, limit, where)
-            return total, items, self.catalog.facets(where)
+            return total, items, self.catalog.facets(where), self.catalog.store.predicted_names()
 
         return self._call(page)
 

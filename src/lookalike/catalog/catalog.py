@@ -85,9 +85,10 @@ class CatalogItem:
     path: str
     labels: dict[str, str]
     sha256: str | None = None
+    predicted: dict[str, float] = field(default_factory=dict)  # labels from `lookalike tag`: name -> probability
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "path": self.path, "labels": self.labels}
+        return {"id": self.id, "path": self.path, "labels": self.labels, "predicted": self.predicted}
 
 
 @dataclass
@@ -565,7 +566,8 @@ class Catalog:
         key = self._key(item_id)
         table = self.table
         return CatalogItem(id=table.id_by_key[key], path=table.path_by_key[key],
-                           labels=table.labels_for([key], self.store)[key], sha256=table.hash_by_key.get(key))
+                           labels=table.labels_for([key], self.store)[key], sha256=table.hash_by_key.get(key),
+                           predicted=table.predicted_for([key], self.store).get(key, {}))
 
     def browse(self, offset: int = 0, limit: int = 50, where: Where = None) -> tuple[int, list[CatalogItem]]:
         """A page of the catalog in the order items were added, and how many items match ``where``.
@@ -581,8 +583,10 @@ class Catalog:
             k for k in allowed.tolist() if k in table.id_by_key)
         page = keys[offset:offset + limit]
         labels = table.labels_for(page, self.store)
+        predicted = table.predicted_for(page, self.store)
         return len(keys), [CatalogItem(id=table.id_by_key[k], path=table.path_by_key[k], labels=labels[k],
-                                       sha256=table.hash_by_key.get(k)) for k in page]
+                                       sha256=table.hash_by_key.get(k), predicted=predicted.get(k, {}))
+                           for k in page]
 
     def facets(self, where: Where = None, max_values: int = 50) -> dict[str, dict[str, int]]:
         """Label values and their item counts, for filtering by label; values most frequent first.
@@ -730,7 +734,8 @@ class Catalog:
         if not missing:
             return matches
         labels = table.labels_for(sorted(missing), self.store)
-        extra = [Match(rank=0, id=table.id_by_key[key], path=table.path_by_key[key],
+        predicted = table.predicted_for(sorted(missing), self.store)
+        extra = [Match(rank=0, id=table.id_by_key[key], path=table.path_by_key[key], predicted=predicted.get(key, {}),
                        similarity=float(np.dot(self.index.vector(key), vector)),
                        distance=distance_from_similarity(float(np.dot(self.index.vector(key), vector))),
                        labels=labels[key]) for key in sorted(missing)]
@@ -778,6 +783,27 @@ class Catalog:
             return above(nearest_distinct(self, self.index.vector(key), k, allowed, exclude, query_key=key),
                          min_similarity)
         return above(self.nearest(self.index.vector(key), k, allowed, exclude=exclude, items=True), min_similarity)
+
+    def forget_labels(self) -> None:
+        """Drop cached labels and counts now (after this process rewrote labels, e.g. ``lookalike tag``); other
+        processes' writes are noticed within a quarter of a second anyway."""
+        if self._meta is not None:
+            self._meta.forget_labels()
+        self._label_counts = None
+        self._labels_generation = self.store.generations()[1]
+
+    def remove_predicted(self, column: str) -> int:
+        """Delete a label predicted by ``lookalike tag``; returns how many items had it.
+
+        Raises:
+            QueryError: no predicted label has this name.
+        """
+        if column not in self.store.predicted_names():
+            names = ", ".join(self.store.predicted_names()) or "none"
+            raise QueryError(f"no predicted label {column!r}; predicted labels in this catalog: {names}")
+        removed = self.store.remove_predicted(column)
+        self.forget_labels()
+        return removed
 
     def clusters(self) -> dict[str, int]:
         """Item id -> k-means cluster, as stored by ``lookalike cluster`` (empty before clustering)."""
@@ -852,9 +878,10 @@ class Catalog:
                 break
         table = self.table
         labels = table.labels_for([key for key, _ in picked], self.store)
+        predicted = table.predicted_for([key for key, _ in picked], self.store)
         return [
             Match(rank=rank, id=table.id_by_key[key], path=table.path_by_key[key], similarity=float(sim),
-                  distance=distance_from_similarity(sim), labels=labels.get(key, {}))
+                  distance=distance_from_similarity(sim), labels=labels.get(key, {}), predicted=predicted.get(key, {}))
             for rank, (key, sim) in enumerate(picked, start=1)
         ]
 
@@ -979,6 +1006,8 @@ class ItemTable:
         self.keys_by_hash: dict[str, set[int]] = {}
         self.hash_by_key: dict[int, str | None] = {}
         self._labels: dict[int, dict[str, str]] = {}
+        self._predicted: dict[int, dict[str, float]] = {}
+        self._any_predicted: bool | None = None
         for key, _, _, sha in rows:
             self.hash_by_key[key] = sha
             if sha:
@@ -986,6 +1015,21 @@ class ItemTable:
 
     def forget_labels(self) -> None:
         self._labels.clear()
+        self._predicted.clear()
+        self._any_predicted = None
+
+    def predicted_for(self, keys: list[int], store: Store) -> dict[int, dict[str, float]]:
+        """Which of the result rows' labels were predicted (``lookalike tag``), with their probabilities,
+        remembered like labels; no query at all in a catalog without predictions."""
+        if self._any_predicted is None:
+            self._any_predicted = bool(store.predicted_names())
+        if not self._any_predicted:
+            return {}
+        missing = [k for k in keys if k not in self._predicted]
+        if missing:
+            found = store.predicted_scores_for(missing)
+            self._predicted.update({k: found.get(k, {}) for k in missing})
+        return {k: self._predicted[k] for k in keys if self._predicted[k]}
 
     def labels_for(self, keys: list[int], store: Store) -> dict[int, dict[str, str]]:
         """Labels of result rows, remembered: popular items come back in many result lists."""

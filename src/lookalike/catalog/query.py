@@ -24,6 +24,7 @@ class Match:
     similarity: float
     distance: float
     labels: dict[str, str] = field(default_factory=dict)
+    predicted: dict[str, float] = field(default_factory=dict)  # labels from `lookalike tag`: name -> probability
 
     def __post_init__(self) -> None:
         # Float rounding can put the cosine of unit vectors a hair outside [-1, 1]; never show 1.0000013.

@@ -1,4 +1,5 @@
-"""Analysis commands: ``evaluate``, ``cluster``, ``duplicates``, ``recommend`` (passes over a whole catalog)."""
+"""Analysis commands: ``evaluate``, ``cluster``, ``tag``, ``duplicates``, ``recommend`` (passes over a whole
+catalog)."""
 
 from __future__ import annotations
 
@@ -174,6 +175,66 @@ def seed_parser() -> argparse.ArgumentParser:
     return seed
 
 
+def cmd_tag(args: argparse.Namespace, out: Console) -> int:
+    from rich.table import Table
+
+    from ..analysis.tag import DEFAULT_TEMPLATE, tag_catalog
+    from ..catalog.catalog import Catalog
+    from ..core.errors import QueryError
+
+    with Catalog.open(args.catalog) as catalog:
+        if args.remove:
+            removed = catalog.remove_predicted(args.column)
+            out.print(f"removed the predicted label {args.column!r} from {removed} items", highlight=False)
+            return 0
+        if bool(args.classes) == bool(args.classes_from):
+            raise QueryError("give the classes as --classes a,b,c or take them from a label with --classes-from "
+                             "COLUMN (one of the two)")
+        if args.classes_from:
+            values = sorted({v for _, v in catalog.store.label_values(args.classes_from)})
+            if not values:
+                raise QueryError(f"no item has a label {args.classes_from!r}; labels in this catalog: "
+                                 f"{', '.join(catalog.store.label_names()) or 'none'}")
+            classes = values
+        else:
+            classes = [c.strip() for c in args.classes.split(",")]
+        against = args.against or (args.classes_from if args.evaluate else None)
+        if args.evaluate and against is None:
+            raise QueryError("--evaluate needs the true labels: --against COLUMN (or --classes-from COLUMN)")
+        report = tag_catalog(catalog, args.column, classes, args.template or [DEFAULT_TEMPLATE], against=against,
+                             options=encode_options(args))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=json_float))
+        return 0
+    rule = ("softmax probability over the classes" if report.rule == "softmax"
+            else "sigmoid probability of the class")
+    out.print(f"{args.catalog}: {report.items} items tagged {report.column!r} from {len(report.classes)} classes "
+              f"({report.model}, prompts like {report.templates[0]!r}) in {report.seconds:.1f} s; mean score "
+              f"{report.mean_score:.3f} ({rule})", highlight=False)
+    table = Table(title=f"predicted {report.column}", title_justify="left")
+    table.add_column("class")
+    table.add_column("items", justify="right")
+    for c, n in sorted(report.counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        table.add_row(c, str(n))
+    out.print(table)
+    ev = report.evaluation
+    if ev is not None:
+        out.print(f"against {ev.against}: accuracy {ev.accuracy:.3f}, macro F1 {ev.macro_f1:.3f} over "
+                  f"{ev.items} items; chance: majority class {ev.chance_majority:.3f}, uniform guess "
+                  f"{ev.chance_uniform:.3f}" + (f"; {ev.unreachable} items have a true value outside the classes"
+                                               if ev.unreachable else ""), highlight=False)
+        if ev.confusions:
+            confusions = Table(title="most frequent confusions", title_justify="left")
+            for col in ("true", "predicted", "items"):
+                confusions.add_column(col, justify="right" if col == "items" else "left")
+            for t, p, n in ev.confusions:
+                confusions.add_row(t, p, str(n))
+            out.print(confusions)
+    out.print(f"next: lookalike similar ID --catalog {args.catalog} --where {report.column}={report.classes[0]}",
+              highlight=False)
+    return 0
+
+
 def add_parsers(sub, parents: Parents) -> None:
     """Add the analysis commands to the ``lookalike`` parser."""
     common, run, catalog_arg = parents.common, parents.run, parents.catalog
@@ -221,6 +282,25 @@ def add_parsers(sub, parents: Parents) -> None:
                         help=f"queries per index search (default {DEFAULT_BLOCK})")
     passes.add_argument("--threshold", type=similarity, default=DEFAULT_THRESHOLD,
                         help=f"cosine similarity at which two items are near duplicates (default {DEFAULT_THRESHOLD})")
+
+    p = sub.add_parser("tag", parents=[common, run, catalog_arg], help="zero-shot labels from words, stored per item",
+                       description="Label every item with the class whose words its photo matches best (a catalog "
+                       "built with a text+image model). The predicted label is stored apart from the manifest's "
+                       "labels and can be used by --where and the page's filters; --evaluate compares it with an "
+                       "existing label.")
+    p.add_argument("--column", required=True, help="name of the predicted label, e.g. style")
+    p.add_argument("--classes", default=None, help="comma-separated class names, e.g. casual,formal,sports,party")
+    p.add_argument("--classes-from", default=None, metavar="LABEL",
+                   help="take the classes from the values of an existing label (and --evaluate against it)")
+    p.add_argument("--template", action="append", default=None, metavar="TEXT",
+                   help="prompt with {} for the class name (default 'a photo of {}'); repeat to average several")
+    p.add_argument("--evaluate", action="store_true",
+                   help="compare the predictions with a label: accuracy, macro F1, top confusions, chance")
+    p.add_argument("--against", default=None, metavar="LABEL", help="the label --evaluate compares with "
+                   "(default: --classes-from)")
+    p.add_argument("--remove", action="store_true", help="delete the predicted label --column instead")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("duplicates", parents=[common, catalog_arg, passes], help="exact and near-duplicate groups",
                        description="Group items that are the same file (content hash) or look the same "

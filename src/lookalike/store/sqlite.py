@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,18 @@ CREATE TABLE IF NOT EXISTS clusters (
     key     INTEGER PRIMARY KEY REFERENCES items (key) ON DELETE CASCADE,
     cluster INTEGER NOT NULL
 );
+-- zero-shot labels (`lookalike tag`): derived like clusters, kept apart from the source's labels, read with them
+-- through the all_labels view (filters, facets, results), each with the model's probability.
+CREATE TABLE IF NOT EXISTS predicted (
+    key   INTEGER NOT NULL REFERENCES items (key) ON DELETE CASCADE,
+    name  TEXT NOT NULL,
+    value TEXT NOT NULL,
+    score REAL NOT NULL,
+    PRIMARY KEY (key, name)
+);
+CREATE INDEX IF NOT EXISTS predicted_name_value ON predicted (name, value);
+CREATE VIEW IF NOT EXISTS all_labels AS
+    SELECT key, name, value FROM labels UNION ALL SELECT key, name, value FROM predicted;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('generation', '0');         -- items or vectors changed
 INSERT OR IGNORE INTO meta (name, value) VALUES ('labels_generation', '0');  -- labels alone changed
@@ -162,6 +174,26 @@ class Store:
                             zip(np.asarray(keys).tolist(), np.asarray(clusters).tolist(), strict=True))
             cur.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('clusters', ?)", (json.dumps(info),))
 
+    def set_predicted(self, name: str, keys: np.ndarray, values: Sequence[str], scores: np.ndarray,
+                      info: Mapping[str, object]) -> None:
+        """Replace the predicted label ``name`` of every item at once, with what made it in meta
+        (``predicted:<name>``); the vector index stays valid, label caches are dropped."""
+        with self._begin() as cur:
+            cur.execute("DELETE FROM predicted WHERE name = ?", (name,))
+            cur.executemany("INSERT INTO predicted (key, name, value, score) VALUES (?, ?, ?, ?)",
+                            zip(np.asarray(keys).tolist(), [name] * len(values), list(values),
+                                np.asarray(scores, dtype=np.float64).tolist(), strict=True))
+            cur.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                        (f"predicted:{name}", json.dumps(info)))
+            _bump(cur, "labels_generation")
+
+    def remove_predicted(self, name: str) -> int:
+        with self._begin() as cur:
+            count = cur.execute("DELETE FROM predicted WHERE name = ?", (name,)).rowcount
+            cur.execute("DELETE FROM meta WHERE name = ?", (f"predicted:{name}",))
+            _bump(cur, "labels_generation")
+        return count
+
     def delete(self, ids: Iterable[str]) -> int:
         ids = list(ids)
         with self._begin() as cur:
@@ -199,7 +231,7 @@ class Store:
 
     def labels(self) -> dict[int, dict[str, str]]:
         out: dict[int, dict[str, str]] = {}
-        for key, name, value in self.conn.execute("SELECT key, name, value FROM labels"):
+        for key, name, value in self.conn.execute("SELECT key, name, value FROM all_labels"):
             out.setdefault(key, {})[name] = value
         return out
 
@@ -210,7 +242,7 @@ class Store:
             return out
         marks = ",".join("?" * len(keys))
         for key, name, value in self.conn.execute(
-                f"SELECT key, name, value FROM labels WHERE key IN ({marks})", keys):
+                f"SELECT key, name, value FROM all_labels WHERE key IN ({marks})", keys):
             out[key][name] = value
         return out
 
@@ -288,7 +320,7 @@ class Store:
 
     def label_values(self, name: str) -> list[tuple[int, str]]:
         """(key, value) of every item carrying label ``name``; one label of a large catalog, not all of them."""
-        return self.conn.execute("SELECT key, value FROM labels WHERE name = ?", (name,)).fetchall()
+        return self.conn.execute("SELECT key, value FROM all_labels WHERE name = ?", (name,)).fetchall()
 
     def ok_items(self) -> list[tuple[int, str, str, str | None]]:
         """(key, id, path, sha256) of every embedded item."""
@@ -296,18 +328,18 @@ class Store:
             "SELECT key, id, path, sha256 FROM items WHERE status = 'ok' ORDER BY key").fetchall()
 
     def keys_where(self, where: Mapping[str, str]) -> np.ndarray:
-        sql = " INTERSECT ".join("SELECT key FROM labels WHERE name = ? AND value = ?" for _ in where)
+        sql = " INTERSECT ".join("SELECT key FROM all_labels WHERE name = ? AND value = ?" for _ in where)
         args = [x for pair in where.items() for x in pair]
         return np.array([r[0] for r in self.conn.execute(sql, args)], dtype=np.int64)
 
     def label_counts(self, where: Mapping[str, str] | None = None) -> dict[str, dict[str, int]]:
         """How many embedded items carry each label value, among those matching ``where``."""
-        sql = ("SELECT l.name, l.value, COUNT(*) FROM labels l JOIN items i ON i.key = l.key "
+        sql = ("SELECT l.name, l.value, COUNT(*) FROM all_labels l JOIN items i ON i.key = l.key "
                "WHERE i.status = 'ok'")
         args: list[str] = []
         if where:
             sql += " AND l.key IN (" + " INTERSECT ".join(
-                "SELECT key FROM labels WHERE name = ? AND value = ?" for _ in where) + ")"
+                "SELECT key FROM all_labels WHERE name = ? AND value = ?" for _ in where) + ")"
             args = [x for pair in where.items() for x in pair]
         out: dict[str, dict[str, int]] = {}
         for name, value, count in self.conn.execute(sql + " GROUP BY l.name, l.value", args):
@@ -331,7 +363,33 @@ class Store:
         return np.array([r[0] for r in rows], dtype=np.int64)
 
     def label_names(self) -> list[str]:
+        """Every label a filter may name: the source's and the predicted ones."""
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT name FROM all_labels ORDER BY name")]
+
+    def manifest_label_names(self) -> list[str]:
+        """The labels that came with the source (a manifest's columns), without predicted ones."""
         return [r[0] for r in self.conn.execute("SELECT DISTINCT name FROM labels ORDER BY name")]
+
+    def predicted_names(self) -> list[str]:
+        """The labels ``lookalike tag`` predicted (from their records in meta: no scan of the predictions)."""
+        rows = self.conn.execute("SELECT name FROM meta WHERE name LIKE 'predicted:%' ORDER BY name").fetchall()
+        return [r[0].split(":", 1)[1] for r in rows]
+
+    def predicted_info(self, name: str) -> dict | None:
+        text = self.get_meta(f"predicted:{name}")
+        return json.loads(text) if text else None
+
+    def predicted_scores_for(self, keys: Iterable[int]) -> dict[int, dict[str, float]]:
+        """Predicted label name -> the model's probability, per key (only keys with predictions)."""
+        keys = [int(k) for k in keys]
+        out: dict[int, dict[str, float]] = {}
+        for start in range(0, len(keys), 900):
+            chunk = keys[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            for key, name, score in self.conn.execute(
+                    f"SELECT key, name, score FROM predicted WHERE key IN ({marks})", chunk):
+                out.setdefault(key, {})[name] = float(score)
+        return out
 
     def counts(self) -> dict[str, int]:
         rows = dict(self.conn.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall())

@@ -47,9 +47,15 @@ function showError(message) {
   box.hidden = !message;
 }
 
-function labelText(labels) {
-  const shown = SHOWN_LABELS.filter((name) => labels[name]).map((name) => labels[name]);
-  return (shown.length ? shown : Object.values(labels).slice(0, 3)).join(" · ");
+function labelText(labels, predicted) {
+  const own = Object.fromEntries(Object.entries(labels).filter(([name]) => !(predicted && name in predicted)));
+  const shown = SHOWN_LABELS.filter((name) => own[name]).map((name) => own[name]);
+  return (shown.length ? shown : Object.values(own).slice(0, 3)).join(" · ");
+}
+
+function predictedText(item) {  // labels from `lookalike tag`: words, not the shop's own data
+  return Object.entries(item.predicted || {})
+    .map(([name, score]) => `${name}: ${item.labels[name]} (predicted, ${Math.round(score * 100)}%)`).join(" · ");
 }
 
 function card(item) {
@@ -60,7 +66,10 @@ function card(item) {
   const name = item.labels.productDisplayName || item.id;
   img.alt = name;
   node.querySelector(".name").textContent = name;
-  node.querySelector(".labels").textContent = labelText(item.labels);
+  node.querySelector(".labels").textContent = labelText(item.labels, item.predicted);
+  const guessed = node.querySelector(".predicted");
+  guessed.textContent = predictedText(item);
+  guessed.hidden = !guessed.textContent;
   const score = node.querySelector(".score");
   if (typeof item.similarity === "number") {
     const percent = Math.max(0, Math.round(item.similarity * 100));
@@ -90,9 +99,11 @@ function showQueryItem(item) {
   img.src = item.thumbnail_url + "&size=192";
   img.alt = item.labels.productDisplayName || item.id;
   const text = document.createElement("div");
-  text.innerHTML = "<strong></strong><br><span></span>";
+  text.innerHTML = "<strong></strong><br><span></span><br><span class=\"predicted\"></span>";
   text.querySelector("strong").textContent = item.labels.productDisplayName || `item ${item.id}`;
-  text.querySelector("span").textContent = `id ${item.id}` + (labelText(item.labels) ? ` · ${labelText(item.labels)}` : "");
+  const own = labelText(item.labels, item.predicted);
+  text.querySelector("span").textContent = `id ${item.id}` + (own ? ` · ${own}` : "");
+  text.querySelector(".predicted").textContent = predictedText(item);
   box.replaceChildren(img, text);
   box.hidden = false;
 }
@@ -232,12 +243,12 @@ function rerun() {
 
 // -- filters from the catalog's label facets ----------------------------------------------------------
 
-function buildFacets(facets) {
+function buildFacets(facets, predicted) {
   const holder = $("facets");
   holder.replaceChildren();
   Object.entries(facets).filter(([, values]) => Object.keys(values).length > 1).forEach(([name, values]) => {
     const label = document.createElement("label");
-    label.textContent = name;
+    label.textContent = (predicted || []).includes(name) ? `${name} (predicted)` : name;
     const select = document.createElement("select");
     select.name = name;
     select.dataset.testid = `facet-${name}`;
@@ -312,7 +323,7 @@ async function start() {
     $("summary").textContent = `${health.items} items · ${health.model.split(" ")[0]} on ${health.device}`;
     state.words = Boolean(health.text);
     $("words").hidden = !state.words;
-    buildFacets(page.facets);
+    buildFacets(page.facets, page.predicted_labels);
   } catch (err) {
     showError(`The server is not answering: ${err.message}`);
   }
