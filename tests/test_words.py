@@ -199,3 +199,68 @@ def test_an_image_only_catalog_refuses_text_in_one_line(labelled_catalog):
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "fashion-siglip" in lines[0] and "clip-vit-b32" in lines[0], res.stderr
+
+
+# -- evaluation by words ------------------------------------------------------------------------------------
+
+
+def _ranked(catalog: Catalog, query: np.ndarray) -> list[str]:
+    return _brute(catalog, query)
+
+
+def test_evaluate_text_from_a_column_by_brute_force(catalog):
+    from lookalike.analysis.words import TEXT_FROM, evaluate_words
+
+    rows = evaluate_words(catalog, TEXT_FROM, "colour", k=4, bootstrap=50)
+    ours, chance = rows
+    assert (ours.name, chance.name, ours.queries, ours.items) == (str(catalog.path), "chance", 12, 12)
+    enc = catalog.encoder()
+    recalls, rrs = [], []
+    for item in catalog.ids():
+        colour = item.split("-")[0]
+        top = _ranked(catalog, enc.encode_text(colour))[:4]
+        relevant = [i.split("-")[0] == colour for i in top]
+        recalls.append(sum(relevant) / 3)
+        rrs.append(1 / (relevant.index(True) + 1) if any(relevant) else 0.0)
+    assert ours.metrics["recall"].value == pytest.approx(np.mean(recalls))
+    assert ours.metrics["mrr"].value == pytest.approx(np.mean(rrs))
+    assert ours.metrics["recall"].low is not None and set(chance.metrics) == {"recall", "mrr", "hit_rate"}
+
+
+def test_evaluate_each_label_value_as_words(catalog):
+    from lookalike.analysis.words import TEXT_LABEL, evaluate_words
+
+    ours, chance = evaluate_words(catalog, TEXT_LABEL, "shape", k=4, template="a {} thing", bootstrap=0)
+    assert ours.queries == 3 and ours.template == "a {} thing"
+    enc = catalog.encoder()
+    precision = []
+    for shape in ("ellipse", "rect", "stripes"):
+        top = _ranked(catalog, enc.encode_text(f"a {shape} thing"))[:4]
+        precision.append(np.mean([i.endswith(shape) for i in top]))
+    assert ours.metrics["precision"].value == pytest.approx(np.mean(precision))
+    assert [v["value"] for v in ours.per_value] == ["ellipse", "rect", "stripes"]
+    assert 0 <= chance.metrics["precision"].value <= 1
+
+
+def test_evaluation_by_words_needs_a_text_tower_and_a_known_column(catalog, labelled_catalog):
+    from lookalike.analysis.words import TEXT_FROM, TEXT_LABEL, evaluate_words
+
+    with pytest.raises(NoTextModelError):
+        evaluate_words(labelled_catalog, TEXT_FROM, "colour")
+    with pytest.raises(QueryError, match="unknown label 'title'"):
+        evaluate_words(catalog, TEXT_FROM, "title")
+    with pytest.raises(QueryError, match="no \\{\\}"):
+        evaluate_words(catalog, TEXT_LABEL, "shape", template="a thing")
+
+
+@pytest.mark.slow
+def test_evaluate_by_words_from_the_command_line(word_shop, clip_hub):
+    res = _cli(["evaluate", "--catalog", "shop.lk", "--text-from", "colour", "--text-label", "shape", "-k", "3",
+                "--bootstrap", "20", "--json"], word_shop, {"HF_HOME": str(clip_hub)})
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [(r["kind"], r["name"]) for r in rows] == [("text-from", "shop.lk"), ("text-from", "chance"),
+                                                      ("text-label", "shop.lk"), ("text-label", "chance")]
+    table = _cli(["evaluate", "--catalog", "shop.lk", "--text-label", "shape", "--label", "colour", "-k", "3",
+                  "--bootstrap", "0", "--per-class"], word_shop, {"HF_HOME": str(clip_hub)})
+    assert table.returncode == 0 and "each shape value as the query" in table.stdout and "P@3" in table.stdout

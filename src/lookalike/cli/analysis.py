@@ -24,18 +24,30 @@ if TYPE_CHECKING:
 
 def cmd_evaluate(args: argparse.Namespace, out: Console) -> int:
     from ..analysis.evaluate import REFERENCES, evaluate_catalogs
+    from ..core.errors import QueryError
 
+    if not (args.label or args.text_from or args.text_label):
+        raise QueryError("say what to judge by: --label LABEL (photos), --text-from COLUMN or --text-label LABEL "
+                         "(words)")
+    if args.text_from or args.text_label:
+        words = _evaluate_words(args)
+        if not args.label:
+            _print_words(words, args, out)
+            return 0
     references = [] if args.no_reference else list(REFERENCES)
     results = []
-    for label in args.label:
+    for label in args.label or []:
         rows = evaluate_catalogs(args.catalog, label, args.k, queries=args.queries, query_images=args.query_images,
                                  references=references, bootstrap=args.bootstrap, seed=args.seed,
                                  options=encode_options(args))
         results.append(rows)
     if args.json:
-        print(json.dumps([row.to_dict(per_class=args.per_class) for rows in results for row in rows], indent=2,
-                         default=json_float))
+        extra = [row.to_dict() for rows in words for row in rows] if args.text_from or args.text_label else []
+        print(json.dumps([row.to_dict(per_class=args.per_class) for rows in results for row in rows] + extra,
+                         indent=2, default=json_float))
         return 0
+    if args.text_from or args.text_label:
+        _print_words(words, args, out)
     for rows in results:
         _metrics_table(rows, out)
         if args.per_class:
@@ -43,6 +55,59 @@ def cmd_evaluate(args: argparse.Namespace, out: Console) -> int:
                 if row.embedder not in ("random ranking", "colour histogram"):
                     _per_class_table(row, out)
     return 0
+
+
+def _evaluate_words(args: argparse.Namespace) -> list:
+    """Rows per (catalog, column) for --text-from and --text-label; chance from the first catalog only."""
+    from ..analysis.words import TEXT_FROM, TEXT_LABEL, evaluate_words
+    from ..catalog.catalog import Catalog
+
+    asked = [(TEXT_FROM, c) for c in args.text_from or []] + [(TEXT_LABEL, c) for c in args.text_label or []]
+    out = []
+    for kind, column in asked:
+        rows = []
+        for n, path in enumerate(args.catalog):
+            with Catalog.open(path) as catalog:
+                rows += evaluate_words(catalog, kind, column, args.k, template=args.text_template,
+                                       bootstrap=args.bootstrap, seed=args.seed, options=encode_options(args),
+                                       chance=n == 0 and not args.no_reference)
+        out.append(rows)
+    return out
+
+
+def _print_words(results: list, args: argparse.Namespace, out: Console) -> None:
+    from rich.table import Table
+
+    from ..analysis.evaluate import format_estimate
+    from ..analysis.words import TEXT_FROM, word_metric_names
+
+    if args.json:
+        print(json.dumps([row.to_dict() for rows in results for row in rows], indent=2, default=json_float))
+        return
+    for rows in results:
+        first = rows[0]
+        what = (f"each item's own {first.column} as the query" if first.kind == TEXT_FROM else
+                f"each {first.column} value as the query ({first.template!r})")
+        table = Table(title=f"words: {what}, k={first.k}, {first.queries} queries (± half the 95% bootstrap "
+                      "interval)", title_justify="left")
+        table.add_column("run", no_wrap=True)
+        table.add_column("embedder", no_wrap=True)
+        names = word_metric_names(first.kind, first.k)
+        for _, title in names:
+            table.add_column(title, justify="right")
+        for row in rows:
+            table.add_row(row.name, row.embedder, *(format_estimate(row.metrics[m]).replace(" ±0.", "±.")
+                                                    for m, _ in names))
+        out.print(table)
+        if args.per_class and first.per_value:
+            per = Table(title=f"per {first.column} value: {first.name}", title_justify="left")
+            for col in ("value", "items", "precision", "recall", "AP"):
+                per.add_column(col, justify="left" if col == "value" else "right")
+            for v in first.per_value:
+                per.add_row(v["value"], str(v["items"]), *(_fmt(v[m]) for m in ("precision", "recall", "map")))
+            out.print(per)
+        for note in dict.fromkeys(note for row in rows for note in row.notes):
+            out.print(f"note: {note}", highlight=False)
 
 
 def _metrics_table(rows, out: Console) -> None:
@@ -249,9 +314,17 @@ def add_parsers(sub, parents: Parents) -> None:
                        "kNN classification, with reference rows: chance and a colour histogram of the same photos.")
     p.add_argument("--catalog", action="append", required=True,
                    help="a catalog; repeat to compare several (e.g. one per embedder) side by side")
-    p.add_argument("--label", action="append", required=True,
+    p.add_argument("--label", action="append", default=None,
                    help="items with equal values of this label are relevant (e.g. articleType); repeatable; "
                    "'cluster' uses the stored clusters")
+    p.add_argument("--text-from", action="append", default=None, metavar="COLUMN",
+                   help="words: each item's own text in COLUMN (e.g. productDisplayName) is a query that should find "
+                   "it: recall@k, MRR@k (a catalog built with a text+image model)")
+    p.add_argument("--text-label", action="append", default=None, metavar="LABEL",
+                   help="words: each value of LABEL (e.g. articleType) in --text-template is a query; items with "
+                   "that value are relevant: precision@k, recall@k, mAP@k, nDCG@k")
+    p.add_argument("--text-template", default=None, metavar="TEXT",
+                   help="prompt for --text-label values, with {} for the value (default 'a photo of {}')")
     p.add_argument("-k", type=positive_int, default=10, help="neighbours per query (default 10)")
     p.add_argument("--queries", help="held-out queries: a CSV manifest (id or path column + label columns)")
     p.add_argument("--query-images", help="image folder of the --queries manifest (default: images/ beside it)")
