@@ -68,6 +68,7 @@ class ClipRecipe:
     weights_repo: str = ""  # hub repo of the pretrained weights
     weights_files: tuple[str, ...] = WEIGHT_FILES
     weights_url: str = ""  # open_clip tags without a hub copy
+    letterbox: int = 0  # models from `lookalike train clip`: photos letterboxed to this square, as in training
 
     @property
     def context_length(self) -> int:
@@ -101,16 +102,24 @@ class OpenClipEmbedder:
         self.info = info
         self.recipe = recipe
         self.preprocess = dict(recipe.preprocess)
-        self.clip_transform = image_transform_v2(PreprocessCfg(**self.preprocess), is_train=False)
-        steps = pil_steps(self.clip_transform)
-        self.pil_transform = pil_transform(steps)
         mean, std = _triple(self.preprocess["mean"]), _triple(self.preprocess["std"])
-        size = self.preprocess["size"]
-        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if recipe.letterbox:
+            from .letterbox import Letterbox
+
+            self.clip_transform = None
+            self.pil_transform = Letterbox(recipe.letterbox)
+            h = w = self.draft_size = recipe.letterbox
+        else:
+            self.clip_transform = image_transform_v2(PreprocessCfg(**self.preprocess), is_train=False)
+            steps = pil_steps(self.clip_transform)
+            self.pil_transform = pil_transform(steps)
+            size = self.preprocess["size"]
+            h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         self.data_config = {"mean": mean, "std": std, "input_size": (3, h, w)}
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.draft_size = smallest_side_needed(steps, self.data_config)
+        if not recipe.letterbox:
+            self.draft_size = smallest_side_needed(steps, self.data_config)
         self._tokenizer = None
 
     @property
@@ -352,6 +361,32 @@ def tiny_recipe() -> ClipRecipe:
 
     return ClipRecipe(model_cfg=copy.deepcopy(TINY_CONFIG), preprocess=merge_preprocess_dict(PreprocessCfg(), {}),
                       tokenizer=SIMPLE_TOKENIZER)
+
+
+def load_clip_file(name: str, meta, state: dict, digest: str) -> OpenClipEmbedder:
+    """A text+image model from a ``.lkm`` of ``lookalike train clip``: its open_clip config, tokenizer source and
+    letterbox preprocessing are in the file's header, every weight in its tensors.
+
+    Raises:
+        ModelFileError: the recorded architecture cannot be rebuilt, or the weights do not fit it.
+    """
+    from ..core.errors import ModelFileError
+    from .modelfile import load_weights
+
+    arch, pre = meta.arch, meta.preprocess
+    try:
+        torch.manual_seed(RANDOM_SEED)
+        clip = build_clip(arch["model_cfg"])
+    except Exception as exc:  # noqa: BLE001 - an edited architecture record fails in many ways
+        raise ModelFileError(f"{name}: cannot rebuild the recorded architecture ({_first_line(exc)}); train the "
+                             "model again") from exc
+    load_weights(clip, state, name)
+    recipe = ClipRecipe(model_cfg=arch["model_cfg"], preprocess={**arch.get("clip_preprocess", {}),
+                                                                 "mean": pre["mean"], "std": pre["std"]},
+                        tokenizer=arch["tokenizer"], letterbox=int(pre["size"]))
+    info = EmbedderInfo(name=name, timm_name=f"lkm:clip-{arch.get('base', 'model')}-{arch['model_cfg']['embed_dim']}d",
+                        weights=f"file:{digest}", dim=int(arch["model_cfg"]["embed_dim"]), pool=CLIP_POOL, text=True)
+    return OpenClipEmbedder(clip.eval(), info, recipe)
 
 
 def similarity_logits(embedder: OpenClipEmbedder, sims: np.ndarray) -> np.ndarray:
