@@ -129,7 +129,7 @@ def test_a_validation_error_never_echoes_the_upload(client):
 @pytest.mark.parametrize("method, path, kwargs, status, words", [
     ("post", "/api/search", {"data": {"k": "abc"}, "image": True}, 422, "k: Input should be a valid integer"),
     ("post", "/api/search", {"data": {"k": "0"}, "image": True}, 422, "k: Input should be greater than or equal to 1"),
-    ("post", "/api/search", {"data": {"k": "3"}}, 422, "image: Field required"),
+    ("post", "/api/search", {"data": {"k": "3"}}, 422, "send a photo (image), words (text), or both"),
     ("get", "/api/items/red-rect/similar", {"params": {"k": "abc"}}, 422, "k: Input should be a valid integer"),
     ("get", "/api/items/red-rect/thumbnail", {"params": {"size": "0"}}, 422, "size: Input should be greater"),
     ("get", "/api/items", {"params": {"limit": "x", "offset": "-1"}}, 422, "offset: Input should be greater"),

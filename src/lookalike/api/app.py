@@ -21,6 +21,7 @@ from ..core.errors import (
     ItemExistsError,
     LookalikeError,
     NotAnImageError,
+    NoTextModelError,
     QueryError,
     StoreUnavailableError,
     UnknownItemError,
@@ -53,6 +54,7 @@ STATUS_BY_ERROR: list[tuple[type[LookalikeError], int]] = [
 API_ADVICE: list[tuple[type[LookalikeError], str, str]] = [
     (ImageError, "--max-pixels", f"send a smaller image (the limit is the server setting {env_name('max_pixels')})"),
     (UnknownItemError, "", "GET /api/items lists the catalog"),
+    (NoTextModelError, "", "words need a catalog built with a text+image model ({models})"),
 ]
 # A clause ("(...)" or "; ...") that names a CLI command or option.
 _CLI = r"(?:`lookalike\b|(?<![\w-])--[a-z])"
@@ -133,6 +135,10 @@ def api_message(exc: LookalikeError) -> str:
     if reason == text:
         return text
     advice = next((adv for kind, marker, adv in API_ADVICE if isinstance(exc, kind) and marker in text), "")
+    if "{models}" in advice:
+        from ..models.registry import text_models
+
+        advice = advice.format(models=", ".join(text_models()))
     return f"{reason}; {advice}" if advice else reason
 
 

@@ -20,9 +20,9 @@ from PIL import Image
 
 from ..catalog import Catalog
 from ..catalog.catalog import CatalogItem
-from ..catalog.query import Match, Where, check_k
+from ..catalog.query import Match, QueryPart, Where, check_k
 from ..core.config import EncodeOptions
-from ..core.errors import LookalikeError
+from ..core.errors import LookalikeError, QueryError
 from ..core.images import decode
 from .batcher import EmbedBatcher
 from .settings import ServeSettings
@@ -101,21 +101,48 @@ class CatalogService:
         """
         return self.batcher.embed(data)
 
-    def search(self, data: bytes, k: int, where: Where, min_similarity: float | None, dedupe: bool = False
-               ) -> list[Versioned]:
-        """The k items most like an uploaded image, each with its content hash (for cacheable URLs)."""
-        check_k(k)
-        self._call(self.catalog.check_where, where)  # a bad filter fails before the model runs
-        vector = self.embed(data)
-        return self._call(self._versioned, functools.partial(self.catalog.search_vector, dedupe=dedupe),
-                          (vector, k, where), min_similarity)
+    def search(self, data: bytes | None, k: int, where: Where, min_similarity: float | None, dedupe: bool = False,
+               text: str | None = None) -> list[Versioned]:
+        """The k items most like an uploaded image, words, or both ("this, but ..."), each with its content hash
+        (for cacheable URLs). Photo and words are combined as ``Catalog.search`` combines them.
 
-    async def similar(self, item_id: str, k: int, where: Where, min_similarity: float | None, dedupe: bool = False
-                      ) -> list[Versioned]:
-        """More like a catalog item; awaited on the event loop, so a request costs one thread hop."""
-        future = self._catalog_thread.submit(
-            self._versioned, functools.partial(self.catalog.similar, dedupe=dedupe), (item_id, k, where),
-            min_similarity)
+        Raises:
+            QueryError: neither a photo nor words; bad filter. NoTextModelError: words for an image-only model.
+        """
+        check_k(k)
+        texts = [text] if text is not None and text.strip() else []
+        if data is None and not texts:
+            raise QueryError("send a photo (image), words (text), or both")
+        self._call(self.catalog.check_where, where)  # a bad filter fails before the model runs
+        self.catalog.check_text(texts)
+        if not texts:
+            vector = self.embed(data)
+            return self._call(self._versioned, functools.partial(self.catalog.search_vector, dedupe=dedupe),
+                              (vector, k, where), min_similarity)
+        parts = self._text_parts(texts)
+        if data is not None:
+            parts.insert(0, QueryPart("image", self.embed(data), False, "upload"))
+        return self._call(self._versioned, functools.partial(self.catalog.search_parts, dedupe=dedupe),
+                          (parts, k, where), min_similarity)
+
+    def _text_parts(self, texts: list[str]) -> list[QueryPart]:
+        vectors = self.batcher.embed_text(texts)
+        return [QueryPart("text", v, False, t) for v, t in zip(vectors, texts, strict=True)]
+
+    async def similar(self, item_id: str, k: int, where: Where, min_similarity: float | None, dedupe: bool = False,
+                      text: str | None = None) -> list[Versioned]:
+        """More like a catalog item (with ``text``: but with those words); awaited on the event loop, so a
+        request by id costs one thread hop."""
+        if text is not None and text.strip():
+            self.catalog.check_text([text])
+            loop = asyncio.get_running_loop()
+            parts = await loop.run_in_executor(None, self._text_parts, [text])
+            find = functools.partial(self.catalog.search_parts, dedupe=dedupe, items=[item_id])
+            future = self._catalog_thread.submit(self._versioned, find, (parts, k, where), min_similarity)
+        else:
+            future = self._catalog_thread.submit(
+                self._versioned, functools.partial(self.catalog.similar, dedupe=dedupe), (item_id, k, where),
+                min_similarity)
         return await asyncio.wrap_future(future)
 
     def _versioned(self, find: Callable[..., list[Match]], args: tuple, min_similarity: float | None
@@ -128,10 +155,11 @@ class CatalogService:
     def item(self, item_id: str) -> CatalogItem:
         return self._call(self.catalog.item, item_id)
 
-    def browse(self, offset: int, limit: int, where: Where) -> tuple[int, list[CatalogItem], dict]:
-        def page() -> tuple[int, list[CatalogItem], dict]:
+    def browse(self, offset: int, limit: int, where: Where) -> tuple[int, list[CatalogItem], dict, list[str]]:
+        """A page of items, the label facets, and which labels were predicted (``lookalike tag``)."""
+        def page() -> tuple[int, list[CatalogItem], dict, list[str]]:
             total, items = self.catalog.browse(offset, limit, where)
-            return total, items, self.catalog.facets(where)
+            return total, items, self.catalog.facets(where), self.catalog.store.predicted_names()
 
         return self._call(page)
 

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,13 +40,13 @@ from ..engines.embed import Encoder, FileTask, encode_files
 from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
 from ..models.base import RANDOM_WEIGHTS, Embedder
 from ..models.modelfile import canonical_name
-from ..models.registry import DEFAULT_MODEL, create_embedder
+from ..models.registry import DEFAULT_MODEL, create_embedder, no_text_tower
 from ..store import ItemRecord, SQLiteStore, Store, StoredItem, is_database_url, open_store, parse_database_url
 from ..store.base import UPLOAD_PREFIX, Watch
 from .consistency import index_disagrees
 from .dedupe import nearest_distinct
 from .location import database_cache
-from .query import Match, Where, check_k, distance_from_similarity, parse_where
+from .query import Match, QueryPart, QueryWeights, Where, check_k, combine, distance_from_similarity, parse_where
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,10 @@ class CatalogItem:
     path: str
     labels: dict[str, str]
     sha256: str | None = None
+    predicted: dict[str, float] = field(default_factory=dict)  # labels from `lookalike tag`: name -> probability
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "path": self.path, "labels": self.labels}
+        return {"id": self.id, "path": self.path, "labels": self.labels, "predicted": self.predicted}
 
 
 @dataclass
@@ -722,7 +723,8 @@ class Catalog:
         key = self._key(item_id)
         table = self.table
         return CatalogItem(id=table.id_by_key[key], path=table.path_by_key[key],
-                           labels=table.labels_for([key], self.store)[key], sha256=table.hash_by_key.get(key))
+                           labels=table.labels_for([key], self.store)[key], sha256=table.hash_by_key.get(key),
+                           predicted=table.predicted_for([key], self.store).get(key, {}))
 
     def browse(self, offset: int = 0, limit: int = 50, where: Where = None) -> tuple[int, list[CatalogItem]]:
         """A page of the catalog in the order items were added, and how many items match ``where``.
@@ -738,8 +740,10 @@ class Catalog:
             k for k in allowed.tolist() if k in table.id_by_key)
         page = keys[offset:offset + limit]
         labels = table.labels_for(page, self.store)
+        predicted = table.predicted_for(page, self.store)
         return len(keys), [CatalogItem(id=table.id_by_key[k], path=table.path_by_key[k], labels=labels[k],
-                                       sha256=table.hash_by_key.get(k)) for k in page]
+                                       sha256=table.hash_by_key.get(k), predicted=predicted.get(k, {}))
+                           for k in page]
 
     def facets(self, where: Where = None, max_values: int = 50) -> dict[str, dict[str, int]]:
         """Label values and their item counts, for filtering by label; values most frequent first.
@@ -765,20 +769,109 @@ class Catalog:
             self._label_counts = (generations, self.store.label_counts())
         return self._label_counts[1]
 
-    def search(self, image: ImageInput, k: int = 10, where: Where = None, dedupe: bool = False) -> list[Match]:
-        """The k catalog items most like an image (a path, bytes or a PIL image); ``dedupe``: one item per
-        near-duplicate group (see ``duplicates``).
+    def search(self, image: ImageInput | Sequence[ImageInput] | None = None, k: int = 10, where: Where = None,
+               dedupe: bool = False, *, text: str | Sequence[str] | None = None, items: Sequence[str] = (),
+               not_items: Sequence[str] = (), not_text: str | Sequence[str] | None = None,
+               not_images: ImageInput | Sequence[ImageInput] | None = None,
+               weights: QueryWeights | Mapping[str, float] | Sequence[str] | None = None,
+               min_similarity: float | None = None) -> list[Match]:
+        """The k catalog items most like a query: a photo (a path, bytes or a PIL image), words (``text``, for a
+        catalog whose model has a text tower), catalog ``items``, or any mix of them, each also as something
+        to avoid (``not_images``, ``not_text``, ``not_items``). A mix is one vector (``query.combine``: a
+        weighted sum of unit vectors, renormalised; ``weights`` per kind). Items named in the query and their
+        exact copies are never results. ``dedupe``: one item per near-duplicate group (see ``duplicates``);
+        ``min_similarity``: leave out results less similar to the query.
 
         Raises:
-            ImageError: the query image cannot be read.
-            QueryError: bad ``k`` or ``where``.
+            ImageError: a query image cannot be read.
+            NoTextModelError: words for a catalog whose model embeds photos only (the message names models
+                that embed words).
+            QueryError: bad ``k``, ``where`` or ``weights``; an unknown item; nothing to look for.
+        """
+        check_k(k)
+        images, texts = _listed(image), _listed(text)
+        avoid_images, avoid_texts = _listed(not_images), _listed(not_text)
+        weights = QueryWeights.parse(weights)
+        self.check_text(texts + avoid_texts)
+        if not (images or texts or items):
+            raise QueryError("nothing to search for: give a photo, words (text) or catalog items")
+        allowed = self.allowed(where)
+        if len(images) == 1 and not (texts or items or avoid_images or avoid_texts or not_items):
+            vector = self.encoder().encode(images[0])
+            if dedupe:
+                return above(nearest_distinct(self, vector, k, allowed, exclude=set()), min_similarity)
+            matches = self._with_exact_copies(self.nearest(vector, k, allowed, exclude=set()), images[0], vector, k,
+                                              allowed)
+            return above(matches, min_similarity)
+        parts = [*self.image_parts(images), *self.image_parts(avoid_images, negative=True),
+                 *self.text_parts(texts), *self.text_parts(avoid_texts, negative=True)]
+        return self.search_parts(parts, k, where, dedupe, items=items, not_items=not_items, weights=weights,
+                                 min_similarity=min_similarity)
+
+    def image_parts(self, images: Sequence[ImageInput], negative: bool = False) -> list[QueryPart]:
+        """Photos embedded as query parts.
+
+        Raises:
+            ImageError: a photo cannot be read.
+        """
+        if not images:
+            return []
+        vectors = self.encoder().encode(list(images))
+        return [QueryPart("image", v, negative, _describe(im)) for v, im in zip(vectors, images, strict=True)]
+
+    def text_parts(self, texts: Sequence[str], negative: bool = False) -> list[QueryPart]:
+        """Words embedded by the catalog model's text tower as query parts.
+
+        Raises:
+            NoTextModelError: the catalog's model embeds photos only.
+        """
+        if not texts:
+            return []
+        self.check_text(texts)
+        vectors = self.encoder().encode_text(list(texts))
+        return [QueryPart("text", v, negative, t) for v, t in zip(vectors, texts, strict=True)]
+
+    def check_text(self, texts: Sequence[str]) -> None:
+        """Refuse words the catalog cannot search by, before any model is loaded.
+
+        Raises:
+            NoTextModelError: the catalog's model embeds photos only (the message names models with a text tower).
+            QueryError: empty words.
+        """
+        if texts and not self.config.embedder.text:
+            raise no_text_tower(self.config.embedder.name)
+        if any(not str(t).strip() for t in texts):
+            raise QueryError("empty words in the query; write what to look for, e.g. --text 'red summer dress'")
+
+    def search_parts(self, parts: Sequence[QueryPart], k: int = 10, where: Where = None, dedupe: bool = False, *,
+                     items: Sequence[str] = (), not_items: Sequence[str] = (),
+                     weights: QueryWeights | Mapping[str, float] | Sequence[str] | None = None,
+                     min_similarity: float | None = None) -> list[Match]:
+        """``search`` for parts already embedded (the server embeds photos and words on its model thread), plus
+        catalog items by id, for or against; never returns the items named, or their exact copies.
+
+        Raises:
+            QueryError: bad ``k``, ``where`` or ``weights``; an unknown item; nothing to look for.
         """
         check_k(k)
         allowed = self.allowed(where)
-        vector = self.encoder().encode(image)
+        parts = list(parts)
+        exclude: set[int] = set()
+        first_item: int | None = None
+        for negative, ids in ((False, items), (True, not_items)):
+            for item_id in ids:
+                key = self._key(str(item_id))
+                first_item = key if first_item is None and not negative else first_item
+                parts.append(QueryPart("item", self.index.vector(key), negative, str(item_id)))
+                exclude |= self.table.same_content(key)
+        vector = combine(parts, QueryWeights.parse(weights))
+        return above(self._answer(vector, k, allowed, exclude, dedupe, first_item), min_similarity)
+
+    def _answer(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int], dedupe: bool,
+                query_key: int | None = None) -> list[Match]:
         if dedupe:
-            return nearest_distinct(self, vector, k, allowed, exclude=set())
-        return self._with_exact_copies(self.nearest(vector, k, allowed, exclude=set()), image, vector, k, allowed)
+            return nearest_distinct(self, vector, k, allowed, exclude, query_key=query_key)
+        return self.nearest(vector, k, allowed, exclude=exclude)
 
     def _with_exact_copies(self, matches: list[Match], image: ImageInput, vector: np.ndarray, k: int,
                            allowed: np.ndarray | None) -> list[Match]:
@@ -798,7 +891,8 @@ class Catalog:
         if not missing:
             return matches
         labels = table.labels_for(sorted(missing), self.store)
-        extra = [Match(rank=0, id=table.id_by_key[key], path=table.path_by_key[key],
+        predicted = table.predicted_for(sorted(missing), self.store)
+        extra = [Match(rank=0, id=table.id_by_key[key], path=table.path_by_key[key], predicted=predicted.get(key, {}),
                        similarity=float(np.dot(self.index.vector(key), vector)),
                        distance=distance_from_similarity(float(np.dot(self.index.vector(key), vector))),
                        labels=labels[key]) for key in sorted(missing)]
@@ -813,26 +907,60 @@ class Catalog:
         return self.nearest(np.asarray(vector, dtype=np.float32), k, self.allowed(where), exclude=set())
 
     def similar(self, item_id: str, k: int = 10, where: Where = None, same_cluster: bool = False,
-                dedupe: bool = False) -> list[Match]:
+                dedupe: bool = False, *, text: str | Sequence[str] | None = None,
+                not_text: str | Sequence[str] | None = None,
+                weights: QueryWeights | Mapping[str, float] | Sequence[str] | None = None,
+                min_similarity: float | None = None) -> list[Match]:
         """"More like this": the k items most like a catalog item, without itself or its exact copies.
 
         ``same_cluster`` keeps to the item's k-means cluster (``lookalike cluster``), as the autoencoder
         seed recommended; it combines with ``where`` (both must hold). ``dedupe`` shows one item per
-        near-duplicate group and leaves out the item's own near-copies (see ``duplicates``).
+        near-duplicate group and leaves out the item's own near-copies (see ``duplicates``). ``text`` (and
+        ``not_text``): "more like this, but ..." in words, combined with the item as ``search`` combines parts.
 
         Raises:
+            NoTextModelError: words for a catalog whose model embeds photos only.
             QueryError: unknown id, bad ``k`` or ``where``; ``same_cluster`` without clusters for the item.
         """
         check_k(k)
+        texts, avoid_texts = _listed(text), _listed(not_text)
+        self.check_text(texts + avoid_texts)
+        weights = QueryWeights.parse(weights)
         allowed = self.allowed(where)
         key = self._key(item_id)
         if same_cluster:
             members = self._cluster_members(item_id, key)
             allowed = members if allowed is None else np.intersect1d(allowed, members)
         exclude = self.table.same_content(key)
+        if texts or avoid_texts:
+            parts = [QueryPart("item", self.index.vector(key), False, str(item_id)), *self.text_parts(texts),
+                     *self.text_parts(avoid_texts, negative=True)]
+            return above(self._answer(combine(parts, weights), k, allowed, exclude, dedupe, key), min_similarity)
         if dedupe:
-            return nearest_distinct(self, self.index.vector(key), k, allowed, exclude, query_key=key)
-        return self.nearest(self.index.vector(key), k, allowed, exclude=exclude, items=True)
+            return above(nearest_distinct(self, self.index.vector(key), k, allowed, exclude, query_key=key),
+                         min_similarity)
+        return above(self.nearest(self.index.vector(key), k, allowed, exclude=exclude, items=True), min_similarity)
+
+    def forget_labels(self) -> None:
+        """Drop cached labels and counts now (after this process rewrote labels, e.g. ``lookalike tag``); other
+        processes' writes are noticed within a quarter of a second anyway."""
+        if self._meta is not None:
+            self._meta.forget_labels()
+        self._label_counts = None
+        self._labels_generation = self.store.generations()[1]
+
+    def remove_predicted(self, column: str) -> int:
+        """Delete a label predicted by ``lookalike tag``; returns how many items had it.
+
+        Raises:
+            QueryError: no predicted label has this name.
+        """
+        if column not in self.store.predicted_names():
+            names = ", ".join(self.store.predicted_names()) or "none"
+            raise QueryError(f"no predicted label {column!r}; predicted labels in this catalog: {names}")
+        removed = self.store.remove_predicted(column)
+        self.forget_labels()
+        return removed
 
     def clusters(self) -> dict[str, int]:
         """Item id -> k-means cluster, as stored by ``lookalike cluster`` (empty before clustering)."""
@@ -907,9 +1035,10 @@ class Catalog:
                 break
         table = self.table
         labels = table.labels_for([key for key, _ in picked], self.store)
+        predicted = table.predicted_for([key for key, _ in picked], self.store)
         return [
             Match(rank=rank, id=table.id_by_key[key], path=table.path_by_key[key], similarity=float(sim),
-                  distance=distance_from_similarity(sim), labels=labels.get(key, {}))
+                  distance=distance_from_similarity(sim), labels=labels.get(key, {}), predicted=predicted.get(key, {}))
             for rank, (key, sim) in enumerate(picked, start=1)
         ]
 
@@ -939,6 +1068,26 @@ class Catalog:
             "disk_bytes_per_item": round(on_disk / items, 1) if index.size else None,
             "options": self.index_options().to_dict(),
         }
+
+
+def _listed(value) -> list:
+    """None -> [], one query value (a path, bytes, an image, a string) -> [it], a list or tuple -> a list."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _describe(image) -> str:
+    return str(image) if isinstance(image, (str, Path)) else type(image).__name__
+
+
+def above(matches: list[Match], min_similarity: float | None) -> list[Match]:
+    """Results at least ``min_similarity`` similar to the query (all when None)."""
+    if min_similarity is None:
+        return matches
+    return [m for m in matches if m.similarity >= min_similarity]
 
 
 def _unfinished_creation(path: Path) -> bool:
@@ -1014,6 +1163,8 @@ class ItemTable:
         self.keys_by_hash: dict[str, set[int]] = {}
         self.hash_by_key: dict[int, str | None] = {}
         self._labels: dict[int, dict[str, str]] = {}
+        self._predicted: dict[int, dict[str, float]] = {}
+        self._any_predicted: bool | None = None
         for key, _, _, sha in rows:
             self.hash_by_key[key] = sha
             if sha:
@@ -1021,6 +1172,21 @@ class ItemTable:
 
     def forget_labels(self) -> None:
         self._labels.clear()
+        self._predicted.clear()
+        self._any_predicted = None
+
+    def predicted_for(self, keys: list[int], store: Store) -> dict[int, dict[str, float]]:
+        """Which of the result rows' labels were predicted (``lookalike tag``), with their probabilities,
+        remembered like labels; no query at all in a catalog without predictions."""
+        if self._any_predicted is None:
+            self._any_predicted = bool(store.predicted_names())
+        if not self._any_predicted:
+            return {}
+        missing = [k for k in keys if k not in self._predicted]
+        if missing:
+            found = store.predicted_scores_for(missing)
+            self._predicted.update({k: found.get(k, {}) for k in missing})
+        return {k: self._predicted[k] for k in keys if self._predicted[k]}
 
     def labels_for(self, keys: list[int], store: Store) -> dict[int, dict[str, str]]:
         """Labels of result rows, remembered: popular items come back in many result lists."""

@@ -118,9 +118,20 @@ def cmd_copy(args: argparse.Namespace, out: Console) -> int:
 def cmd_models(args: argparse.Namespace, out: Console) -> int:
     from ..models.registry import list_models
 
-    for name, spec in list_models().items():
-        out.print(f"{name:16} {spec.description}")
-    out.print(f"{'timm:<name>':16} any timm model, e.g. timm:convnext_tiny.fb_in22k")
+    rows = [(name, "text+image" if spec.text else "image", spec.description) for name, spec in list_models().items()]
+    rows += [("timm:<name>", "image", "any timm model, e.g. timm:convnext_tiny.fb_in22k"),
+             ("open_clip:<arch>/<tag>", "text+image", "any open_clip model, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k"),
+             ("hf-hub:<repo>", "text+image", "any open_clip model on the Hugging Face hub, e.g. "
+                                             "hf-hub:Marqo/marqo-fashionSigLIP"),
+             ("path.lkm", "either", "a model from `lookalike train` (train clip: text+image)")]
+    if getattr(args, "json", False):
+        print(json.dumps([{"name": n, "understands": u, "description": d} for n, u, d in rows], indent=2))
+        return 0
+    width = max(len(n) for n, _, _ in rows)
+    for name, understands, description in rows:
+        out.print(f"{name:{width}}  {understands:10}  {description}", markup=False, highlight=False)
+    out.print("text+image models also search by words (search --text), tag items with words (tag) and train "
+              "on titles (train clip)", markup=False, highlight=False)
     return 0
 
 
@@ -206,7 +217,8 @@ def add_parsers(sub, parents: Parents) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_copy)
 
-    p = sub.add_parser("models", parents=[common], help="list the embedders by name")
+    p = sub.add_parser("models", parents=[common], help="list the embedders by name (and which understand words)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("demo", parents=[common, run], help="a tour on sample photos shipped with lookalike",

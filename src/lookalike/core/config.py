@@ -23,9 +23,11 @@ class EmbedderInfo:
     weights: str  # "hf-hub:<repo>", "file:<sha256 prefix>" or "random:<seed>"
     dim: int
     pool: str
+    text: bool = False  # the model also embeds words into the same space (a text tower: CLIP, SigLIP)
 
     def describe(self) -> str:
-        return f"{self.name} ({self.timm_name}, weights {self.weights}, {self.dim}-d, {self.pool} pooling)"
+        towers = ", text+image" if self.text else ""
+        return f"{self.name} ({self.timm_name}, weights {self.weights}, {self.dim}-d, {self.pool} pooling{towers})"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,10 @@ class QueryError(LookalikeError):
     """A search request is malformed: unknown item id, bad ``where`` filter, bad ``k``."""
 
 
+class NoTextModelError(QueryError):
+    """Words were asked of a catalog or model without a text tower; the message names the models with one."""
+
+
 class UnknownItemError(QueryError):
     """No embedded catalog item has this id; the REST API answers 404."""
 

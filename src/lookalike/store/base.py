@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -175,6 +175,28 @@ class Store(ABC):
             cur.executemany("INSERT INTO clusters (key, cluster) VALUES (?, ?)", rows)
             _put_meta(cur, "clusters", json.dumps(info))
 
+    def set_predicted(self, name: str, keys: np.ndarray, values: Sequence[str], scores: np.ndarray,
+                      info: Mapping[str, object]) -> None:
+        """Replace the predicted label ``name`` of every item at once, with what made it in meta
+        (``predicted:<name>``); the vector index stays valid, label caches are dropped."""
+        rows = list(zip(np.asarray(keys).tolist(), [name] * len(values), list(values),
+                        np.asarray(scores, dtype=np.float64).tolist(), strict=True))
+        with self._begin() as cur:
+            cur.execute("DELETE FROM predicted WHERE name = ?", (name,))
+            if rows:
+                cur.executemany("INSERT INTO predicted (key, name, value, score) VALUES (?, ?, ?, ?)", rows)
+            _put_meta(cur, f"predicted:{name}", json.dumps(info))
+            _bump(cur, "labels_generation")
+
+    def remove_predicted(self, name: str) -> int:
+        """Drop the predicted label ``name``; returns how many items carried it."""
+        with self._begin() as cur:
+            count = cur.execute("SELECT COUNT(*) FROM predicted WHERE name = ?", (name,)).fetchone()[0]
+            cur.execute("DELETE FROM predicted WHERE name = ?", (name,))
+            cur.execute("DELETE FROM meta WHERE name = ?", (f"predicted:{name}",))
+            _bump(cur, "labels_generation")
+        return int(count)
+
     def delete(self, ids: Iterable[str]) -> int:
         ids = list(ids)
         with self._begin() as cur:
@@ -228,7 +250,7 @@ class Store(ABC):
 
     def labels(self) -> dict[int, dict[str, str]]:
         out: dict[int, dict[str, str]] = {}
-        for key, name, value in self._rows("SELECT key, name, value FROM labels"):
+        for key, name, value in self._rows("SELECT key, name, value FROM all_labels"):
             out.setdefault(key, {})[name] = value
         return out
 
@@ -237,7 +259,7 @@ class Store(ABC):
         out: dict[int, dict[str, str]] = {k: {} for k in keys}
         for chunk in _chunks(keys, 900):
             for key, name, value in self._rows(
-                    f"SELECT key, name, value FROM labels WHERE key IN ({_marks(chunk)})", chunk):
+                    f"SELECT key, name, value FROM all_labels WHERE key IN ({_marks(chunk)})", chunk):
                 out[key][name] = value
         return out
 
@@ -310,7 +332,7 @@ class Store(ABC):
 
     def label_values(self, name: str) -> list[tuple[int, str]]:
         """(key, value) of every item carrying label ``name``; one label of a large catalog, not all of them."""
-        return [tuple(r) for r in self._rows("SELECT key, value FROM labels WHERE name = ?", (name,))]
+        return [tuple(r) for r in self._rows("SELECT key, value FROM all_labels WHERE name = ?", (name,))]
 
     def ok_items(self) -> list[tuple[int, str, str, str | None]]:
         """(key, id, path, sha256) of every embedded item."""
@@ -318,18 +340,18 @@ class Store(ABC):
         return [tuple(r) for r in rows]
 
     def keys_where(self, where: Mapping[str, str]) -> np.ndarray:
-        sql = " INTERSECT ".join("SELECT key FROM labels WHERE name = ? AND value = ?" for _ in where)
+        sql = " INTERSECT ".join("SELECT key FROM all_labels WHERE name = ? AND value = ?" for _ in where)
         args = [x for pair in where.items() for x in pair]
         return np.array(sorted(r[0] for r in self._rows(sql, args)), dtype=np.int64)
 
     def label_counts(self, where: Mapping[str, str] | None = None) -> dict[str, dict[str, int]]:
         """How many embedded items carry each label value, among those matching ``where``."""
-        sql = ("SELECT l.name, l.value, COUNT(*) FROM labels l JOIN items i ON i.key = l.key "
+        sql = ("SELECT l.name, l.value, COUNT(*) FROM all_labels l JOIN items i ON i.key = l.key "
                "WHERE i.status = 'ok'")
         args: list[str] = []
         if where:
             sql += " AND l.key IN (" + " INTERSECT ".join(
-                "SELECT key FROM labels WHERE name = ? AND value = ?" for _ in where) + ")"
+                "SELECT key FROM all_labels WHERE name = ? AND value = ?" for _ in where) + ")"
             args = [x for pair in where.items() for x in pair]
         out: dict[str, dict[str, int]] = {}
         for name, value, count in self._rows(sql + " GROUP BY l.name, l.value", args):
@@ -353,7 +375,31 @@ class Store(ABC):
         return np.array([r[0] for r in rows], dtype=np.int64)
 
     def label_names(self) -> list[str]:
+        """Every label a filter may name: the source's and the predicted ones."""
+        return [r[0] for r in self._rows("SELECT DISTINCT name FROM all_labels ORDER BY name")]
+
+    def manifest_label_names(self) -> list[str]:
+        """The labels that came with the source (a manifest's columns), without predicted ones."""
         return [r[0] for r in self._rows("SELECT DISTINCT name FROM labels ORDER BY name")]
+
+    def predicted_names(self) -> list[str]:
+        """The labels ``lookalike tag`` predicted (from their records in meta: no scan of the predictions)."""
+        rows = self._rows("SELECT name FROM meta WHERE substr(name, 1, 10) = ? ORDER BY name", ("predicted:",))
+        return [r[0].split(":", 1)[1] for r in rows]
+
+    def predicted_info(self, name: str) -> dict | None:
+        text = self.get_meta(f"predicted:{name}")
+        return json.loads(text) if text else None
+
+    def predicted_scores_for(self, keys: Iterable[int]) -> dict[int, dict[str, float]]:
+        """Predicted label name -> the model's probability, per key (only keys with predictions)."""
+        keys = [int(k) for k in keys]
+        out: dict[int, dict[str, float]] = {}
+        for chunk in _chunks(keys, 900):
+            for key, name, score in self._rows(
+                    f"SELECT key, name, score FROM predicted WHERE key IN ({_marks(chunk)})", chunk):
+                out.setdefault(key, {})[name] = float(score)
+        return out
 
     def counts(self) -> dict[str, int]:
         rows = dict(self._rows("SELECT status, COUNT(*) FROM items GROUP BY status"))

@@ -80,12 +80,24 @@ CREATE TABLE IF NOT EXISTS clusters (
     key     BIGINT PRIMARY KEY REFERENCES items (key) ON DELETE CASCADE,
     cluster INTEGER NOT NULL
 );
+-- zero-shot labels (`lookalike tag`): derived like clusters, kept apart from the source's labels, read with them
+-- through the all_labels view (filters, facets, results), each with the model's probability.
+CREATE TABLE IF NOT EXISTS predicted (
+    key   BIGINT NOT NULL REFERENCES items (key) ON DELETE CASCADE,
+    name  TEXT NOT NULL,
+    value TEXT NOT NULL,
+    score DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (key, name)
+);
+CREATE INDEX IF NOT EXISTS predicted_name_value ON predicted (name, value);
+CREATE OR REPLACE VIEW all_labels AS
+    SELECT key, name, value FROM labels UNION ALL SELECT key, name, value FROM predicted;
 CREATE TABLE IF NOT EXISTS uploads (name TEXT PRIMARY KEY, data BYTEA NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT INTO meta (name, value) VALUES ('generation', '0') ON CONFLICT DO NOTHING;
 INSERT INTO meta (name, value) VALUES ('labels_generation', '0') ON CONFLICT DO NOTHING;
 """
-TABLES = ("items", "labels", "vectors", "removed", "clusters", "uploads", "meta")
+TABLES = ("items", "labels", "predicted", "vectors", "removed", "clusters", "uploads", "meta")
 
 
 class PostgresStore(Store):

@@ -59,6 +59,18 @@ CREATE TABLE IF NOT EXISTS clusters (
 );
 -- images added as bytes, when they must live in the store rather than in the catalog folder (copies of a
 -- PostgreSQL catalog); a folder catalog keeps its uploads under uploads/
+-- zero-shot labels (`lookalike tag`): derived like clusters, kept apart from the source's labels, read with them
+-- through the all_labels view (filters, facets, results), each with the model's probability.
+CREATE TABLE IF NOT EXISTS predicted (
+    key   INTEGER NOT NULL REFERENCES items (key) ON DELETE CASCADE,
+    name  TEXT NOT NULL,
+    value TEXT NOT NULL,
+    score REAL NOT NULL,
+    PRIMARY KEY (key, name)
+);
+CREATE INDEX IF NOT EXISTS predicted_name_value ON predicted (name, value);
+CREATE VIEW IF NOT EXISTS all_labels AS
+    SELECT key, name, value FROM labels UNION ALL SELECT key, name, value FROM predicted;
 CREATE TABLE IF NOT EXISTS uploads (name TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('generation', '0');         -- items or vectors changed
