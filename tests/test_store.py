@@ -120,6 +120,26 @@ def test_clusters_meta_uploads_and_float16(store):
     assert store.upload_names() == ["abc.jpg"]
 
 
+def test_predicted_labels_filter_and_count_beside_the_sources_and_go_away_alone(store):
+    vecs = random_unit(3, DIM)
+    store.write([ok("a", vecs[0], {"colour": "red"}), ok("b", vecs[1], {"colour": "blue"}), ok("c", vecs[2])])
+    keys = [store.item(i).key for i in "abc"]
+    labels_gen = store.generations()[1]
+    store.set_predicted("style", np.array(keys), ["casual", "formal", "casual"], np.array([0.9, 0.6, 0.7]),
+                        {"classes": ["casual", "formal"]})
+    assert store.generations()[1] == labels_gen + 1
+    assert store.label_names() == ["colour", "style"] and store.manifest_label_names() == ["colour"]
+    assert store.predicted_names() == ["style"] and store.predicted_info("style") == {"classes": ["casual", "formal"]}
+    assert store.keys_where({"style": "casual"}).tolist() == [keys[0], keys[2]]
+    assert store.keys_where({"style": "casual", "colour": "red"}).tolist() == [keys[0]]
+    assert store.label_counts()["style"] == {"casual": 2, "formal": 1}
+    assert store.labels_for([keys[0]]) == {keys[0]: {"colour": "red", "style": "casual"}}
+    assert store.predicted_scores_for(keys) == {keys[0]: {"style": 0.9}, keys[1]: {"style": 0.6},
+                                                keys[2]: {"style": 0.7}}
+    assert store.remove_predicted("style") == 3
+    assert store.label_names() == ["colour"] and store.predicted_names() == []
+
+
 def test_two_writers_at_once_lose_nothing(store_location):
     first = open_store(store_location, create=True)
     second = open_store(store_location)
