@@ -37,6 +37,7 @@ from .common import (
     TrainOptions,
     augment,
     checkpoint_path,
+    close_epoch,
     load_checkpoint,
     lr_factor,
     normalise,
@@ -211,21 +212,9 @@ def train_clip(
                 clip.logit_scale.clamp_(0, 4.6052)  # at most 100, as CLIP keeps it
             total += loss.item()
             steps += 1
-        history.train_loss.append(total / max(1, steps))
-        history.lr.append(lr)
         val_loss = _validation_loss(clip, images, val_idx, first_texts, tokenize, device, precision, has_bias, batch)
-        if val_loss is not None:
-            history.val_loss.append(val_loss)
-        history.seconds.append(time.perf_counter() - t0)
-        stop = stopper.update(val_loss if val_loss is not None else history.train_loss[-1], epoch, clip)
-        history.best_epoch = stopper.best_epoch
-        checkpoints.maybe(clip, optimizer, epoch, history, stopper)
-        log.info("epoch %d: train %.4f, val %s, %.2f s", epoch + 1, history.train_loss[-1],
-                 f"{val_loss:.4f}" if val_loss is not None else "-", history.seconds[-1])
-        if on_epoch:
-            on_epoch(epoch, history)
-        if stop:
-            history.stopped_early = True
+        if close_epoch(epoch, history, total / max(1, steps), lr, val_loss, t0, clip, optimizer, stopper, checkpoints,
+                       on_epoch):
             break
     if stopper.best_state is not None:
         clip.load_state_dict(stopper.best_state)
