@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,7 +18,7 @@ from PIL import Image
 from conftest import huge_png_header
 from lookalike.api import ServeSettings, create_app
 from test_api import TOKEN, client_for, photo, upload
-from test_serve import free_port, lookalike
+from test_serve import serve_catalog
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 NON_ASCII = "商品.jpg"
@@ -206,24 +205,7 @@ def test_the_cli_keeps_its_own_advice(shop):
 
 @pytest.fixture(scope="module")
 def server(shop):
-    port = free_port()
-    proc = lookalike("serve", "--catalog", str(shop / "shop.lk"), "--port", str(port))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.communicate()[1][-2000:]}")
-        time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    yield from serve_catalog(shop / "shop.lk")
 
 
 @pytest.mark.slow

@@ -37,10 +37,11 @@ def lookalike(*args: str, env: dict[str, str] | None = None, **kwargs) -> subpro
 
 @pytest.fixture(scope="module")
 def server(shop):
-    yield from _serve(shop / "shop.lk", "--admin-token", "t0ken")
+    yield from serve_catalog(shop / "shop.lk", "--admin-token", "t0ken")
 
 
-def _serve(catalog: Path, *extra: str, env: dict[str, str] | None = None):
+def serve_catalog(catalog: Path, *extra: str, env: dict[str, str] | None = None):
+    """Run `lookalike serve` on a free port until its health check answers; yield its URL, stop it after."""
     port = free_port()
     proc = lookalike("serve", "--catalog", str(catalog), "--port", str(port), *extra, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -212,7 +213,7 @@ def _walk_through(page, browser, server: str, query: Path) -> None:
 
 @pytest.fixture(scope="module")
 def word_server(word_shop, clip_hub):
-    yield from _serve(word_shop / "shop.lk", env={"HF_HOME": str(clip_hub)})
+    yield from serve_catalog(word_shop / "shop.lk", env={"HF_HOME": str(clip_hub)})
 
 
 @pytest.mark.slow
