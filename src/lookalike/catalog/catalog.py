@@ -885,17 +885,17 @@ class Catalog:
                 data = None
         table = self.table
         copies = table.keys_by_hash.get(content_hash(data), set()) if data is not None else set()
-        if allowed is not None:
-            copies = {key for key in copies if key in set(allowed.tolist())}
-        missing = copies - {table.key_by_id[m.id] for m in matches}
+        if allowed is not None and copies:
+            copies = copies & set(allowed.tolist())
+        missing = sorted(copies - {table.key_by_id[m.id] for m in matches})
         if not missing:
             return matches
-        labels = table.labels_for(sorted(missing), self.store)
-        predicted = table.predicted_for(sorted(missing), self.store)
+        labels = table.labels_for(missing, self.store)
+        predicted = table.predicted_for(missing, self.store)
+        sims = [float(np.dot(self.index.vector(key), vector)) for key in missing]
         extra = [Match(rank=0, id=table.id_by_key[key], path=table.path_by_key[key], predicted=predicted.get(key, {}),
-                       similarity=float(np.dot(self.index.vector(key), vector)),
-                       distance=distance_from_similarity(float(np.dot(self.index.vector(key), vector))),
-                       labels=labels[key]) for key in sorted(missing)]
+                       similarity=sim, distance=distance_from_similarity(sim), labels=labels[key])
+                 for key, sim in zip(missing, sims, strict=True)]
         ranked = sorted([*extra, *matches], key=lambda m: -m.similarity)[:k]
         return [dataclasses.replace(m, rank=rank) for rank, m in enumerate(ranked, start=1)]
 
