@@ -76,7 +76,7 @@ class Parents:
     """Option groups that several commands take (argparse parent parsers)."""
 
     common: argparse.ArgumentParser  # -q/--quiet, -v/--verbose
-    run: argparse.ArgumentParser  # device, precision, batch size, workers, pixel limit, draft
+    run: argparse.ArgumentParser  # device, runtime, precision, batch size, workers, pixel limit, draft
     catalog: argparse.ArgumentParser  # --catalog
     query: argparse.ArgumentParser  # -k, --where, --json, --dedupe
 
@@ -88,13 +88,19 @@ def parent_parsers() -> Parents:
 
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    run.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                     help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32")
+    run.add_argument("--runtime", default="auto", choices=["auto", "torch", "openvino"],
+                     help="what runs a network model: auto (OpenVINO on x86 CPUs with native bf16, where it was "
+                          "measured faster; PyTorch elsewhere), torch, openvino (CPU only)")
+    run.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                     help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32; on OpenVINO int8 when a model "
+                          "quantised on the catalog's photos passes its recall gate. int8 (OpenVINO) forces it and "
+                          "reports its recall; fp16 on GPUs")
     run.add_argument("--batch-size", type=positive_int, default=None,
                      help="images per model call (default: 256 on CUDA, 8 on CPU, 64 for pixels/colorhist)")
     run.add_argument("--workers", type=non_negative_int, default=None,
-                     help="worker processes that decode (on a CPU in bf16 they also embed, one model thread each); "
-                          "default: one per core; 0 decodes in the main process")
+                     help="workers that decode (PyTorch on a CPU in bf16: processes that also embed, one model "
+                          "thread each; OpenVINO: threads feeding one stream per core); default: one per core; 0 "
+                          "decodes in the main process")
     run.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                      help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
     run.add_argument("--no-draft", action="store_true", help="decode JPEGs at full size (slower; for checks)")
@@ -115,7 +121,8 @@ def parent_parsers() -> Parents:
 
 def encode_options(args: argparse.Namespace) -> EncodeOptions:
     return EncodeOptions(
-        device=args.device, precision=args.precision, batch_size=args.batch_size, workers=args.workers,
+        device=args.device, precision=args.precision, runtime=args.runtime, batch_size=args.batch_size,
+        workers=args.workers,
         max_pixels=args.max_pixels, draft=not args.no_draft, progress=not args.quiet,
     )
 

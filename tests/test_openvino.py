@@ -1,0 +1,141 @@
+"""The OpenVINO runtime: conversion once per model and weights, the same vectors as PyTorch, one-line
+refusals when it cannot run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL, make_image
+
+pytest.importorskip("openvino")
+
+from lookalike import LookalikeError  # noqa: E402
+from lookalike.core.config import EncodeOptions  # noqa: E402
+from lookalike.engines.embed import Encoder, FileTask, encode_files  # noqa: E402
+
+FP32_OV = EncodeOptions(device="cpu", runtime="openvino", precision="fp32", progress=False)
+FP32_TORCH = EncodeOptions(device="cpu", runtime="torch", precision="fp32", progress=False)
+
+
+def varied_photos(folder: Path, n: int) -> list[Path]:
+    """``n`` small photos that differ in colour, shape and size."""
+    shapes = ("rect", "ellipse", "stripes")
+    out = []
+    for i in range(n):
+        colour = ((37 * i) % 256, (91 * i + 40) % 256, (53 * i + 120) % 256)
+        out.append(make_image(folder / f"p{i:03d}.jpg", color=colour, shape=shapes[i % 3],
+                              size=(80 + 8 * (i % 5), 96 + 12 * (i % 4)), quality=90))
+    return out
+
+
+def test_conversion_is_cached_and_a_second_encoder_does_not_convert(tmp_path, tiny_embedder, monkeypatch):
+    import openvino
+
+    first = Encoder(tiny_embedder, FP32_OV, cache_dir=tmp_path / "cache")
+    assert first.runtime == "openvino" and first.precision == "fp32"
+    folders = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    assert len(folders) == 1 and (folders[0] / "model.xml").is_file() and (folders[0] / "model.bin").is_file()
+    assert folders[0].name.startswith("timm_test_resnet.r160_in1k-")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("converted a second time")
+
+    monkeypatch.setattr(openvino, "convert_model", refuse)
+    second = Encoder(tiny_embedder, EncodeOptions(device="cpu", runtime="openvino", precision="bf16"),
+                     cache_dir=tmp_path / "cache")
+    assert second.model.xml == first.model.xml
+    assert second.encode(make_image(tmp_path / "x.jpg")).shape == (tiny_embedder.dim,)
+    assert not list((tmp_path / "cache").glob(".converting-*"))
+
+
+def test_openvino_fp32_vectors_equal_pytorch_fp32(tmp_path, tiny_embedder):
+    photos = varied_photos(tmp_path / "photos", 10)
+    ov, pt = Encoder(tiny_embedder, FP32_OV), Encoder(tiny_embedder, FP32_TORCH)
+    a, b = ov.encode(photos), pt.encode(photos)
+    assert a.dtype == np.float32 and a.shape == b.shape == (10, tiny_embedder.dim)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_openvino_files_pipeline_keeps_order_batches_and_failures(tmp_path, tiny_embedder):
+    """The same contract as PyTorch's: batches in task order, bad files reported with reasons, not dropped."""
+    photos = varied_photos(tmp_path / "photos", 9)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    files = photos[:4] + [tmp_path / "broken.jpg", tmp_path / "missing.jpg"] + photos[4:]
+    tasks = [FileTask(p, ref=i) for i, p in enumerate(files)]
+    for workers in (0, 2):
+        encoder = Encoder(tiny_embedder, EncodeOptions(device="cpu", runtime="openvino", precision="fp32",
+                                                       batch_size=3, workers=workers))
+        batches = list(encode_files(encoder, tasks))
+        assert len(batches) == 4
+        refs = [r.task.ref for b in batches for r in b.embedded]
+        assert refs == [0, 1, 2, 3, 6, 7, 8, 9, 10]
+        errors = {r.task.ref: r.error for b in batches for r in b.others}
+        assert set(errors) == {4, 5} and "cannot" in errors[5]
+        vectors = np.concatenate([b.vectors for b in batches if b.vectors is not None])
+        np.testing.assert_allclose(vectors, Encoder(tiny_embedder, FP32_TORCH).encode(photos), atol=2e-5)
+
+
+def test_auto_picks_openvino_on_x86_cpus_with_bf16_and_pytorch_elsewhere(tiny_embedder, monkeypatch):
+    from lookalike.engines import openvino_runtime as ovr
+
+    assert ovr.resolve_runtime("auto", "cuda", True) == "torch"
+    assert ovr.resolve_runtime("auto", "cpu", False) == "torch"  # not measured there: PyTorch stays
+    monkeypatch.setattr(ovr, "is_x86", lambda: False)
+    assert ovr.resolve_runtime("auto", "cpu", True) == "torch"
+    monkeypatch.setattr(ovr, "is_x86", lambda: True)
+    assert ovr.resolve_runtime("auto", "cpu", True) == "openvino"
+    with pytest.raises(LookalikeError, match="runs on the CPU"):
+        ovr.resolve_runtime("openvino", "cuda", True)
+    with pytest.raises(LookalikeError, match="unknown runtime"):
+        ovr.resolve_runtime("onnx", "cpu", True)
+
+
+def test_a_missing_openvino_is_one_line_and_auto_falls_back_to_pytorch(tmp_path, tiny_embedder, monkeypatch, capsys):
+    from lookalike.cli import main
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    with pytest.raises(LookalikeError, match=r"needs the openvino package.*pip install openvino nncf.*--runtime torch"):
+        Encoder(tiny_embedder, EncodeOptions(device="cpu", runtime="openvino"))
+    assert Encoder(tiny_embedder, EncodeOptions(device="cpu")).runtime == "torch"
+    photo = make_image(tmp_path / "photos" / "a.jpg")
+    code = main(["index", str(photo.parent), "--catalog", str(tmp_path / "c.lk"), "--model", TINY_MODEL,
+                 "--weights", "random", "--runtime", "openvino", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "pip install openvino" in err
+    assert not (tmp_path / "c.lk").exists()  # a first run that failed leaves nothing behind
+
+
+def test_precisions_the_runtime_cannot_run_are_refused_in_one_line(tiny_embedder):
+    with pytest.raises(LookalikeError, match="int8 runs on OpenVINO"):
+        Encoder(tiny_embedder, EncodeOptions(device="cpu", runtime="torch", precision="int8"))
+    with pytest.raises(LookalikeError, match="fp16 is not offered on the CPU"):
+        Encoder(tiny_embedder, EncodeOptions(device="cpu", runtime="openvino", precision="fp16"))
+    with pytest.raises(LookalikeError, match="needs a model quantised on a catalog"):
+        Encoder(tiny_embedder, EncodeOptions(device="cpu", runtime="openvino", precision="int8"))
+
+
+def test_a_trained_model_file_runs_on_openvino_too(tmp_path):
+    """Any embedder with a torch ``model`` converts: here a ``.lkm`` autoencoder (letterbox input)."""
+    import torch
+
+    from lookalike.models import create_embedder
+    from lookalike.models.modelfile import ModelFile, save_model
+    from lookalike.models.networks import build_autoencoder
+
+    arch = {"size": 32, "latent": 8, "width": 8}
+    torch.manual_seed(0)
+    net = build_autoencoder(arch)
+    path = tmp_path / "ae.lkm"
+    save_model(path, net.state_dict(), ModelFile(
+        kind="autoencoder", arch=arch, preprocess={"size": 32, "fill": 255, "mean": [0.5] * 3, "std": [0.25] * 3},
+        embedding={"mode": "latent", "modes": {"latent": 8}}))
+    embedder = create_embedder(str(path))
+    photos = varied_photos(tmp_path / "photos", 6)
+    a = Encoder(embedder, FP32_OV).encode(photos)
+    b = Encoder(embedder, FP32_TORCH).encode(photos)
+    np.testing.assert_allclose(a, b, atol=2e-5)
