@@ -139,3 +139,115 @@ def test_a_trained_model_file_runs_on_openvino_too(tmp_path):
     a = Encoder(embedder, FP32_OV).encode(photos)
     b = Encoder(embedder, FP32_TORCH).encode(photos)
     np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+# -- int8 ------------------------------------------------------------------------------------------------
+
+
+def int8_catalog(tmp_path: Path, tiny_embedder, n: int = 24, precision: str = "int8"):
+    from lookalike import Catalog
+
+    varied_photos(tmp_path / "photos", n)
+    catalog = Catalog.create(tmp_path / "shop.lk", TINY_MODEL, embedder=tiny_embedder)
+    report = catalog.add(tmp_path / "photos", options=EncodeOptions(device="cpu", runtime="openvino",
+                                                                    precision=precision, progress=False))
+    return catalog, report
+
+
+def test_forced_int8_is_calibrated_on_the_catalog_reports_its_recall_and_is_searchable_by_pytorch(
+        tmp_path, tiny_embedder, capsys):
+    import json
+
+    from lookalike.cli import main
+
+    catalog, report = int8_catalog(tmp_path, tiny_embedder)
+    with catalog:
+        assert report.indexed == 24 and report.runtime == "openvino int8 on cpu"
+        assert len(report.notes) == 1 and report.notes[0].startswith("int8 forced: int8 recall@10 vs fp32 ")
+        record = json.loads((tmp_path / "shop.lk" / "catalog.json").read_text())["extra"]
+        assert record["runtime"]["runtime"] == "openvino" and record["runtime"]["precision"] == "int8"
+        gate = record["int8"]
+        assert 0.0 <= gate["recall"] <= 1.0 and gate["k"] == 10 and gate["held"] == 24 and gate["overlap"]
+        assert (tmp_path / "shop.lk" / gate["model"]).is_file()
+        # Calibrated once: a second run with new photos reuses the catalog's int8 model.
+        make_image(tmp_path / "photos" / "new.jpg", color=(10, 220, 90), shape="ellipse")
+        again = catalog.add(tmp_path / "photos", options=EncodeOptions(device="cpu", runtime="openvino",
+                                                                      precision="int8", progress=False))
+        assert again.indexed == 1 and again.notes == []
+        # Searched with another runtime: the photo's own item first.
+        catalog.encoder(EncodeOptions(device="cpu", runtime="torch", precision="fp32"))
+        assert catalog.search(tmp_path / "photos" / "p005.jpg", k=3)[0].id == "p005"
+    assert main(["status", "--catalog", str(tmp_path / "shop.lk")]) == 0
+    out = capsys.readouterr().out
+    assert "runtime  openvino int8 on cpu (last index run)" in out
+    assert f"int8     recall@10 vs fp32 {gate['recall']:.3f} on 24 calibration photos" in out
+    assert main(["status", "--catalog", str(tmp_path / "shop.lk"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtime"]["int8"]["recall"] == gate["recall"]
+
+
+@pytest.mark.parametrize("threshold, chosen", [(0.5, "int8"), (1.01, "bf16")], ids=["gate passes", "gate fails"])
+def test_auto_uses_int8_only_when_its_gate_passes_and_says_so(tmp_path, tiny_embedder, monkeypatch, threshold,
+                                                               chosen):
+    from lookalike.engines import openvino_runtime as ovr
+
+    monkeypatch.setattr(ovr, "GATE_RECALL", threshold)
+    monkeypatch.setattr("lookalike.catalog.catalog.AUTO_MIN_PHOTOS", 12)
+    monkeypatch.setattr(ovr, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("lookalike.engines.torch_runtime.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(ovr, "is_x86", lambda: True)
+    catalog, report = int8_catalog(tmp_path, tiny_embedder, precision="auto")
+    with catalog:
+        assert report.runtime == f"openvino {chosen} on cpu"
+        (note,) = report.notes
+        if chosen == "int8":
+            assert note.startswith("int8 chosen: ") and "passes the 0.50 gate" in note
+        else:
+            assert note.startswith("int8 not used, bf16 instead: ") and "fails the 1.01 gate" in note
+        # Search and serve read the same verdict from the catalog: auto picks what indexing picked.
+        assert catalog.encoder(EncodeOptions(device="cpu")).precision == chosen
+
+
+def test_auto_leaves_small_catalogs_in_bf16_without_calibrating(tmp_path, tiny_embedder, monkeypatch):
+    from lookalike.engines import openvino_runtime as ovr
+
+    monkeypatch.setattr(ovr, "quantize_int8", lambda *a, **k: pytest.fail("calibrated a 24-photo catalog"))
+    catalog, report = int8_catalog(tmp_path, tiny_embedder, precision="auto")
+    with catalog:
+        assert report.notes == [] and "int8" not in report.runtime and catalog.int8_model() is None
+
+
+def test_the_calibration_sample_is_reproducible_and_held_apart():
+    from lookalike.engines.openvino_runtime import draw_sample
+
+    paths = [Path(f"/shop/{i:04d}.jpg") for i in range(364)]
+    a, b = draw_sample(paths), draw_sample(list(reversed(paths)))
+    assert a == b and not a.overlap
+    assert len(a.held) == 91 and len(a.calibration) == 273 and not set(a.held) & set(a.calibration)
+    small = draw_sample(paths[:30])
+    assert small.overlap and sorted(small.held) == sorted(small.calibration) == paths[:30]
+
+
+@pytest.mark.slow
+def test_bf16_and_int8_recall_against_fp32_on_the_shared_photos(tmp_path, tiny_embedder, shared_photos, capsys):
+    """The figures the gate stands on, on real product photos: every vector of the 364 photos from OpenVINO
+    bf16 and int8 (calibrated on the catalog) against OpenVINO fp32, recall@10 of the neighbour lists."""
+    from lookalike import Catalog
+    from lookalike.engines.openvino_runtime import neighbour_recall
+
+    vectors = {}
+    for precision in ("fp32", "bf16", "int8"):
+        with Catalog.create(tmp_path / f"{precision}.lk", TINY_MODEL, embedder=tiny_embedder) as catalog:
+            report = catalog.add(shared_photos / "images", options=EncodeOptions(
+                device="cpu", runtime="openvino", precision=precision, progress=False))
+            assert report.indexed == 364 and report.runtime == f"openvino {precision} on cpu"
+            _, vectors[precision] = catalog.store.vectors(catalog.config.embedder.dim)
+            if precision == "int8":
+                gate = catalog.int8_model()
+                assert gate is not None and not gate.overlap and gate.held == 91 and gate.calibration == 273
+    recalls = {p: neighbour_recall(vectors[p], vectors["fp32"], 10) for p in ("bf16", "int8")}
+    with capsys.disabled():
+        print(f"\nrecall@10 vs OpenVINO fp32 over 364 photos ({TINY_MODEL}, random weights): bf16 "
+              f"{recalls['bf16']:.3f}, int8 {recalls['int8']:.3f} (gate on 91 held photos: {gate.recall:.3f})")
+    assert recalls["bf16"] >= 0.95
+    assert recalls["int8"] >= 0.85
+

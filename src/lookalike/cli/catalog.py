@@ -34,6 +34,8 @@ def cmd_index(args: argparse.Namespace, out: Console) -> int:
         else:
             for warning in report.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
+            for note in report.notes:
+                print(note)
             print(f"{args.catalog}: {report.summary()}; {len(catalog)} items searchable")
             if report.failed:
                 print(f"  {report.failed} files skipped; `lookalike status --catalog {args.catalog}` lists why")
@@ -87,6 +89,8 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
     if detail:
         on_disk = f"; {detail['disk_bytes_per_item']:,.0f} bytes/item on disk" if status.items else ""
         out.print(f"         chosen: {detail['reason']}{on_disk}")
+    for line in runtime_lines(status.runtime):
+        out.print(line, highlight=False)
     out.print(f"labels   {', '.join(status.labels) or '(none)'}")
     if status.failures:
         table = Table(title="failed files (retried when the file changes)", title_justify="left")
@@ -98,6 +102,22 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
         if status.failed > len(status.failures):
             out.print(f"... and {status.failed - len(status.failures)} more (--failures N shows more)")
     return 0
+
+
+def runtime_lines(runtime: dict) -> list[str]:
+    """What embedded the catalog's vectors and the int8 gate's figure, for ``status``."""
+    lines = []
+    last = runtime.get("runtime")
+    if last:
+        mixed = f" (vectors so far from {', '.join(last['used'])})" if len(last.get("used", [])) > 1 else ""
+        lines.append(f"runtime  {last['runtime']} {last['precision']} on {last['device']} (last index run){mixed}")
+    gate = runtime.get("int8")
+    if gate:
+        where = f"{gate['held']} {'calibration' if gate['overlap'] else 'held'} photos"
+        verdict = "passed" if gate["recall"] >= gate["threshold"] else "failed"
+        lines.append(f"int8     recall@{gate['k']} vs fp32 {gate['recall']:.3f} on {where}: {verdict} the "
+                     f"{gate['threshold']:.2f} gate (calibrated on {gate['calibration']} photos; {gate['model']})")
+    return lines
 
 
 def cmd_models(args: argparse.Namespace, out: Console) -> int:

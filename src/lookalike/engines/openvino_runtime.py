@@ -13,6 +13,7 @@ a preempted stream stalls only itself, unlike an OpenMP team.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import hashlib
 import json
@@ -441,6 +442,8 @@ def quantize_int8(embedder: Embedder, fp32_xml: Path, sample: Sample, out_dir: P
         LookalikeError: nncf is missing, or too few photos could be read.
     """
     ov = require_openvino()
+    # NNCF imports PyTorch's extension builder, which warns on every CPU-only machine; the CLI owns the terminal.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         import nncf
     except ImportError as exc:
@@ -460,7 +463,9 @@ def quantize_int8(embedder: Embedder, fp32_xml: Path, sample: Sample, out_dir: P
         batches = [calibration[i:i + CALIBRATION_BATCH] for i in range(0, len(calibration), CALIBRATION_BATCH)]
         log.info("quantising %s to int8 on %d photos", embedder.info.name, len(calibration))
         nncf.set_log_level(logging.ERROR)
-        quantized = nncf.quantize(ov.Core().read_model(fp32_xml), nncf.Dataset(batches), subset_size=len(batches))
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # NNCF's progress bars
+            quantized = nncf.quantize(ov.Core().read_model(fp32_xml), nncf.Dataset(batches),
+                                      subset_size=len(batches))
         tmp = out_dir / f".int8-{key}-{os.getpid()}.xml"
         ov.save_model(quantized, tmp, compress_to_fp16=False)
         tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
