@@ -251,3 +251,42 @@ def test_bf16_and_int8_recall_against_fp32_on_the_shared_photos(tmp_path, tiny_e
     assert recalls["bf16"] >= 0.95
     assert recalls["int8"] >= 0.85
 
+
+# -- serve -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+def test_serve_embeds_uploads_with_the_chosen_runtime(shop, runtime, monkeypatch):
+    """``LOOKALIKE_RUNTIME`` (or ``serve --runtime``) picks what the batcher's one model thread runs; the
+    answers agree either way, since the catalog's vectors do not depend on it."""
+    from fastapi.testclient import TestClient
+
+    from lookalike.api import ServeSettings, create_app
+
+    monkeypatch.setenv("LOOKALIKE_RUNTIME", runtime)
+    monkeypatch.setenv("LOOKALIKE_PRECISION", "fp32")
+    settings = ServeSettings(catalog=shop / "shop.lk", device="cpu")
+    assert settings.runtime == runtime
+    with TestClient(create_app(settings)) as client:
+        health = client.get("/api/health").json()
+        assert health["runtime"] == runtime and health["precision"] == "fp32"
+        photo = next((shop / "photos").rglob("green-ellipse.jpg"))
+        r = client.post("/api/search", files={"image": ("p.jpg", photo.read_bytes(), "image/jpeg")}, data={"k": "2"})
+        assert r.status_code == 200, r.text
+        first = r.json()["results"][0]
+        assert first["id"] == "green-ellipse" and first["similarity"] > 0.999
+
+
+def test_serve_uses_the_catalogs_int8_model(tmp_path, tiny_embedder):
+    from fastapi.testclient import TestClient
+
+    from lookalike.api import ServeSettings, create_app
+
+    catalog, _ = int8_catalog(tmp_path, tiny_embedder)
+    catalog.close()
+    settings = ServeSettings(catalog=tmp_path / "shop.lk", device="cpu", runtime="openvino", precision="int8")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/api/health").json()["precision"] == "int8"
+        data = (tmp_path / "photos" / "p007.jpg").read_bytes()
+        r = client.post("/api/search", files={"image": ("p.jpg", data, "image/jpeg")}, data={"k": "1"})
+        assert r.status_code == 200 and r.json()["results"][0]["id"] == "p007"

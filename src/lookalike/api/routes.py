@@ -74,7 +74,8 @@ def health(svc: Service) -> Health:
     encoder = svc.encoder
     return Health(status="ok", version=__version__, items=svc.size(),
                           model=svc.catalog.config.embedder.describe(), device=str(encoder.device),
-                          precision=encoder.precision, writable=svc.settings.admin_token is not None)
+                          runtime=encoder.runtime, precision=encoder.precision,
+                          writable=svc.settings.admin_token is not None)
 
 
 @router.post("/search", response_model=SearchResult, summary="The catalog items most like an uploaded photo")
