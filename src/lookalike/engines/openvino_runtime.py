@@ -23,6 +23,7 @@ import platform
 import re
 import shutil
 import tempfile
+import threading
 import warnings
 import weakref
 from collections import deque
@@ -267,6 +268,23 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
 
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
+_CORE: list = []  # the process's one ov.Core, never freed
+_CORE_LOCK = threading.Lock()
+
+
+def core() -> Any:
+    """The process's one ``openvino.Core``, kept alive until exit.
+
+    OpenVINO's CPU plugin gives the thread that first compiles a model an alternate signal stack, and frees
+    it from whichever thread destroys the plugin (when the last Core goes). Freed from another thread, it
+    leaves the first thread's signal stack pointing at unmapped memory, and that thread's next signal (a
+    SIGCHLD from any subprocess) kills the process with SIGSEGV. One Core for the whole process loads the
+    plugin once and never unloads it.
+    """
+    with _CORE_LOCK:
+        if not _CORE:
+            _CORE.append(require_openvino().Core())
+        return _CORE[0]
 
 
 def _release_all() -> None:
@@ -282,12 +300,11 @@ class OpenVinoModel:
     and the throughput copy (one stream per core) are compiled when first used."""
 
     def __init__(self, xml: Path, precision: str, native_bf16: bool | None = None):
-        ov = require_openvino()
         native_bf16 = cpu_has_native_bf16() if native_bf16 is None else native_bf16
         self.xml, self.precision = xml, precision
         # An int8 model still runs its unquantised operations in the hint's precision.
         self.hint = "f32" if precision == "fp32" or not native_bf16 else "bf16"
-        self.core = ov.Core()
+        self.core = core()
         self._latency: Any = None
         self._throughput: Any = None
         self.streams = 1
@@ -372,17 +389,22 @@ def encode_files_openvino(encoder: Encoder, tasks: Sequence[FileTask]) -> Iterat
                 submit()
                 yield [f.result() for f in futures]
 
-    for items in batches():
-        embedded, arrays, others = stack_results(items)
-        while len(inflight) >= len(requests) or (arrays is not None and not free):
+    try:
+        for items in batches():
+            embedded, arrays, others = stack_results(items)
+            while len(inflight) >= len(requests) or (arrays is not None and not free):
+                yield finish(inflight.popleft())
+            request = None
+            if arrays is not None:
+                request = free.pop()
+                request.start_async({0: arrays})
+            inflight.append((embedded, others, request))
+        while inflight:
             yield finish(inflight.popleft())
-        request = None
-        if arrays is not None:
-            request = free.pop()
-            request.start_async({0: arrays})
-        inflight.append((embedded, others, request))
-    while inflight:
-        yield finish(inflight.popleft())
+    finally:  # a consumer that stops early (an error, Ctrl-C) must not free requests still running
+        for _, _, request in inflight:
+            if request is not None:
+                request.wait()
 
 
 # -- int8 --------------------------------------------------------------------------------------------
@@ -464,7 +486,7 @@ def quantize_int8(embedder: Embedder, fp32_xml: Path, sample: Sample, out_dir: P
         log.info("quantising %s to int8 on %d photos", embedder.info.name, len(calibration))
         nncf.set_log_level(logging.ERROR)
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # NNCF's progress bars
-            quantized = nncf.quantize(ov.Core().read_model(fp32_xml), nncf.Dataset(batches),
+            quantized = nncf.quantize(core().read_model(fp32_xml), nncf.Dataset(batches),
                                       subset_size=len(batches))
         tmp = out_dir / f".int8-{key}-{os.getpid()}.xml"
         ov.save_model(quantized, tmp, compress_to_fp16=False)
