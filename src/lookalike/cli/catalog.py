@@ -160,7 +160,7 @@ def cmd_demo(args: argparse.Namespace, out: Console) -> int:
 
 def add_parsers(sub, parents: Parents) -> None:
     """Add the catalog commands to the ``lookalike`` parser."""
-    common, run, catalog_arg = parents.common, parents.run, parents.catalog
+    common, run, catalog_arg = parents.common, parents.embed, parents.catalog
     from ..models.registry import DEFAULT_MODEL
 
     p = sub.add_parser("index", parents=[common, run, catalog_arg], help="embed a folder or manifest",

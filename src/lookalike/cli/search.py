@@ -33,7 +33,7 @@ def cmd_similar(args: argparse.Namespace, out: Console) -> int:
 
 def add_parsers(sub, parents: Parents) -> None:
     """Add ``search`` and ``similar`` to the ``lookalike`` parser."""
-    common, run, catalog_arg, query = parents.common, parents.run, parents.catalog, parents.query
+    common, run, catalog_arg, query = parents.common, parents.embed, parents.catalog, parents.query
     p = sub.add_parser("search", parents=[common, run, catalog_arg, query], help="items most like a photo",
                        description="The k catalog items most like a photo.")
     p.add_argument("image", help="the query photo")
