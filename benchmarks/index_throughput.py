@@ -23,6 +23,14 @@ What it measures, all in one run on the same machine:
   recall@10 of the automatic precision's neighbour lists against fp32's (exact inner-product kNN over all
   distinct photos, each without itself). bf16 may only be the automatic default while this is >= 0.98.
 
+* **Runtimes side by side** (``--runtimes``, on by default on a CPU): the seed loop, PyTorch bf16, OpenVINO
+  bf16 and OpenVINO int8 (calibrated on the catalog's photos, gate and all), each indexing the same photos
+  end to end into its own catalog, in interleaved rounds (``--rounds``, default 2) so a busy shared machine
+  slows each about equally; each runtime's rate is its best round. One-time costs are timed apart and not
+  billed to the rate: converting the model to OpenVINO (cached afterwards) and int8's calibration and gate
+  (once per catalog). Recall@10 of every runtime's neighbour lists against PyTorch fp32 vectors of the same
+  photos is reported beside its rate.
+
 Fairness: every photo is read once before any timing, so no run pays disk reads the others do not. One
 untimed ``add`` of a few photos into a throwaway catalog pays the process's one-time start-up costs (lazy
 initialisation in PyTorch, oneDNN, FAISS, SQLite), so they are not billed to whichever timed run comes
@@ -35,6 +43,7 @@ Run it from the repository root (the package installed, e.g. ``pip install -e .[
     python benchmarks/index_throughput.py --limit 40 --baseline-limit 20   # a quick smoke run
     python benchmarks/index_throughput.py --repeat 5000 --device cuda     # GPU: 5,000 files
     python benchmarks/index_throughput.py --repeat 5000 --device cuda --baseline-limit 500  # faster baseline
+    python benchmarks/index_throughput.py --runtimes '' --precision bf16   # the single-runtime run only
 
 ``--repeat N`` hard-links (or copies) the photos under distinct names (``r0_<name>``, ``r1_<name>``, ...)
 into a temporary folder until there are N files. Copies of one photo have equal content, so ``similar``
@@ -53,7 +62,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +84,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BASELINE_SIZE = (224, 224)
 TARGET_INDEX_RATIO = 3.0
+RUNTIME_RUNS = {"torch-bf16": ("torch", "bf16"), "torch-fp32": ("torch", "fp32"),
+                "openvino-fp32": ("openvino", "fp32"), "openvino-bf16": ("openvino", "bf16"),
+                "openvino-int8": ("openvino", "int8")}
+DEFAULT_RUNTIMES = ("torch-bf16", "openvino-bf16", "openvino-int8")
+RUNTIME_TARGETS = {"openvino-bf16": 3.5, "openvino-int8": 5.0}  # x the seed loop, on the 2-core machine
 TARGET_QUERY_RATIO = 5.0
 MIN_RECALL = 0.98
 
@@ -143,6 +157,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="skip the slow one-at-a-time baseline indexing (its query timing still runs)")
     parser.add_argument("--baseline-limit", type=int, default=None, metavar="N",
                         help="time the baseline indexing on the first N photos only (default: all)")
+    parser.add_argument("--runtimes", default=None, metavar="LIST",
+                        help="compare these runtimes side by side with the seed loop instead of the single run: "
+                             f"comma-separated from {', '.join(RUNTIME_RUNS)} (default on a CPU: "
+                             f"{','.join(DEFAULT_RUNTIMES)}; '' for the single run)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --runtimes (default 2)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures here")
     args = parser.parse_args(argv)
     for name in ("repeat", "limit", "baseline_limit", "batch_size", "workers"):
@@ -425,6 +444,101 @@ def query_timings(ours: Catalog, baseline_matrix: np.ndarray | None) -> tuple[fl
     return query_s, baseline_s, len(ids)
 
 
+# -- runtimes side by side ---------------------------------------------------------------------------
+
+
+@dataclass
+class RuntimeRun:
+    """Every timed round of one runtime and precision, its one-time costs and its recall against fp32."""
+
+    name: str
+    runtime: str
+    precision: str
+    rates: list[float]
+    images: int = 0
+    one_time_s: float = 0.0  # conversion (if not cached) + int8 calibration and gate, before the clock
+    gate: str = ""
+    recall_vs_fp32: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return max(self.rates) if self.rates else 0.0
+
+
+def _vectors_by_content(catalog: Catalog) -> dict[str, np.ndarray]:
+    """Stored vector per distinct file content (sha256), so catalogs built apart line up row for row."""
+    keys, matrix = catalog.store.vectors(catalog.config.embedder.dim)
+    row_of = {int(key): row for row, key in enumerate(keys.tolist())}
+    return {sha: matrix[row_of[key]] for key, _id, _path, sha in catalog.store.ok_items() if sha is not None}
+
+
+def compare_runtimes(names: list[str], indexed: Path, files: list[Path], options: EncodeOptions, rounds: int,
+                     baseline_limit: int | None, skip_baseline: bool, workdir: Path) -> dict:
+    """Index the same photos with the seed loop and each runtime in interleaved rounds; see the docstring."""
+    from lookalike.engines.openvino_runtime import converted
+
+    runs = [RuntimeRun(name, *RUNTIME_RUNS[name], rates=[]) for name in names]
+    catalogs: dict[str, Catalog] = {}
+    for run in runs:  # one-time work, outside the clock: conversion, int8 calibration and gate
+        catalog = catalogs[run.name] = Catalog.create(workdir / f"{run.name}.lk", model=MODEL, weights=WEIGHTS)
+        opts = replace(options, runtime=run.runtime, precision=run.precision)
+        started = time.perf_counter()
+        if run.runtime == "openvino":
+            converted(catalog.embedder)
+        if run.precision == "int8":
+            run.gate = catalog.calibrate_int8(opts, files) or ""
+            say(f"{run.name:14} {run.gate}")
+        encoder = catalog.encoder(opts)
+        if encoder.runtime == "openvino":
+            encoder.model.throughput()  # compiled before the clock, as PyTorch's model is placed before it
+        run.one_time_s = time.perf_counter() - started
+        say(f"{run.name:14} one-time preparation {run.one_time_s:.1f} s (conversion if not cached, calibration)")
+    baseline_rates: list[float] = []
+    subset = files[:baseline_limit] if baseline_limit else files
+    for r in range(rounds):
+        if not skip_baseline:
+            base, _ = index_baseline(subset, torch.device("cpu"))
+            baseline_rates.append(base.rate)
+            say(f"round {r + 1}  {'seed loop':14} {base.images} images in {base.seconds:.2f} s = {base.rate:.1f} img/s "
+                f"(load {os.getloadavg()[0]:.1f})")
+        for run in runs:
+            catalog = catalogs[run.name]
+            if len(catalog):
+                catalog.remove(catalog.ids())  # the next add embeds every photo again, with the same model
+            opts = replace(options, runtime=run.runtime, precision=run.precision)
+            started = time.perf_counter()
+            report = catalog.add(indexed, options=opts)
+            seconds = time.perf_counter() - started
+            run.images = report.indexed
+            run.rates.append(report.indexed / seconds)
+            say(f"round {r + 1}  {run.name:14} {report.indexed} images in {seconds:.2f} s = {run.rates[-1]:.1f} "
+                f"img/s ({report.runtime}, load {os.getloadavg()[0]:.1f})")
+    with Catalog.create(workdir / "fp32-reference.lk", model=MODEL, weights=WEIGHTS) as reference:
+        reference.add(indexed, options=replace(options, runtime="torch", precision="fp32"))
+        truth = _vectors_by_content(reference)
+    for run in runs:
+        found = _vectors_by_content(catalogs[run.name])
+        shas = [sha for sha in truth if sha in found]
+        run.recall_vs_fp32 = recall_at_k(neighbours(np.stack([found[s] for s in shas]), K),
+                                         neighbours(np.stack([truth[s] for s in shas]), K))
+        catalogs[run.name].close()
+    baseline_rate = max(baseline_rates) if baseline_rates else None
+    say("")
+    say(f"{'runtime':14} {'img/s (best)':>12} {'rounds':>18} {'x seed loop':>11} {'recall@10 vs fp32':>17}")
+    if baseline_rate:
+        say(f"{'seed loop':14} {baseline_rate:12.1f} {', '.join(f'{x:.1f}' for x in baseline_rates):>18} "
+            f"{1.0:11.2f} {'-':>17}")
+    for run in runs:
+        ratio = _ratio(run.rate, baseline_rate)
+        target = RUNTIME_TARGETS.get(run.name)
+        verdict = f" (target >= {target:g}x {_verdict(ratio, target)})" if target and ratio else ""
+        say(f"{run.name:14} {run.rate:12.1f} {', '.join(f'{x:.1f}' for x in run.rates):>18} "
+            f"{(ratio or 0):11.2f} {run.recall_vs_fp32:17.3f}{verdict}")
+    return {"seed_loop": {"rates": baseline_rates, "images": len(subset)},
+            "runtimes": [{**asdict(run), "best": run.rate, "x_seed_loop": _ratio(run.rate, baseline_rate)}
+                         for run in runs]}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -445,6 +559,16 @@ def main(argv: list[str] | None = None) -> int:
         say(f"data       {indexed}: {len(files)} files, made from {len(photos)} photos of {folder}")
         say(f"model      {MODEL}, random weights (timing only)")
         warm_up_process(indexed, files, options, workdir)
+        names = _runtime_names(args, options)
+        if names:
+            say(f"runtimes   {', '.join(names)} and the seed loop, {args.rounds} interleaved rounds; "
+                f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} (a shared machine slows every run)")
+            figures["runtimes"] = compare_runtimes(names, indexed, files, options, args.rounds, args.baseline_limit,
+                                                   args.skip_baseline, workdir)
+            if args.json is not None:
+                args.json.write_text(json.dumps(figures, indent=2) + "\n")
+                say(f"figures written to {args.json}")
+            return 0
 
         ours, run = new_catalog(workdir / "bench.lk", options, len(files))
         with ours:
@@ -481,6 +605,18 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
         say(f"figures written to {args.json}")
     return 0
+
+
+def _runtime_names(args: argparse.Namespace, options: EncodeOptions) -> list[str]:
+    if args.runtimes is None:
+        from lookalike.engines.torch_runtime import resolve_device
+
+        return list(DEFAULT_RUNTIMES) if resolve_device(options.device).type == "cpu" else []
+    names = [n.strip() for n in args.runtimes.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RUNTIME_RUNS]
+    if unknown:
+        raise SystemExit(f"--runtimes: unknown {', '.join(unknown)}; choose from {', '.join(RUNTIME_RUNS)}")
+    return names
 
 
 def cli() -> int:

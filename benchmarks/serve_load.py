@@ -8,8 +8,10 @@ What it does:
 * **Raw rate**, in this process, no HTTP: for the same query photos, the file bytes are decoded, embedded and
   searched exactly as the server does it (``Encoder.prepare`` per image, one model call per batch, FAISS
   search, k=10), in batches as large as each concurrency level (1, 4, 16 photos decoded in as many threads,
-  then one model call): the most the server's micro-batching could reach with that many clients. The
-  catalog and model are then closed, so the server has the machine to itself.
+  then one model call): the most the server's micro-batching could reach with that many clients. Measured
+  for each runtime of ``--raw-runtimes`` (PyTorch and OpenVINO by default; the catalog's own int8 model
+  when it has one that passed its gate). The catalog and model are then closed, so the server has the
+  machine to itself; the server runs ``--runtime`` and is compared with that runtime's raw rate.
 * **Server**: ``lookalike serve`` in a subprocess on a free loopback port. Clients are threads of this
   process with one keep-alive connection each (``http.client``), each sending requests back to back until
   ``--seconds`` have passed or ``--requests`` were sent. ``/api/items/{id}/similar?k=10`` for random catalog
@@ -27,6 +29,7 @@ Run it from the repository root::
 
     python benchmarks/serve_load.py                       # 10 s per level
     python benchmarks/serve_load.py --seconds 3 --limit 60   # a quick smoke run
+    python benchmarks/serve_load.py --endpoints '' --clients 1,4,16   # raw rates per runtime only
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=5000, help="at most this many per endpoint and level")
     ap.add_argument("--endpoints", default="similar,search", help="which endpoints to drive")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--runtime", default="auto", help="the server's --runtime (auto, torch, openvino)")
+    ap.add_argument("--raw-runtimes", default="torch,openvino",
+                    help="runtimes whose raw decode+embed+search rate is measured side by side (one batch model "
+                         "call per level, as the server's batcher does); '' for the server's own only")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -74,21 +81,28 @@ def main() -> int:
     catalog_path = args.catalog or ROOT / ".bench" / f"serve-{args.model.replace(':', '_')}.lk"
     build_catalog(catalog_path, args)
     ids, queries = load_queries(catalog_path, args.photos)
-    raw = raw_rates(catalog_path, queries, args.device, levels)
+    by_runtime = {}
+    for runtime in [r for r in args.raw_runtimes.split(",") if r] or [args.runtime]:
+        by_runtime[runtime] = raw_rates(catalog_path, queries, args.device, levels, runtime)
+        print(f"raw {runtime}: " + ", ".join(f"{rate:.1f} img/s in batches of {size}"
+                                              for size, rate in by_runtime[runtime].items()), flush=True)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "lookalike.cli", "serve", "--catalog", str(catalog_path), "--port", str(port),
-         "--device", args.device, "-q"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "--device", args.device, "--runtime", args.runtime, "-q"], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
     try:
         health = wait_for(port, server)
         results = []
-        for endpoint in args.endpoints.split(","):
+        for endpoint in [e for e in args.endpoints.split(",") if e]:
             for clients in levels:
                 results.append(drive(port, endpoint, clients, ids, queries, args.seconds, args.requests))
     finally:
         server.terminate()
         server.wait(timeout=30)
-    report(results, raw, health, args)
+    raw = by_runtime.get(health.get("runtime")) or raw_rates(catalog_path, queries, args.device, levels,
+                                                             health.get("runtime", args.runtime))
+    report(results, raw, health, args, by_runtime)
     return 0
 
 
@@ -123,13 +137,13 @@ def load_queries(catalog_path: Path, photos: Path) -> tuple[list[str], list[tupl
 
 
 def raw_rates(catalog_path: Path, queries: list[tuple[str, bytes]], device: str,
-              batches: list[int]) -> dict[int, float]:
+              batches: list[int], runtime: str = "auto") -> dict[int, float]:
     """Images/s of decode + embed + search without HTTP, for each batch size: the photos of a batch are
     decoded in as many threads, embedded in one model call, and searched one by one (k=10)."""
     from lookalike import Catalog, EncodeOptions
 
     with Catalog.open(catalog_path) as catalog:
-        encoder = catalog.encoder(EncodeOptions(device=device, workers=0, progress=False))
+        encoder = catalog.encoder(EncodeOptions(device=device, runtime=runtime, workers=0, progress=False))
         data = [q[1] for q in queries]
         rates = {}
         for size in batches:
@@ -240,7 +254,8 @@ def drive(port: int, endpoint: str, clients: int, ids: list[str], queries: list[
 # -- report ---------------------------------------------------------------------------------------------
 
 
-def report(results: list[dict], raw: dict[str, float], health: dict, args) -> None:
+def report(results: list[dict], raw: dict[str, float], health: dict, args,
+           by_runtime: dict[str, dict[int, float]] | None = None) -> None:
     for r in results:
         if r["endpoint"] == "search":
             base = raw[r["clients"]]
@@ -254,12 +269,15 @@ def report(results: list[dict], raw: dict[str, float], health: dict, args) -> No
         "no_errors": all(r["errors"] == 0 for r in results),
     }
     if args.json:
-        print(json.dumps({"server": health, "raw_rps": raw, "results": results, "targets": verdict}, indent=2))
+        print(json.dumps({"server": health, "raw_rps": raw, "raw_rps_by_runtime": by_runtime or {},
+                          "results": results, "targets": verdict}, indent=2))
         return
-    print(f"server: {health['items']} items, {health['model']}, {health['device']} {health['precision']}; "
+    print(f"server: {health['items']} items, {health['model']}, {health.get('runtime', '')} {health['precision']} "
+          f"on {health['device']}; "
           f"{os.cpu_count()} CPU cores shared with the load generator")
-    print("raw decode+embed+search, no HTTP: " + ", ".join(
-        f"{rate:.1f} img/s in batches of {size}" for size, rate in raw.items()))
+    for runtime, rates in (by_runtime or {"server's": raw}).items():
+        print(f"raw decode+embed+search, no HTTP, {runtime}: " + ", ".join(
+            f"{rate:.1f} img/s in batches of {size}" for size, rate in rates.items()))
     print(f"{'endpoint':10} {'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
           f" {'vs raw':>7}")
     for r in results:

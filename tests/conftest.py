@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -16,6 +17,9 @@ SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "f
 
 # Tests never reach the network: a hub lookup that is not cached must fail fast.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Models converted to OpenVINO (the CPU default on x86) are cached for the tests apart from the user's own.
+os.environ.setdefault("LOOKALIKE_OPENVINO_CACHE",
+                      str(Path(tempfile.gettempdir()) / f"lookalike-tests-openvino-{os.getuid()}"))
 
 
 def make_image(path: Path, color=(200, 30, 30), size=(96, 128), shape: str = "rect", fmt: str | None = None,

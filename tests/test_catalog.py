@@ -196,14 +196,14 @@ def test_cpu_workers_that_embed_give_the_inline_vectors_and_report_bad_files(tmp
     from lookalike.engines.embed import plan_workers
 
     (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    options = EncodeOptions(workers=2, batch_size=3, progress=False, precision="bf16", device="cpu")
+    options = EncodeOptions(workers=2, batch_size=3, progress=False, precision="bf16", device="cpu", runtime="torch")
     with Catalog.create(tmp_path / "w.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
         plan = plan_workers(cat.encoder(options), 13)
         assert plan.embed_in_workers and plan.workers == 2
         report = cat.add(photo_dir, options=options)
         assert (report.indexed, report.failed) == (12, 1)
         assert cat.status().failures[0][0] == "broken"
-        inline = cat.encoder(EncodeOptions(workers=0, precision="bf16", device="cpu"))
+        inline = cat.encoder(EncodeOptions(workers=0, precision="bf16", device="cpu", runtime="torch"))
         names = sorted(p.stem for p in photo_dir.glob("*.jpg") if p.stem != "broken")  # top level: id = stem
         expected = inline.encode([photo_dir / f"{n}.jpg" for n in names])
         got = np.stack([cat.vector(n) for n in names])
@@ -281,7 +281,7 @@ def test_a_killed_embedding_worker_is_one_clear_error_and_keeps_the_catalog(tmp_
         return real(self, b)
 
     monkeypatch.setattr(embed_module.EmbeddedBatches, "__getitem__", dies_on_the_third_batch)
-    options = EncodeOptions(workers=2, batch_size=2, progress=False, precision="bf16", device="cpu")
+    options = EncodeOptions(workers=2, batch_size=2, progress=False, precision="bf16", device="cpu", runtime="torch")
     with Catalog.create(tmp_path / "k.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
         stopped = r"worker process stopped .*(exited unexpectedly|killed by signal).*--workers \(now 2\)"
         with pytest.raises(LookalikeError, match=stopped):
@@ -300,7 +300,7 @@ def test_an_error_inside_an_embedding_worker_stays_itself(tmp_path, photo_dir, t
         raise RuntimeError("model exploded")
 
     monkeypatch.setattr(embed_module.EmbeddedBatches, "__getitem__", breaks)
-    options = EncodeOptions(workers=2, batch_size=2, progress=False, precision="bf16", device="cpu")
+    options = EncodeOptions(workers=2, batch_size=2, progress=False, precision="bf16", device="cpu", runtime="torch")
     with Catalog.create(tmp_path / "e.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
         with pytest.raises(RuntimeError, match="model exploded"):
             cat.add(photo_dir, options=options)

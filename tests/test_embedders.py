@@ -219,15 +219,22 @@ def test_gpu_vectors_agree_with_cpu_vectors(tiny_embedder, tmp_path):
     assert cos.min() > 0.99
 
 
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
 @pytest.mark.parametrize("model", [TINY_MODEL, "timm:test_vit.r160_in1k", "timm:mobilenetv3_small_100"])
-def test_bf16_vectors_stay_close_to_fp32_whatever_the_architecture(model, tmp_path):
-    """CNNs get BatchNorm folded and one cast to bf16; models with other norms keep autocast."""
+def test_bf16_vectors_stay_close_to_fp32_whatever_the_architecture(model, runtime, tmp_path):
+    """PyTorch: CNNs get BatchNorm folded and one cast to bf16; models with other norms keep autocast.
+    OpenVINO: every architecture converts, and its bf16 hint stays as close."""
     from lookalike.core.config import EncodeOptions
     from lookalike.engines.embed import Encoder
 
     paths = [make_image(tmp_path / f"{i}.jpg", color=(40 * i, 120, 220 - 30 * i), shape="ellipse") for i in range(4)]
-    fp32 = Encoder(create_embedder(model, weights="random"), EncodeOptions(device="cpu", precision="fp32"))
-    bf16 = Encoder(create_embedder(model, weights="random"), EncodeOptions(device="cpu", precision="bf16"))
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    fp32 = Encoder(create_embedder(model, weights="random"), EncodeOptions(device="cpu", precision="fp32",
+                                                                           runtime="torch"))
+    bf16 = Encoder(create_embedder(model, weights="random"), EncodeOptions(device="cpu", precision="bf16",
+                                                                           runtime=runtime))
+    assert bf16.runtime == runtime
     a, b = fp32.encode(paths), bf16.encode(paths)
     assert a.shape == b.shape == (4, fp32.embedder.dim)
     assert (a * b).sum(axis=1).min() > 0.99

@@ -14,7 +14,9 @@ lone client never waits: its previous batch held one request.
 
 The model lives on this one thread, from creation to every call: PyTorch's OpenMP runtime slows down by
 about half on a small machine as soon as a second long-lived thread has run parallel work (its idle
-workers stop spinning and must be woken for each of the ~100 parallel regions of a forward pass).
+workers stop spinning and must be woken for each of the ~100 parallel regions of a forward pass). On
+OpenVINO (``--runtime``, ``LOOKALIKE_RUNTIME``) the same thread compiles the model and makes every call, to
+its latency-compiled copy (one stream over every core), so one batch runs at a time there too.
 """
 
 from __future__ import annotations

@@ -74,8 +74,8 @@ def health(svc: Service) -> Health:
     encoder = svc.encoder
     return Health(status="ok", version=__version__, items=svc.size(),
                           model=svc.catalog.config.embedder.describe(), device=str(encoder.device),
-                          precision=encoder.precision, writable=svc.settings.admin_token is not None,
-                          text=svc.catalog.config.embedder.text)
+                          runtime=encoder.runtime, precision=encoder.precision,
+                          writable=svc.settings.admin_token is not None, text=svc.catalog.config.embedder.text)
 
 
 TEXT_HELP = ("words to look for (a catalog whose model has a text tower); with a photo: this photo, but with "

@@ -56,6 +56,7 @@ class Health(BaseModel):
     items: int
     model: str
     device: str
+    runtime: str = Field(description="what runs the model: torch, openvino, or numpy for model-free embedders")
     precision: str
     writable: bool = Field(description="whether POST/DELETE /api/items are enabled (an admin token is set)")
     text: bool = Field(False, description="whether the model understands words (search and similar take `text`)")

@@ -49,8 +49,8 @@ class CatalogService:
                                                   initializer=faiss.omp_set_num_threads, initargs=(1,))
         try:
             self.catalog = self._call(Catalog.open, settings.catalog)
-            options = EncodeOptions(device=settings.device, max_pixels=settings.max_pixels, progress=False,
-                                    workers=0)
+            options = EncodeOptions(device=settings.device, runtime=settings.runtime, precision=settings.precision,
+                                    max_pixels=settings.max_pixels, progress=False, workers=0)
             self.batcher = EmbedBatcher(lambda: self.catalog.encoder(options), max_batch=settings.max_batch)
         except BaseException:
             self._catalog_thread.shutdown()

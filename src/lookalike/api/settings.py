@@ -24,6 +24,10 @@ class ServeSettings(BaseSettings):
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0, description="largest accepted image (w x h)")
     max_k: int = Field(default=100, gt=0, description="most results one request may ask for")
     device: str = Field(default="auto", description="auto | cpu | cuda | mps")
+    runtime: str = Field(default="auto", description="auto | torch | openvino: what runs the model for uploads "
+                         "(auto: OpenVINO on x86 CPUs with native bf16)")
+    precision: str = Field(default="auto", description="auto | fp32 | bf16 | fp16 | int8 (auto: int8 when the "
+                           "catalog's own int8 model passed its gate)")
     max_batch: int = Field(default=16, gt=0, description="uploads embedded together in one model call")
     thumbnail_cache: Path | None = Field(default=None, description="default: <catalog>/thumbnails, or for a "
                                          "database catalog thumbnails/ in this process's cache folder")

@@ -5,9 +5,10 @@ A catalog is a folder (SQLite) or a ``postgresql://`` URL. Layout of a folder ``
     catalog.json     the embedder that made the vectors (a catalog never mixes models)
     catalog.sqlite   items, labels, failures and vectors; the source of truth
     index/           the FAISS index, derived and rebuilt when stale
+    openvino/        int8 models quantised on this catalog's photos (OpenVINO runtime), named by their key
 
 A database catalog holds the same in its schema (the config in ``meta``, uploaded images in ``uploads``); each
-process keeps ``index/`` and ``analysis/`` in a cache folder of its own (``location.py``).
+process keeps ``index/``, ``analysis/`` and ``openvino/`` in a cache folder of its own (``location.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ..core.errors import CatalogError, ItemExistsError, QueryError, StoreUnavai
 from ..core.images import IMAGE_EXTENSIONS, ImageInput, content_hash, decode
 from ..core.sources import SourceItem, read_source
 from ..engines.embed import Encoder, FileTask, encode_files
+from ..engines.openvino_runtime import AUTO_MIN_PHOTOS, MIN_PHOTOS, Int8Model, draw_sample
 from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
 from ..models.base import RANDOM_WEIGHTS, Embedder
 from ..models.modelfile import canonical_name
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "catalog.json"
 DB_FILE = "catalog.sqlite"
 INDEX_DIR = "index"
+OPENVINO_DIR = "openvino"  # int8 models calibrated on this catalog's own photos
 UPLOADS_DIR = "uploads"  # images added one by one (REST API); named by content, so no id can steer a path
 MAX_ID_LENGTH = 200
 
@@ -68,6 +71,8 @@ class IndexReport:
     pruned: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    runtime: str = ""  # what embedded them: e.g. "openvino int8 on cpu" (empty when nothing was embedded)
+    notes: list[str] = field(default_factory=list)  # one line each, e.g. the int8 gate's verdict
 
     @property
     def images_per_second(self) -> float:
@@ -79,7 +84,8 @@ class IndexReport:
             parts.append(f"failed earlier, unchanged {self.failed_before}")
         if self.pruned:
             parts.append(f"pruned {self.pruned}")
-        rate = f" ({self.images_per_second:.1f} images/s)" if self.indexed else ""
+        rate = f" ({self.images_per_second:.1f} images/s{', ' + self.runtime if self.runtime else ''})" \
+            if self.indexed else ""
         return ", ".join(parts) + f" in {self.seconds:.1f} s{rate}"
 
 
@@ -107,12 +113,13 @@ class CatalogStatus:
     index: str
     failures: list[tuple[str, str, str]]
     index_detail: dict = field(default_factory=dict)
+    runtime: dict = field(default_factory=dict)  # the last indexing run's runtime and precision, the int8 gate
 
     def to_dict(self) -> dict:
         return {
             "path": self.path, "model": self.embedder.describe(), "embedder": self.embedder.__dict__,
             "items": self.items, "failed": self.failed, "labels": self.labels, "index": self.index,
-            "index_detail": self.index_detail,
+            "index_detail": self.index_detail, "runtime": self.runtime,
             "failures": [{"id": i, "path": p, "reason": r} for i, p, r in self.failures],
         }
 
@@ -384,9 +391,76 @@ class Catalog:
         return self._embedder
 
     def encoder(self, options: EncodeOptions | None = None) -> Encoder:
+        """The catalog's model on the chosen runtime; on OpenVINO with its own int8 model, when it has one."""
         if self._encoder is None or (options is not None and options != self._encoder.options):
-            self._encoder = Encoder(self.embedder, options)
+            self._encoder = Encoder(self.embedder, options, int8=self.int8_model())
         return self._encoder
+
+    def int8_model(self) -> Int8Model | None:
+        """The int8 model quantised on this catalog's photos and its gate figure (None: none made yet)."""
+        record = self.config.extra.get("int8")
+        if not record:
+            return None
+        path = self.folder / record["model"]
+        if not (path.is_file() and path.with_suffix(".bin").is_file()):
+            return None
+        return Int8Model(path=path, recall=float(record["recall"]), k=int(record["k"]), held=int(record["held"]),
+                         calibration=int(record["calibration"]), overlap=bool(record["overlap"]),
+                         threshold=float(record["threshold"]))
+
+    def _record(self, **extra) -> None:
+        """Update the config's extra record (``catalog.json``, atomically; a database catalog's ``meta``)."""
+        self.config = dataclasses.replace(self.config, extra={**self.config.extra, **extra})
+        if self.uploads_in_store:  # a database catalog: its config lives in the store
+            self.store.set_meta("config", self.config.to_json())
+        else:
+            self.config.save(self.path / CONFIG_FILE)
+
+    def calibrate_int8(self, options: EncodeOptions | None = None, new: list[Path] | None = None) -> str | None:
+        """Make the catalog's int8 model once, when OpenVINO runs the model and the precision is ``auto`` or
+        ``int8``: NNCF calibrates it on a seeded sample of the catalog's photos (those stored and ``new``)
+        and a gate compares its neighbour lists with fp32 on held photos. ``auto`` then uses int8 only if the
+        gate passed, and calibrates only once the catalog has ``AUTO_MIN_PHOTOS`` photos.
+
+        Returns one line for the user (the gate's verdict), or None when nothing was to be done.
+
+        Raises:
+            LookalikeError: ``int8`` asked for where it cannot run, or with too few photos.
+        """
+        options = options or EncodeOptions()
+        if options.precision not in ("auto", "int8") or self.int8_model() is not None:
+            return None
+        if not getattr(self.embedder, "needs_torch", True):
+            if options.precision == "int8":
+                raise CatalogError(f"{self.config.embedder.name} has no network to quantise; drop --precision int8")
+            return None
+        probe = Encoder(self.embedder, dataclasses.replace(options, precision="auto"))
+        if probe.runtime != "openvino":
+            if options.precision == "int8":
+                Encoder(self.embedder, options)  # raises the one-line reason
+            return None
+        paths = {Path(path) for _, _, path, _ in self.store.ok_items()} | set(new or [])
+        fallback = probe.precision
+        if len(paths) < (MIN_PHOTOS if options.precision == "int8" else AUTO_MIN_PHOTOS):
+            if options.precision == "int8":
+                raise CatalogError(f"--precision int8 needs at least {MIN_PHOTOS} photos to calibrate and check it; "
+                                   f"{self.name} has {len(paths)}; use --precision bf16")
+            return None  # too few to judge int8 by; tried again once the catalog has grown
+        from ..engines import openvino_runtime as ovr
+
+        started = time.perf_counter()
+        int8 = ovr.quantize_int8(self.embedder, ovr.converted(self.embedder), draw_sample(sorted(paths)),
+                                 self.folder / OPENVINO_DIR, draft=probe.draft_size, max_pixels=options.max_pixels,
+                                 max_bytes=options.max_bytes, threshold=ovr.GATE_RECALL)
+        self._record(int8={"model": int8.path.relative_to(self.folder).as_posix(), "recall": round(int8.recall, 4),
+                           "k": int8.k, "held": int8.held, "calibration": int8.calibration, "overlap": int8.overlap,
+                           "threshold": int8.threshold, "seconds": round(time.perf_counter() - started, 1)})
+        self._encoder = None
+        if options.precision == "int8":
+            return f"int8 forced: {int8.describe()}"
+        if int8.passed:
+            return f"int8 chosen: {int8.describe()}"
+        return f"int8 not used, {fallback} instead: {int8.describe()}"
 
     # -- indexing ----------------------------------------------------------------------------------
 
@@ -437,6 +511,10 @@ class Catalog:
         if relabel:
             self.store.set_labels(relabel)
         if todo:
+            note = self.calibrate_int8(options, [item.path for item, _, _, _ in todo])
+            if note:
+                report.notes.append(note)
+                log.info(note)
             self._embed(todo, options, report, touch, on_batch)
         if touch:
             self.store.touch(touch)
@@ -451,6 +529,13 @@ class Catalog:
     def _embed(self, todo, options: EncodeOptions, report: IndexReport, touch: list,
                on_batch: Callable[[int], None] | None) -> None:
         encoder = self.encoder(options)
+        report.runtime = encoder.describe()
+        last = self.config.extra.get("runtime", {})
+        used = sorted({*last.get("used", []), f"{encoder.runtime} {encoder.precision}"})
+        record = {"runtime": encoder.runtime, "precision": encoder.precision, "device": str(encoder.device),
+                  "used": used}
+        if record != last:  # what wrote the vectors: the last run, and every runtime and precision so far
+            self._record(runtime=record)
         by_ref = {task.ref: (item, size, mtime) for item, task, size, mtime in todo}
         show = options.progress and sys.stderr.isatty()
         with tqdm(total=len(todo), unit="img", desc="indexing", disable=not show, dynamic_ncols=True) as bar:
@@ -1051,6 +1136,7 @@ class Catalog:
             path=self.name, embedder=self.config.embedder, items=counts["ok"], failed=counts["failed"],
             labels=self.store.label_names(), index=index.describe(),
             failures=self.store.failures(failures), index_detail=self._index_detail(index),
+            runtime={key: self.config.extra[key] for key in ("runtime", "int8") if key in self.config.extra},
         )
 
     def _index_detail(self, index: VectorIndex) -> dict:

@@ -307,7 +307,7 @@ def cmd_tag(args: argparse.Namespace, out: Console) -> int:
 
 def add_parsers(sub, parents: Parents) -> None:
     """Add the analysis commands to the ``lookalike`` parser."""
-    common, run, catalog_arg = parents.common, parents.run, parents.catalog
+    common, run, catalog_arg = parents.common, parents.embed, parents.catalog
     from ..analysis.duplicates import DEFAULT_NEIGHBOURS
     from ..analysis.neighbours import DEFAULT_BLOCK, DEFAULT_THREADS
     from ..catalog.dedupe import DEFAULT_THRESHOLD

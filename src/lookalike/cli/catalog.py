@@ -38,6 +38,8 @@ def cmd_index(args: argparse.Namespace, out: Console) -> int:
         else:
             for warning in report.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
+            for note in report.notes:
+                print(note)
             print(f"{catalog.name}: {report.summary()}; {len(catalog)} items searchable")
             if report.failed:
                 print(f"  {report.failed} files skipped; `lookalike status --catalog {catalog.name}` lists why")
@@ -91,6 +93,8 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
     if detail:
         on_disk = f"; {detail['disk_bytes_per_item']:,.0f} bytes/item on disk" if status.items else ""
         out.print(f"         chosen: {detail['reason']}{on_disk}")
+    for line in runtime_lines(status.runtime):
+        out.print(line, highlight=False)
     out.print(f"labels   {', '.join(status.labels) or '(none)'}")
     if status.failures:
         table = Table(title="failed files (retried when the file changes)", title_justify="left")
@@ -113,6 +117,22 @@ def cmd_copy(args: argparse.Namespace, out: Console) -> int:
     else:
         print(f"{report.destination}: {report.summary()}; index {report.index}")
     return 0
+
+
+def runtime_lines(runtime: dict) -> list[str]:
+    """What embedded the catalog's vectors and the int8 gate's figure, for ``status``."""
+    lines = []
+    last = runtime.get("runtime")
+    if last:
+        mixed = f" (vectors so far from {', '.join(last['used'])})" if len(last.get("used", [])) > 1 else ""
+        lines.append(f"runtime  {last['runtime']} {last['precision']} on {last['device']} (last index run){mixed}")
+    gate = runtime.get("int8")
+    if gate:
+        where = f"{gate['held']} {'calibration' if gate['overlap'] else 'held'} photos"
+        verdict = "passed" if gate["recall"] >= gate["threshold"] else "failed"
+        lines.append(f"int8     recall@{gate['k']} vs fp32 {gate['recall']:.3f} on {where}: {verdict} the "
+                     f"{gate['threshold']:.2f} gate (calibrated on {gate['calibration']} photos; {gate['model']})")
+    return lines
 
 
 def cmd_models(args: argparse.Namespace, out: Console) -> int:
@@ -171,7 +191,7 @@ def cmd_demo(args: argparse.Namespace, out: Console) -> int:
 
 def add_parsers(sub, parents: Parents) -> None:
     """Add the catalog commands to the ``lookalike`` parser."""
-    common, run, catalog_arg = parents.common, parents.run, parents.catalog
+    common, run, catalog_arg = parents.common, parents.embed, parents.catalog
     from ..models.registry import DEFAULT_MODEL
 
     p = sub.add_parser("index", parents=[common, run, catalog_arg], help="embed a folder or manifest",

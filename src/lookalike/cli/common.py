@@ -78,7 +78,8 @@ class Parents:
     """Option groups that several commands take (argparse parent parsers)."""
 
     common: argparse.ArgumentParser  # -q/--quiet, -v/--verbose
-    run: argparse.ArgumentParser  # device, precision, batch size, workers, pixel limit, draft
+    run: argparse.ArgumentParser  # device, precision, batch size, workers, pixel limit, draft (training too)
+    embed: argparse.ArgumentParser  # run's options for inference: runtime, and int8 among the precisions
     catalog: argparse.ArgumentParser  # --catalog
     query: argparse.ArgumentParser  # -k, --where, --json, --dedupe
 
@@ -88,18 +89,8 @@ def parent_parsers() -> Parents:
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar, errors only")
     common.add_argument("-v", "--verbose", action="store_true", help="log what is going on")
 
-    run = argparse.ArgumentParser(add_help=False)
-    run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    run.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                     help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32")
-    run.add_argument("--batch-size", type=positive_int, default=None,
-                     help="images per model call (default: 256 on CUDA, 8 on CPU, 64 for pixels/colorhist)")
-    run.add_argument("--workers", type=non_negative_int, default=None,
-                     help="worker processes that decode (on a CPU in bf16 they also embed, one model thread each); "
-                          "default: one per core; 0 decodes in the main process")
-    run.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                     help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
-    run.add_argument("--no-draft", action="store_true", help="decode JPEGs at full size (slower; for checks)")
+    run = _run_options(inference=False)
+    embed = _run_options(inference=True)
 
     catalog = argparse.ArgumentParser(add_help=False)
     from_env = os.environ.get(CATALOG_ENV) or None
@@ -115,7 +106,35 @@ def parent_parsers() -> Parents:
     query.add_argument("--dedupe", action="store_true", help="one item per near-duplicate group (the groups of "
                        "the last `lookalike duplicates` run, else copies of a better result are dropped)")
 
-    return Parents(common=common, run=run, catalog=catalog, query=query)
+    return Parents(common=common, run=run, embed=embed, catalog=catalog, query=query)
+
+
+def _run_options(inference: bool) -> argparse.ArgumentParser:
+    """Device, precision, batch size, workers, pixel limit, draft; for inference (index, search, demo,
+    evaluate) also the runtime and int8, which training has no use for."""
+    run = argparse.ArgumentParser(add_help=False)
+    run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    if inference:
+        run.add_argument("--runtime", default="auto", choices=["auto", "torch", "openvino"],
+                         help="what runs a network model: auto (OpenVINO on x86 CPUs with native bf16, where it "
+                              "was measured faster; PyTorch elsewhere), torch, openvino (CPU only)")
+        run.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                         help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32; on OpenVINO int8 when a "
+                              "model quantised on the catalog's photos passes its recall gate. int8 (OpenVINO) "
+                              "forces it and reports its recall; fp16 on GPUs")
+    else:
+        run.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                         help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32")
+    run.add_argument("--batch-size", type=positive_int, default=None,
+                     help="images per model call (default: 256 on CUDA, 8 on CPU, 64 for pixels/colorhist)")
+    run.add_argument("--workers", type=non_negative_int, default=None,
+                     help="workers that decode (PyTorch on a CPU in bf16: processes that also embed, one model "
+                          "thread each; OpenVINO: threads feeding one stream per core); default: one per core; 0 "
+                          "decodes in the main process")
+    run.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                     help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
+    run.add_argument("--no-draft", action="store_true", help="decode JPEGs at full size (slower; for checks)")
+    return run
 
 
 def shown_catalog(catalog: str) -> str:
@@ -127,7 +146,9 @@ def shown_catalog(catalog: str) -> str:
 
 def encode_options(args: argparse.Namespace) -> EncodeOptions:
     return EncodeOptions(
-        device=args.device, precision=args.precision, batch_size=args.batch_size, workers=args.workers,
+        device=args.device, precision=args.precision, runtime=getattr(args, "runtime", "auto"),
+        batch_size=args.batch_size,
+        workers=args.workers,
         max_pixels=args.max_pixels, draft=not args.no_draft, progress=not args.quiet,
     )
 

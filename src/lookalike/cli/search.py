@@ -69,7 +69,7 @@ def _query_parts(p: argparse.ArgumentParser, items: bool) -> None:
 
 def add_parsers(sub, parents: Parents) -> None:
     """Add ``search`` and ``similar`` to the ``lookalike`` parser."""
-    common, run, catalog_arg, query = parents.common, parents.run, parents.catalog, parents.query
+    common, run, catalog_arg, query = parents.common, parents.embed, parents.catalog, parents.query
     p = sub.add_parser("search", parents=[common, run, catalog_arg, query],
                        help="items most like a photo, words, items, or a mix",
                        description="The k catalog items most like a photo, words (--text), catalog items (--item), "

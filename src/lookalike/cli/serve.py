@@ -23,8 +23,9 @@ def cmd_serve(args: argparse.Namespace, out: Console) -> int:
     from ..core.errors import LookalikeError
 
     overrides: dict = {"catalog": args.catalog}
-    if args.device is not None:
-        overrides["device"] = args.device
+    for name in ("device", "runtime", "precision"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     if args.admin_token is not None:
         overrides["admin_token"] = args.admin_token
     if args.max_upload_mb is not None:
@@ -46,8 +47,8 @@ def cmd_serve(args: argparse.Namespace, out: Console) -> int:
     service = CatalogService(settings)
     app = create_app(settings, service=service)
     where = f"http://{args.host}:{args.port}/"
-    print(f"serving {service.catalog.name} ({service.size()} items, {service.encoder.device}, "
-          f"{service.encoder.precision}) at {where}  API docs: {where}docs"
+    print(f"serving {service.catalog.name} ({service.size()} items, {service.encoder.describe()}) at {where}  "
+          f"API docs: {where}docs"
           + ("" if settings.admin_token else "  (read-only: no --admin-token)"), flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
                 access_log=args.verbose)
@@ -70,4 +71,10 @@ def add_parsers(sub, parents: Parents) -> None:
     p.add_argument("--max-pixels", type=positive_int, default=None,
                    help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--runtime", default=None, choices=["auto", "torch", "openvino"],
+                   help="what runs the model for uploads: auto (default; OpenVINO on x86 CPUs with native bf16), "
+                        "torch, openvino; or LOOKALIKE_RUNTIME")
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                   help="auto (default: int8 when the catalog's int8 model passed its gate, else bf16 or fp32); "
+                        "or LOOKALIKE_PRECISION")
     p.set_defaults(func=cmd_serve)

@@ -5,7 +5,8 @@ matrix; ``device="auto"`` picks cuda, then mps, then cpu; finished batches move 
 Catalog indexing uses ``encode_files``, which decodes in parallel workers and reports every unreadable file
 with its reason instead of dropping or replacing it.
 
-Network models run on PyTorch (``torch_runtime``, imported only for them); model-free embedders
+Network models run on PyTorch (``torch_runtime``, imported only for them) or, on x86 CPUs, on OpenVINO
+(``openvino_runtime``: the same network converted once, in fp32, bf16 or int8); model-free embedders
 (``colorhist``, ``pixels``) run on NumPy with decoding threads, and never import PyTorch.
 """
 
@@ -16,6 +17,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +39,7 @@ from .files import (
 
 if TYPE_CHECKING:
     from ..models.base import Embedder
+    from .openvino_runtime import Int8Model
 
 log = logging.getLogger(__name__)
 
@@ -59,50 +62,75 @@ class HostDevice:
 class Encoder:
     """An embedder placed on a device in the chosen precision, ready to turn uint8 batches into vectors.
 
-    Network models (``embedder.needs_torch``) are placed with PyTorch (``torch_runtime``): ``device`` is a
-    ``torch.device``, ``dtype`` the reduced precision or None. Model-free embedders run on NumPy:
-    ``device`` is ``HostDevice("cpu")``, precision fp32, and PyTorch is never imported.
+    ``runtime`` says what runs it: ``torch`` (``device`` a ``torch.device``, ``dtype`` the reduced precision or
+    None), ``openvino`` (the CPU; ``model`` an ``openvino_runtime.OpenVinoModel`` in fp32, bf16 or int8) or
+    ``numpy`` for model-free embedders (``device`` is ``HostDevice("cpu")``, PyTorch is never imported).
+    ``int8`` is a model quantised on a catalog's photos (``Catalog`` passes its own); OpenVINO's ``auto``
+    precision uses it when it passed its gate.
 
     Raises:
-        LookalikeError: unknown or absent device, unknown precision, batch size below 1.
+        LookalikeError: unknown or absent device, runtime or precision, batch size below 1.
     """
 
-    def __init__(self, embedder: Embedder, options: EncodeOptions | None = None):
+    def __init__(self, embedder: Embedder, options: EncodeOptions | None = None, *, int8: Int8Model | None = None,
+                 cache_dir: Path | None = None):
         self.options = options or EncodeOptions()
         self.embedder = embedder
         self.model: Any = None
         self.text_model: Any = None  # the text tower, placed on the device when words are first embedded
         self.model_dtype: Any = None  # the dtype inputs are cast to when the whole model was cast (else autocast)
+        self.dtype: Any = None
+        self.int8 = int8
         if getattr(embedder, "needs_torch", True):
+            from . import openvino_runtime as ovr
             from . import torch_runtime as rt
 
             self.device: Any = rt.resolve_device(self.options.device)
-            self.dtype: Any = rt.resolve_precision(self.options.precision, self.device)
+            native_bf16 = rt.cpu_has_native_bf16()
+            self.runtime = ovr.resolve_runtime(self.options.runtime, self.device.type, native_bf16)
+            if self.runtime == "openvino":
+                self._precision = ovr.resolve_precision(self.options.precision, native_bf16, int8)
+            else:
+                if self.options.precision == "int8":
+                    raise LookalikeError("--precision int8 runs on OpenVINO: add --runtime openvino (a CPU run "
+                                         "on x86), or choose bf16 or fp32")
+                self.dtype = rt.resolve_precision(self.options.precision, self.device)
+                self._precision = rt.PRECISION_NAMES[self.dtype]
             self.batch_size = self.options.batch_size or rt.default_batch_size(self.device)
         else:
-            self.device, self.dtype = HostDevice(), None
+            self.runtime = "numpy"
+            self.device, self._precision = HostDevice(), "fp32"
             self.batch_size = self.options.batch_size or HOST_BATCH_SIZE
         if self.batch_size < 1:
             raise LookalikeError(f"--batch-size {self.batch_size}: must be at least 1")
-        if getattr(embedder, "needs_torch", True):
+        if self.runtime == "torch":
             self.model, self.model_dtype = rt.place_model(embedder.model, self.device, self.dtype)
+        elif self.runtime == "openvino":
+            xml = int8.path if self._precision == "int8" and int8 is not None else ovr.converted(embedder, cache_dir)
+            self.model = ovr.OpenVinoModel(xml, self._precision, native_bf16)
 
     @property
     def uses_torch(self) -> bool:
-        return self.model is not None
+        return self.runtime == "torch"
 
     @property
     def precision(self) -> str:
-        if not self.uses_torch:
-            return "fp32"
-        from .torch_runtime import PRECISION_NAMES
+        """fp32, bf16, fp16 or int8: what the model computes in."""
+        return self._precision
 
-        return PRECISION_NAMES[self.dtype]
+    def describe(self) -> str:
+        """e.g. ``openvino int8 on cpu``: the runtime, precision and device, as the CLI prints them."""
+        runtime = "" if self.runtime == "numpy" else f"{self.runtime} "
+        return f"{runtime}{self.precision} on {self.device}"
 
     def embed_uint8(self, batch) -> np.ndarray:
         """N x H x W x 3 uint8 (a NumPy array or a tensor) -> N x D float32, unit length."""
-        if not self.uses_torch:
+        if self.runtime == "numpy":
             return self.embedder.embed_arrays(np.asarray(batch))
+        if self.runtime == "openvino":
+            from .openvino_runtime import embed_batch as embed_openvino
+
+            return embed_openvino(self, batch)
         from .torch_runtime import embed_batch
 
         return embed_batch(self, batch)
@@ -168,10 +196,15 @@ def encode_files(encoder: Encoder, tasks: Sequence[FileTask]) -> Iterator[Encode
     embedders decode in a thread pool (Pillow releases the GIL while decoding and resizing) one batch ahead
     of NumPy.
     """
-    if encoder.uses_torch:
+    if encoder.runtime == "torch":
         from .torch_runtime import encode_files_torch
 
         yield from encode_files_torch(encoder, list(tasks))
+        return
+    if encoder.runtime == "openvino":
+        from .openvino_runtime import encode_files_openvino
+
+        yield from encode_files_openvino(encoder, list(tasks))
         return
     options = encoder.options
     reader = FileReader(tasks, encoder.embedder.pil_transform, encoder.draft_size, options.max_pixels,

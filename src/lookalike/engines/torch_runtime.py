@@ -10,7 +10,6 @@ import contextlib
 import functools
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import LookalikeError
-from .files import EncodedBatch, FileReader, FileResult, WorkerPlan, plan_workers
+from .files import EncodedBatch, FileReader, FileResult, WorkerPlan, cpu_has_native_bf16, plan_workers
 
 if TYPE_CHECKING:
     from .embed import Encoder
@@ -48,15 +47,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise LookalikeError(f"--device {device}: Apple MPS is not available here; use --device cpu or auto")
     return dev
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bfloat16 matrix work runs natively rather than emulated (and slower)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:

@@ -1,0 +1,501 @@
+"""The OpenVINO side of ``Encoder``: which runtime runs a network on the CPU, converting a PyTorch embedder
+to OpenVINO once (cached on disk), int8 quantisation with NNCF behind an accuracy gate, and the pipelines.
+
+Importing this module is light (NumPy only): ``openvino``, ``nncf`` and ``torch`` are imported inside the
+functions that need them, so choosing a runtime costs nothing and a missing package is one line.
+
+What runs where (measured on 2 cores, see docs/architecture.md): one compiled model per process. ``encode``
+and the server's batcher use a latency-compiled copy (one stream, every core); ``encode_files`` a
+throughput-compiled one (one stream per core, one infer request per stream) fed by decoding threads, so
+a preempted stream stalls only itself, unlike an OpenMP team.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import gc
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import tempfile
+import threading
+import warnings
+import weakref
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.errors import LookalikeError
+from .files import EncodedBatch, FileReader, FileTask, cores, cpu_has_native_bf16, default_workers, stack_results
+
+if TYPE_CHECKING:
+    from ..models.base import Embedder
+    from .embed import Encoder
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "torch", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+GATE_RECALL = 0.98  # int8 is chosen by ``auto`` only when its neighbour lists keep this recall@10 against fp32
+CALIBRATION_PHOTOS = 300  # photos NNCF sees to set the int8 ranges
+HELD_PHOTOS = 100  # photos the gate compares int8 with fp32 on (never among the calibration ones if possible)
+MIN_SPLIT = 80  # below this many photos the held sample is the calibration sample too (said in the record)
+MIN_PHOTOS = 12  # fewer photos than this cannot calibrate or gate anything (``--precision int8``)
+AUTO_MIN_PHOTOS = 100  # ``auto`` tries int8 once a catalog has this many: a gate on fewer says little
+GATE_K = 10
+CALIBRATION_BATCH = 8
+SEED = 0
+CONVERSION_FORMAT = 1  # bump when the converted graph changes meaning (the cache key holds it)
+INSTALL = "pip install openvino nncf"
+
+
+def require_openvino() -> Any:
+    """``import openvino``, or one line saying how to get it.
+
+    Raises:
+        LookalikeError: the package is not installed (or cannot be loaded here).
+    """
+    try:
+        import openvino
+    except ImportError as exc:
+        raise LookalikeError(
+            f"--runtime openvino needs the openvino package, which cannot be imported here ({exc}); "
+            f"`{INSTALL}`, or use --runtime torch") from exc
+    return openvino
+
+
+def openvino_available() -> bool:
+    try:
+        require_openvino()
+    except LookalikeError:
+        return False
+    return True
+
+
+def is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "x86", "i686")
+
+
+def resolve_runtime(runtime: str, device_type: str, native_bf16: bool) -> str:
+    """``torch`` or ``openvino`` for a network model on ``device_type``.
+
+    ``auto`` picks OpenVINO only where the index benchmark measured it faster than PyTorch: an x86 CPU with
+    native bf16 units (AVX512-BF16 or AMX) and the package installed; PyTorch everywhere else (GPUs, Apple,
+    ARM, older x86 CPUs, where nothing was measured).
+
+    Raises:
+        LookalikeError: unknown name; OpenVINO asked for on a GPU, or not installed.
+    """
+    if runtime in (None, "", "auto"):
+        if device_type == "cpu" and is_x86() and native_bf16 and openvino_available():
+            return "openvino"
+        return "torch"
+    if runtime == "torch":
+        return "torch"
+    if runtime != "openvino":
+        raise LookalikeError(f"unknown runtime {runtime!r}; use auto, torch or openvino")
+    if device_type != "cpu":
+        raise LookalikeError(f"--runtime openvino runs on the CPU, not {device_type}; use --device cpu, or "
+                             "--runtime torch on the GPU")
+    require_openvino()
+    return "openvino"
+
+
+def resolve_precision(precision: str, native_bf16: bool, int8: Int8Model | None) -> str:
+    """fp32, bf16 or int8 on OpenVINO. ``auto``: int8 when a model quantised on the catalog's photos passed
+    the gate, else bf16 on CPUs with native bf16, else fp32.
+
+    Raises:
+        LookalikeError: fp16 or an unknown name; int8 without a calibrated model.
+    """
+    if precision in (None, "", "auto"):
+        if int8 is not None and int8.passed:
+            return "int8"
+        return "bf16" if native_bf16 else "fp32"
+    if precision == "fp16":
+        raise LookalikeError("--precision fp16 is not offered on the CPU; use bf16, int8 or fp32")
+    if precision not in PRECISIONS:
+        raise LookalikeError(f"unknown precision {precision!r}; use auto, fp32, bf16 or int8")
+    if precision == "int8" and int8 is None:
+        raise LookalikeError("--precision int8 needs a model quantised on a catalog's own photos; `lookalike index "
+                             "SOURCE --catalog PATH --precision int8` makes one (then search and serve use it)")
+    return precision
+
+
+# -- conversion --------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """Where converted models are kept: ``$LOOKALIKE_OPENVINO_CACHE``, else beside the Hugging Face hub cache
+    (``$HF_HOME/lookalike/openvino``), where the weights they were made from live."""
+    where = os.environ.get("LOOKALIKE_OPENVINO_CACHE")
+    if where:
+        return Path(where).expanduser()
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME).expanduser() / "lookalike" / "openvino"
+
+
+def input_shape(embedder: Embedder) -> tuple[int, int]:
+    """The model's input height and width: what the embedder's PIL step makes of any picture."""
+    from PIL import Image
+
+    h, w, _ = embedder.prepare(Image.new("RGB", (1024, 1024), "white")).shape
+    return int(h), int(w)
+
+
+def model_key(embedder: Embedder, shape: tuple[int, int], kind: str, extra: str = "") -> str:
+    """Name + timm model + weights id + pooling + input shape + kind (+ extra): what makes two converted
+    models the same; part of the cache file names."""
+    ov = require_openvino()
+    info = embedder.info
+    text = json.dumps({"name": info.name, "timm": info.timm_name, "weights": info.weights, "dim": info.dim,
+                       "pool": info.pool, "shape": list(shape), "kind": kind, "extra": extra,
+                       "openvino": ov.__version__.split("-")[0], "format": CONVERSION_FORMAT}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name.split("#")[0]).name if name.endswith(".lkm") or "/" in name
+                  else name)[:48]
+
+
+def converted(embedder: Embedder, cache_dir: Path | None = None) -> Path:
+    """The embedder as an OpenVINO model file (fp32 weights: bf16 is a compile-time hint), converted once
+    per model, weights and input shape and then read from the cache.
+
+    The graph takes the uint8 N x H x W x 3 batches the decoding workers make and returns the model's
+    features; scaling and normalisation are inside it, the final L2 normalisation is not (int8 would
+    quantise it; NumPy does it exactly).
+
+    Raises:
+        LookalikeError: the cache folder is not writable, or the model cannot be converted.
+    """
+    shape = input_shape(embedder)
+    root = cache_dir or default_cache_dir()
+    folder = root / f"{_slug(embedder.info.name)}-{model_key(embedder, shape, 'fp32')}"
+    xml = folder / "model.xml"
+    if xml.is_file() and (folder / "model.bin").is_file():
+        return xml
+    ov = require_openvino()
+    import torch
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=".converting-", dir=root))
+    except OSError as exc:
+        raise LookalikeError(f"cannot write the OpenVINO model cache {root} ({exc.strerror or exc}); set "
+                             "LOOKALIKE_OPENVINO_CACHE to a writable folder, or use --runtime torch") from exc
+    log.info("converting %s to OpenVINO (once; cached in %s)", embedder.info.name, folder)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracing's deprecation and shape notes: the graph is checked by tests
+            example = torch.zeros((2, *shape, 3), dtype=torch.uint8)
+            model = ov.convert_model(_features_module(embedder), example_input=example, input=[(-1, *shape, 3)])
+        ov.save_model(model, building / "model.xml", compress_to_fp16=False)
+        (building / "source.json").write_text(json.dumps({**asdict(embedder.info), "shape": list(shape)}, indent=2))
+        try:
+            os.rename(building, folder)
+        except OSError:  # another process converted it meanwhile
+            if not xml.is_file():
+                raise
+    except LookalikeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tracing fails in many ways; PyTorch still works
+        raise LookalikeError(f"cannot convert {embedder.info.name} to OpenVINO ({type(exc).__name__}: "
+                             f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}); use "
+                             "--runtime torch") from exc
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return xml
+
+
+def _features_module(embedder: Embedder):
+    """uint8 NHWC -> features, the embedder's own ``normalize`` and ``model`` (any embedder with a torch
+    ``model``: timm CNNs, ``.lkm`` models)."""
+    import torch
+
+    class Features(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = embedder.model.eval()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(embedder.normalize(x)).float().flatten(1)
+
+    return Features().eval()
+
+
+# -- running -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Int8Model:
+    """A model quantised on a catalog's photos and what its gate measured."""
+
+    path: Path
+    recall: float  # recall@k of neighbour lists on the held photos, int8 against fp32
+    k: int
+    held: int
+    calibration: int
+    overlap: bool  # the held photos were among the calibration ones (a small catalog)
+    threshold: float = GATE_RECALL
+
+    @property
+    def passed(self) -> bool:
+        return self.recall >= self.threshold
+
+    def describe(self) -> str:
+        held = f"{self.held} {'calibration' if self.overlap else 'held'} photos"
+        verdict = "passes" if self.passed else "fails"
+        return (f"int8 recall@{self.k} vs fp32 {self.recall:.3f} on {held} ({verdict} the {self.threshold:.2f} "
+                f"gate; calibrated on {self.calibration} of the catalog's photos)")
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    out = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+_CORE: list = []  # the process's one ov.Core, never freed
+_CORE_LOCK = threading.Lock()
+
+
+def core() -> Any:
+    """The process's one ``openvino.Core``, kept alive until exit.
+
+    OpenVINO's CPU plugin gives the thread that first compiles a model an alternate signal stack, and frees
+    it from whichever thread destroys the plugin (when the last Core goes). Freed from another thread, it
+    leaves the first thread's signal stack pointing at unmapped memory, and that thread's next signal (a
+    SIGCHLD from any subprocess) kills the process with SIGSEGV. One Core for the whole process loads the
+    plugin once and never unloads it.
+    """
+    with _CORE_LOCK:
+        if not _CORE:
+            _CORE.append(require_openvino().Core())
+        return _CORE[0]
+
+
+def _release_all() -> None:
+    """Drop every compiled model before the interpreter tears its modules down: OpenVINO objects freed
+    during that teardown (after its threading runtime has gone) crash the process at exit."""
+    for model in list(_LIVE):
+        model.release()
+    gc.collect()
+
+
+class OpenVinoModel:
+    """A converted model compiled for the CPU in one precision; the latency copy (one stream, every core)
+    and the throughput copy (one stream per core) are compiled when first used."""
+
+    def __init__(self, xml: Path, precision: str, native_bf16: bool | None = None):
+        native_bf16 = cpu_has_native_bf16() if native_bf16 is None else native_bf16
+        self.xml, self.precision = xml, precision
+        # An int8 model still runs its unquantised operations in the hint's precision.
+        self.hint = "f32" if precision == "fp32" or not native_bf16 else "bf16"
+        self.core = core()
+        self._latency: Any = None
+        self._throughput: Any = None
+        self.streams = 1
+        if not _LIVE:
+            atexit.register(_release_all)
+        _LIVE.add(self)
+
+    def release(self) -> None:
+        """Free the compiled copies (they are compiled again if used)."""
+        self._latency = self._throughput = None
+
+    def _compile(self, config: dict) -> Any:
+        try:
+            return self.core.compile_model(self.core.read_model(self.xml), "CPU",
+                                           {"INFERENCE_PRECISION_HINT": self.hint, **config})
+        except RuntimeError as exc:
+            raise LookalikeError(f"OpenVINO cannot compile {self.xml} ({str(exc).strip().splitlines()[0][:160]}); "
+                                 "delete it to convert again, or use --runtime torch") from exc
+
+    def latency(self) -> Any:
+        if self._latency is None:
+            self._latency = self._compile({"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": cores()})
+        return self._latency
+
+    def throughput(self) -> Any:
+        if self._throughput is None:
+            self._throughput = self._compile({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": cores(),
+                                              "INFERENCE_NUM_THREADS": cores()})
+            self.streams = int(self._throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        return self._throughput
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 N x H x W x 3 -> N x D unit float32 rows, on the calling thread."""
+        return unit_rows(self.latency()(np.ascontiguousarray(batch, dtype=np.uint8))[0])
+
+
+def embed_batch(encoder: Encoder, batch: Any) -> np.ndarray:
+    return encoder.model(np.asarray(batch))
+
+
+def encode_files_openvino(encoder: Encoder, tasks: Sequence[FileTask]) -> Iterator[EncodedBatch]:
+    """``embed.encode_files`` on OpenVINO: decoding threads (``--workers``; 0 decodes inline) stay a few
+    batches ahead of one infer request per stream; yields batches in task order."""
+    options = encoder.options
+    model: OpenVinoModel = encoder.model
+    compiled = model.throughput()
+    requests = [compiled.create_infer_request() for _ in range(max(1, model.streams))]
+    reader = FileReader(tasks, encoder.embedder.pil_transform, encoder.draft_size, options.max_pixels,
+                        options.max_bytes)
+    size, n = encoder.batch_size, len(reader)
+    workers = default_workers() if options.workers is None else options.workers
+    free = list(requests)
+    inflight: deque = deque()  # (embedded, others, request or None), in task order
+
+    def finish(entry) -> EncodedBatch:
+        embedded, others, request = entry
+        vectors = None
+        if request is not None:
+            request.wait()
+            vectors = unit_rows(request.get_output_tensor(0).data.copy())
+            free.append(request)
+        return EncodedBatch(embedded=embedded, vectors=vectors, others=others)
+
+    def batches() -> Iterator[list]:
+        starts = iter(range(0, n, size))
+        if workers == 0:
+            for start in starts:
+                yield [reader[i] for i in range(start, min(start + size, n))]
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-decode") as pool:
+            ahead: deque[list[Future]] = deque()
+
+            def submit() -> None:
+                start = next(starts, None)
+                if start is not None:
+                    ahead.append([pool.submit(reader.__getitem__, i) for i in range(start, min(start + size, n))])
+
+            for _ in range(len(requests) + 1):
+                submit()
+            while ahead:
+                futures = ahead.popleft()
+                submit()
+                yield [f.result() for f in futures]
+
+    try:
+        for items in batches():
+            embedded, arrays, others = stack_results(items)
+            while len(inflight) >= len(requests) or (arrays is not None and not free):
+                yield finish(inflight.popleft())
+            request = None
+            if arrays is not None:
+                request = free.pop()
+                request.start_async({0: arrays})
+            inflight.append((embedded, others, request))
+        while inflight:
+            yield finish(inflight.popleft())
+    finally:  # a consumer that stops early (an error, Ctrl-C) must not free requests still running
+        for _, _, request in inflight:
+            if request is not None:
+                request.wait()
+
+
+# -- int8 --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Photos drawn reproducibly from a catalog for calibration and for the gate."""
+
+    calibration: list[Path]
+    held: list[Path]
+    overlap: bool
+
+
+def draw_sample(paths: Sequence[Path | str], calibration: int = CALIBRATION_PHOTOS, held: int = HELD_PHOTOS) -> Sample:
+    """A seeded shuffle of the sorted paths: the first ``held`` (a quarter at most) are the gate's, the
+    next ``calibration`` NNCF's. Below ``MIN_SPLIT`` photos both are every photo, and the record says so."""
+    ordered = sorted({str(p) for p in paths})
+    order = np.random.default_rng(SEED).permutation(len(ordered))
+    shuffled = [Path(ordered[i]) for i in order]
+    if len(shuffled) < MIN_SPLIT:
+        return Sample(calibration=shuffled[:calibration], held=shuffled[:held], overlap=True)
+    h = min(held, len(shuffled) // 4)
+    return Sample(calibration=shuffled[h:h + calibration], held=shuffled[:h], overlap=False)
+
+
+def decode_photos(embedder: Embedder, paths: Sequence[Path], draft: int | None, max_pixels: int, max_bytes: int
+                  ) -> np.ndarray:
+    """The model inputs of the readable photos among ``paths`` (unreadable ones are left out)."""
+    reader = FileReader([FileTask(Path(p)) for p in paths], embedder.pil_transform, draft, max_pixels, max_bytes)
+    with ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="lookalike-decode") as pool:
+        items = list(pool.map(reader.__getitem__, range(len(reader))))
+    _, arrays, _ = stack_results(items)
+    if arrays is None:
+        return np.zeros((0, 1, 1, 3), dtype=np.uint8)
+    return arrays
+
+
+def neighbour_recall(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """recall@k of each row's k nearest rows (itself left out) in ``found`` against those in ``truth``."""
+
+    def nearest(m: np.ndarray) -> np.ndarray:
+        sims = m @ m.T
+        np.fill_diagonal(sims, -np.inf)
+        return np.argpartition(-sims, k - 1, axis=1)[:, :k]
+
+    a, b = nearest(found), nearest(truth)
+    return float(np.mean([len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b, strict=True)]) / k)
+
+
+def quantize_int8(embedder: Embedder, fp32_xml: Path, sample: Sample, out_dir: Path, *, draft: int | None,
+                  max_pixels: int, max_bytes: int, threshold: float = GATE_RECALL) -> Int8Model:
+    """Quantise the converted model to int8 with NNCF's post-training quantisation, calibrated on
+    ``sample.calibration``, then gate it: recall@10 of the held photos' neighbour lists against fp32.
+
+    Raises:
+        LookalikeError: nncf is missing, or too few photos could be read.
+    """
+    ov = require_openvino()
+    # NNCF imports PyTorch's extension builder, which warns on every CPU-only machine; the CLI owns the terminal.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    try:
+        import nncf
+    except ImportError as exc:
+        raise LookalikeError(f"--precision int8 needs the nncf package ({exc}); `{INSTALL}`, or use "
+                             "--precision bf16") from exc
+    calibration = decode_photos(embedder, sample.calibration, draft, max_pixels, max_bytes)
+    held = calibration if sample.overlap else decode_photos(embedder, sample.held, draft, max_pixels, max_bytes)
+    held = held[:len(sample.held)]
+    if len(calibration) < MIN_PHOTOS or len(held) < MIN_PHOTOS:
+        raise LookalikeError(f"int8 needs at least {MIN_PHOTOS} readable photos to calibrate and check it; this "
+                             f"catalog has {len(calibration)}; use --precision bf16")
+    key = model_key(embedder, tuple(calibration.shape[1:3]), "int8",
+                    hashlib.sha256("\n".join(map(str, sample.calibration)).encode()).hexdigest()[:16])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    xml = out_dir / f"int8-{key}.xml"
+    if not (xml.is_file() and xml.with_suffix(".bin").is_file()):
+        batches = [calibration[i:i + CALIBRATION_BATCH] for i in range(0, len(calibration), CALIBRATION_BATCH)]
+        log.info("quantising %s to int8 on %d photos", embedder.info.name, len(calibration))
+        nncf.set_log_level(logging.ERROR)
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # NNCF's progress bars
+            quantized = nncf.quantize(core().read_model(fp32_xml), nncf.Dataset(batches),
+                                      subset_size=len(batches))
+        tmp = out_dir / f".int8-{key}-{os.getpid()}.xml"
+        ov.save_model(quantized, tmp, compress_to_fp16=False)
+        tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+        tmp.replace(xml)
+    fp32 = OpenVinoModel(fp32_xml, "fp32")
+    int8 = OpenVinoModel(xml, "int8")
+    truth = np.concatenate([fp32(held[i:i + 8]) for i in range(0, len(held), 8)])
+    found = np.concatenate([int8(held[i:i + 8]) for i in range(0, len(held), 8)])
+    k = min(GATE_K, len(held) - 1)
+    return Int8Model(path=xml, recall=neighbour_recall(found, truth, k), k=k, held=len(held),
+                     calibration=len(calibration), overlap=sample.overlap, threshold=threshold)

@@ -1,0 +1,292 @@
+"""The OpenVINO runtime: conversion once per model and weights, the same vectors as PyTorch, one-line
+refusals when it cannot run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL, make_image
+
+pytest.importorskip("openvino")
+
+from lookalike import LookalikeError  # noqa: E402
+from lookalike.core.config import EncodeOptions  # noqa: E402
+from lookalike.engines.embed import Encoder, FileTask, encode_files  # noqa: E402
+
+FP32_OV = EncodeOptions(device="cpu", runtime="openvino", precision="fp32", progress=False)
+FP32_TORCH = EncodeOptions(device="cpu", runtime="torch", precision="fp32", progress=False)
+
+
+def varied_photos(folder: Path, n: int) -> list[Path]:
+    """``n`` small photos that differ in colour, shape and size."""
+    shapes = ("rect", "ellipse", "stripes")
+    out = []
+    for i in range(n):
+        colour = ((37 * i) % 256, (91 * i + 40) % 256, (53 * i + 120) % 256)
+        out.append(make_image(folder / f"p{i:03d}.jpg", color=colour, shape=shapes[i % 3],
+                              size=(80 + 8 * (i % 5), 96 + 12 * (i % 4)), quality=90))
+    return out
+
+
+def test_conversion_is_cached_and_a_second_encoder_does_not_convert(tmp_path, tiny_embedder, monkeypatch):
+    import openvino
+
+    first = Encoder(tiny_embedder, FP32_OV, cache_dir=tmp_path / "cache")
+    assert first.runtime == "openvino" and first.precision == "fp32"
+    folders = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    assert len(folders) == 1 and (folders[0] / "model.xml").is_file() and (folders[0] / "model.bin").is_file()
+    assert folders[0].name.startswith("timm_test_resnet.r160_in1k-")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("converted a second time")
+
+    monkeypatch.setattr(openvino, "convert_model", refuse)
+    second = Encoder(tiny_embedder, EncodeOptions(device="cpu", runtime="openvino", precision="bf16"),
+                     cache_dir=tmp_path / "cache")
+    assert second.model.xml == first.model.xml
+    assert second.encode(make_image(tmp_path / "x.jpg")).shape == (tiny_embedder.dim,)
+    assert not list((tmp_path / "cache").glob(".converting-*"))
+
+
+def test_openvino_fp32_vectors_equal_pytorch_fp32(tmp_path, tiny_embedder):
+    photos = varied_photos(tmp_path / "photos", 10)
+    ov, pt = Encoder(tiny_embedder, FP32_OV), Encoder(tiny_embedder, FP32_TORCH)
+    a, b = ov.encode(photos), pt.encode(photos)
+    assert a.dtype == np.float32 and a.shape == b.shape == (10, tiny_embedder.dim)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_openvino_files_pipeline_keeps_order_batches_and_failures(tmp_path, tiny_embedder):
+    """The same contract as PyTorch's: batches in task order, bad files reported with reasons, not dropped."""
+    photos = varied_photos(tmp_path / "photos", 9)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    files = photos[:4] + [tmp_path / "broken.jpg", tmp_path / "missing.jpg"] + photos[4:]
+    tasks = [FileTask(p, ref=i) for i, p in enumerate(files)]
+    for workers in (0, 2):
+        encoder = Encoder(tiny_embedder, EncodeOptions(device="cpu", runtime="openvino", precision="fp32",
+                                                       batch_size=3, workers=workers))
+        batches = list(encode_files(encoder, tasks))
+        assert len(batches) == 4
+        refs = [r.task.ref for b in batches for r in b.embedded]
+        assert refs == [0, 1, 2, 3, 6, 7, 8, 9, 10]
+        errors = {r.task.ref: r.error for b in batches for r in b.others}
+        assert set(errors) == {4, 5} and "cannot" in errors[5]
+        vectors = np.concatenate([b.vectors for b in batches if b.vectors is not None])
+        np.testing.assert_allclose(vectors, Encoder(tiny_embedder, FP32_TORCH).encode(photos), atol=2e-5)
+
+
+def test_auto_picks_openvino_on_x86_cpus_with_bf16_and_pytorch_elsewhere(tiny_embedder, monkeypatch):
+    from lookalike.engines import openvino_runtime as ovr
+
+    assert ovr.resolve_runtime("auto", "cuda", True) == "torch"
+    assert ovr.resolve_runtime("auto", "cpu", False) == "torch"  # not measured there: PyTorch stays
+    monkeypatch.setattr(ovr, "is_x86", lambda: False)
+    assert ovr.resolve_runtime("auto", "cpu", True) == "torch"
+    monkeypatch.setattr(ovr, "is_x86", lambda: True)
+    assert ovr.resolve_runtime("auto", "cpu", True) == "openvino"
+    with pytest.raises(LookalikeError, match="runs on the CPU"):
+        ovr.resolve_runtime("openvino", "cuda", True)
+    with pytest.raises(LookalikeError, match="unknown runtime"):
+        ovr.resolve_runtime("onnx", "cpu", True)
+
+
+def test_a_missing_openvino_is_one_line_and_auto_falls_back_to_pytorch(tmp_path, tiny_embedder, monkeypatch, capsys):
+    from lookalike.cli import main
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    with pytest.raises(LookalikeError, match=r"needs the openvino package.*pip install openvino nncf.*--runtime torch"):
+        Encoder(tiny_embedder, EncodeOptions(device="cpu", runtime="openvino"))
+    assert Encoder(tiny_embedder, EncodeOptions(device="cpu")).runtime == "torch"
+    photo = make_image(tmp_path / "photos" / "a.jpg")
+    code = main(["index", str(photo.parent), "--catalog", str(tmp_path / "c.lk"), "--model", TINY_MODEL,
+                 "--weights", "random", "--runtime", "openvino", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "pip install openvino" in err
+    assert not (tmp_path / "c.lk").exists()  # a first run that failed leaves nothing behind
+
+
+def test_precisions_the_runtime_cannot_run_are_refused_in_one_line(tiny_embedder):
+    with pytest.raises(LookalikeError, match="int8 runs on OpenVINO"):
+        Encoder(tiny_embedder, EncodeOptions(device="cpu", runtime="torch", precision="int8"))
+    with pytest.raises(LookalikeError, match="fp16 is not offered on the CPU"):
+        Encoder(tiny_embedder, EncodeOptions(device="cpu", runtime="openvino", precision="fp16"))
+    with pytest.raises(LookalikeError, match="needs a model quantised on a catalog"):
+        Encoder(tiny_embedder, EncodeOptions(device="cpu", runtime="openvino", precision="int8"))
+
+
+def test_a_trained_model_file_runs_on_openvino_too(tmp_path):
+    """Any embedder with a torch ``model`` converts: here a ``.lkm`` autoencoder (letterbox input)."""
+    import torch
+
+    from lookalike.models import create_embedder
+    from lookalike.models.modelfile import ModelFile, save_model
+    from lookalike.models.networks import build_autoencoder
+
+    arch = {"size": 32, "latent": 8, "width": 8}
+    torch.manual_seed(0)
+    net = build_autoencoder(arch)
+    path = tmp_path / "ae.lkm"
+    save_model(path, net.state_dict(), ModelFile(
+        kind="autoencoder", arch=arch, preprocess={"size": 32, "fill": 255, "mean": [0.5] * 3, "std": [0.25] * 3},
+        embedding={"mode": "latent", "modes": {"latent": 8}}))
+    embedder = create_embedder(str(path))
+    photos = varied_photos(tmp_path / "photos", 6)
+    a = Encoder(embedder, FP32_OV).encode(photos)
+    b = Encoder(embedder, FP32_TORCH).encode(photos)
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+# -- int8 ------------------------------------------------------------------------------------------------
+
+
+def int8_catalog(tmp_path: Path, tiny_embedder, n: int = 24, precision: str = "int8"):
+    from lookalike import Catalog
+
+    varied_photos(tmp_path / "photos", n)
+    catalog = Catalog.create(tmp_path / "shop.lk", TINY_MODEL, embedder=tiny_embedder)
+    report = catalog.add(tmp_path / "photos", options=EncodeOptions(device="cpu", runtime="openvino",
+                                                                    precision=precision, progress=False))
+    return catalog, report
+
+
+def test_forced_int8_is_calibrated_on_the_catalog_reports_its_recall_and_is_searchable_by_pytorch(
+        tmp_path, tiny_embedder, capsys):
+    import json
+
+    from lookalike.cli import main
+
+    catalog, report = int8_catalog(tmp_path, tiny_embedder)
+    with catalog:
+        assert report.indexed == 24 and report.runtime == "openvino int8 on cpu"
+        assert len(report.notes) == 1 and report.notes[0].startswith("int8 forced: int8 recall@10 vs fp32 ")
+        record = json.loads((tmp_path / "shop.lk" / "catalog.json").read_text())["extra"]
+        assert record["runtime"]["runtime"] == "openvino" and record["runtime"]["precision"] == "int8"
+        gate = record["int8"]
+        assert 0.0 <= gate["recall"] <= 1.0 and gate["k"] == 10 and gate["held"] == 24 and gate["overlap"]
+        assert (tmp_path / "shop.lk" / gate["model"]).is_file()
+        # Calibrated once: a second run with new photos reuses the catalog's int8 model.
+        make_image(tmp_path / "photos" / "new.jpg", color=(10, 220, 90), shape="ellipse")
+        again = catalog.add(tmp_path / "photos", options=EncodeOptions(device="cpu", runtime="openvino",
+                                                                      precision="int8", progress=False))
+        assert again.indexed == 1 and again.notes == []
+        # Searched with another runtime: the photo's own item first.
+        catalog.encoder(EncodeOptions(device="cpu", runtime="torch", precision="fp32"))
+        assert catalog.search(tmp_path / "photos" / "p005.jpg", k=3)[0].id == "p005"
+    assert main(["status", "--catalog", str(tmp_path / "shop.lk")]) == 0
+    out = capsys.readouterr().out
+    assert "runtime  openvino int8 on cpu (last index run)" in out
+    assert f"int8     recall@10 vs fp32 {gate['recall']:.3f} on 24 calibration photos" in out
+    assert main(["status", "--catalog", str(tmp_path / "shop.lk"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtime"]["int8"]["recall"] == gate["recall"]
+
+
+@pytest.mark.parametrize("threshold, chosen", [(0.5, "int8"), (1.01, "bf16")], ids=["gate passes", "gate fails"])
+def test_auto_uses_int8_only_when_its_gate_passes_and_says_so(tmp_path, tiny_embedder, monkeypatch, threshold,
+                                                               chosen):
+    from lookalike.engines import openvino_runtime as ovr
+
+    monkeypatch.setattr(ovr, "GATE_RECALL", threshold)
+    monkeypatch.setattr("lookalike.catalog.catalog.AUTO_MIN_PHOTOS", 12)
+    monkeypatch.setattr(ovr, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("lookalike.engines.torch_runtime.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(ovr, "is_x86", lambda: True)
+    catalog, report = int8_catalog(tmp_path, tiny_embedder, precision="auto")
+    with catalog:
+        assert report.runtime == f"openvino {chosen} on cpu"
+        (note,) = report.notes
+        if chosen == "int8":
+            assert note.startswith("int8 chosen: ") and "passes the 0.50 gate" in note
+        else:
+            assert note.startswith("int8 not used, bf16 instead: ") and "fails the 1.01 gate" in note
+        # Search and serve read the same verdict from the catalog: auto picks what indexing picked.
+        assert catalog.encoder(EncodeOptions(device="cpu")).precision == chosen
+
+
+def test_auto_leaves_small_catalogs_in_bf16_without_calibrating(tmp_path, tiny_embedder, monkeypatch):
+    from lookalike.engines import openvino_runtime as ovr
+
+    monkeypatch.setattr(ovr, "quantize_int8", lambda *a, **k: pytest.fail("calibrated a 24-photo catalog"))
+    catalog, report = int8_catalog(tmp_path, tiny_embedder, precision="auto")
+    with catalog:
+        assert report.notes == [] and "int8" not in report.runtime and catalog.int8_model() is None
+
+
+def test_the_calibration_sample_is_reproducible_and_held_apart():
+    from lookalike.engines.openvino_runtime import draw_sample
+
+    paths = [Path(f"/shop/{i:04d}.jpg") for i in range(364)]
+    a, b = draw_sample(paths), draw_sample(list(reversed(paths)))
+    assert a == b and not a.overlap
+    assert len(a.held) == 91 and len(a.calibration) == 273 and not set(a.held) & set(a.calibration)
+    small = draw_sample(paths[:30])
+    assert small.overlap and sorted(small.held) == sorted(small.calibration) == paths[:30]
+
+
+@pytest.mark.slow
+def test_bf16_and_int8_recall_against_fp32_on_the_shared_photos(tmp_path, tiny_embedder, shared_photos, capsys):
+    """The figures the gate stands on, on real product photos: every vector of the 364 photos from OpenVINO
+    bf16 and int8 (calibrated on the catalog) against OpenVINO fp32, recall@10 of the neighbour lists."""
+    from lookalike import Catalog
+    from lookalike.engines.openvino_runtime import neighbour_recall
+
+    vectors = {}
+    for precision in ("fp32", "bf16", "int8"):
+        with Catalog.create(tmp_path / f"{precision}.lk", TINY_MODEL, embedder=tiny_embedder) as catalog:
+            report = catalog.add(shared_photos / "images", options=EncodeOptions(
+                device="cpu", runtime="openvino", precision=precision, progress=False))
+            assert report.indexed == 364 and report.runtime == f"openvino {precision} on cpu"
+            _, vectors[precision] = catalog.store.vectors(catalog.config.embedder.dim)
+            if precision == "int8":
+                gate = catalog.int8_model()
+                assert gate is not None and not gate.overlap and gate.held == 91 and gate.calibration == 273
+    recalls = {p: neighbour_recall(vectors[p], vectors["fp32"], 10) for p in ("bf16", "int8")}
+    with capsys.disabled():
+        print(f"\nrecall@10 vs OpenVINO fp32 over 364 photos ({TINY_MODEL}, random weights): bf16 "
+              f"{recalls['bf16']:.3f}, int8 {recalls['int8']:.3f} (gate on 91 held photos: {gate.recall:.3f})")
+    assert recalls["bf16"] >= 0.95
+    assert recalls["int8"] >= 0.85
+
+
+# -- serve -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+def test_serve_embeds_uploads_with_the_chosen_runtime(shop, runtime, monkeypatch):
+    """``LOOKALIKE_RUNTIME`` (or ``serve --runtime``) picks what the batcher's one model thread runs; the
+    answers agree either way, since the catalog's vectors do not depend on it."""
+    from fastapi.testclient import TestClient
+
+    from lookalike.api import ServeSettings, create_app
+
+    monkeypatch.setenv("LOOKALIKE_RUNTIME", runtime)
+    monkeypatch.setenv("LOOKALIKE_PRECISION", "fp32")
+    settings = ServeSettings(catalog=shop / "shop.lk", device="cpu")
+    assert settings.runtime == runtime
+    with TestClient(create_app(settings)) as client:
+        health = client.get("/api/health").json()
+        assert health["runtime"] == runtime and health["precision"] == "fp32"
+        photo = next((shop / "photos").rglob("green-ellipse.jpg"))
+        r = client.post("/api/search", files={"image": ("p.jpg", photo.read_bytes(), "image/jpeg")}, data={"k": "2"})
+        assert r.status_code == 200, r.text
+        first = r.json()["results"][0]
+        assert first["id"] == "green-ellipse" and first["similarity"] > 0.999
+
+
+def test_serve_uses_the_catalogs_int8_model(tmp_path, tiny_embedder):
+    from fastapi.testclient import TestClient
+
+    from lookalike.api import ServeSettings, create_app
+
+    catalog, _ = int8_catalog(tmp_path, tiny_embedder)
+    catalog.close()
+    settings = ServeSettings(catalog=tmp_path / "shop.lk", device="cpu", runtime="openvino", precision="int8")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/api/health").json()["precision"] == "int8"
+        data = (tmp_path / "photos" / "p007.jpg").read_bytes()
+        r = client.post("/api/search", files={"image": ("p.jpg", data, "image/jpeg")}, data={"k": "1"})
+        assert r.status_code == 200 and r.json()["results"][0]["id"] == "p007"
