@@ -290,3 +290,28 @@ def test_serve_uses_the_catalogs_int8_model(tmp_path, tiny_embedder):
         data = (tmp_path / "photos" / "p007.jpg").read_bytes()
         r = client.post("/api/search", files={"image": ("p.jpg", data, "image/jpeg")}, data={"k": "1"})
         assert r.status_code == 200 and r.json()["results"][0]["id"] == "p007"
+
+
+def test_both_towers_of_a_text_model_run_on_openvino_converted_once(tmp_path, tiny_clip, monkeypatch):
+    """An open_clip model: photos and words on OpenVINO give PyTorch fp32's vectors; each tower is converted
+    once and read from the cache after."""
+    import openvino
+
+    monkeypatch.setenv("LOOKALIKE_OPENVINO_CACHE", str(tmp_path / "cache"))
+    photos = varied_photos(tmp_path / "photos", 6)
+    words = ["a red shoe", "blue denim jacket", "", "long " * 200, "ünïcode ✓ 日本"]
+    pt = Encoder(tiny_clip, FP32_TORCH)
+    ov = Encoder(tiny_clip, FP32_OV)
+    assert ov.runtime == "openvino"
+    np.testing.assert_allclose(ov.encode(photos), pt.encode(photos), atol=2e-5)
+    text = ov.encode_text(words)
+    assert text.shape == (len(words), tiny_clip.dim) and text.dtype == np.float32
+    np.testing.assert_allclose(text, pt.encode_text(words), atol=2e-5)
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.name.endswith("-text")]) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("converted a second time")
+
+    monkeypatch.setattr(openvino, "convert_model", refuse)
+    bf16 = Encoder(tiny_clip, EncodeOptions(device="cpu", runtime="openvino", precision="bf16"))
+    assert np.min(np.sum(bf16.encode_text(words) * text, axis=1)) > 0.999

@@ -168,8 +168,10 @@ class Encoder:
             raise no_text_tower(self.embedder.info.name)
         single = isinstance(texts, str)
         items = [texts] if single else [str(t) for t in texts]
-        from .torch_runtime import embed_texts
-
+        if self.runtime == "openvino":
+            from .openvino_runtime import embed_texts
+        else:
+            from .torch_runtime import embed_texts
         out = embed_texts(self, items)
         return out[0] if single else out
 

@@ -181,9 +181,36 @@ def converted(embedder: Embedder, cache_dir: Path | None = None) -> Path:
     Raises:
         LookalikeError: the cache folder is not writable, or the model cannot be converted.
     """
+    import torch
+
     shape = input_shape(embedder)
+    return _convert(embedder, "fp32", shape, lambda: _features_module(embedder),
+                    torch.zeros((2, *shape, 3), dtype=torch.uint8), (-1, *shape, 3), cache_dir)
+
+
+def converted_text(embedder: Embedder, cache_dir: Path | None = None) -> Path:
+    """A text+image embedder's text tower as an OpenVINO model file: N x L token ids (int64, L the model's
+    context length, what ``embedder.tokenize`` makes) -> N x D features, not normalised; converted once per
+    model and weights, like ``converted``.
+
+    Raises:
+        LookalikeError: the cache folder is not writable, or the tower cannot be converted.
+    """
+    import torch
+
+    length = int(embedder.tokenize([""]).shape[1])
+    return _convert(embedder, "text", (length,), lambda: embedder.text_model.eval(),
+                    torch.zeros((2, length), dtype=torch.long), (-1, length), cache_dir)
+
+
+def _convert(embedder: Embedder, kind: str, shape: tuple[int, ...], module, example, dynamic: tuple[int, ...],
+             cache_dir: Path | None) -> Path:
+    """``openvino.convert_model(module(), example_input=example)`` saved as fp32 IR in the cache, once per
+    key (``model_key``); another process converting the same key at once loses the rename and reads the
+    winner's."""
     root = cache_dir or default_cache_dir()
-    folder = root / f"{_slug(embedder.info.name)}-{model_key(embedder, shape, 'fp32')}"
+    suffix = "" if kind == "fp32" else f"-{kind}"
+    folder = root / f"{_slug(embedder.info.name)}-{model_key(embedder, shape, kind)}{suffix}"
     xml = folder / "model.xml"
     if xml.is_file() and (folder / "model.bin").is_file():
         return xml
@@ -196,14 +223,15 @@ def converted(embedder: Embedder, cache_dir: Path | None = None) -> Path:
     except OSError as exc:
         raise LookalikeError(f"cannot write the OpenVINO model cache {root} ({exc.strerror or exc}); set "
                              "LOOKALIKE_OPENVINO_CACHE to a writable folder, or use --runtime torch") from exc
-    log.info("converting %s to OpenVINO (once; cached in %s)", embedder.info.name, folder)
+    what = embedder.info.name if kind == "fp32" else f"{embedder.info.name} ({kind} tower)"
+    log.info("converting %s to OpenVINO (once; cached in %s)", what, folder)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracing's deprecation and shape notes: the graph is checked by tests
-            example = torch.zeros((2, *shape, 3), dtype=torch.uint8)
-            model = ov.convert_model(_features_module(embedder), example_input=example, input=[(-1, *shape, 3)])
+            model = ov.convert_model(module(), example_input=example, input=[dynamic])
         ov.save_model(model, building / "model.xml", compress_to_fp16=False)
-        (building / "source.json").write_text(json.dumps({**asdict(embedder.info), "shape": list(shape)}, indent=2))
+        (building / "source.json").write_text(json.dumps({**asdict(embedder.info), "shape": list(shape),
+                                                          "kind": kind}, indent=2))
         try:
             os.rename(building, folder)
         except OSError:  # another process converted it meanwhile
@@ -212,7 +240,7 @@ def converted(embedder: Embedder, cache_dir: Path | None = None) -> Path:
     except LookalikeError:
         raise
     except Exception as exc:  # noqa: BLE001 - tracing fails in many ways; PyTorch still works
-        raise LookalikeError(f"cannot convert {embedder.info.name} to OpenVINO ({type(exc).__name__}: "
+        raise LookalikeError(f"cannot convert {what} to OpenVINO ({type(exc).__name__}: "
                              f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}); use "
                              "--runtime torch") from exc
     finally:
@@ -336,13 +364,36 @@ class OpenVinoModel:
             self.streams = int(self._throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         return self._throughput
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 N x H x W x 3 -> N x D unit float32 rows, on the calling thread."""
-        return unit_rows(self.latency()(np.ascontiguousarray(batch, dtype=np.uint8))[0])
+    def __call__(self, batch: np.ndarray, dtype: Any = np.uint8) -> np.ndarray:
+        """uint8 N x H x W x 3 (or, for a text tower, int64 N x L token ids with ``dtype=np.int64``) -> N x D
+        unit float32 rows, on the calling thread."""
+        return unit_rows(self.latency()(np.ascontiguousarray(batch, dtype=dtype))[0])
 
 
 def embed_batch(encoder: Encoder, batch: Any) -> np.ndarray:
     return encoder.model(np.asarray(batch))
+
+
+TEXT_BATCH_SIZE = 64
+
+
+def embed_texts(encoder: Encoder, texts: list[str]) -> np.ndarray:
+    """Texts -> N x D float32 unit vectors with the encoder's text tower converted to OpenVINO (once, cached
+    like the image tower), in bf16 where the image tower runs bf16 or int8 (the text tower is never quantised:
+    a query is a few words), else fp32.
+
+    Raises:
+        LookalikeError: the text tower cannot be converted (``--runtime torch`` still runs it).
+    """
+    embedder = encoder.embedder
+    if encoder.text_model is None:
+        precision = "fp32" if encoder.precision == "fp32" else "bf16"
+        encoder.text_model = OpenVinoModel(converted_text(embedder), precision)
+    out = np.zeros((len(texts), embedder.dim), dtype=np.float32)
+    for start in range(0, len(texts), TEXT_BATCH_SIZE):
+        tokens = embedder.tokenize(texts[start:start + TEXT_BATCH_SIZE]).numpy()
+        out[start:start + len(tokens)] = encoder.text_model(tokens, dtype=np.int64)
+    return out
 
 
 def encode_files_openvino(encoder: Encoder, tasks: Sequence[FileTask]) -> Iterator[EncodedBatch]:
