@@ -20,7 +20,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from ..core.config import CatalogConfig, EmbedderInfo, EncodeOptions
 from ..core.errors import CatalogError, ItemExistsError, QueryError, UnknownItemError
 from ..core.images import IMAGE_EXTENSIONS, ImageInput, content_hash, decode
 from ..core.sources import SourceItem, read_source
-from ..engines.embed import Encoder, FileTask, encode_files
+from ..engines.embed import EncodedBatch, Encoder, Engine, FileTask, encode_files
 from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
 from ..models.base import RANDOM_WEIGHTS, Embedder
 from ..models.modelfile import canonical_name
@@ -62,6 +62,8 @@ class IndexReport:
     pruned: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    engine: str = "local"  # what embedded: "local" (this machine's encoder) or "ray"
+    engine_detail: dict = field(default_factory=dict)  # the Ray engine's actors, nodes and rates
 
     @property
     def images_per_second(self) -> float:
@@ -74,7 +76,12 @@ class IndexReport:
         if self.pruned:
             parts.append(f"pruned {self.pruned}")
         rate = f" ({self.images_per_second:.1f} images/s)" if self.indexed else ""
-        return ", ".join(parts) + f" in {self.seconds:.1f} s{rate}"
+        where = ""
+        if self.engine != "local" and self.engine_detail.get("actors_used"):
+            d = self.engine_detail
+            where = (f" on {self.engine} ({d['actors_used']} actor{'s' * (d['actors_used'] != 1)}, "
+                     f"{d['nodes_used']} node{'s' * (d['nodes_used'] != 1)})")
+        return ", ".join(parts) + f" in {self.seconds:.1f} s{rate}{where}"
 
 
 @dataclass(frozen=True)
@@ -288,11 +295,13 @@ class Catalog:
 
     def add(self, source: str | Path, images: str | Path | None = None, *, prune: bool = False,
             options: EncodeOptions | None = None,
-            on_batch: Callable[[int], None] | None = None) -> IndexReport:
+            on_batch: Callable[[int], None] | None = None, engine: Engine | None = None) -> IndexReport:
         """Embed every new or changed image of a folder or manifest; keep the rest.
 
         Each batch is committed on its own, so an interrupted run keeps what it finished and the next run
         resumes. Unreadable files are recorded with their reason and retried only once they change.
+        ``engine`` embeds elsewhere (``engines.ray_engine.RayEngine``: a Ray cluster); this process still
+        lists, skips and commits, the same way as for the local encoder.
 
         Raises:
             SourceError: the source cannot be read.
@@ -333,7 +342,7 @@ class Catalog:
         if relabel:
             self.store.set_labels(relabel)
         if todo:
-            self._embed(todo, options, report, touch, on_batch)
+            self._embed(todo, options, report, touch, on_batch, engine)
         if touch:
             self.store.touch(touch)
         if prune:
@@ -344,12 +353,32 @@ class Catalog:
         return report
 
     def _embed(self, todo, options: EncodeOptions, report: IndexReport, touch: list,
-               on_batch: Callable[[int], None] | None) -> None:
-        encoder = self.encoder(options)
+               on_batch: Callable[[int], None] | None, engine: Engine | None) -> None:
+        """Embed ``todo`` with the local encoder or ``engine`` (Ray), then commit what comes back, batch by
+        batch, through the one commit loop both engines share."""
+        tasks = [task for _, task, _, _ in todo]
+        if engine is None:
+            batches = encode_files(self.encoder(options), tasks)
+        else:
+            batches = engine.encode_files(self.embedder, options, tasks)
+            report.engine = engine.name
+        try:
+            self._commit(batches, todo, options, report, touch, on_batch)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # stop the engine's workers now, not when the generator is collected
+            if engine is not None:
+                report.engine_detail = engine.detail()
+
+    def _commit(self, batches: Iterable[EncodedBatch], todo, options: EncodeOptions, report: IndexReport,
+                touch: list, on_batch: Callable[[int], None] | None) -> None:
+        """Write each finished batch in its own transaction: embedded items with their vectors, failures with
+        their reasons; unchanged content only touches size and mtime. Batches may come in any order."""
         by_ref = {task.ref: (item, size, mtime) for item, task, size, mtime in todo}
         show = options.progress and sys.stderr.isatty()
         with tqdm(total=len(todo), unit="img", desc="indexing", disable=not show, dynamic_ncols=True) as bar:
-            for batch in encode_files(encoder, [task for _, task, _, _ in todo]):
+            for batch in batches:
                 records: list[ItemRecord] = []
                 for i, result in enumerate(batch.embedded):
                     item, size, mtime = by_ref[result.task.ref]

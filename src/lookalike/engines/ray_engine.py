@@ -1,0 +1,332 @@
+"""The Ray engine: the same files in, the same vectors out, on a Ray cluster (a local one, a ``ray start``
+cluster, or KubeRay).
+
+The driver (``Catalog.add``) lists the source, skips what the catalog holds and commits every batch that
+comes back, exactly as for the local encoder; only embedding moves:
+
+    tasks --from_items--> decoding tasks (CPU)  --map_batches, actor pool--> embedding actors --iter_batches--> driver
+          ref, path,      ``FileReader``: read,     uint8 pixels               one model each, loaded   vectors, results
+          known hash      hash, decode, prepare                                once (GPU when asked)
+
+Decoding reuses ``files.FileReader``, so limits, draft decoding and failure reasons are the local path's; an
+actor places the model with ``Encoder`` (same device rules, precision, BatchNorm folding, normalisation), so
+the vectors are the local path's too. A bad image is a result row with its reason, never an exception, so no
+actor crashes on one. Ray Data's own defaults make the rest fault tolerant: a killed actor is restarted
+and its in-flight batches retried (``max_restarts=-1``, ``max_task_retries=-1`` for actor pools), a decoding
+task lost with its worker or node runs again (``max_retries=-1``): a fault costs the batches in flight,
+never the run. What the driver committed stays committed if the driver itself dies.
+
+Ray is imported inside the functions that run it: importing this module loads neither Ray nor PyTorch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.config import EncodeOptions
+from ..core.errors import LookalikeError
+from .files import EncodedBatch, FileReader, FileResult, FileTask, cores, default_batch_size
+
+if TYPE_CHECKING:
+    from ..models.base import Embedder
+
+log = logging.getLogger(__name__)
+
+DECODE_ROWS = 32  # files per decoding task: enough to amortise a task's start, small enough to spread
+# Memory a decoding task reserves: its files and their pixels, with room for a large original. Also keeps
+# Ray Data from fusing decoding into the actors (operators fuse only when their resources agree), so the
+# actors' cores, or GPUs, never wait on JPEG decoding.
+DECODE_MEMORY = 512 * 2**20  # a decoding worker imports torchvision for the transform: ~380 MB
+SRC_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this ``lookalike`` package
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide the Ray engine runs.
+
+    ``address``: None starts a local Ray for the run (or joins the one this process already started);
+    ``"auto"`` or ``host:port`` joins a running cluster. ``actors``: embedding actors (None: one per
+    ``gpus_per_actor`` GPUs of the cluster, or on CPUs one per ``cpus_per_actor`` CPUs left after a decoding
+    task). ``decode_cpus``: CPUs each decoding task reserves.
+    """
+
+    address: str | None = None
+    actors: int | None = None
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    decode_cpus: float = 1.0
+
+    def check(self) -> None:
+        """Raises: LookalikeError: a count or share out of range."""
+        if self.actors is not None and self.actors < 1:
+            raise LookalikeError(f"--actors {self.actors}: must be at least 1")
+        if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0 or self.decode_cpus <= 0:
+            raise LookalikeError("--gpus-per-actor must be >= 0, --cpus-per-actor and --decode-cpus > 0")
+
+
+def actors_for(resources: dict[str, float], opts: RayOptions) -> int:
+    """How many embedding actors a cluster with ``resources`` (``ray.cluster_resources()``) gets.
+
+    Raises:
+        LookalikeError: the cluster cannot hold them and a decoding task at once (the pipeline would wait
+            forever), with the numbers and what to change.
+    """
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    if opts.actors is not None:
+        actors = opts.actors
+    elif opts.gpus_per_actor > 0:
+        actors = int(gpus // opts.gpus_per_actor)
+    else:
+        actors = max(1, int((cpus - opts.decode_cpus) // opts.cpus_per_actor))
+    if opts.gpus_per_actor > 0 and (actors < 1 or actors * opts.gpus_per_actor > gpus + 1e-9):
+        raise LookalikeError(
+            f"the Ray cluster has {gpus:g} GPUs; {max(actors, 1)} actors x {opts.gpus_per_actor:g} GPUs do not fit. "
+            "Lower --actors or --gpus-per-actor, or add GPU nodes")
+    needed = actors * opts.cpus_per_actor + opts.decode_cpus
+    if needed > cpus + 1e-9:
+        raise LookalikeError(
+            f"the Ray cluster has {cpus:g} CPUs; {actors} actors x {opts.cpus_per_actor:g} CPUs plus one decoding "
+            f"task ({opts.decode_cpus:g} CPUs) need {needed:g}. Lower --actors, --cpus-per-actor or --decode-cpus")
+    return actors
+
+
+def local_cpus(opts: RayOptions) -> int:
+    """CPUs a local Ray started for the run declares: this machine's cores, or more when the asked-for
+    actors and a decoding task need more (they then share the cores, as the local engine's workers do)."""
+    actors = opts.actors or max(1, int((cores() - opts.decode_cpus) // opts.cpus_per_actor))
+    return max(cores(), math.ceil(actors * opts.cpus_per_actor + opts.decode_cpus))
+
+
+@contextlib.contextmanager
+def ray_session(opts: RayOptions) -> Iterator[None]:
+    """Join (or start) Ray for a run; a Ray this call started is shut down after it.
+
+    Workers import this process's ``lookalike`` where they share its file system (``PYTHONPATH`` in the job's
+    runtime environment); elsewhere they import the one installed on their node.
+
+    Raises:
+        LookalikeError: no cluster at ``opts.address``.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    quiet = not log.isEnabledFor(logging.INFO)
+    path = os.pathsep.join(p for p in (str(SRC_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False, "logging_level": logging.WARNING if quiet else logging.INFO,
+        "log_to_driver": not quiet, "runtime_env": {"env_vars": {"PYTHONPATH": path}},
+    }
+    if opts.address is None:
+        kwargs["num_cpus"] = local_cpus(opts)
+    else:
+        kwargs["address"] = opts.address
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = opts.address or "this machine"
+        raise LookalikeError(f"cannot start or reach Ray at {where} ({str(exc).splitlines()[0][:200]}); start a "
+                             "cluster with `ray start --head`, or drop --ray-address to run a local Ray") from exc
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+class RayEngine:
+    """``Engine`` on Ray Data: decoding tasks feed a pool of embedding actors; results stream back.
+
+    After a run, ``detail()`` says how many actors and nodes did the work and how many images each actor
+    embedded.
+    """
+
+    name = "ray"
+
+    def __init__(self, options: RayOptions | None = None):
+        """Raises: LookalikeError: Ray is not installed, or an option is out of range."""
+        if importlib.util.find_spec("ray") is None:
+            raise LookalikeError("--engine ray needs Ray Data: pip install 'lookalike[ray]' (or 'ray[data]')")
+        self.options = options or RayOptions()
+        self.options.check()
+        self._detail: dict = {}
+
+    def detail(self) -> dict:
+        return dict(self._detail)
+
+    def encode_files(self, embedder: Embedder, options: EncodeOptions, tasks: Sequence[FileTask]
+                     ) -> Iterator[EncodedBatch]:
+        """Embed ``tasks`` on the cluster; yields batches as actors finish them (in any order).
+
+        Raises:
+            LookalikeError: the cluster is too small, unreachable, or the run failed beyond Ray's retries
+                (what was committed stays; a rerun resumes).
+        """
+        opts = self.options
+        if options.device not in ("auto", "cpu") and opts.gpus_per_actor == 0 and options.device != "mps":
+            raise LookalikeError(f"--device {options.device} with --engine ray needs --gpus-per-actor (Ray gives "
+                                 "an actor a GPU only when asked)")
+        needs_torch = getattr(embedder, "needs_torch", True)
+        device_type = "cuda" if opts.gpus_per_actor > 0 else "cpu"
+        batch_size = options.batch_size or default_batch_size(device_type, needs_torch)
+        if batch_size < 1:
+            raise LookalikeError(f"--batch-size {batch_size}: must be at least 1")
+        options = replace(options, batch_size=batch_size)
+        with ray_session(opts):
+            yield from self._run(embedder, options, list(tasks), batch_size)
+
+    def _run(self, embedder: Embedder, options: EncodeOptions, tasks: list[FileTask], batch_size: int
+             ) -> Iterator[EncodedBatch]:
+        import ray
+        import ray.data
+
+        _quiet_ray_data()
+        opts = self.options
+        resources = ray.cluster_resources()
+        actors = actors_for(resources, opts)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        log.info("Ray: %d embedding actors (%g CPUs, %g GPUs each) on a cluster of %d nodes, %g CPUs, %g GPUs",
+                 actors, opts.cpus_per_actor, opts.gpus_per_actor, len(nodes), resources.get("CPU", 0),
+                 resources.get("GPU", 0))
+        by_ref = {task.ref: task for task in tasks}
+        per_actor: Counter[str] = Counter()
+        node_of: dict[str, str] = {}
+        started = time.perf_counter()
+        self._detail = {"address": opts.address or "local", "actors": actors, "actors_used": 0, "nodes_used": 0,
+                        "nodes_in_cluster": len(nodes), "cpus_per_actor": opts.cpus_per_actor,
+                        "gpus_per_actor": opts.gpus_per_actor, "batch_size": batch_size, "images_per_actor": {}}
+        if not tasks:
+            return
+        rows = [{"ref": t.ref, "path": str(t.path), "known": t.known_hash or ""} for t in tasks]
+        reader = {"pil_transform": embedder.pil_transform,
+                  "draft": embedder.draft_size if options.draft else None,
+                  "max_pixels": options.max_pixels, "max_bytes": options.max_bytes}
+        model = ray.put(embedder)
+        threads = max(1, int(opts.cpus_per_actor))
+        blocks = min(len(rows), max(math.ceil(len(rows) / DECODE_ROWS), 2 * actors))  # small runs still spread
+        ds = ray.data.from_items(rows, override_num_blocks=blocks)
+        ds = ds.map_batches(decode_rows, batch_size=None, batch_format="numpy", fn_kwargs=reader,
+                            num_cpus=opts.decode_cpus, memory=DECODE_MEMORY)
+        ds = ds.map_batches(EmbedActor, batch_size=batch_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=actors),
+                            fn_constructor_kwargs={"model": [model], "options": options, "threads": threads},
+                            num_cpus=opts.cpus_per_actor, num_gpus=opts.gpus_per_actor or None)
+        try:
+            for cols in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                batch = to_encoded_batch(cols, by_ref)
+                for actor, node, embedded in zip(cols["actor"].tolist(), cols["node"].tolist(),
+                                                 cols["embedded"].tolist(), strict=True):
+                    per_actor[actor] += int(embedded)
+                    node_of[actor] = node
+                seconds = time.perf_counter() - started
+                self._detail.update(
+                    actors_used=len(per_actor), nodes_used=len(set(node_of.values())), seconds=round(seconds, 3),
+                    images_per_actor={a[:12]: n for a, n in per_actor.items()},
+                    nodes={node[:12]: sum(1 for a in node_of if node_of[a] == node) for node in set(node_of.values())})
+                yield batch
+        except ray.exceptions.RayError as exc:
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise LookalikeError(f"the Ray run stopped ({reason}); everything indexed so far is kept and the "
+                                 "next run resumes (with --engine ray or local)") from exc
+
+
+def _quiet_ray_data() -> None:
+    """Our own progress bar and summary stand in for Ray Data's bars and execution logs."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    if hasattr(ctx, "print_on_execution_start"):
+        ctx.print_on_execution_start = False
+    if not log.isEnabledFor(logging.INFO):
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def decode_rows(batch: dict[str, np.ndarray], *, pil_transform, draft: int | None, max_pixels: int,
+                max_bytes: int) -> dict[str, Any]:
+    """A decoding task: read, hash, decode and prepare each file with ``FileReader`` (the local engine's
+    reader); failures and unchanged files come out as rows with their reasons, never as exceptions."""
+    refs = batch["ref"].tolist()
+    tasks = [FileTask(Path(path), known or None, ref)
+             for ref, path, known in zip(refs, batch["path"].tolist(), batch["known"].tolist(), strict=True)]
+    reader = FileReader(tasks, pil_transform, draft, max_pixels, max_bytes)
+    out: dict[str, list] = {k: [] for k in ("ref", "size", "sha256", "width", "height", "error", "unchanged",
+                                            "shape", "pixels")}
+    for i in range(len(reader)):
+        result, array = reader[i]
+        out["ref"].append(result.task.ref)
+        out["size"].append(result.size)
+        out["sha256"].append(result.sha256 or "")
+        out["width"].append(result.width)
+        out["height"].append(result.height)
+        out["error"].append(result.error or "")
+        out["unchanged"].append(result.unchanged)
+        out["shape"].append(list(array.shape) if array is not None else [0, 0, 0])
+        out["pixels"].append(np.ascontiguousarray(array).tobytes() if array is not None else b"")
+    return {k: (np.asarray(v, dtype=np.int32) if k == "shape" else v) for k, v in out.items()}
+
+
+class EmbedActor:
+    """An embedding actor: the catalog's model, loaded once (from the driver's copy in the object store) and
+    placed by ``Encoder`` exactly as the local engine places it; each call embeds the decoded rows of a batch
+    and passes the rest through. Pixels never travel back, only vectors."""
+
+    def __init__(self, model: list, options: EncodeOptions, threads: int):
+        import ray
+
+        from .embed import Encoder
+
+        embedder = ray.get(model[0])
+        if getattr(embedder, "needs_torch", True):
+            import torch
+
+            torch.set_num_threads(threads)
+        self.encoder = Encoder(embedder, options)
+        context = ray.get_runtime_context()
+        self.node, self.actor = context.get_node_id(), context.get_actor_id()
+        log.info("embedding actor %s on node %s: %s on %s (%s)", self.actor[:12], self.node[:12],
+                 embedder.info.name, self.encoder.device, self.encoder.precision)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["ref"])
+        shapes = batch["shape"]
+        rows = [i for i in range(n) if shapes[i][0] > 0]
+        vectors = np.zeros((n, self.encoder.embedder.dim), dtype=np.float32)
+        if rows:
+            arrays = np.stack([np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(shapes[i]) for i in rows])
+            vectors[rows] = self.encoder.embed_uint8(arrays)
+        embedded = np.zeros(n, dtype=bool)
+        embedded[rows] = True
+        out = {k: batch[k] for k in ("ref", "size", "sha256", "width", "height", "error", "unchanged")}
+        out.update(embedded=embedded, vector=vectors, node=[self.node] * n, actor=[self.actor] * n)
+        return out
+
+
+def to_encoded_batch(cols: dict[str, np.ndarray], by_ref: dict[int, FileTask]) -> EncodedBatch:
+    """An actor's output rows as the ``EncodedBatch`` the commit loop takes."""
+    embedded: list[FileResult] = []
+    others: list[FileResult] = []
+    rows: list[int] = []
+    for i, ref in enumerate(cols["ref"].tolist()):
+        result = FileResult(task=by_ref[int(ref)], size=int(cols["size"][i]), sha256=str(cols["sha256"][i]) or None,
+                            width=int(cols["width"][i]), height=int(cols["height"][i]),
+                            error=str(cols["error"][i]) or None, unchanged=bool(cols["unchanged"][i]))
+        if cols["embedded"][i]:
+            embedded.append(result)
+            rows.append(i)
+        else:
+            others.append(result)
+    vectors = np.ascontiguousarray(cols["vector"][rows], dtype=np.float32) if rows else None
+    return EncodedBatch(embedded=embedded, vectors=vectors, others=others)

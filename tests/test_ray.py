@@ -1,0 +1,208 @@
+"""The Ray engine: the same catalog as the local engine, built by Ray Data decoding tasks and embedding actors.
+
+The pieces (decoding rows, an actor's call, turning rows back into batches, sizing the actor pool) are tested
+without Ray; the runs on Ray share one local Ray (2 CPUs) per module and are marked slow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL, make_image
+from lookalike import Catalog, EncodeOptions
+from lookalike.core.errors import LookalikeError
+from lookalike.engines.embed import Encoder, FileTask, encode_files
+from lookalike.engines.ray_engine import (
+    EmbedActor,
+    RayEngine,
+    RayOptions,
+    actors_for,
+    decode_rows,
+    local_cpus,
+    to_encoded_batch,
+)
+
+WORKTREE_SRC = Path(__file__).resolve().parents[1] / "src"
+QUIET = EncodeOptions(progress=False)
+
+
+def shop_with_bad_files(root: Path) -> Path:
+    """Twelve labelled photos (a manifest), one without a row, and three files that cannot be embedded."""
+    photos = root / "photos"
+    rows = ["path,colour,shape"]
+    for colour, rgb in {"red": (200, 30, 30), "green": (30, 160, 60), "blue": (30, 60, 200),
+                        "yellow": (230, 210, 40)}.items():
+        for shape in ("rect", "ellipse", "stripes"):
+            rel = f"{'shoes/' if shape == 'stripes' else ''}{colour}-{shape}.jpg"
+            make_image(photos / rel, color=rgb, shape=shape, quality=90)
+            if rel != "yellow-rect.jpg":
+                rows.append(f"{rel},{colour},{shape}")
+    (photos / "empty.jpg").write_bytes(b"")
+    (photos / "notes.png").write_text("not a picture")
+    good = (photos / "red-rect.jpg").read_bytes()
+    (photos / "cut.jpg").write_bytes(good[: len(good) // 2])
+    (root / "styles.csv").write_text("\n".join(rows) + "\n")
+    return root / "styles.csv"
+
+
+def catalog_rows(path: Path) -> dict[str, tuple]:
+    """id -> (path, size, sha256, status, reason, labels) of every item of a catalog."""
+    with Catalog.open(path) as cat:
+        items = cat.store.items()
+        labels = cat.store.labels()
+        return {i: (r.path, r.size, r.sha256, r.status, r.reason, labels.get(r.key, {})) for i, r in items.items()}
+
+
+def catalog_vectors(path: Path) -> dict[str, np.ndarray]:
+    with Catalog.open(path) as cat:
+        keys, vectors = cat.store.vectors(cat.config.embedder.dim)
+        ids = {row.key: i for i, row in cat.store.items().items()}
+        return {ids[int(k)]: v for k, v in zip(keys, vectors, strict=True)}
+
+
+# -- without Ray -------------------------------------------------------------------------------------------
+
+
+def test_the_actor_pool_is_sized_from_the_cluster_and_refused_when_it_cannot_fit():
+    assert actors_for({"CPU": 8}, RayOptions()) == 7  # one CPU left for a decoding task
+    assert actors_for({"CPU": 96, "GPU": 8}, RayOptions(gpus_per_actor=1)) == 8
+    assert actors_for({"CPU": 2}, RayOptions(actors=2, cpus_per_actor=0.5, decode_cpus=0.5)) == 2
+    with pytest.raises(LookalikeError, match="need 3"):
+        actors_for({"CPU": 2}, RayOptions(actors=2))
+    with pytest.raises(LookalikeError, match="GPUs do not fit"):
+        actors_for({"CPU": 16, "GPU": 1}, RayOptions(actors=2, gpus_per_actor=1))
+    with pytest.raises(LookalikeError, match="GPUs do not fit"):
+        actors_for({"CPU": 16}, RayOptions(gpus_per_actor=1))
+    assert local_cpus(RayOptions(actors=4)) >= 5  # a local Ray declares what the asked-for pool needs
+    with pytest.raises(LookalikeError, match="--actors 0"):
+        RayEngine(RayOptions(actors=0))
+
+
+def test_decoding_rows_and_an_actors_call_give_the_local_engines_results(tmp_path, tiny_embedder):
+    """The Ray pipeline's two steps, run in this process: the same reasons, hashes and vectors as
+    ``encode_files``, and every file exactly once."""
+    manifest = shop_with_bad_files(tmp_path)
+    files = sorted(p for p in manifest.parent.joinpath("photos").rglob("*") if p.is_file())
+    known = {files[0]: None}
+    tasks = [FileTask(p, known.get(p), ref=i) for i, p in enumerate(files)]
+    encoder = Encoder(tiny_embedder, EncodeOptions(workers=0, batch_size=64, progress=False))
+    local = list(encode_files(encoder, tasks))
+    assert len(local) == 1
+
+    rows = {"ref": np.array([t.ref for t in tasks]), "path": np.array([str(t.path) for t in tasks], dtype=object),
+            "known": np.array([""] * len(tasks), dtype=object)}
+    decoded = decode_rows(rows, pil_transform=tiny_embedder.pil_transform, draft=tiny_embedder.draft_size,
+                          max_pixels=encoder.options.max_pixels, max_bytes=encoder.options.max_bytes)
+    actor = object.__new__(EmbedActor)  # its __init__ only fetches the model from Ray's object store
+    actor.encoder, actor.node, actor.actor = encoder, "node-1", "actor-1"
+    batch = {k: np.asarray(v, dtype=object) if k in ("sha256", "error", "pixels") else np.asarray(v)
+             for k, v in decoded.items()}
+    out = actor(batch)
+    assert "pixels" not in out  # only vectors travel back
+    ray_batch = to_encoded_batch({k: np.asarray(v) for k, v in out.items()}, {t.ref: t for t in tasks})
+
+    def results(b):
+        return sorted((r.task.ref, r.sha256, r.size, r.width, r.height, r.error, r.unchanged)
+                      for r in b.embedded + b.others)
+
+    assert results(ray_batch) == results(local[0])
+    assert len(ray_batch.embedded) == 12 and len(ray_batch.others) == 3
+    order = {r.task.ref: i for i, r in enumerate(local[0].embedded)}
+    mine = np.stack([ray_batch.vectors[i] for i, r in sorted(enumerate(ray_batch.embedded),
+                                                             key=lambda x: order[x[1].task.ref])])
+    np.testing.assert_allclose(mine, local[0].vectors, atol=1e-6)
+
+
+def test_ray_options_without_the_ray_engine_are_refused(tmp_path, capsys):
+    from lookalike.cli import main
+
+    code = main(["index", str(tmp_path), "--catalog", str(tmp_path / "x.lk"), "--actors", "2", "-q"])
+    assert code == 2
+    assert "--actors is a Ray option; add --engine ray" in capsys.readouterr().err
+    assert not (tmp_path / "x.lk").exists()
+
+
+# -- on a local Ray ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray (2 CPUs) for the module; engines join it instead of starting their own."""
+    pytest.importorskip("ray")
+    from lookalike.engines.ray_engine import ray_session
+
+    with ray_session(RayOptions(actors=1)):
+        yield
+
+
+@pytest.mark.slow
+def test_ray_workers_import_this_checkout(local_ray):
+    import ray
+
+    @ray.remote(num_cpus=0.1)
+    def where() -> str:
+        import lookalike
+
+        return lookalike.__file__
+
+    assert Path(ray.get(where.remote())).resolve().is_relative_to(WORKTREE_SRC)
+
+
+@pytest.mark.slow
+def test_a_ray_catalog_is_the_local_catalog(local_ray, tmp_path, tiny_embedder):
+    """Same ids, paths, labels, hashes, failures with reasons; vectors within cosine 0.9999 (same precision);
+    a rerun skips what is unchanged (by size and mtime, then by content hash on the actors) as local does."""
+    manifest = shop_with_bad_files(tmp_path)
+    with Catalog.create(tmp_path / "local.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
+        local = cat.add(manifest, options=QUIET)
+    engine = RayEngine(RayOptions(actors=2, cpus_per_actor=0.5, decode_cpus=0.5))
+    with Catalog.create(tmp_path / "ray.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
+        report = cat.add(manifest, options=QUIET, engine=engine)
+    assert (report.indexed, report.failed) == (local.indexed, local.failed) == (12, 3)
+    assert report.engine == "ray" and report.engine_detail["nodes_used"] == 1
+    assert 1 <= report.engine_detail["actors_used"] <= 2
+    assert sum(report.engine_detail["images_per_actor"].values()) == 12
+    assert "on ray (" in report.summary()
+
+    assert catalog_rows(tmp_path / "ray.lk") == catalog_rows(tmp_path / "local.lk")
+    failures = {i: r[4] for i, r in catalog_rows(tmp_path / "ray.lk").items() if r[3] == "failed"}
+    assert set(failures) == {"photos/empty", "photos/notes", "photos/cut"} and "truncated" in failures["photos/cut"]
+    a, b = catalog_vectors(tmp_path / "local.lk"), catalog_vectors(tmp_path / "ray.lk")
+    assert set(a) == set(b)
+    cosines = np.array([float(np.dot(a[i], b[i])) for i in a])
+    assert cosines.min() >= 0.9999, dict(zip(a, cosines.round(6), strict=True))
+
+    photos = manifest.parent / "photos"
+    touched = photos / "red-rect.jpg"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))  # same bytes
+    make_image(photos / "green-rect.jpg", color=(0, 0, 0), quality=90)  # new bytes
+    with Catalog.open(tmp_path / "ray.lk") as cat:
+        again = cat.add(manifest, options=QUIET, engine=engine)
+    assert (again.indexed, again.unchanged, again.failed, again.failed_before) == (1, 11, 0, 3)
+    with Catalog.open(tmp_path / "local.lk") as cat:
+        local_again = cat.add(manifest, options=QUIET)
+    assert (local_again.indexed, local_again.unchanged) == (1, 11)
+    assert catalog_rows(tmp_path / "ray.lk") == catalog_rows(tmp_path / "local.lk")
+
+
+@pytest.mark.slow
+def test_the_cli_indexes_with_ray_and_says_where(local_ray, tmp_path, capsys):
+    """``--engine ray`` from the command line, with a model-free embedder (no PyTorch on the actors)."""
+    from lookalike.cli import main
+
+    photos = tmp_path / "photos"
+    for i, rgb in enumerate([(200, 30, 30), (30, 160, 60), (30, 60, 200)]):
+        make_image(photos / f"p{i}.png", color=rgb, fmt="PNG")
+    shutil.copy(photos / "p0.png", photos / "copy.png")
+    code = main(["index", str(photos), "--catalog", str(tmp_path / "p.lk"), "--model", "pixels", "-q",
+                 "--engine", "ray", "--actors", "1", "--cpus-per-actor", "0.5", "--decode-cpus", "0.5"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "indexed 4" in out and "on ray (1 actor, 1 node)" in out
+    with Catalog.open(tmp_path / "p.lk") as cat:
+        assert len(cat) == 4 and {m.id for m in cat.similar("p0", k=3)} == {"p1", "p2"}  # never its copy
