@@ -191,18 +191,21 @@ def test_a_ray_catalog_is_the_local_catalog(local_ray, tmp_path, tiny_embedder):
 
 
 @pytest.mark.slow
-def test_the_cli_indexes_with_ray_and_says_where(local_ray, tmp_path, capsys):
-    """``--engine ray`` from the command line, with a model-free embedder (no PyTorch on the actors)."""
+def test_the_cli_indexes_an_object_store_prefix_with_ray_and_says_where(local_ray, tmp_path, capsys):
+    """``--engine ray`` from the command line, with a model-free embedder (no PyTorch on the actors), on a
+    source named by URL: listed by the driver and read by the decoding tasks through fsspec (``local://`` is
+    fsspec's local file system under a URL, the code path of ``s3://`` and ``gs://``)."""
     from lookalike.cli import main
 
     photos = tmp_path / "photos"
     for i, rgb in enumerate([(200, 30, 30), (30, 160, 60), (30, 60, 200)]):
         make_image(photos / f"p{i}.png", color=rgb, fmt="PNG")
     shutil.copy(photos / "p0.png", photos / "copy.png")
-    code = main(["index", str(photos), "--catalog", str(tmp_path / "p.lk"), "--model", "pixels", "-q",
+    code = main(["index", f"local://{photos}", "--catalog", str(tmp_path / "p.lk"), "--model", "pixels", "-q",
                  "--engine", "ray", "--actors", "1", "--cpus-per-actor", "0.5", "--decode-cpus", "0.5"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "indexed 4" in out and "on ray (1 actor, 1 node)" in out
     with Catalog.open(tmp_path / "p.lk") as cat:
         assert len(cat) == 4 and {m.id for m in cat.similar("p0", k=3)} == {"p1", "p2"}  # never its copy
+        assert cat.store.item("p0").path == (photos / "p0.png").as_uri()

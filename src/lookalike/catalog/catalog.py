@@ -28,10 +28,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..core import storage
 from ..core.config import CatalogConfig, EmbedderInfo, EncodeOptions
 from ..core.errors import CatalogError, ItemExistsError, QueryError, UnknownItemError
 from ..core.images import IMAGE_EXTENSIONS, ImageInput, content_hash, decode
-from ..core.sources import SourceItem, read_source
+from ..core.sources import SourceItem, is_folder_source, read_source, source_name
 from ..engines.embed import EncodedBatch, Encoder, Engine, FileTask, encode_files
 from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
 from ..models.base import RANDOM_WEIGHTS, Embedder
@@ -313,7 +314,7 @@ class Catalog:
         if not listing.items:
             report.warnings.append(f"{source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         stored = self.store.items()
-        listed = assign_item_ids(listing.items, stored, Path(source), report.warnings)
+        listed = assign_item_ids(listing.items, stored, source, report.warnings)
         for warning in report.warnings:
             log.warning(warning)
         stored_labels = self.store.labels()
@@ -321,14 +322,18 @@ class Catalog:
         touch: list[tuple[str, str, int, int]] = []
         relabel: dict[str, dict[str, str]] = {}
         for item in listed:
-            try:
-                stat = item.path.stat()
-            except OSError as exc:
-                report.warnings.append(f"{item.path}: cannot stat ({exc.strerror})")
-                continue
+            if item.size is not None:  # an object: its listing said
+                size, mtime = item.size, item.mtime_ns or 0
+            else:
+                try:
+                    stat = Path(item.path).stat()
+                except OSError as exc:
+                    report.warnings.append(f"{item.path}: cannot stat ({exc.strerror})")
+                    continue
+                size, mtime = stat.st_size, stat.st_mtime_ns
             old = stored.get(item.id)
-            same_file = (old is not None and old.path == str(item.path) and old.size == stat.st_size
-                         and old.mtime_ns == stat.st_mtime_ns)
+            same_file = (old is not None and old.path == str(item.path) and old.size == size
+                         and old.mtime_ns == mtime)
             if same_file:
                 if old.status == "ok":
                     report.unchanged += 1
@@ -338,7 +343,7 @@ class Catalog:
                     relabel[item.id] = item.labels
                 continue
             known = old.sha256 if old is not None and old.status == "ok" else None
-            todo.append((item, FileTask(item.path, known, ref=len(todo)), stat.st_size, stat.st_mtime_ns))
+            todo.append((item, FileTask(item.path, known, ref=len(todo)), size, mtime))
         if relabel:
             self.store.set_labels(relabel)
         if todo:
@@ -346,7 +351,9 @@ class Catalog:
         if touch:
             self.store.touch(touch)
         if prune:
-            gone = [i for i, row in self.store.items().items() if not Path(row.path).exists()]
+            listed_paths = {str(item.path) for item in listed}
+            gone = [i for i, row in self.store.items().items()
+                    if row.path not in listed_paths and not storage.exists(row.path)]
             report.pruned = self.store.delete(gone) if gone else 0
         self._refresh_index(save=True)
         report.seconds = time.perf_counter() - started
@@ -828,7 +835,7 @@ def _unfinished_creation(path: Path) -> bool:
         return (path / DB_FILE).exists() and (path / DB_FILE).stat().st_size == 0
 
 
-def assign_item_ids(items: list[SourceItem], stored: Mapping[str, StoredItem], source: Path,
+def assign_item_ids(items: list[SourceItem], stored: Mapping[str, StoredItem], source: str | Path,
                     warnings: list[str]) -> list[SourceItem]:
     """The ids listed files get in a catalog that may already hold them: an item is a file.
 
@@ -843,6 +850,7 @@ def assign_item_ids(items: list[SourceItem], stored: Mapping[str, StoredItem], s
     """
     by_path = {row.path: item_id for item_id, row in stored.items()}
     listed_paths = {str(item.path) for item in items}
+    folder = is_folder_source(source)
     taken = set(stored) | {item.id for item in items}
     out: list[SourceItem] = []
     kept = 0
@@ -854,15 +862,15 @@ def assign_item_ids(items: list[SourceItem], stored: Mapping[str, StoredItem], s
             out.append(item if known == item.id else dataclasses.replace(item, id=known))
             continue
         old = stored.get(item.id)
-        if old is None or old.path == path or not Path(old.path).exists():
+        if old is None or old.path == path or not storage.exists(old.path):
             out.append(item)
             continue
-        if not source.is_dir() and old.path not in listed_paths:
+        if not folder and old.path not in listed_paths:
             warnings.append(f"item {item.id!r} now shows {path} (was {old.path}, which the manifest no longer "
                             "names for this id)")
             out.append(item)
             continue
-        base = f"{source.resolve().name if source.is_dir() else source.stem}/{item.id}"
+        base = f"{source_name(source)}/{item.id}"
         new_id, n = base, 1
         while new_id in taken:
             n += 1

@@ -8,13 +8,13 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..core.errors import LookalikeError
 from ..core.images import content_hash, decode, source_size
+from ..core.storage import Location, read_bytes, size_of
 from ..models.base import prepare_with
 
 HOST_BATCH_SIZE = 64  # model-free embedders: NumPy work per batch is small, so batches are larger
@@ -44,9 +44,10 @@ def cores() -> int:
 
 @dataclass(frozen=True)
 class FileTask:
-    """A file to embed; ``known_hash`` lets a worker skip decoding when the content has not changed."""
+    """A file to embed (a local path or an object's URL); ``known_hash`` lets a worker skip decoding when the
+    content has not changed."""
 
-    path: Path
+    path: Location
     known_hash: str | None = None
     ref: int = -1  # the caller's handle for matching results back to its own records
 
@@ -89,12 +90,12 @@ class FileReader:
         task = self.tasks[i]
         result = FileResult(task)
         try:
-            size = task.path.stat().st_size
+            size = size_of(task.path)
             if size > self.max_bytes:
                 result.size = size
                 result.error = f"file is {size / 2**20:.0f} MB, over the {self.max_bytes / 2**20:.0f} MB limit"
                 return result, None
-            data = task.path.read_bytes()
+            data = read_bytes(task.path)
         except OSError as exc:
             result.error = f"cannot read file ({exc.strerror or exc})"
             return result, None

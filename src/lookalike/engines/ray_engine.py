@@ -37,6 +37,7 @@ import numpy as np
 
 from ..core.config import EncodeOptions
 from ..core.errors import LookalikeError
+from ..core.storage import as_location
 from .files import EncodedBatch, FileReader, FileResult, FileTask, cores, default_batch_size
 
 if TYPE_CHECKING:
@@ -259,7 +260,7 @@ def decode_rows(batch: dict[str, np.ndarray], *, pil_transform, draft: int | Non
     """A decoding task: read, hash, decode and prepare each file with ``FileReader`` (the local engine's
     reader); failures and unchanged files come out as rows with their reasons, never as exceptions."""
     refs = batch["ref"].tolist()
-    tasks = [FileTask(Path(path), known or None, ref)
+    tasks = [FileTask(as_location(path), known or None, ref)
              for ref, path, known in zip(refs, batch["path"].tolist(), batch["known"].tolist(), strict=True)]
     reader = FileReader(tasks, pil_transform, draft, max_pixels, max_bytes)
     out: dict[str, list] = {k: [] for k in ("ref", "size", "sha256", "width", "height", "error", "unchanged",
