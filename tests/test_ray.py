@@ -99,7 +99,7 @@ def test_decoding_rows_and_an_actors_call_give_the_local_engines_results(tmp_pat
     decoded = decode_rows(rows, pil_transform=tiny_embedder.pil_transform, draft=tiny_embedder.draft_size,
                           max_pixels=encoder.options.max_pixels, max_bytes=encoder.options.max_bytes)
     actor = object.__new__(EmbedActor)  # its __init__ only fetches the model from Ray's object store
-    actor.encoder, actor.node, actor.actor = encoder, "node-1", "actor-1"
+    actor.encoder, actor.node, actor.actor, actor.pid = encoder, "node-1", "actor-1", os.getpid()
     batch = {k: np.asarray(v, dtype=object) if k in ("sha256", "error", "pixels") else np.asarray(v)
              for k, v in decoded.items()}
     out = actor(batch)
@@ -209,3 +209,34 @@ def test_the_cli_indexes_an_object_store_prefix_with_ray_and_says_where(local_ra
     with Catalog.open(tmp_path / "p.lk") as cat:
         assert len(cat) == 4 and {m.id for m in cat.similar("p0", k=3)} == {"p1", "p2"}  # never its copy
         assert cat.store.item("p0").path == (photos / "p0.png").as_uri()
+
+
+@pytest.mark.slow
+def test_a_killed_actor_costs_only_its_batches_in_flight(local_ray, tmp_path, tiny_embedder):
+    """SIGKILL the embedding actor after the first committed batch: Ray restarts it (a new process, the same
+    actor), retries what it held, and every file is committed exactly once with the local engine's vector."""
+    import signal
+
+    photos = tmp_path / "photos"
+    for i in range(200):
+        make_image(photos / f"p{i:03d}.jpg", color=(i, 255 - i, (7 * i) % 256), shape=("rect", "ellipse")[i % 2],
+                   quality=90)
+    engine = RayEngine(RayOptions(actors=1, cpus_per_actor=0.5, decode_cpus=0.5))
+    killed: list[int] = []
+
+    def kill_once(indexed: int) -> None:
+        if not killed:
+            pids = [p for ps in engine.detail()["actor_pids"].values() for p in ps]
+            os.kill(pids[0], signal.SIGKILL)  # the actor process this test's Ray started
+            killed.append(pids[0])
+
+    with Catalog.create(tmp_path / "ray.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
+        report = cat.add(photos, options=EncodeOptions(progress=False, batch_size=2), engine=engine,
+                         on_batch=kill_once)
+    assert killed and (report.indexed, report.failed) == (200, 0)
+    pids = report.engine_detail["actor_pids"]
+    assert len(pids) == 1 and len(next(iter(pids.values()))) == 2, pids  # restarted: same actor, new process
+    with Catalog.create(tmp_path / "local.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
+        cat.add(photos, options=EncodeOptions(progress=False, workers=0))
+    a, b = catalog_vectors(tmp_path / "local.lk"), catalog_vectors(tmp_path / "ray.lk")
+    assert set(a) == set(b) and min(float(np.dot(a[i], b[i])) for i in a) >= 0.9999

@@ -26,6 +26,7 @@ import importlib.util
 import logging
 import math
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -45,11 +46,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DECODE_ROWS = 32  # files per decoding task: enough to amortise a task's start, small enough to spread
+# Files per decoding task: one model batch (an actor's call takes one task's output, and the driver commits
+# it as one batch, so this is also what a fault costs), at least 16 to amortise a task's start, at most 256.
+MIN_DECODE_ROWS, MAX_DECODE_ROWS = 16, 256
 # Memory a decoding task reserves: its files and their pixels, with room for a large original. Also keeps
 # Ray Data from fusing decoding into the actors (operators fuse only when their resources agree), so the
 # actors' cores, or GPUs, never wait on JPEG decoding.
 DECODE_MEMORY = 512 * 2**20  # a decoding worker imports torchvision for the transform: ~380 MB
+ACTOR_START_SECONDS = int(os.environ.get("LOOKALIKE_RAY_ACTOR_START_SECONDS", "900"))  # model download included
+PROGRESS_SECONDS = 10.0  # a progress line in the log (``-v``) this often, and whenever a node joins the work
 SRC_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this ``lookalike`` package
 
 
@@ -185,7 +190,9 @@ class RayEngine:
         if batch_size < 1:
             raise LookalikeError(f"--batch-size {batch_size}: must be at least 1")
         options = replace(options, batch_size=batch_size)
-        with ray_session(opts):
+        # Ray's driver prints its cluster messages (a retried task, a dead node) to stdout from a thread of its
+        # own; they are diagnostics, and stdout is the command's output (``--json``): send them to stderr.
+        with ray_session(opts), contextlib.redirect_stdout(sys.stderr):
             yield from self._run(embedder, options, list(tasks), batch_size)
 
     def _run(self, embedder: Embedder, options: EncodeOptions, tasks: list[FileTask], batch_size: int
@@ -193,7 +200,7 @@ class RayEngine:
         import ray
         import ray.data
 
-        _quiet_ray_data()
+        _configure_ray_data()
         opts = self.options
         resources = ray.cluster_resources()
         actors = actors_for(resources, opts)
@@ -203,8 +210,10 @@ class RayEngine:
                  resources.get("GPU", 0))
         by_ref = {task.ref: task for task in tasks}
         per_actor: Counter[str] = Counter()
-        node_of: dict[str, str] = {}
+        per_node: Counter[str] = Counter()
+        pids: dict[str, set[int]] = {}
         started = time.perf_counter()
+        done, next_note = 0, PROGRESS_SECONDS
         self._detail = {"address": opts.address or "local", "actors": actors, "actors_used": 0, "nodes_used": 0,
                         "nodes_in_cluster": len(nodes), "cpus_per_actor": opts.cpus_per_actor,
                         "gpus_per_actor": opts.gpus_per_actor, "batch_size": batch_size, "images_per_actor": {}}
@@ -216,7 +225,8 @@ class RayEngine:
                   "max_pixels": options.max_pixels, "max_bytes": options.max_bytes}
         model = ray.put(embedder)
         threads = max(1, int(opts.cpus_per_actor))
-        blocks = min(len(rows), max(math.ceil(len(rows) / DECODE_ROWS), 2 * actors))  # small runs still spread
+        per_block = min(MAX_DECODE_ROWS, max(MIN_DECODE_ROWS, batch_size))
+        blocks = min(len(rows), max(math.ceil(len(rows) / per_block), 2 * actors))  # small runs still spread
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         ds = ds.map_batches(decode_rows, batch_size=None, batch_format="numpy", fn_kwargs=reader,
                             num_cpus=opts.decode_cpus, memory=DECODE_MEMORY)
@@ -227,15 +237,24 @@ class RayEngine:
         try:
             for cols in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
                 batch = to_encoded_batch(cols, by_ref)
-                for actor, node, embedded in zip(cols["actor"].tolist(), cols["node"].tolist(),
-                                                 cols["embedded"].tolist(), strict=True):
+                for actor, node, pid, embedded in zip(cols["actor"].tolist(), cols["node"].tolist(),
+                                                      cols["pid"].tolist(), cols["embedded"].tolist(), strict=True):
                     per_actor[actor] += int(embedded)
-                    node_of[actor] = node
+                    per_node[node] += int(embedded)
+                    pids.setdefault(actor, set()).add(int(pid))  # a restarted actor keeps its id, not its process
                 seconds = time.perf_counter() - started
+                done += len(batch.embedded) + len(batch.others)
+                if seconds >= next_note or len(per_node) > len(self._detail.get("images_per_node", {})):
+                    next_note = seconds + PROGRESS_SECONDS
+                    rate = done / seconds if seconds > 0 else 0.0
+                    eta = f", ETA {(len(tasks) - done) / rate:.0f} s" if rate > 0 and done < len(tasks) else ""
+                    log.info("Ray: %d/%d images (%.1f images/s%s), %d actors on %d nodes", done, len(tasks), rate,
+                             eta, len(per_actor), len(per_node))
                 self._detail.update(
-                    actors_used=len(per_actor), nodes_used=len(set(node_of.values())), seconds=round(seconds, 3),
+                    actors_used=len(per_actor), nodes_used=len(per_node), seconds=round(seconds, 3),
                     images_per_actor={a[:12]: n for a, n in per_actor.items()},
-                    nodes={node[:12]: sum(1 for a in node_of if node_of[a] == node) for node in set(node_of.values())})
+                    actor_pids={a[:12]: sorted(p) for a, p in pids.items()},
+                    images_per_node={node[:12]: n for node, n in per_node.items()})
                 yield batch
         except ray.exceptions.RayError as exc:
             reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
@@ -243,11 +262,14 @@ class RayEngine:
                                  "next run resumes (with --engine ray or local)") from exc
 
 
-def _quiet_ray_data() -> None:
-    """Our own progress bar and summary stand in for Ray Data's bars and execution logs."""
+def _configure_ray_data() -> None:
+    """Our own progress bar and summary stand in for Ray Data's bars and execution logs; the actor pool is
+    whole before the first batch is handed out (work spreads over every actor from the start, and a cluster
+    that cannot place the pool says so after ``ACTOR_START_SECONDS`` instead of waiting forever)."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
+    ctx.wait_for_min_actors_s = ACTOR_START_SECONDS
     ctx.enable_progress_bars = False
     if hasattr(ctx, "print_on_execution_start"):
         ctx.print_on_execution_start = False
@@ -296,7 +318,7 @@ class EmbedActor:
             torch.set_num_threads(threads)
         self.encoder = Encoder(embedder, options)
         context = ray.get_runtime_context()
-        self.node, self.actor = context.get_node_id(), context.get_actor_id()
+        self.node, self.actor, self.pid = context.get_node_id(), context.get_actor_id(), os.getpid()
         log.info("embedding actor %s on node %s: %s on %s (%s)", self.actor[:12], self.node[:12],
                  embedder.info.name, self.encoder.device, self.encoder.precision)
 
@@ -311,7 +333,8 @@ class EmbedActor:
         embedded = np.zeros(n, dtype=bool)
         embedded[rows] = True
         out = {k: batch[k] for k in ("ref", "size", "sha256", "width", "height", "error", "unchanged")}
-        out.update(embedded=embedded, vector=vectors, node=[self.node] * n, actor=[self.actor] * n)
+        out.update(embedded=embedded, vector=vectors, node=[self.node] * n, actor=[self.actor] * n,
+                   pid=np.full(n, self.pid, dtype=np.int64))
         return out
 
 
