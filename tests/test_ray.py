@@ -240,3 +240,43 @@ def test_a_killed_actor_costs_only_its_batches_in_flight(local_ray, tmp_path, ti
         cat.add(photos, options=EncodeOptions(progress=False, workers=0))
     a, b = catalog_vectors(tmp_path / "local.lk"), catalog_vectors(tmp_path / "ray.lk")
     assert set(a) == set(b) and min(float(np.dot(a[i], b[i])) for i in a) >= 0.9999
+
+
+@pytest.mark.slow
+def test_recommend_on_ray_writes_the_local_rows_and_resumes(local_ray, tmp_path, monkeypatch):
+    """Two actors, each with the catalog's index, take blocks of queries: the file is the local run's row for
+    row (with --group-by and --queries-where too), a folder --out keeps the parts, and a run interrupted on
+    this machine is finished on Ray into the same file."""
+    import pyarrow.parquet as pq
+
+    from lookalike.analysis import recommend as recommend_module
+    from lookalike.analysis.recommend import recommend
+    from test_recommend import interrupted_after, vector_catalog
+
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((400, 16)).astype(np.float32)
+    vectors[9] = vectors[3]
+    hashes = [f"h{i}" for i in range(400)]
+    hashes[9] = hashes[3]
+    labels = [{"colour": ["red", "blue", "green"][i % 3], "name": f"product {i // 4}"} for i in range(400)]
+    engine = RayEngine(RayOptions(actors=2, cpus_per_actor=0.5))
+    with vector_catalog(tmp_path / "shop.lk", vectors, hashes, labels) as cat:
+        for name, options in (("plain", {}), ("grouped", {"group_by": "name", "queries_where": ["colour=red"]})):
+            local = recommend(cat, 5, tmp_path / f"{name}-local.parquet", block=48, progress=False, **options)
+            remote = recommend(cat, 5, tmp_path / f"{name}-ray.parquet", block=48, progress=False, engine=engine,
+                               **options)
+            assert (remote.items, remote.rows, remote.short) == (local.items, local.rows, local.short)
+            assert pq.read_table(tmp_path / f"{name}-ray.parquet").to_pylist() == \
+                pq.read_table(tmp_path / f"{name}-local.parquet").to_pylist()
+
+        monkeypatch.setattr(recommend_module, "PART_ROWS", 300)
+        recommend(cat, 5, f"{tmp_path / 'parts'}/", block=48, progress=False, engine=engine)
+        assert pq.read_table(tmp_path / "parts").to_pylist() == \
+            pq.read_table(tmp_path / "plain-local.parquet").to_pylist()
+
+        out = tmp_path / "resumed.parquet"
+        with interrupted_after(3, monkeypatch), pytest.raises(KeyboardInterrupt):
+            recommend(cat, 5, out, block=48, progress=False)
+        report = recommend(cat, 5, out, block=48, progress=False, engine=engine)
+        assert report.resumed and 0 < report.computed < 400
+        assert pq.read_table(out).to_pylist() == pq.read_table(tmp_path / "plain-local.parquet").to_pylist()

@@ -82,13 +82,16 @@ class RayOptions:
             raise LookalikeError("--gpus-per-actor must be >= 0, --cpus-per-actor and --decode-cpus > 0")
 
 
-def actors_for(resources: dict[str, float], opts: RayOptions) -> int:
-    """How many embedding actors a cluster with ``resources`` (``ray.cluster_resources()``) gets.
+def actors_for(resources: dict[str, float], opts: RayOptions, decoding: bool = True) -> int:
+    """How many actors a cluster with ``resources`` (``ray.cluster_resources()``) gets; ``decoding``: a
+    decoding task must fit beside them (indexing; ``recommend`` has none).
 
     Raises:
         LookalikeError: the cluster cannot hold them and a decoding task at once (the pipeline would wait
             forever), with the numbers and what to change.
     """
+    if not decoding:
+        opts = replace(opts, decode_cpus=0.0)
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     if opts.actors is not None:
         actors = opts.actors
@@ -102,9 +105,10 @@ def actors_for(resources: dict[str, float], opts: RayOptions) -> int:
             "Lower --actors or --gpus-per-actor, or add GPU nodes")
     needed = actors * opts.cpus_per_actor + opts.decode_cpus
     if needed > cpus + 1e-9:
+        task = f" plus one decoding task ({opts.decode_cpus:g} CPUs)" if decoding else ""
         raise LookalikeError(
-            f"the Ray cluster has {cpus:g} CPUs; {actors} actors x {opts.cpus_per_actor:g} CPUs plus one decoding "
-            f"task ({opts.decode_cpus:g} CPUs) need {needed:g}. Lower --actors, --cpus-per-actor or --decode-cpus")
+            f"the Ray cluster has {cpus:g} CPUs; {actors} actors x {opts.cpus_per_actor:g} CPUs{task} need "
+            f"{needed:g}. Lower --actors or --cpus-per-actor{' or --decode-cpus' if decoding else ''}")
     return actors
 
 
@@ -200,7 +204,7 @@ class RayEngine:
         import ray
         import ray.data
 
-        _configure_ray_data()
+        configure_ray_data()
         opts = self.options
         resources = ray.cluster_resources()
         actors = actors_for(resources, opts)
@@ -262,7 +266,7 @@ class RayEngine:
                                  "next run resumes (with --engine ray or local)") from exc
 
 
-def _configure_ray_data() -> None:
+def configure_ray_data() -> None:
     """Our own progress bar and summary stand in for Ray Data's bars and execution logs; the actor pool is
     whole before the first batch is handed out (work spreads over every actor from the start, and a cluster
     that cannot place the pool says so after ``ACTOR_START_SECONDS`` instead of waiting forever)."""
