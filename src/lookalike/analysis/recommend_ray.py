@@ -41,8 +41,7 @@ def recommend_on_ray(engine: RayEngine, catalog, work, key_blocks: list[np.ndarr
         import ray
         import ray.data
 
-        configure_ray_data()
-        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        configure_ray_data(preserve_order=True)
         actors = actors_for(ray.cluster_resources(), opts, decoding=False)
         log.info("Ray: %d recommending actors (%g CPUs each) over %d blocks of queries", actors,
                  opts.cpus_per_actor, len(key_blocks))

@@ -247,6 +247,8 @@ class RayEngine:
                     per_node[node] += int(embedded)
                     pids.setdefault(actor, set()).add(int(pid))  # a restarted actor keeps its id, not its process
                 seconds = time.perf_counter() - started
+                if not done:  # the pool's start (model shipped and placed) ends with the first batch
+                    self._detail.update(first_batch_seconds=round(seconds, 3), first_batch_images=len(batch.embedded))
                 done += len(batch.embedded) + len(batch.others)
                 if seconds >= next_note or len(per_node) > len(self._detail.get("images_per_node", {})):
                     next_note = seconds + PROGRESS_SECONDS
@@ -266,17 +268,20 @@ class RayEngine:
                                  "next run resumes (with --engine ray or local)") from exc
 
 
-def configure_ray_data() -> None:
+def configure_ray_data(preserve_order: bool = False) -> None:
     """Our own progress bar and summary stand in for Ray Data's bars and execution logs; the actor pool is
     whole before the first batch is handed out (work spreads over every actor from the start, and a cluster
-    that cannot place the pool says so after ``ACTOR_START_SECONDS`` instead of waiting forever)."""
+    that cannot place the pool says so after ``ACTOR_START_SECONDS`` instead of waiting forever);
+    ``preserve_order``: results in input order (``recommend``), else as they finish (indexing)."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.wait_for_min_actors_s = ACTOR_START_SECONDS
+    ctx.execution_options.preserve_order = preserve_order
     ctx.enable_progress_bars = False
     if hasattr(ctx, "print_on_execution_start"):
         ctx.print_on_execution_start = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": we know
     if not log.isEnabledFor(logging.INFO):
         logging.getLogger("ray.data").setLevel(logging.WARNING)
 
