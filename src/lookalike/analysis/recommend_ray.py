@@ -36,6 +36,8 @@ def recommend_on_ray(engine: RayEngine, catalog, work, key_blocks: list[np.ndarr
     from ..core.errors import LookalikeError
 
     opts = engine.options
+    if opts.gpus_per_actor:
+        log.warning("recommend searches with FAISS on CPUs: --gpus-per-actor is not used")
     with ray_session(opts), contextlib.redirect_stdout(sys.stderr):
         import pyarrow as pa
         import ray
