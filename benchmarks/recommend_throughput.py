@@ -34,7 +34,7 @@ from lookalike.catalog.catalog import CONFIG_FILE, DB_FILE
 from lookalike.core.config import CatalogConfig, EmbedderInfo
 from lookalike.index.choice import FP16_MIN_ITEMS
 from lookalike.index.synthetic import clustered_chunks
-from lookalike.store.sqlite import Store
+from lookalike.store import SQLiteStore
 
 
 def build_synthetic_catalog(path: str | Path, items: int, dim: int = 2048, *, families: int | None = None,
@@ -52,7 +52,7 @@ def build_synthetic_catalog(path: str | Path, items: int, dim: int = 2048, *, fa
     info = EmbedderInfo(name="synthetic", timm_name="none", weights="none:synthetic", dim=dim, pool="none")
     rng = np.random.default_rng(seed + 1)
     dtype = np.float16 if items >= FP16_MIN_ITEMS else np.float32
-    store = Store(path / DB_FILE)
+    store = SQLiteStore(path / DB_FILE)
     conn = store.conn
     done = 0
     for vecs, fam in clustered_chunks(items, dim, families, seed=seed, chunk=chunk):

@@ -125,3 +125,162 @@ def labelled_catalog(tmp_path: Path, photo_dir: Path):
     catalog.add(photo_dir / "labels.csv", images=photo_dir, options=EncodeOptions(workers=0, progress=False))
     yield catalog
     catalog.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_folder(tmp_path_factory):
+    """Database catalogs keep their FAISS cache in a per-user folder: the tests' own, never ~/.cache."""
+    old = os.environ.get("LOOKALIKE_CACHE_DIR")
+    os.environ["LOOKALIKE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("LOOKALIKE_CACHE_DIR", None)
+    else:
+        os.environ["LOOKALIKE_CACHE_DIR"] = old
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server (tests/pg_cluster.py), started the first time a test needs one and stopped
+    at the end of the session; skipped, with the reason, where the server binaries are missing."""
+    from pg_cluster import PgCluster, find_binaries
+
+    bindir = find_binaries()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql-15")
+    cluster = PgCluster(bindir)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.remove()
+        raise
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture
+def pg_url(pg_server, request) -> str:
+    """A catalog URL of its own for each test: a fresh schema in the session's database."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:30]
+    return f"{pg_server.url}?schema=t_{name}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_location(request, tmp_path) -> str:
+    """Where a store lives, once for each backend: a SQLite file, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "catalog.sqlite")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(params=["folder", "postgres"])
+def catalog_location(request, tmp_path) -> str:
+    """Where a catalog lives, once for each backend: a folder, then a PostgreSQL URL."""
+    if request.param == "folder":
+        return str(tmp_path / "shop.lk")
+    return request.getfixturevalue("pg_url")
+
+
+# -- text+image models (open_clip), laid out as a Hugging Face hub cache -------------------------------------
+
+TINY_CLIP_REPO = "lookalike-test/tiny-clip"
+TINY_CLIP = f"hf-hub:{TINY_CLIP_REPO}"
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_snapshot(home: Path, repo: str) -> Path:
+    """The snapshot folder of ``repo`` in the hub cache under ``home`` (HF_HOME), made as the hub client does."""
+    folder = home / "hub" / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(HUB_COMMIT)
+    snapshot = folder / "snapshots" / HUB_COMMIT
+    snapshot.mkdir(parents=True, exist_ok=True)
+    return snapshot
+
+
+def save_clip(folder: Path, seed: int = 3, model_cfg: dict | None = None, preprocess_cfg: dict | None = None,
+              weights_name: str = "open_clip_model.safetensors") -> dict:
+    """A seeded random open_clip model saved as a hub repo holds one: open_clip_config.json + weights."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from lookalike.models.openclip import TINY_CONFIG, build_clip
+
+    model_cfg = model_cfg or TINY_CONFIG
+    torch.manual_seed(seed)
+    state = {k: v.contiguous() for k, v in build_clip(model_cfg).state_dict().items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {
+        "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+        "interpolation": "bicubic", "resize_mode": "shortest"}}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    if weights_name.endswith(".safetensors"):
+        save_file(state, str(folder / weights_name))
+    else:
+        torch.save(state, folder / weights_name)
+    return state
+
+
+@pytest.fixture(scope="session")
+def clip_hub(tmp_path_factory) -> Path:
+    """An HF_HOME whose hub cache holds ``lookalike-test/tiny-clip``: a small random CLIP (seed 3)."""
+    home = tmp_path_factory.mktemp("hf")
+    save_clip(hub_snapshot(home, TINY_CLIP_REPO), seed=3)
+    return home
+
+
+@pytest.fixture
+def hub_cache(monkeypatch, clip_hub) -> Path:
+    """Point this process's hub client at ``clip_hub`` (subprocesses get HF_HOME instead)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(clip_hub / "hub"))
+    return clip_hub
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(clip_hub):
+    """``hf-hub:lookalike-test/tiny-clip`` loaded from the cache once, its tokenizer too."""
+    from huggingface_hub import constants
+
+    from lookalike.models import create_embedder
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(constants, "HF_HUB_CACHE", str(clip_hub / "hub"))
+        embedder = create_embedder(TINY_CLIP)
+        assert embedder.tokenizer is not None
+    return embedder
+
+
+def word_options():
+    """fp32 on the CPU, inline decoding: exact comparisons with brute force."""
+    from lookalike.core.config import EncodeOptions
+
+    return EncodeOptions(device="cpu", precision="fp32", workers=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def word_shop(tmp_path_factory, tiny_clip) -> Path:
+    """The twelve labelled photos (colour x shape) in a catalog of the tiny random CLIP."""
+    from lookalike import Catalog
+
+    root = tmp_path_factory.mktemp("words")
+    rows = ["path,colour,shape"]
+    for colour, rgb in COLORS.items():
+        for shape in SHAPES:
+            make_image(root / "photos" / f"{colour}-{shape}.jpg", color=rgb, shape=shape, quality=90)
+            rows.append(f"{colour}-{shape}.jpg,{colour},{shape}")
+    (root / "photos" / "labels.csv").write_text("\n".join(rows) + "\n")
+    with Catalog.create(root / "shop.lk", TINY_CLIP, embedder=tiny_clip) as catalog:
+        catalog.add(root / "photos" / "labels.csv", options=word_options())
+    return root
+
+

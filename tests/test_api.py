@@ -55,7 +55,7 @@ def test_search_by_upload_ranks_the_same_photo_first(client, shop):
     assert r.status_code == 200, r.text
     body = r.json()
     SearchResult.model_validate(body)
-    assert body["query"] == {"kind": "upload", "id": None, "filename": "photo.jpg"}
+    assert body["query"] == {"kind": "upload", "id": None, "filename": "photo.jpg", "text": None}
     assert len(body["results"]) == 4 and body["took_ms"] > 0
     first = body["results"][0]
     assert first["id"] == "blue-ellipse" and first["similarity"] == pytest.approx(1.0, abs=1e-3)
@@ -84,7 +84,7 @@ def test_similar_excludes_the_item_and_honours_k_and_where(client):
     SearchResult.model_validate(body)  # the documented shape, built without revalidation
     ids = [m["id"] for m in body["results"]]
     assert len(ids) == 5 and "green-rect" not in ids
-    assert body["query"] == {"kind": "item", "id": "green-rect", "filename": None}
+    assert body["query"] == {"kind": "item", "id": "green-rect", "filename": None, "text": None}
     filtered = client.get("/api/items/green-rect/similar", params={"k": 20, "where": "colour=green"}).json()
     assert sorted(m["id"] for m in filtered["results"]) == ["green-ellipse", "shoes/green-stripes"]
     both = client.get("/api/items/green-rect/similar",

@@ -179,7 +179,7 @@ def test_resize_center_crop_matches_torchvision_within_one_grey_level(size, inte
     """The cropped-box resize that decoding workers use gives torchvision's Resize + CenterCrop pixels."""
     from torchvision import transforms as T
 
-    from lookalike.models.timm import ResizeCenterCrop
+    from lookalike.models.transforms import ResizeCenterCrop
 
     rng = np.random.default_rng(sum(size))
     smooth = rng.integers(0, 256, (size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8)
@@ -198,7 +198,7 @@ def test_resize_center_crop_matches_torchvision_within_one_grey_level(size, inte
 def test_resize_center_crop_leaves_other_pipelines_to_torchvision():
     from torchvision import transforms as T
 
-    from lookalike.models.timm import ResizeCenterCrop
+    from lookalike.models.transforms import ResizeCenterCrop
 
     assert ResizeCenterCrop.replacing([T.Resize((200, 100)), T.CenterCrop(96)]) is None
     assert ResizeCenterCrop.replacing([T.Resize(200, max_size=300), T.CenterCrop(96)]) is None

@@ -134,6 +134,7 @@ def pixels_catalog(tmp_path_factory) -> Path:
     ["similar", "red-rect", "--catalog", "shop.lk", "--json"],
     ["similar", "red-rect", "--catalog", "shop.lk", "--where", "shape=rect", "--dedupe"],
     ["search", "photos/blue-rect.jpg", "--catalog", "shop.lk", "-k", "3"],
+    ["search", "--item", "red-rect", "--item", "green-rect", "--not-item", "blue-rect", "--catalog", "shop.lk"],
     ["duplicates", "--catalog", "shop.lk", "-q"],
     ["evaluate", "--catalog", "shop.lk", "--label", "colour", "-k", "3", "--bootstrap", "50", "-q"],
     ["models"],

@@ -149,10 +149,10 @@ def test_an_index_of_another_catalog_is_not_trusted(tmp_path, photo_dir):
 
 
 def test_a_folder_left_by_a_creation_killed_before_its_config_is_taken_over(tmp_path, photo_dir):
-    from lookalike.store import Store
+    from lookalike.store import SQLiteStore
 
     (tmp_path / "c.lk").mkdir()
-    Store(tmp_path / "c.lk" / "catalog.sqlite").close()  # what a kill left: the database, no catalog.json
+    SQLiteStore(tmp_path / "c.lk" / "catalog.sqlite").close()  # what a kill left: the database, no catalog.json
     res = run("index", str(photo_dir), "--catalog", "c.lk", "--model", "pixels", "-q", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "12 items searchable" in res.stdout

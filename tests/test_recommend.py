@@ -18,7 +18,7 @@ from lookalike.catalog.catalog import CONFIG_FILE, DB_FILE
 from lookalike.cli import main
 from lookalike.core.config import CatalogConfig, EmbedderInfo
 from lookalike.core.errors import OutputError
-from lookalike.store.sqlite import ItemRecord, Store
+from lookalike.store import ItemRecord, SQLiteStore
 
 
 def vector_catalog(path: Path, vectors: np.ndarray, hashes: list[str] | None = None,
@@ -27,7 +27,7 @@ def vector_catalog(path: Path, vectors: np.ndarray, hashes: list[str] | None = N
     vectors = np.asarray(vectors, dtype=np.float32)
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     path.mkdir(parents=True)
-    store = Store(path / DB_FILE)
+    store = SQLiteStore(path / DB_FILE)
     store.write([ItemRecord(id=f"i{i}", path=f"/shop/i{i}.jpg", size=1, mtime_ns=1,
                             sha256=hashes[i] if hashes else f"h{i}", status="ok", width=100 + i, height=100,
                             vector=v, labels=labels[i] if labels else None) for i, v in enumerate(vectors)])

@@ -29,16 +29,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def lookalike(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def lookalike(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "lookalike.cli", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def server(shop):
+    yield from serve_catalog(shop / "shop.lk", "--admin-token", "t0ken")
+
+
+def serve_catalog(catalog: Path, *extra: str, env: dict[str, str] | None = None):
+    """Run `lookalike serve` on a free port until its health check answers; yield its URL, stop it after."""
     port = free_port()
-    proc = lookalike("serve", "--catalog", str(shop / "shop.lk"), "--port", str(port), "--admin-token", "t0ken")
+    proc = lookalike("serve", "--catalog", str(catalog), "--port", str(port), *extra, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -204,3 +209,72 @@ def _walk_through(page, browser, server: str, query: Path) -> None:
     phone.screenshot(path=str(ARTIFACTS / "serve-phone.png"))
     assert not problems, problems
 
+
+
+@pytest.fixture(scope="module")
+def word_server(word_shop, clip_hub):
+    yield from serve_catalog(word_shop / "shop.lk", env={"HF_HOME": str(clip_hub)})
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_words_in_a_real_browser(word_server, word_shop, clip_hub):
+    """Type words, see what the API answers for them; on an item, "more like this, but ..." with words;
+    labels predicted by `lookalike tag` (in another process, while the server runs) are marked predicted."""
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    tag = lookalike("tag", "--catalog", str(word_shop / "shop.lk"), "--column", "style", "--classes",
+                    "casual,formal", env={"HF_HOME": str(clip_hub)})
+    assert tag.wait(timeout=120) == 0, tag.communicate()[1]
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=20_000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(30_000)
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        try:
+            page.goto(word_server + "/")
+            expect(page.get_by_test_id("words")).to_be_visible()
+            cards = page.locator("[data-testid=results] button.card")
+            with page.expect_response(lambda r: r.url.endswith("/api/search")) as answer:
+                page.get_by_test_id("text").fill("red floral summer dress")
+                page.get_by_test_id("text").press("Enter")
+            results = answer.value.json()["results"]
+            assert answer.value.json()["query"]["text"] == "red floral summer dress" and len(results) == 12
+            expect(page.get_by_test_id("results-title")).to_contain_text("matching “red floral summer dress”")
+            expect(cards).to_have_count(12)
+            assert [cards.nth(i).get_attribute("data-id") for i in range(12)] == [r["id"] for r in results]
+            assert "text=red" in page.url
+            expect(cards.first.get_by_test_id("predicted")).to_contain_text("(predicted,")
+            facets = page.request.get(word_server + "/api/items?limit=0").json()["facets"]
+            if len(facets.get("style", {})) > 1:  # the page offers a filter only for a label with two values
+                expect(page.locator("#facets")).to_contain_text("style (predicted)")
+            page.screenshot(path=str(ARTIFACTS / "serve-words.png"), full_page=True)
+
+            picked = cards.nth(2).get_attribute("data-id")
+            cards.nth(2).click()
+            expect(page.get_by_test_id("query-item")).to_contain_text(f"id {picked}")
+            expect(page.get_by_test_id("refine")).to_be_visible()
+            with page.expect_response(lambda r: "/similar?" in r.url and "text=" in r.url) as answer:
+                page.get_by_test_id("refine-text").fill("in black leather")
+                page.get_by_test_id("refine-go").click()
+            body = answer.value.json()
+            assert body["query"] == {"kind": "item+text", "id": picked, "filename": None, "text": "in black leather"}
+            expect(page.get_by_test_id("results-title")).to_contain_text("but “in black leather”")
+            expect(cards).to_have_count(len(body["results"]))
+            assert [cards.nth(i).get_attribute("data-id") for i in range(len(body["results"]))] == [
+                r["id"] for r in body["results"]]
+            assert picked not in {r["id"] for r in body["results"]}
+            page.screenshot(path=str(ARTIFACTS / "serve-refine.png"), full_page=True)
+            page.go_back()
+            expect(page.get_by_test_id("refine-text")).to_have_value("")
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "serve-words-failure.png"), full_page=True)
+            raise
+        browser.close()
+    assert not problems, problems

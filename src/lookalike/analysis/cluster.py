@@ -120,7 +120,7 @@ def cluster_catalog(catalog, n: int | None = None, *, auto: tuple[int, int] | No
         raise QueryError("give either -n N or --auto (choose n by silhouette)")
     data = load_catalog_data(catalog)
     if len(data) < 3:
-        raise QueryError(f"{catalog.path} has {len(data)} embedded items; clustering needs at least 3")
+        raise QueryError(f"{catalog.name} has {len(data)} embedded items; clustering needs at least 3")
     labels = data.values(label) if label is not None else None
     scores: dict[int, float] = {}
     if auto is not None:

@@ -384,6 +384,11 @@ def _classification(truth: np.ndarray, pred: np.ndarray, classes: list[str], boo
                                 macro_recall=float(r.mean()), macro_f1=float(f.mean()), per_class=per_class)
 
 
+def bootstrap_mean(values, resamples: int, seed: int) -> Estimate:
+    """The mean of per-query values with its 95 % percentile bootstrap interval (seeded)."""
+    return _mean_ci(np.asarray(values, dtype=np.float64), resamples, np.random.default_rng(seed))
+
+
 def _mean_ci(values: np.ndarray, bootstrap: int, rng: np.random.Generator) -> Estimate:
     return _bootstrap(values, bootstrap, rng, np.mean)
 
@@ -458,7 +463,7 @@ def load_catalog_data(catalog) -> CatalogData:
         keys=keys, ids=[rows[k][0] for k in keys.tolist()], paths=[rows[k][1] for k in keys.tolist()],
         sha256=[rows[k][2] for k in keys.tolist()], vectors=vectors,
         labels=[labels.get(k, {}) for k in keys.tolist()], clusters=store.clusters(),
-        label_names=store.label_names(), path=str(catalog.path),
+        label_names=store.label_names(), path=catalog.name,
     )
 
 
@@ -490,7 +495,7 @@ def evaluate_catalog(
         raise QueryError(f"unknown reference {unknown[0]!r}; choose from {', '.join(REFERENCES)}")
     data = load_catalog_data(catalog)
     if len(data) == 0:
-        raise QueryError(f"{catalog.path} has no embedded items; index a source first")
+        raise QueryError(f"{catalog.name} has no embedded items; index a source first")
     if label is None:
         raise QueryError("--label is needed: the label whose equal values count as relevant, e.g. articleType")
     base_labels = data.values(label)
@@ -503,7 +508,7 @@ def evaluate_catalog(
         common.update(queries=held_out.vectors, query_labels=held_out.labels, query_groups=held_out.groups,
                       query_ids=held_out.ids, excluded={"unreadable": held_out.unreadable})
     info = catalog.config.embedder
-    rows = [evaluate_vectors(data.vectors, base_labels, k, name=str(catalog.path), embedder=info.name, **common)]
+    rows = [evaluate_vectors(data.vectors, base_labels, k, name=catalog.name, embedder=info.name, **common)]
     if CHANCE in references:
         rows.append(evaluate_vectors(data.vectors, base_labels, k, ranking="random", name=CHANCE,
                                      embedder="random ranking", **common))
@@ -580,7 +585,7 @@ def colour_histograms(catalog, data: CatalogData) -> tuple[np.ndarray, np.ndarra
     from ..engines.embed import Encoder, FileTask, encode_files
     from ..models.handcrafted import HANDCRAFTED_WEIGHTS, ColourHistogramEmbedder
 
-    cache = Path(catalog.path) / "analysis" / "colorhist.npz"
+    cache = catalog.folder / "analysis" / "colorhist.npz"
     stamp = f"{catalog.store.generation()}:{HANDCRAFTED_WEIGHTS}"
     try:
         with np.load(cache, allow_pickle=False) as saved:

@@ -21,7 +21,9 @@ from ..core.errors import (
     ItemExistsError,
     LookalikeError,
     NotAnImageError,
+    NoTextModelError,
     QueryError,
+    StoreUnavailableError,
     UnknownItemError,
 )
 from ..core.version import __version__
@@ -37,6 +39,7 @@ WEB_DIR = resources.files("lookalike") / "web"
 
 # Most specific first: the first class an error is an instance of gives the status.
 STATUS_BY_ERROR: list[tuple[type[LookalikeError], int]] = [
+    (StoreUnavailableError, 503),  # the catalog's database is down or restarting: retry
     (NotAnImageError, 415),  # not an image at all
     (ImageError, 422),  # corrupt, truncated, decompression bomb
     (UnknownItemError, 404),
@@ -51,6 +54,7 @@ STATUS_BY_ERROR: list[tuple[type[LookalikeError], int]] = [
 API_ADVICE: list[tuple[type[LookalikeError], str, str]] = [
     (ImageError, "--max-pixels", f"send a smaller image (the limit is the server setting {env_name('max_pixels')})"),
     (UnknownItemError, "", "GET /api/items lists the catalog"),
+    (NoTextModelError, "", "words need a catalog built with a text+image model ({models})"),
 ]
 # A clause ("(...)" or "; ...") that names a CLI command or option.
 _CLI = r"(?:`lookalike\b|(?<![\w-])--[a-z])"
@@ -69,7 +73,7 @@ def create_app(settings: ServeSettings, service: CatalogService | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = service or CatalogService(settings)
         app.state.service = svc
-        log.info("serving %s: %d items", settings.catalog, svc.size())
+        log.info("serving %s: %d items", svc.catalog.name, svc.size())
         try:
             yield
         finally:
@@ -89,7 +93,8 @@ def create_app(settings: ServeSettings, service: CatalogService | None = None) -
     @app.exception_handler(LookalikeError)
     async def lookalike_error(request: Request, exc: LookalikeError) -> JSONResponse:
         status = next(code for kind, code in STATUS_BY_ERROR if isinstance(exc, kind))
-        return error_response(status, api_message(exc))
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return error_response(status, api_message(exc), headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -130,6 +135,10 @@ def api_message(exc: LookalikeError) -> str:
     if reason == text:
         return text
     advice = next((adv for kind, marker, adv in API_ADVICE if isinstance(exc, kind) and marker in text), "")
+    if "{models}" in advice:
+        from ..models.registry import text_models
+
+        advice = advice.format(models=", ".join(text_models()))
     return f"{reason}; {advice}" if advice else reason
 
 

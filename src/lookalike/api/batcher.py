@@ -34,13 +34,20 @@ LINGER_SHARE = 0.25  # of the previous model call's time
 LINGER_MAX_S = 0.008
 
 
+class TextJob:
+    """Words to embed with the text tower, queued beside photos so the model stays on its one thread."""
+
+    def __init__(self, texts: list[str]):
+        self.texts = texts
+
+
 class EmbedBatcher:
     def __init__(self, make_encoder: Callable[[], Encoder], max_batch: int = 16, decoders: int | None = None):
         """Builds the encoder on the batcher's thread; its errors (a model that cannot be loaded) are raised
         here."""
         self.max_batch = max_batch
         self._decoders = ThreadPoolExecutor(decoders or os.cpu_count() or 1, thread_name_prefix="lookalike-decode")
-        self._queue: queue.Queue[tuple[bytes | np.ndarray, Future] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[bytes | np.ndarray | TextJob, Future] | None] = queue.Queue()
         ready: Future = Future()
         self._thread = threading.Thread(target=self._run, args=(make_encoder, ready), name="lookalike-embed",
                                         daemon=True)
@@ -55,6 +62,17 @@ class EmbedBatcher:
         """
         future: Future = Future()
         self._queue.put((image, future))
+        return future.result(timeout=timeout)
+
+    def embed_text(self, texts: list[str], timeout: float = 120.0) -> np.ndarray:
+        """Words -> N x D unit vectors from the model's text tower, on the model's thread.
+
+        Raises:
+            NoTextModelError: the model embeds photos only.
+            ModelUnavailableError: its tokenizer cannot be loaded.
+        """
+        future: Future = Future()
+        self._queue.put((TextJob(list(texts)), future))
         return future.result(timeout=timeout)
 
     def close(self) -> None:
@@ -93,7 +111,14 @@ class EmbedBatcher:
             if stop:
                 return
 
-    def _embed(self, encoder: Encoder, batch: list[tuple[bytes | np.ndarray, Future]]) -> None:
+    def _embed(self, encoder: Encoder, batch: list[tuple[bytes | np.ndarray | TextJob, Future]]) -> None:
+        texts = [(job, future) for job, future in batch if isinstance(job, TextJob)]
+        if texts:
+            self._embed_texts(encoder, texts)
+            batch = [(job, future) for job, future in batch if not isinstance(job, TextJob)]
+            if not batch:
+                return
+
         def prepare(image: bytes | np.ndarray) -> np.ndarray | BaseException:
             try:
                 return image if isinstance(image, np.ndarray) else encoder.prepare(image)
@@ -116,3 +141,17 @@ class EmbedBatcher:
             return
         for (_, future), vector in zip(good, vectors, strict=True):
             future.set_result(vector)
+
+    @staticmethod
+    def _embed_texts(encoder: Encoder, jobs: list[tuple[TextJob, Future]]) -> None:
+        """Every waiting request's words in one text-tower call."""
+        try:
+            vectors = encoder.encode_text([t for job, _ in jobs for t in job.texts])
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+            for _, future in jobs:
+                future.set_exception(exc)
+            return
+        start = 0
+        for job, future in jobs:
+            future.set_result(vectors[start:start + len(job.texts)])
+            start += len(job.texts)

@@ -76,55 +76,70 @@ def health(svc: Service) -> Health:
     encoder = svc.encoder
     return Health(status="ok", version=__version__, items=svc.size(),
                           model=svc.catalog.config.embedder.describe(), device=str(encoder.device),
-                          precision=encoder.precision, writable=svc.settings.admin_token is not None)
+                          precision=encoder.precision, writable=svc.settings.admin_token is not None,
+                          text=svc.catalog.config.embedder.text)
 
 
-@router.post("/search", response_model=SearchResult, summary="The catalog items most like an uploaded photo")
-def search(request: Request, svc: Service, image: Annotated[UploadFile, File(description="a photo")],
+TEXT_HELP = ("words to look for (a catalog whose model has a text tower); with a photo: this photo, but with "
+             "these words")
+
+
+@router.post("/search", response_model=SearchResult,
+             summary="The catalog items most like an uploaded photo, words, or both")
+def search(request: Request, svc: Service,
+           image: Annotated[UploadFile | None, File(description="a photo")] = None,
+           text: Annotated[str | None, Form(max_length=1000, description=TEXT_HELP)] = None,
            k: Annotated[int, Form(ge=1)] = 10, where: Annotated[list[str] | None, Form()] = None,
            min_similarity: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
            dedupe: Annotated[bool, Form(description=DEDUPE_HELP)] = False) -> Response:
     started = time.perf_counter()
     _check_k(request, k)
-    data = _read_upload(request, image)
+    data = _read_upload(request, image) if image is not None else None
     where = where or []
-    matches = svc.search(data, k, where, min_similarity, dedupe)
-    return _result(request, {"kind": "upload", "id": None, "filename": image.filename}, k, where, min_similarity,
-                   matches, started, dedupe)
+    matches = svc.search(data, k, where, min_similarity, dedupe, text=text)
+    words = text if text and text.strip() else None
+    kind = "+".join(([] if data is None else ["upload"]) + ([] if words is None else ["text"]))
+    return _result(request, {"kind": kind, "id": None, "filename": image.filename if image is not None else None,
+                             "text": words}, k, where, min_similarity, matches, started, dedupe)
 
 
 @router.get("/items", response_model=ItemPage, summary="Browse the catalog, with label facets")
 def browse(request: Request, svc: Service, offset: Offset = 0, limit: Annotated[int, Query(ge=0, le=500)] = 50,
            where: WhereParam = None) -> ItemPage:
-    total, items, facets = svc.browse(offset, limit, where or [])
+    total, items, facets, predicted = svc.browse(offset, limit, where or [])
     return ItemPage(total=total, offset=offset, limit=limit, where=parse_where(where or []),
-                            items=[_item(request, it) for it in items], facets=facets)
+                    items=[_item(request, it) for it in items], facets=facets, predicted_labels=predicted)
 
 
 @router.get("/items/{item_id:path}/similar", response_model=SearchResult,
             summary="More like this: the items most like a catalog item (never itself or its exact copies)")
 async def similar(request: Request, svc: Service, item_id: str, k: Annotated[int, Depends(k_param)],
                   where: WhereParam = None, min_similarity: MinSimilarity = None,
-                  dedupe: Annotated[bool, Query(description=DEDUPE_HELP)] = False) -> Response:
+                  dedupe: Annotated[bool, Query(description=DEDUPE_HELP)] = False,
+                  text: Annotated[str | None, Query(max_length=1000, description="more like this, but with these "
+                                                    "words (a catalog whose model has a text tower)")] = None
+                  ) -> Response:
     started = time.perf_counter()
-    matches = await svc.similar(item_id, k, where or [], min_similarity, dedupe)
-    return _result(request, {"kind": "item", "id": item_id, "filename": None}, k, where or [], min_similarity,
-                   matches, started, dedupe)
+    matches = await svc.similar(item_id, k, where or [], min_similarity, dedupe, text=text)
+    words = text if text and text.strip() else None
+    return _result(request, {"kind": "item+text" if words else "item", "id": item_id, "filename": None,
+                             "text": words}, k, where or [], min_similarity, matches, started, dedupe)
 
 
 @router.get("/items/{item_id:path}/image", summary="The original image file", response_class=FileResponse,
             responses={200: {"content": {"image/*": {}}}, 304: {"description": "not modified"}})
 def image(request: Request, svc: Service, item_id: str) -> Response:
     item = svc.item(item_id)
+    path = svc.image_file(item.path)
     try:
-        if storage.is_url(item.path):  # an object-store item: fetched and passed on
-            data = storage.read_bytes(item.path)
+        if isinstance(path, str):  # an object-store item: fetched and passed on
+            data = storage.read_bytes(path)
             return _file(request, data, image_media_type(io.BytesIO(data)), item.sha256)
-        media = image_media_type(item.path)
+        media = image_media_type(path)
     except OSError as exc:
         raise HTTPException(404, f"the image file of item {item_id!r} is gone from the server; its catalog "
                                  "needs re-indexing") from exc
-    return _file(request, item.path, media, item.sha256)
+    return _file(request, path, media, item.sha256)
 
 
 @router.get("/items/{item_id:path}/thumbnail", summary="A small JPEG of the item, made once and cached",
@@ -206,7 +221,8 @@ def _urls(request: Request, item_id: str, sha256: str | None) -> tuple[str, str]
 
 def _item(request: Request, item: CatalogItem) -> Item:
     image_url, thumbnail_url = _urls(request, item.id, item.sha256)
-    return Item(id=item.id, labels=item.labels, image_url=image_url, thumbnail_url=thumbnail_url)
+    return Item(id=item.id, labels=item.labels, predicted=item.predicted, image_url=image_url,
+                thumbnail_url=thumbnail_url)
 
 
 def _result(request: Request, query: dict, k: int, where: list[str], min_similarity: float | None,
@@ -216,7 +232,7 @@ def _result(request: Request, query: dict, k: int, where: list[str], min_similar
     results = []
     for match, sha256 in matches:
         image_url, thumbnail_url = _urls(request, match.id, sha256)
-        results.append({"id": match.id, "labels": match.labels, "image_url": image_url,
+        results.append({"id": match.id, "labels": match.labels, "predicted": match.predicted, "image_url": image_url,
                         "thumbnail_url": thumbnail_url, "rank": match.rank, "similarity": match.similarity,
                         "distance": match.distance})
     return JSONResponse({"query": query, "k": k, "where": parse_where(where), "min_similarity": min_similarity,

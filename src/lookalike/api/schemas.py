@@ -7,7 +7,10 @@ from pydantic import BaseModel, Field
 
 class Item(BaseModel):
     id: str
-    labels: dict[str, str] = Field(description="label columns of the catalog's manifest, if any")
+    labels: dict[str, str] = Field(description="label columns of the catalog's manifest, if any, and labels "
+                                   "predicted by `lookalike tag` (named in `predicted`)")
+    predicted: dict[str, float] = Field(default_factory=dict, description="which labels were predicted from "
+                                        "words by a text+image model (zero-shot), with the model's probability")
     image_url: str = Field(description="the original image")
     thumbnail_url: str = Field(description="a small JPEG; add ?size=N for another size")
 
@@ -19,9 +22,10 @@ class MatchItem(Item):
 
 
 class Query(BaseModel):
-    kind: str = Field(description="'upload' or 'item'")
+    kind: str = Field(description="'upload', 'text', 'upload+text', 'item' or 'item+text'")
     id: str | None = Field(default=None, description="the catalog item searched from (kind 'item')")
     filename: str | None = None
+    text: str | None = Field(default=None, description="the words searched for, if any")
 
 
 class SearchResult(BaseModel):
@@ -42,6 +46,8 @@ class ItemPage(BaseModel):
     items: list[Item]
     facets: dict[str, dict[str, int]] = Field(
         description="label -> value -> items among the filtered ones; labels with many values are left out")
+    predicted_labels: list[str] = Field(default_factory=list,
+                                        description="labels predicted by `lookalike tag` (zero-shot), not the source's")
 
 
 class Health(BaseModel):
@@ -52,6 +58,7 @@ class Health(BaseModel):
     device: str
     precision: str
     writable: bool = Field(description="whether POST/DELETE /api/items are enabled (an admin token is set)")
+    text: bool = Field(False, description="whether the model understands words (search and similar take `text`)")
 
 
 class Predicted(BaseModel):

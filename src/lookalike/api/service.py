@@ -8,6 +8,7 @@ import base64
 import functools
 import io
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,8 +20,9 @@ from PIL import Image
 
 from ..catalog import Catalog
 from ..catalog.catalog import CatalogItem
-from ..catalog.query import Match, Where, check_k
+from ..catalog.query import Match, QueryPart, Where, check_k
 from ..core.config import EncodeOptions
+from ..core.errors import LookalikeError, QueryError
 from ..core.images import decode
 from .batcher import EmbedBatcher
 from .settings import ServeSettings
@@ -54,11 +56,33 @@ class CatalogService:
             self._catalog_thread.shutdown()
             raise
         self.encoder = self.batcher.encoder
-        self.thumbnails = ThumbnailCache(settings.thumbnail_cache or settings.catalog / "thumbnails")
+        self.thumbnails = ThumbnailCache(settings.thumbnail_cache or self.catalog.folder / "thumbnails")
         # Warm up so the first user does not pay for lazy initialisation (oneDNN kernels, CUDA context).
         self.batcher.embed(self.encoder.prepare(Image.new("RGB", (64, 64), "white")))
+        # Writes by other replicas or jobs: a database catalog says so at once (LISTEN/NOTIFY) and the catalog
+        # thread catches up before the next request; without that, requests look every 0.25 s (polling).
+        self._refresh_queued = threading.Event()
+        self._watch = self.catalog.watch(self._changed)
+
+    def _changed(self) -> None:
+        """Called on the listening thread: one catch-up queued on the catalog thread, however many writes."""
+        if self._refresh_queued.is_set():
+            return
+        self._refresh_queued.set()
+        try:
+            self._catalog_thread.submit(self._catch_up)
+        except RuntimeError:  # shutting down
+            pass
+
+    def _catch_up(self) -> None:
+        self._refresh_queued.clear()
+        try:
+            self.catalog.refresh()
+        except LookalikeError as exc:  # the database went away again; requests answer 503 until it is back
+            log.info("catching up: %s", exc)
 
     def close(self) -> None:
+        self._watch.close()
         self.batcher.close()
         self._call(self.catalog.close)
         self._catalog_thread.shutdown()
@@ -77,21 +101,48 @@ class CatalogService:
         """
         return self.batcher.embed(data)
 
-    def search(self, data: bytes, k: int, where: Where, min_similarity: float | None, dedupe: bool = False
-               ) -> list[Versioned]:
-        """The k items most like an uploaded image, each with its content hash (for cacheable URLs)."""
-        check_k(k)
-        self._call(self.catalog.check_where, where)  # a bad filter fails before the model runs
-        vector = self.embed(data)
-        return self._call(self._versioned, functools.partial(self.catalog.search_vector, dedupe=dedupe),
-                          (vector, k, where), min_similarity)
+    def search(self, data: bytes | None, k: int, where: Where, min_similarity: float | None, dedupe: bool = False,
+               text: str | None = None) -> list[Versioned]:
+        """The k items most like an uploaded image, words, or both ("this, but ..."), each with its content hash
+        (for cacheable URLs). Photo and words are combined as ``Catalog.search`` combines them.
 
-    async def similar(self, item_id: str, k: int, where: Where, min_similarity: float | None, dedupe: bool = False
-                      ) -> list[Versioned]:
-        """More like a catalog item; awaited on the event loop, so a request costs one thread hop."""
-        future = self._catalog_thread.submit(
-            self._versioned, functools.partial(self.catalog.similar, dedupe=dedupe), (item_id, k, where),
-            min_similarity)
+        Raises:
+            QueryError: neither a photo nor words; bad filter. NoTextModelError: words for an image-only model.
+        """
+        check_k(k)
+        texts = [text] if text is not None and text.strip() else []
+        if data is None and not texts:
+            raise QueryError("send a photo (image), words (text), or both")
+        self._call(self.catalog.check_where, where)  # a bad filter fails before the model runs
+        self.catalog.check_text(texts)
+        if not texts:
+            vector = self.embed(data)
+            return self._call(self._versioned, functools.partial(self.catalog.search_vector, dedupe=dedupe),
+                              (vector, k, where), min_similarity)
+        parts = self._text_parts(texts)
+        if data is not None:
+            parts.insert(0, QueryPart("image", self.embed(data), False, "upload"))
+        return self._call(self._versioned, functools.partial(self.catalog.search_parts, dedupe=dedupe),
+                          (parts, k, where), min_similarity)
+
+    def _text_parts(self, texts: list[str]) -> list[QueryPart]:
+        vectors = self.batcher.embed_text(texts)
+        return [QueryPart("text", v, False, t) for v, t in zip(vectors, texts, strict=True)]
+
+    async def similar(self, item_id: str, k: int, where: Where, min_similarity: float | None, dedupe: bool = False,
+                      text: str | None = None) -> list[Versioned]:
+        """More like a catalog item (with ``text``: but with those words); awaited on the event loop, so a
+        request by id costs one thread hop."""
+        if text is not None and text.strip():
+            self.catalog.check_text([text])
+            loop = asyncio.get_running_loop()
+            parts = await loop.run_in_executor(None, self._text_parts, [text])
+            find = functools.partial(self.catalog.search_parts, dedupe=dedupe, items=[item_id])
+            future = self._catalog_thread.submit(self._versioned, find, (parts, k, where), min_similarity)
+        else:
+            future = self._catalog_thread.submit(
+                self._versioned, functools.partial(self.catalog.similar, dedupe=dedupe), (item_id, k, where),
+                min_similarity)
         return await asyncio.wrap_future(future)
 
     def _versioned(self, find: Callable[..., list[Match]], args: tuple, min_similarity: float | None
@@ -104,10 +155,11 @@ class CatalogService:
     def item(self, item_id: str) -> CatalogItem:
         return self._call(self.catalog.item, item_id)
 
-    def browse(self, offset: int, limit: int, where: Where) -> tuple[int, list[CatalogItem], dict]:
-        def page() -> tuple[int, list[CatalogItem], dict]:
+    def browse(self, offset: int, limit: int, where: Where) -> tuple[int, list[CatalogItem], dict, list[str]]:
+        """A page of items, the label facets, and which labels were predicted (``lookalike tag``)."""
+        def page() -> tuple[int, list[CatalogItem], dict, list[str]]:
             total, items = self.catalog.browse(offset, limit, where)
-            return total, items, self.catalog.facets(where)
+            return total, items, self.catalog.facets(where), self.catalog.store.predicted_names()
 
         return self._call(page)
 
@@ -115,7 +167,12 @@ class CatalogService:
         return self._call(self.catalog.__len__)
 
     def thumbnail(self, item: CatalogItem, size: int) -> Path:
-        return self.thumbnails.get(item.path, item.sha256, size)
+        return self.thumbnails.get(self.image_file(item.path), item.sha256, size)
+
+    def image_file(self, path: str) -> Path | str:
+        """The image file of an item, or its object's URL (an upload kept in the database is read into the cache
+        folder once)."""
+        return self.catalog.image_file(path)
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -130,7 +187,8 @@ class CatalogService:
 
     def predict(self, data: bytes, k: int) -> tuple[list[str], str]:
         """Base64 JPEGs of the k closest images and of the upload, as the seed's /api/predict gave."""
-        closest = [_jpeg_base64(self.thumbnails.get(m.path, sha, 512)) for m, sha in self.search(data, k, None, None)]
+        closest = [_jpeg_base64(self.thumbnails.get(self.image_file(m.path), sha, 512))
+                   for m, sha in self.search(data, k, None, None)]
         uploaded = decode(data, max_pixels=self.settings.max_pixels)
         uploaded.thumbnail((512, 512))
         buffer = io.BytesIO()

@@ -18,14 +18,15 @@ class ServeSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", frozen=True)
 
-    catalog: Path = Field(description="the catalog folder to serve")
+    catalog: str | Path = Field(description="the catalog to serve: a folder or a postgresql:// URL")
     admin_token: SecretStr | None = Field(default=None, description="required by POST/DELETE /api/items")
     max_upload_bytes: int = Field(default=20 * MB, gt=0, description="largest accepted upload")
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0, description="largest accepted image (w x h)")
     max_k: int = Field(default=100, gt=0, description="most results one request may ask for")
     device: str = Field(default="auto", description="auto | cpu | cuda | mps")
     max_batch: int = Field(default=16, gt=0, description="uploads embedded together in one model call")
-    thumbnail_cache: Path | None = Field(default=None, description="default: <catalog>/thumbnails")
+    thumbnail_cache: Path | None = Field(default=None, description="default: <catalog>/thumbnails, or for a "
+                                         "database catalog thumbnails/ in this process's cache folder")
 
 
 def env_name(field: str) -> str:

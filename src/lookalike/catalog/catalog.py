@@ -1,10 +1,13 @@
-"""A catalog on disk and everything a user does with it: create, open, add a source, search, status.
+"""A catalog and everything a user does with it: create, open, add a source, search, status.
 
-Layout of ``shop.lk/``::
+A catalog is a folder (SQLite) or a ``postgresql://`` URL. Layout of a folder ``shop.lk/``::
 
     catalog.json     the embedder that made the vectors (a catalog never mixes models)
     catalog.sqlite   items, labels, failures and vectors; the source of truth
     index/           the FAISS index, derived and rebuilt when stale
+
+A database catalog holds the same in its schema (the config in ``meta``, uploaded images in ``uploads``); each
+process keeps ``index/`` and ``analysis/`` in a cache folder of its own (``location.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,18 +34,20 @@ from tqdm import tqdm
 
 from ..core import storage
 from ..core.config import CatalogConfig, EmbedderInfo, EncodeOptions
-from ..core.errors import CatalogError, ItemExistsError, QueryError, UnknownItemError
+from ..core.errors import CatalogError, ItemExistsError, QueryError, StoreUnavailableError, UnknownItemError
 from ..core.images import IMAGE_EXTENSIONS, ImageInput, content_hash, decode
 from ..core.sources import SourceItem, is_folder_source, read_source, source_name
 from ..engines.embed import EncodedBatch, Encoder, Engine, FileTask, encode_files
 from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
 from ..models.base import RANDOM_WEIGHTS, Embedder
 from ..models.modelfile import canonical_name
-from ..models.registry import DEFAULT_MODEL, create_embedder
-from ..store.sqlite import ItemRecord, Store, StoredItem
+from ..models.registry import DEFAULT_MODEL, create_embedder, no_text_tower
+from ..store import ItemRecord, SQLiteStore, Store, StoredItem, is_database_url, open_store, parse_database_url
+from ..store.base import UPLOAD_PREFIX, Watch
 from .consistency import index_disagrees
 from .dedupe import nearest_distinct
-from .query import Match, Where, check_k, distance_from_similarity, parse_where
+from .location import database_cache
+from .query import Match, QueryPart, QueryWeights, Where, check_k, combine, distance_from_similarity, parse_where
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +99,10 @@ class CatalogItem:
     path: str
     labels: dict[str, str]
     sha256: str | None = None
+    predicted: dict[str, float] = field(default_factory=dict)  # labels from `lookalike tag`: name -> probability
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "path": self.path, "labels": self.labels}
+        return {"id": self.id, "path": self.path, "labels": self.labels, "predicted": self.predicted}
 
 
 @dataclass
@@ -119,12 +126,35 @@ class CatalogStatus:
 
 
 class Catalog:
-    """A searchable catalog of product images. Use ``Catalog.create`` or ``Catalog.open``."""
+    """A searchable catalog of product images, in a folder or a PostgreSQL database. Use ``Catalog.create`` or
+    ``Catalog.open``.
 
-    def __init__(self, path: Path, config: CatalogConfig, embedder: Embedder | None = None):
-        self.path = path
+    ``name`` is where it is as a person may see it (a folder, or the URL without its password); ``folder`` is
+    where this process keeps what it derives (the catalog folder itself, or a cache folder for a database);
+    ``path`` is the folder of a folder catalog and ``name`` for a database one.
+    """
+
+    def __init__(self, path: str | Path, config: CatalogConfig, embedder: Embedder | None = None,
+                 store: Store | None = None):
         self.config = config
-        self.store = Store(path / DB_FILE)
+        self._scratch: Path | None = None
+        if is_database_url(path):
+            url = parse_database_url(str(path))
+            self.store: Store = store or open_store(str(path))
+            self.name = self.path = url.display
+            self.title = f"{url.display.rsplit('/', 1)[-1].split('?')[0]}/{url.schema}"
+            folder = database_cache(url, str(config.extra.get("catalog_id") or "none"))
+            if folder is None:  # LOOKALIKE_CACHE_DIR=memory: nothing kept after this process
+                folder = self._scratch = Path(tempfile.mkdtemp(prefix="lookalike-cache-"))
+            self.folder = folder
+            self.index_dir: Path | None = None if self._scratch else folder / INDEX_DIR
+            self.uploads_in_store = True
+        else:
+            self.path = Path(path)
+            self.name, self.title, self.folder = str(self.path), self.path.name, self.path
+            self.store = store or SQLiteStore(self.path / DB_FILE)
+            self.index_dir = self.path / INDEX_DIR
+            self.uploads_in_store = False
         self._embedder = embedder
         self._encoder: Encoder | None = None
         self._index: VectorIndex | None = None
@@ -146,8 +176,11 @@ class Catalog:
 
         Raises:
             CatalogError: a catalog already exists at ``path``.
+            StoreUnavailableError: ``path`` is a database URL and the database cannot be reached.
             UnknownModelError, ModelUnavailableError: see ``create_embedder``.
         """
+        if is_database_url(path):
+            return cls._create_in_database(str(path), model, weights, embedder)
         path = Path(path)
         if (path / CONFIG_FILE).exists():
             raise CatalogError(f"{path}: a catalog already exists; open it, or choose another --catalog path")
@@ -167,7 +200,7 @@ class Catalog:
             umask = os.umask(0)
             os.umask(umask)
             building.chmod(0o777 & ~umask)  # mkdtemp makes it private; a catalog is shared like any folder
-            Store(building / DB_FILE).close()
+            SQLiteStore(building / DB_FILE).close()
             config.save(building / CONFIG_FILE)
             if path.exists():
                 shutil.rmtree(path) if _unfinished_creation(path) else path.rmdir()
@@ -177,12 +210,43 @@ class Catalog:
             raise
         return cls(path, config, embedder)
 
+    @classmethod
+    def _create_in_database(cls, url: str, model: str, weights: str | None, embedder: Embedder | None) -> Catalog:
+        """Tables first, then the config and the catalog's id in one transaction: the config is the commit point
+        (a kill before it leaves empty tables, which the next creation reuses)."""
+        from ..store.postgres import PostgresStore
+
+        store = PostgresStore(url, create=True)
+        try:
+            if store.get_meta("config") is not None:
+                raise CatalogError(f"{store.location}: a catalog already exists; open it, or choose another "
+                                   "--catalog (another ?schema=)")
+            if not store.is_empty():
+                raise CatalogError(f"{store.location}: holds items but no catalog config (an unfinished "
+                                   "`lookalike copy`?); run that copy again, or choose another ?schema=")
+            embedder = embedder or create_embedder(model, weights)
+            extra = {"weights_path": str(Path(weights).resolve())} if weights not in (None, RANDOM_WEIGHTS) else {}
+            extra["catalog_id"] = uuid.uuid4().hex
+            config = CatalogConfig(embedder=embedder.info, created=dt.datetime.now(dt.timezone.utc).isoformat(),
+                                   extra=extra)
+            store.set_meta("config", config.to_json())
+        except BaseException:
+            store.close()
+            raise
+        return cls(url, config, embedder, store=store)
+
     def discard_if_empty(self) -> bool:
         """Delete this catalog if nothing was ever added to it (a first ``index`` that failed before its first
         batch), so a retry may choose another model; returns whether it was deleted."""
         counts = self.store.counts()
         if counts.get("ok", 0) or counts.get("failed", 0):
             return False
+        drop = getattr(self.store, "drop", None)
+        if drop is not None:  # a database catalog: its tables go; the cache folder is this process's own
+            drop()
+            self.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return True
         self.close()
         shutil.rmtree(self.path, ignore_errors=True)
         return True
@@ -195,7 +259,10 @@ class Catalog:
 
         Raises:
             CatalogError: no catalog at ``path``, or ``embedder`` is not its model.
+            StoreUnavailableError: ``path`` is a database URL and the database cannot be reached.
         """
+        if is_database_url(path):
+            return cls._open_database(str(path), embedder)
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
             raise CatalogError(f"{path}: no catalog here; build one with `lookalike index SOURCE --catalog {path}`")
@@ -209,9 +276,45 @@ class Catalog:
             raise CatalogError(f"{path} was built with {config.embedder.describe()}, not {embedder.info.describe()}")
         return cls(path, config, embedder)
 
+    @classmethod
+    def _open_database(cls, url: str, embedder: Embedder | None) -> Catalog:
+        store = open_store(url)
+        try:
+            text = store.get_meta("config")
+            if text is None:
+                raise CatalogError(f"{store.location}: no catalog here; build one with `lookalike index SOURCE "
+                                   f"--catalog {store.location}`")
+            try:
+                config = CatalogConfig.from_json(text)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CatalogError(f"{store.location}: unreadable catalog config ({exc})") from exc
+            if config.format != 1:
+                raise CatalogError(f"{store.location}: catalog format {config.format} is newer than this lookalike; "
+                                   "upgrade it")
+            if embedder is not None and embedder.info != config.embedder:
+                raise CatalogError(f"{store.location} was built with {config.embedder.describe()}, not "
+                                   f"{embedder.info.describe()}")
+        except BaseException:
+            store.close()
+            raise
+        return cls(url, config, embedder, store=store)
+
     @staticmethod
     def exists(path: str | Path) -> bool:
-        """Is there a catalog at ``path``?"""
+        """Is there a catalog at ``path``?
+
+        Raises:
+            StoreUnavailableError: ``path`` is a database URL and the database cannot be reached.
+        """
+        if is_database_url(path):
+            try:
+                store = open_store(str(path))
+            except CatalogError:
+                return False
+            try:
+                return store.get_meta("config") is not None
+            finally:
+                store.close()
         return (Path(path) / CONFIG_FILE).is_file()
 
     @classmethod
@@ -221,8 +324,7 @@ class Catalog:
         Raises:
             CatalogError: the catalog was built with another model or other weights.
         """
-        path = Path(path)
-        if not (path / CONFIG_FILE).is_file():
+        if not cls.exists(path):
             return cls.create(path, model or DEFAULT_MODEL, weights)
         catalog = cls.open(path)
         catalog.check_compatible(model, weights)
@@ -233,21 +335,21 @@ class Catalog:
         info = self.config.embedder
         if model is not None and canonical_name(model) != info.name:
             raise CatalogError(
-                f"{self.path} holds {info.name} vectors; cannot add {model} vectors to it. Use the same "
+                f"{self.name} holds {info.name} vectors; cannot add {model} vectors to it. Use the same "
                 "--model, or another --catalog path for the new model"
             )
         if weights is not None:
             wanted = "random:" if weights == RANDOM_WEIGHTS else "file:"
             if not info.weights.startswith(wanted):
                 raise CatalogError(
-                    f"{self.path} was built with weights {info.weights}; --weights {weights} would mix vectors "
+                    f"{self.name} was built with weights {info.weights}; --weights {weights} would mix vectors "
                     "of different weights. Drop --weights, or use another --catalog path"
                 )
             if wanted == "file:":
                 digest = self._use_weights(weights).info.weights
                 if digest != info.weights:
                     raise CatalogError(
-                        f"{self.path} was built with weights {info.weights}; {weights} is a different file "
+                        f"{self.name} was built with weights {info.weights}; {weights} is a different file "
                         f"({digest}). Use the original file, or another --catalog path"
                     )
 
@@ -258,6 +360,8 @@ class Catalog:
 
     def close(self) -> None:
         self.store.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     def __enter__(self) -> Catalog:
         return self
@@ -281,7 +385,7 @@ class Catalog:
             embedder = create_embedder(info.name, weights)
             if embedder.info.weights != info.weights:
                 raise CatalogError(
-                    f"{self.path}: the weights at {weights or info.name} changed since the catalog was built "
+                    f"{self.name}: the weights at {weights or info.name} changed since the catalog was built "
                     f"({embedder.info.weights} != {info.weights}); restore them or rebuild the catalog"
                 )
             self._embedder = embedder
@@ -353,7 +457,8 @@ class Catalog:
         if prune:
             listed_paths = {str(item.path) for item in listed}
             gone = [i for i, row in self.store.items().items()
-                    if row.path not in listed_paths and not storage.exists(row.path)]
+                    if row.path not in listed_paths and not row.path.startswith(UPLOAD_PREFIX)
+                    and not storage.exists(row.path)]
             report.pruned = self.store.delete(gone) if gone else 0
         self._refresh_index(save=True)
         report.seconds = time.perf_counter() - started
@@ -413,8 +518,9 @@ class Catalog:
 
     def add_image(self, data: bytes, item_id: str | None = None, labels: Mapping[str, str] | None = None,
                   vector: np.ndarray | None = None) -> CatalogItem:
-        """Add one image given as bytes (an upload): kept under ``uploads/`` inside the catalog, named by
-        its content hash, embedded (unless ``vector`` is passed, already embedded by the caller's encoder)
+        """Add one image given as bytes (an upload): kept under ``uploads/`` inside a folder catalog, or in the
+        database of a database catalog (where every replica can serve it), named by its content hash, embedded
+        (unless ``vector`` is passed, already embedded by the caller's encoder)
         and searchable at once. ``item_id`` defaults to the first 16 hex digits of the content hash.
 
         Raises:
@@ -429,18 +535,17 @@ class Catalog:
             vector = self.encoder().encode(image)
         if self.store.item(item_id) is not None:
             raise ItemExistsError(f"item {item_id!r} is already in the catalog; delete it first or choose another id")
-        folder = self.path / UPLOADS_DIR
-        folder.mkdir(exist_ok=True)
         fmt = (_opened_format(data) or "png").lower()
-        target = folder / f"{sha[:32]}.{'jpg' if fmt == 'jpeg' else fmt}"
-        if not target.exists():
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        stat = target.stat()
+        name = f"{sha[:32]}.{'jpg' if fmt == 'jpeg' else fmt}"
+        if self.uploads_in_store:
+            self.store.put_upload(name, data)
+            path, size, mtime_ns = UPLOAD_PREFIX + name, len(data), time.time_ns()
+        else:
+            target = _write_once(self.path / UPLOADS_DIR / name, data)
+            stat = target.stat()
+            path, size, mtime_ns = str(target), stat.st_size, stat.st_mtime_ns
         self.store.write([ItemRecord(
-            id=item_id, path=str(target), size=stat.st_size, mtime_ns=stat.st_mtime_ns, sha256=sha, status="ok",
+            id=item_id, path=path, size=size, mtime_ns=mtime_ns, sha256=sha, status="ok",
             width=image.width, height=image.height, vector=np.asarray(vector, dtype=np.float32),
             labels=dict(labels or {}))])
         self._refresh_index(save=True)
@@ -458,14 +563,62 @@ class Catalog:
         if missing:
             raise UnknownItemError(f"unknown item id {missing[0]!r}; `lookalike status` lists the catalog")
         removed = self.store.delete(ids)
-        uploads = (self.path / UPLOADS_DIR).resolve()
+        uploads = (self.path / UPLOADS_DIR).resolve() if not self.uploads_in_store else None
         still_used = {row.path for row in self.store.items().values()}
+        stored = [known[i].path[len(UPLOAD_PREFIX):] for i in ids if known[i].path.startswith(UPLOAD_PREFIX)]
+        if stored:
+            self.store.delete_uploads(stored)  # those no other item shows
+            for name in stored:
+                if UPLOAD_PREFIX + name not in still_used:
+                    (self.folder / UPLOADS_DIR / name).unlink(missing_ok=True)
         for item_id in ids:
             path = Path(known[item_id].path)
-            if path.parent.resolve() == uploads and str(path) not in still_used:
+            if uploads is not None and path.parent.resolve() == uploads and str(path) not in still_used:
                 path.unlink(missing_ok=True)
         self._refresh_index(save=True)
         return removed
+
+    def image_file(self, path: str) -> storage.Location:
+        """The file of an item's image (``CatalogItem.path``, ``Match.path``): the path itself, an object's URL
+        (a string, read with ``core.storage``), or for an upload kept in the database, a copy read from it once
+        into this process's cache folder.
+
+        Raises:
+            UnknownItemError: the database holds no such upload any more.
+        """
+        if not path.startswith(UPLOAD_PREFIX):
+            return storage.as_location(path)
+        name = path[len(UPLOAD_PREFIX):]
+        target = self.folder / UPLOADS_DIR / Path(name).name
+        if not target.exists():
+            data = self.store.upload(name)
+            if data is None:
+                raise UnknownItemError(f"the uploaded image {name} is gone from {self.name}")
+            _write_once(target, data)
+        return target
+
+    # -- following other processes ---------------------------------------------------------------------
+
+    def changed_elsewhere(self) -> None:
+        """Another process wrote: look at the store on the next call instead of within 0.25 s (thread-safe)."""
+        self._checked_at = 0.0
+
+    def refresh(self) -> None:
+        """Catch up with the store now (a server does this when told of a write, so the next request is fast).
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached.
+        """
+        self._refresh_index(save=False)
+
+    def watch(self, on_change) -> Watch:
+        """Call ``on_change`` on another thread soon after another process writes to this catalog (database
+        catalogs: LISTEN/NOTIFY); readers of a folder catalog poll instead. ``close()`` the result to stop."""
+        def heard() -> None:
+            self.changed_elsewhere()
+            on_change()
+
+        return self.store.watch(heard)
 
     # -- searching ---------------------------------------------------------------------------------
 
@@ -487,16 +640,20 @@ class Catalog:
         if self._index is not None and not save and not force_rebuild and now - self._checked_at < 0.25:
             return
         self._checked_at = now
-        generation, labels_generation = self.store.generations()
+        try:
+            generation, labels_generation = self.store.generations()
+        except StoreUnavailableError:
+            self._checked_at = 0.0  # the next call asks again (and is told at once while it is down)
+            raise
         if labels_generation != self._labels_generation and self._meta is not None:
             self._meta.forget_labels()
         self._labels_generation = labels_generation
         if self._index is not None and self._index_generation == generation and not force_rebuild:
             return
-        folder = self.path / INDEX_DIR
+        folder = self.index_dir
         index, at = self._index, self._index_generation
         from_disk = False
-        if index is None:
+        if index is None and folder is not None:
             loaded = VectorIndex.load(folder)
             if loaded is not None and loaded[1] <= generation:
                 (index, at), from_disk = loaded, True
@@ -522,7 +679,7 @@ class Catalog:
             del vectors
             tune(index, options.recall)
         self.store.vector_dtype = np.dtype(index.plan.dtype)
-        if changed or rebuild:
+        if (changed or rebuild) and folder is not None:
             try:
                 if save or rebuild:
                     index.save(folder, generation)
@@ -548,7 +705,8 @@ class Catalog:
         new = old.changed(kind=kind, memory=memory, recall=recall)
         if new != old:
             self.store.set_meta("index_options", new.to_json())
-            if self._index is not None or (self.path / INDEX_DIR / "stamp.json").exists():
+            saved = self.index_dir is not None and (self.index_dir / "stamp.json").exists()
+            if self._index is not None or saved:
                 index = self.index
                 plan = choose_index(index.size, self.config.embedder.dim, new.memory, new.kind)
                 if (plan.kind, plan.dtype) != (index.plan.kind, index.plan.dtype):
@@ -562,7 +720,8 @@ class Catalog:
         reaching ``recall`` (default: the catalog's target); saved with the index."""
         index = self.index
         quality = tune(index, recall if recall is not None else self.index_options().recall)
-        index.save(self.path / INDEX_DIR, self._index_generation)
+        if self.index_dir is not None:
+            index.save(self.index_dir, self._index_generation)
         return quality
 
     @property
@@ -601,7 +760,8 @@ class Catalog:
         key = self._key(item_id)
         table = self.table
         return CatalogItem(id=table.id_by_key[key], path=table.path_by_key[key],
-                           labels=table.labels_for([key], self.store)[key], sha256=table.hash_by_key.get(key))
+                           labels=table.labels_for([key], self.store)[key], sha256=table.hash_by_key.get(key),
+                           predicted=table.predicted_for([key], self.store).get(key, {}))
 
     def browse(self, offset: int = 0, limit: int = 50, where: Where = None) -> tuple[int, list[CatalogItem]]:
         """A page of the catalog in the order items were added, and how many items match ``where``.
@@ -617,8 +777,10 @@ class Catalog:
             k for k in allowed.tolist() if k in table.id_by_key)
         page = keys[offset:offset + limit]
         labels = table.labels_for(page, self.store)
+        predicted = table.predicted_for(page, self.store)
         return len(keys), [CatalogItem(id=table.id_by_key[k], path=table.path_by_key[k], labels=labels[k],
-                                       sha256=table.hash_by_key.get(k)) for k in page]
+                                       sha256=table.hash_by_key.get(k), predicted=predicted.get(k, {}))
+                           for k in page]
 
     def facets(self, where: Where = None, max_values: int = 50) -> dict[str, dict[str, int]]:
         """Label values and their item counts, for filtering by label; values most frequent first.
@@ -644,20 +806,109 @@ class Catalog:
             self._label_counts = (generations, self.store.label_counts())
         return self._label_counts[1]
 
-    def search(self, image: ImageInput, k: int = 10, where: Where = None, dedupe: bool = False) -> list[Match]:
-        """The k catalog items most like an image (a path, bytes or a PIL image); ``dedupe``: one item per
-        near-duplicate group (see ``duplicates``).
+    def search(self, image: ImageInput | Sequence[ImageInput] | None = None, k: int = 10, where: Where = None,
+               dedupe: bool = False, *, text: str | Sequence[str] | None = None, items: Sequence[str] = (),
+               not_items: Sequence[str] = (), not_text: str | Sequence[str] | None = None,
+               not_images: ImageInput | Sequence[ImageInput] | None = None,
+               weights: QueryWeights | Mapping[str, float] | Sequence[str] | None = None,
+               min_similarity: float | None = None) -> list[Match]:
+        """The k catalog items most like a query: a photo (a path, bytes or a PIL image), words (``text``, for a
+        catalog whose model has a text tower), catalog ``items``, or any mix of them, each also as something
+        to avoid (``not_images``, ``not_text``, ``not_items``). A mix is one vector (``query.combine``: a
+        weighted sum of unit vectors, renormalised; ``weights`` per kind). Items named in the query and their
+        exact copies are never results. ``dedupe``: one item per near-duplicate group (see ``duplicates``);
+        ``min_similarity``: leave out results less similar to the query.
 
         Raises:
-            ImageError: the query image cannot be read.
-            QueryError: bad ``k`` or ``where``.
+            ImageError: a query image cannot be read.
+            NoTextModelError: words for a catalog whose model embeds photos only (the message names models
+                that embed words).
+            QueryError: bad ``k``, ``where`` or ``weights``; an unknown item; nothing to look for.
+        """
+        check_k(k)
+        images, texts = _listed(image), _listed(text)
+        avoid_images, avoid_texts = _listed(not_images), _listed(not_text)
+        weights = QueryWeights.parse(weights)
+        self.check_text(texts + avoid_texts)
+        if not (images or texts or items):
+            raise QueryError("nothing to search for: give a photo, words (text) or catalog items")
+        allowed = self.allowed(where)
+        if len(images) == 1 and not (texts or items or avoid_images or avoid_texts or not_items):
+            vector = self.encoder().encode(images[0])
+            if dedupe:
+                return above(nearest_distinct(self, vector, k, allowed, exclude=set()), min_similarity)
+            matches = self._with_exact_copies(self.nearest(vector, k, allowed, exclude=set()), images[0], vector, k,
+                                              allowed)
+            return above(matches, min_similarity)
+        parts = [*self.image_parts(images), *self.image_parts(avoid_images, negative=True),
+                 *self.text_parts(texts), *self.text_parts(avoid_texts, negative=True)]
+        return self.search_parts(parts, k, where, dedupe, items=items, not_items=not_items, weights=weights,
+                                 min_similarity=min_similarity)
+
+    def image_parts(self, images: Sequence[ImageInput], negative: bool = False) -> list[QueryPart]:
+        """Photos embedded as query parts.
+
+        Raises:
+            ImageError: a photo cannot be read.
+        """
+        if not images:
+            return []
+        vectors = self.encoder().encode(list(images))
+        return [QueryPart("image", v, negative, _describe(im)) for v, im in zip(vectors, images, strict=True)]
+
+    def text_parts(self, texts: Sequence[str], negative: bool = False) -> list[QueryPart]:
+        """Words embedded by the catalog model's text tower as query parts.
+
+        Raises:
+            NoTextModelError: the catalog's model embeds photos only.
+        """
+        if not texts:
+            return []
+        self.check_text(texts)
+        vectors = self.encoder().encode_text(list(texts))
+        return [QueryPart("text", v, negative, t) for v, t in zip(vectors, texts, strict=True)]
+
+    def check_text(self, texts: Sequence[str]) -> None:
+        """Refuse words the catalog cannot search by, before any model is loaded.
+
+        Raises:
+            NoTextModelError: the catalog's model embeds photos only (the message names models with a text tower).
+            QueryError: empty words.
+        """
+        if texts and not self.config.embedder.text:
+            raise no_text_tower(self.config.embedder.name)
+        if any(not str(t).strip() for t in texts):
+            raise QueryError("empty words in the query; write what to look for, e.g. --text 'red summer dress'")
+
+    def search_parts(self, parts: Sequence[QueryPart], k: int = 10, where: Where = None, dedupe: bool = False, *,
+                     items: Sequence[str] = (), not_items: Sequence[str] = (),
+                     weights: QueryWeights | Mapping[str, float] | Sequence[str] | None = None,
+                     min_similarity: float | None = None) -> list[Match]:
+        """``search`` for parts already embedded (the server embeds photos and words on its model thread), plus
+        catalog items by id, for or against; never returns the items named, or their exact copies.
+
+        Raises:
+            QueryError: bad ``k``, ``where`` or ``weights``; an unknown item; nothing to look for.
         """
         check_k(k)
         allowed = self.allowed(where)
-        vector = self.encoder().encode(image)
+        parts = list(parts)
+        exclude: set[int] = set()
+        first_item: int | None = None
+        for negative, ids in ((False, items), (True, not_items)):
+            for item_id in ids:
+                key = self._key(str(item_id))
+                first_item = key if first_item is None and not negative else first_item
+                parts.append(QueryPart("item", self.index.vector(key), negative, str(item_id)))
+                exclude |= self.table.same_content(key)
+        vector = combine(parts, QueryWeights.parse(weights))
+        return above(self._answer(vector, k, allowed, exclude, dedupe, first_item), min_similarity)
+
+    def _answer(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int], dedupe: bool,
+                query_key: int | None = None) -> list[Match]:
         if dedupe:
-            return nearest_distinct(self, vector, k, allowed, exclude=set())
-        return self._with_exact_copies(self.nearest(vector, k, allowed, exclude=set()), image, vector, k, allowed)
+            return nearest_distinct(self, vector, k, allowed, exclude, query_key=query_key)
+        return self.nearest(vector, k, allowed, exclude=exclude)
 
     def _with_exact_copies(self, matches: list[Match], image: ImageInput, vector: np.ndarray, k: int,
                            allowed: np.ndarray | None) -> list[Match]:
@@ -671,16 +922,17 @@ class Catalog:
                 data = None
         table = self.table
         copies = table.keys_by_hash.get(content_hash(data), set()) if data is not None else set()
-        if allowed is not None:
-            copies = {key for key in copies if key in set(allowed.tolist())}
-        missing = copies - {table.key_by_id[m.id] for m in matches}
+        if allowed is not None and copies:
+            copies = copies & set(allowed.tolist())
+        missing = sorted(copies - {table.key_by_id[m.id] for m in matches})
         if not missing:
             return matches
-        labels = table.labels_for(sorted(missing), self.store)
-        extra = [Match(rank=0, id=table.id_by_key[key], path=table.path_by_key[key],
-                       similarity=float(np.dot(self.index.vector(key), vector)),
-                       distance=distance_from_similarity(float(np.dot(self.index.vector(key), vector))),
-                       labels=labels[key]) for key in sorted(missing)]
+        labels = table.labels_for(missing, self.store)
+        predicted = table.predicted_for(missing, self.store)
+        sims = [float(np.dot(self.index.vector(key), vector)) for key in missing]
+        extra = [Match(rank=0, id=table.id_by_key[key], path=table.path_by_key[key], predicted=predicted.get(key, {}),
+                       similarity=sim, distance=distance_from_similarity(sim), labels=labels[key])
+                 for key, sim in zip(missing, sims, strict=True)]
         ranked = sorted([*extra, *matches], key=lambda m: -m.similarity)[:k]
         return [dataclasses.replace(m, rank=rank) for rank, m in enumerate(ranked, start=1)]
 
@@ -692,26 +944,60 @@ class Catalog:
         return self.nearest(np.asarray(vector, dtype=np.float32), k, self.allowed(where), exclude=set())
 
     def similar(self, item_id: str, k: int = 10, where: Where = None, same_cluster: bool = False,
-                dedupe: bool = False) -> list[Match]:
+                dedupe: bool = False, *, text: str | Sequence[str] | None = None,
+                not_text: str | Sequence[str] | None = None,
+                weights: QueryWeights | Mapping[str, float] | Sequence[str] | None = None,
+                min_similarity: float | None = None) -> list[Match]:
         """"More like this": the k items most like a catalog item, without itself or its exact copies.
 
         ``same_cluster`` keeps to the item's k-means cluster (``lookalike cluster``), as the autoencoder
         seed recommended; it combines with ``where`` (both must hold). ``dedupe`` shows one item per
-        near-duplicate group and leaves out the item's own near-copies (see ``duplicates``).
+        near-duplicate group and leaves out the item's own near-copies (see ``duplicates``). ``text`` (and
+        ``not_text``): "more like this, but ..." in words, combined with the item as ``search`` combines parts.
 
         Raises:
+            NoTextModelError: words for a catalog whose model embeds photos only.
             QueryError: unknown id, bad ``k`` or ``where``; ``same_cluster`` without clusters for the item.
         """
         check_k(k)
+        texts, avoid_texts = _listed(text), _listed(not_text)
+        self.check_text(texts + avoid_texts)
+        weights = QueryWeights.parse(weights)
         allowed = self.allowed(where)
         key = self._key(item_id)
         if same_cluster:
             members = self._cluster_members(item_id, key)
             allowed = members if allowed is None else np.intersect1d(allowed, members)
         exclude = self.table.same_content(key)
+        if texts or avoid_texts:
+            parts = [QueryPart("item", self.index.vector(key), False, str(item_id)), *self.text_parts(texts),
+                     *self.text_parts(avoid_texts, negative=True)]
+            return above(self._answer(combine(parts, weights), k, allowed, exclude, dedupe, key), min_similarity)
         if dedupe:
-            return nearest_distinct(self, self.index.vector(key), k, allowed, exclude, query_key=key)
-        return self.nearest(self.index.vector(key), k, allowed, exclude=exclude, items=True)
+            return above(nearest_distinct(self, self.index.vector(key), k, allowed, exclude, query_key=key),
+                         min_similarity)
+        return above(self.nearest(self.index.vector(key), k, allowed, exclude=exclude, items=True), min_similarity)
+
+    def forget_labels(self) -> None:
+        """Drop cached labels and counts now (after this process rewrote labels, e.g. ``lookalike tag``); other
+        processes' writes are noticed within a quarter of a second anyway."""
+        if self._meta is not None:
+            self._meta.forget_labels()
+        self._label_counts = None
+        self._labels_generation = self.store.generations()[1]
+
+    def remove_predicted(self, column: str) -> int:
+        """Delete a label predicted by ``lookalike tag``; returns how many items had it.
+
+        Raises:
+            QueryError: no predicted label has this name.
+        """
+        if column not in self.store.predicted_names():
+            names = ", ".join(self.store.predicted_names()) or "none"
+            raise QueryError(f"no predicted label {column!r}; predicted labels in this catalog: {names}")
+        removed = self.store.remove_predicted(column)
+        self.forget_labels()
+        return removed
 
     def clusters(self) -> dict[str, int]:
         """Item id -> k-means cluster, as stored by ``lookalike cluster`` (empty before clustering)."""
@@ -723,10 +1009,10 @@ class Catalog:
         cluster = self.store.cluster_of(key)
         if cluster is None:
             if self.store.cluster_info() is None:
-                raise QueryError(f"{self.path} has no clusters yet; run `lookalike cluster --catalog {self.path} "
+                raise QueryError(f"{self.name} has no clusters yet; run `lookalike cluster --catalog {self.name} "
                                  "-n 6` (or --auto) first")
             raise QueryError(f"item {item_id!r} was added after the last clustering; run `lookalike cluster "
-                             f"--catalog {self.path}` again")
+                             f"--catalog {self.name}` again")
         return self.store.keys_in_cluster(cluster)
 
     def _key(self, item_id: str) -> int:
@@ -786,9 +1072,10 @@ class Catalog:
                 break
         table = self.table
         labels = table.labels_for([key for key, _ in picked], self.store)
+        predicted = table.predicted_for([key for key, _ in picked], self.store)
         return [
             Match(rank=rank, id=table.id_by_key[key], path=table.path_by_key[key], similarity=float(sim),
-                  distance=distance_from_similarity(sim), labels=labels.get(key, {}))
+                  distance=distance_from_similarity(sim), labels=labels.get(key, {}), predicted=predicted.get(key, {}))
             for rank, (key, sim) in enumerate(picked, start=1)
         ]
 
@@ -798,16 +1085,16 @@ class Catalog:
         counts = self.store.counts()
         index = self.index
         return CatalogStatus(
-            path=str(self.path), embedder=self.config.embedder, items=counts["ok"], failed=counts["failed"],
+            path=self.name, embedder=self.config.embedder, items=counts["ok"], failed=counts["failed"],
             labels=self.store.label_names(), index=index.describe(),
             failures=self.store.failures(failures), index_detail=self._index_detail(index),
         )
 
     def _index_detail(self, index: VectorIndex) -> dict:
         items = max(index.size, 1)
-        folder = self.path / INDEX_DIR
-        on_disk = sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) if folder.exists() else 0
-        on_disk += (self.path / DB_FILE).stat().st_size
+        folder = self.index_dir
+        on_disk = sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) if folder and folder.exists() else 0
+        on_disk += self.store.bytes_on_disk()
         q = index.quality
         return {
             "kind": index.plan.kind, "dtype": index.plan.dtype, "params": index.plan.params,
@@ -818,6 +1105,26 @@ class Catalog:
             "disk_bytes_per_item": round(on_disk / items, 1) if index.size else None,
             "options": self.index_options().to_dict(),
         }
+
+
+def _listed(value) -> list:
+    """None -> [], one query value (a path, bytes, an image, a string) -> [it], a list or tuple -> a list."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _describe(image) -> str:
+    return str(image) if isinstance(image, (str, Path)) else type(image).__name__
+
+
+def above(matches: list[Match], min_similarity: float | None) -> list[Match]:
+    """Results at least ``min_similarity`` similar to the query (all when None)."""
+    if min_similarity is None:
+        return matches
+    return [m for m in matches if m.similarity >= min_similarity]
 
 
 def _unfinished_creation(path: Path) -> bool:
@@ -894,6 +1201,8 @@ class ItemTable:
         self.keys_by_hash: dict[str, set[int]] = {}
         self.hash_by_key: dict[int, str | None] = {}
         self._labels: dict[int, dict[str, str]] = {}
+        self._predicted: dict[int, dict[str, float]] = {}
+        self._any_predicted: bool | None = None
         for key, _, _, sha in rows:
             self.hash_by_key[key] = sha
             if sha:
@@ -901,6 +1210,21 @@ class ItemTable:
 
     def forget_labels(self) -> None:
         self._labels.clear()
+        self._predicted.clear()
+        self._any_predicted = None
+
+    def predicted_for(self, keys: list[int], store: Store) -> dict[int, dict[str, float]]:
+        """Which of the result rows' labels were predicted (``lookalike tag``), with their probabilities,
+        remembered like labels; no query at all in a catalog without predictions."""
+        if self._any_predicted is None:
+            self._any_predicted = bool(store.predicted_names())
+        if not self._any_predicted:
+            return {}
+        missing = [k for k in keys if k not in self._predicted]
+        if missing:
+            found = store.predicted_scores_for(missing)
+            self._predicted.update({k: found.get(k, {}) for k in missing})
+        return {k: self._predicted[k] for k in keys if self._predicted[k]}
 
     def labels_for(self, keys: list[int], store: Store) -> dict[int, dict[str, str]]:
         """Labels of result rows, remembered: popular items come back in many result lists."""
@@ -919,6 +1243,17 @@ def _check_new_id(item_id: str) -> str:
     if not item_id or len(item_id) > MAX_ID_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in item_id):
         raise QueryError(f"item id {item_id[:40]!r} must be 1 to {MAX_ID_LENGTH} printable characters")
     return item_id
+
+
+def _write_once(target: Path, data: bytes) -> Path:
+    """Write a file named by its content, atomically, unless it is already there."""
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    return target
 
 
 def _opened_format(data: bytes) -> str | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..index.vector_index import VectorIndex
-from ..store.sqlite import Store
+from ..store.base import Store
 
 SAMPLE = 32  # items compared with the store
 SEARCHED = 8  # of those, searched through the index

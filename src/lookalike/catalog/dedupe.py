@@ -27,7 +27,7 @@ SAVED = Path("analysis") / "duplicates.npz"
 def save_groups(catalog, keys: list[int], numbers: list[int], info: dict) -> None:
     """Keep member key -> group number with ``info`` (threshold, generation, items) for ``dedupe``; a
     read-only catalog keeps nothing and says so in the log."""
-    path = Path(catalog.path) / SAVED
+    path = catalog.folder / SAVED
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
@@ -44,7 +44,7 @@ _cache: dict[tuple[str, int, int], tuple[dict, dict[int, int]]] = {}
 
 def saved_groups(catalog) -> tuple[dict, dict[int, int]] | None:
     """(info, key -> group) from the last whole-catalog ``duplicates`` run, or None if there was none."""
-    path = Path(catalog.path) / SAVED
+    path = catalog.folder / SAVED
     try:
         stat = path.stat()
     except OSError:

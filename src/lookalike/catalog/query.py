@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
 
 from ..core.errors import QueryError
 
@@ -22,6 +24,7 @@ class Match:
     similarity: float
     distance: float
     labels: dict[str, str] = field(default_factory=dict)
+    predicted: dict[str, float] = field(default_factory=dict)  # labels from `lookalike tag`: name -> probability
 
     def __post_init__(self) -> None:
         # Float rounding can put the cosine of unit vectors a hair outside [-1, 1]; never show 1.0000013.
@@ -70,3 +73,96 @@ def check_k(k: int) -> int:
     if not isinstance(k, int) or k < 1:
         raise QueryError(f"k must be a positive whole number, got {k!r}")
     return k
+
+
+# -- combined queries: photos, words and items, each for or against -----------------------------------------
+
+QUERY_KINDS = ("image", "text", "item")
+
+
+@dataclass(frozen=True)
+class QueryWeights:
+    """How much each kind of query part counts; see ``combine`` for the rule.
+
+    Defaults: every kind of positive part counts the same (1.0), and what to avoid counts half (0.5): enough to
+    move results away from it without turning the query into "anything unlike that".
+    """
+
+    image: float = 1.0
+    text: float = 1.0
+    item: float = 1.0
+    negative: float = 0.5
+
+    @classmethod
+    def parse(cls, terms: QueryWeights | Mapping[str, float] | Iterable[str] | None) -> QueryWeights:
+        """``["text=2", "negative=0.3"]`` or ``{"text": 2}`` -> weights (unnamed kinds keep their defaults).
+
+        Raises:
+            QueryError: unknown kind, not a number, or a negative number.
+        """
+        if terms is None:
+            return cls()
+        if isinstance(terms, QueryWeights):
+            return terms
+        items = terms.items() if isinstance(terms, Mapping) else [t.partition("=")[::2] for t in terms]
+        names = [f.name for f in fields(cls)]
+        values: dict[str, float] = {}
+        for name, value in items:
+            name = str(name).strip()
+            if name not in names:
+                raise QueryError(f"unknown query weight {name!r}; use {', '.join(names)} (e.g. text=2)")
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise QueryError(f"query weight {name}={value!r} is not a number") from None
+            if not math.isfinite(number) or number < 0:
+                raise QueryError(f"query weight {name}={value!r} must be 0 or more")
+            values[name] = number
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class QueryPart:
+    """One unit vector of a combined query: a photo, some words or a catalog item, for or against."""
+
+    kind: str  # one of QUERY_KINDS
+    vector: np.ndarray
+    negative: bool = False
+    label: str = ""  # what the user gave, for titles and messages
+
+
+def combine(parts: Sequence[QueryPart], weights: QueryWeights | None = None) -> np.ndarray:
+    """The query vector of a mix of photos, words and items: a weighted sum of unit vectors, renormalised.
+
+    ``q = sum over kinds of w_kind * mean(positive parts of that kind) - w_negative * mean(negative parts)``,
+    then ``q / |q|``. Averaging within a kind first means "more like these three items" is one item-sized
+    pull, not three, so adding words to several items still moves the results.
+
+    Raises:
+        QueryError: no positive part, or the parts cancel out.
+    """
+    weights = weights or QueryWeights()
+    positive = [p for p in parts if not p.negative]
+    if not positive:
+        raise QueryError("a query needs something to look for (a photo, words or an item); what to avoid alone "
+                         "does not say what to find")
+    dim = positive[0].vector.shape[-1]
+    total = np.zeros(dim, dtype=np.float64)
+    for kind in QUERY_KINDS:
+        vectors = [_unit(p.vector) for p in positive if p.kind == kind]
+        if vectors:
+            total += getattr(weights, kind) * np.mean(vectors, axis=0)
+    negative = [_unit(p.vector) for p in parts if p.negative]
+    if negative:
+        total -= weights.negative * np.mean(negative, axis=0)
+    norm = float(np.linalg.norm(total))
+    if not math.isfinite(norm) or norm < 1e-6:
+        raise QueryError("the query's parts cancel out (or all their weights are 0); give fewer things to avoid "
+                         "or lower --weight negative")
+    return (total / norm).astype(np.float32)
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    v = np.asarray(vector, dtype=np.float64).reshape(-1)
+    norm = np.linalg.norm(v)
+    return v / norm if norm > 0 else v

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lookalike {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parents = parent_parsers()
-    catalog.add_parsers(sub, parents)  # index, tune, status, models, demo
+    catalog.add_parsers(sub, parents)  # index, tune, status, copy, models, demo
     search.add_parsers(sub, parents)  # search, similar
     serve.add_parsers(sub, parents)
     analysis.add_parsers(sub, parents)  # evaluate, cluster, duplicates, recommend

@@ -1,12 +1,15 @@
-"""Analysis commands: ``evaluate``, ``cluster``, ``duplicates``, ``recommend`` (passes over a whole catalog)."""
+"""Analysis commands: ``evaluate``, ``cluster``, ``tag``, ``duplicates``, ``recommend`` (passes over a whole
+catalog)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import TYPE_CHECKING
 
 from .common import (
+    CATALOG_ENV,
     Parents,
     encode_options,
     engine_from_args,
@@ -15,6 +18,7 @@ from .common import (
     json_float,
     non_negative_int,
     positive_int,
+    shown_catalog,
     similarity,
 )
 
@@ -24,18 +28,31 @@ if TYPE_CHECKING:
 
 def cmd_evaluate(args: argparse.Namespace, out: Console) -> int:
     from ..analysis.evaluate import REFERENCES, evaluate_catalogs
+    from ..core.errors import QueryError
 
+    if not (args.label or args.text_from or args.text_label):
+        raise QueryError("say what to judge by: --label LABEL (photos), --text-from COLUMN or --text-label LABEL "
+                         "(words)")
+    if args.text_from or args.text_label:
+        words = _evaluate_words(args)
+        if not args.label:
+            _print_words(words, args, out)
+            return 0
     references = [] if args.no_reference else list(REFERENCES)
+    args.catalog = args.catalog or [os.environ[CATALOG_ENV]]
     results = []
-    for label in args.label:
+    for label in args.label or []:
         rows = evaluate_catalogs(args.catalog, label, args.k, queries=args.queries, query_images=args.query_images,
                                  references=references, bootstrap=args.bootstrap, seed=args.seed,
                                  options=encode_options(args))
         results.append(rows)
     if args.json:
-        print(json.dumps([row.to_dict(per_class=args.per_class) for rows in results for row in rows], indent=2,
-                         default=json_float))
+        extra = [row.to_dict() for rows in words for row in rows] if args.text_from or args.text_label else []
+        print(json.dumps([row.to_dict(per_class=args.per_class) for rows in results for row in rows] + extra,
+                         indent=2, default=json_float))
         return 0
+    if args.text_from or args.text_label:
+        _print_words(words, args, out)
     for rows in results:
         _metrics_table(rows, out)
         if args.per_class:
@@ -43,6 +60,59 @@ def cmd_evaluate(args: argparse.Namespace, out: Console) -> int:
                 if row.embedder not in ("random ranking", "colour histogram"):
                     _per_class_table(row, out)
     return 0
+
+
+def _evaluate_words(args: argparse.Namespace) -> list:
+    """Rows per (catalog, column) for --text-from and --text-label; chance from the first catalog only."""
+    from ..analysis.words import TEXT_FROM, TEXT_LABEL, evaluate_words
+    from ..catalog.catalog import Catalog
+
+    asked = [(TEXT_FROM, c) for c in args.text_from or []] + [(TEXT_LABEL, c) for c in args.text_label or []]
+    out = []
+    for kind, column in asked:
+        rows = []
+        for n, path in enumerate(args.catalog):
+            with Catalog.open(path) as catalog:
+                rows += evaluate_words(catalog, kind, column, args.k, template=args.text_template,
+                                       bootstrap=args.bootstrap, seed=args.seed, options=encode_options(args),
+                                       chance=n == 0 and not args.no_reference)
+        out.append(rows)
+    return out
+
+
+def _print_words(results: list, args: argparse.Namespace, out: Console) -> None:
+    from rich.table import Table
+
+    from ..analysis.evaluate import format_estimate
+    from ..analysis.words import TEXT_FROM, word_metric_names
+
+    if args.json:
+        print(json.dumps([row.to_dict() for rows in results for row in rows], indent=2, default=json_float))
+        return
+    for rows in results:
+        first = rows[0]
+        what = (f"each item's own {first.column} as the query" if first.kind == TEXT_FROM else
+                f"each {first.column} value as the query ({first.template!r})")
+        table = Table(title=f"words: {what}, k={first.k}, {first.queries} queries (± half the 95% bootstrap "
+                      "interval)", title_justify="left")
+        table.add_column("run", no_wrap=True)
+        table.add_column("embedder", no_wrap=True)
+        names = word_metric_names(first.kind, first.k)
+        for _, title in names:
+            table.add_column(title, justify="right")
+        for row in rows:
+            table.add_row(row.name, row.embedder, *(format_estimate(row.metrics[m]).replace(" ±0.", "±.")
+                                                    for m, _ in names))
+        out.print(table)
+        if args.per_class and first.per_value:
+            per = Table(title=f"per {first.column} value: {first.name}", title_justify="left")
+            for col in ("value", "items", "precision", "recall", "AP"):
+                per.add_column(col, justify="left" if col == "value" else "right")
+            for v in first.per_value:
+                per.add_row(v["value"], str(v["items"]), *(_fmt(v[m]) for m in ("precision", "recall", "map")))
+            out.print(per)
+        for note in dict.fromkeys(note for row in rows for note in row.notes):
+            out.print(f"note: {note}", highlight=False)
 
 
 def _metrics_table(rows, out: Console) -> None:
@@ -107,7 +177,7 @@ def cmd_cluster(args: argparse.Namespace, out: Console) -> int:
     if result.scores:
         out.print("silhouette by n: " + ", ".join(f"{n}: {s:.3f}" for n, s in result.scores.items()),
                   highlight=False)
-    table = Table(title=f"{result.n} clusters of {result.items} items (stored in {args.catalog})",
+    table = Table(title=f"{result.n} clusters of {result.items} items (stored in {shown_catalog(args.catalog)})",
                   title_justify="left")
     for col in ("cluster", "items", f"most common {args.label}" if args.label else "", "nearest the centre"):
         if col:
@@ -118,7 +188,7 @@ def cmd_cluster(args: argparse.Namespace, out: Console) -> int:
     out.print(table)
     purity = f"; purity against {args.label} {result.purity:.3f}" if result.purity is not None else ""
     out.print(f"silhouette {result.silhouette:.3f}{purity}", highlight=False)
-    out.print(f"next: lookalike similar ID --catalog {args.catalog} --same-cluster", highlight=False)
+    out.print(f"next: lookalike similar ID --catalog {shown_catalog(args.catalog)} --same-cluster", highlight=False)
     return 0
 
 
@@ -138,7 +208,7 @@ def cmd_duplicates(args: argparse.Namespace, out: Console) -> int:
         return 0
     if report.groups:
         shown = report.groups[:args.limit]
-        table = Table(title=f"duplicate groups in {args.catalog}", title_justify="left")
+        table = Table(title=f"duplicate groups in {shown_catalog(args.catalog)}", title_justify="left")
         for col in ("group", "kind", "size", "similarity", "representative", "members"):
             table.add_column(col, justify="right" if col in ("group", "size") else "left", overflow="fold")
         for g in shown:
@@ -149,7 +219,8 @@ def cmd_duplicates(args: argparse.Namespace, out: Console) -> int:
         out.print(table)
         if len(report.groups) > len(shown):
             out.print(f"... and {len(report.groups) - len(shown)} more groups (--limit N, --json or --csv)")
-    print(f"{args.catalog}: {report.summary()}" + (f"; groups written to {args.csv}" if args.csv else ""))
+    written = f"; groups written to {args.csv}" if args.csv else ""
+    print(f"{shown_catalog(args.catalog)}: {report.summary()}{written}")
     return 0
 
 
@@ -176,6 +247,66 @@ def seed_parser() -> argparse.ArgumentParser:
     return seed
 
 
+def cmd_tag(args: argparse.Namespace, out: Console) -> int:
+    from rich.table import Table
+
+    from ..analysis.tag import DEFAULT_TEMPLATE, tag_catalog
+    from ..catalog.catalog import Catalog
+    from ..core.errors import QueryError
+
+    with Catalog.open(args.catalog) as catalog:
+        if args.remove:
+            removed = catalog.remove_predicted(args.column)
+            out.print(f"removed the predicted label {args.column!r} from {removed} items", highlight=False)
+            return 0
+        if bool(args.classes) == bool(args.classes_from):
+            raise QueryError("give the classes as --classes a,b,c or take them from a label with --classes-from "
+                             "COLUMN (one of the two)")
+        if args.classes_from:
+            values = sorted({v for _, v in catalog.store.label_values(args.classes_from)})
+            if not values:
+                raise QueryError(f"no item has a label {args.classes_from!r}; labels in this catalog: "
+                                 f"{', '.join(catalog.store.label_names()) or 'none'}")
+            classes = values
+        else:
+            classes = [c.strip() for c in args.classes.split(",")]
+        against = args.against or (args.classes_from if args.evaluate else None)
+        if args.evaluate and against is None:
+            raise QueryError("--evaluate needs the true labels: --against COLUMN (or --classes-from COLUMN)")
+        report = tag_catalog(catalog, args.column, classes, args.template or [DEFAULT_TEMPLATE], against=against,
+                             options=encode_options(args))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=json_float))
+        return 0
+    rule = ("softmax probability over the classes" if report.rule == "softmax"
+            else "sigmoid probability of the class")
+    out.print(f"{args.catalog}: {report.items} items tagged {report.column!r} from {len(report.classes)} classes "
+              f"({report.model}, prompts like {report.templates[0]!r}) in {report.seconds:.1f} s; mean score "
+              f"{report.mean_score:.3f} ({rule})", highlight=False)
+    table = Table(title=f"predicted {report.column}", title_justify="left")
+    table.add_column("class")
+    table.add_column("items", justify="right")
+    for c, n in sorted(report.counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        table.add_row(c, str(n))
+    out.print(table)
+    ev = report.evaluation
+    if ev is not None:
+        out.print(f"against {ev.against}: accuracy {ev.accuracy:.3f}, macro F1 {ev.macro_f1:.3f} over "
+                  f"{ev.items} items; chance: majority class {ev.chance_majority:.3f}, uniform guess "
+                  f"{ev.chance_uniform:.3f}" + (f"; {ev.unreachable} items have a true value outside the classes"
+                                               if ev.unreachable else ""), highlight=False)
+        if ev.confusions:
+            confusions = Table(title="most frequent confusions", title_justify="left")
+            for col in ("true", "predicted", "items"):
+                confusions.add_column(col, justify="right" if col == "items" else "left")
+            for t, p, n in ev.confusions:
+                confusions.add_row(t, p, str(n))
+            out.print(confusions)
+    out.print(f"next: lookalike similar ID --catalog {args.catalog} --where {report.column}={report.classes[0]}",
+              highlight=False)
+    return 0
+
+
 def add_parsers(sub, parents: Parents) -> None:
     """Add the analysis commands to the ``lookalike`` parser."""
     common, run, catalog_arg = parents.common, parents.run, parents.catalog
@@ -188,11 +319,20 @@ def add_parsers(sub, parents: Parents) -> None:
                        description="How good are the recommendations? Leave-one-out over the catalog (or held-out "
                        "--queries): precision/recall/mAP/nDCG/hit rate@k, mean and median neighbour distance, "
                        "kNN classification, with reference rows: chance and a colour histogram of the same photos.")
-    p.add_argument("--catalog", action="append", required=True,
-                   help="a catalog; repeat to compare several (e.g. one per embedder) side by side")
-    p.add_argument("--label", action="append", required=True,
+    p.add_argument("--catalog", action="append", required=not os.environ.get(CATALOG_ENV), default=None,
+                   help="a catalog (folder or postgresql:// URL); repeat to compare several (e.g. one per embedder) "
+                   f"side by side (default ${CATALOG_ENV})")
+    p.add_argument("--label", action="append", default=None,
                    help="items with equal values of this label are relevant (e.g. articleType); repeatable; "
                    "'cluster' uses the stored clusters")
+    p.add_argument("--text-from", action="append", default=None, metavar="COLUMN",
+                   help="words: each item's own text in COLUMN (e.g. productDisplayName) is a query that should find "
+                   "it: recall@k, MRR@k (a catalog built with a text+image model)")
+    p.add_argument("--text-label", action="append", default=None, metavar="LABEL",
+                   help="words: each value of LABEL (e.g. articleType) in --text-template is a query; items with "
+                   "that value are relevant: precision@k, recall@k, mAP@k, nDCG@k")
+    p.add_argument("--text-template", default=None, metavar="TEXT",
+                   help="prompt for --text-label values, with {} for the value (default 'a photo of {}')")
     p.add_argument("-k", type=positive_int, default=10, help="neighbours per query (default 10)")
     p.add_argument("--queries", help="held-out queries: a CSV manifest (id or path column + label columns)")
     p.add_argument("--query-images", help="image folder of the --queries manifest (default: images/ beside it)")
@@ -223,6 +363,25 @@ def add_parsers(sub, parents: Parents) -> None:
                         help=f"queries per index search (default {DEFAULT_BLOCK})")
     passes.add_argument("--threshold", type=similarity, default=DEFAULT_THRESHOLD,
                         help=f"cosine similarity at which two items are near duplicates (default {DEFAULT_THRESHOLD})")
+
+    p = sub.add_parser("tag", parents=[common, run, catalog_arg], help="zero-shot labels from words, stored per item",
+                       description="Label every item with the class whose words its photo matches best (a catalog "
+                       "built with a text+image model). The predicted label is stored apart from the manifest's "
+                       "labels and can be used by --where and the page's filters; --evaluate compares it with an "
+                       "existing label.")
+    p.add_argument("--column", required=True, help="name of the predicted label, e.g. style")
+    p.add_argument("--classes", default=None, help="comma-separated class names, e.g. casual,formal,sports,party")
+    p.add_argument("--classes-from", default=None, metavar="LABEL",
+                   help="take the classes from the values of an existing label (and --evaluate against it)")
+    p.add_argument("--template", action="append", default=None, metavar="TEXT",
+                   help="prompt with {} for the class name (default 'a photo of {}'); repeat to average several")
+    p.add_argument("--evaluate", action="store_true",
+                   help="compare the predictions with a label: accuracy, macro F1, top confusions, chance")
+    p.add_argument("--against", default=None, metavar="LABEL", help="the label --evaluate compares with "
+                   "(default: --classes-from)")
+    p.add_argument("--remove", action="store_true", help="delete the predicted label --column instead")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("duplicates", parents=[common, catalog_arg, passes], help="exact and near-duplicate groups",
                        description="Group items that are the same file (content hash) or look the same "

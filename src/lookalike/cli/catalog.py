@@ -1,4 +1,4 @@
-"""Catalog commands: ``index``, ``tune``, ``status``, ``models``, ``demo``."""
+"""Catalog commands: ``index``, ``tune``, ``status``, ``copy``, ``models``, ``demo``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ if TYPE_CHECKING:
 
 
 def cmd_index(args: argparse.Namespace, out: Console) -> int:
+    import contextlib
+
     from ..catalog.catalog import Catalog
+    from ..core.errors import LookalikeError
     from ..index.choice import IndexOptions
 
     IndexOptions().changed(kind=args.index, memory=args.memory, recall=args.recall)  # refuse before creating
@@ -29,7 +32,8 @@ def cmd_index(args: argparse.Namespace, out: Console) -> int:
                                  engine=engine)
         except BaseException:
             if new:  # a first run that failed before its first batch leaves nothing behind
-                catalog.discard_if_empty()
+                with contextlib.suppress(LookalikeError):  # the database may be what failed
+                    catalog.discard_if_empty()
             raise
         if args.json:
             print(json.dumps({**report.__dict__, "images_per_second": report.images_per_second}, indent=2,
@@ -37,9 +41,9 @@ def cmd_index(args: argparse.Namespace, out: Console) -> int:
         else:
             for warning in report.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
-            print(f"{args.catalog}: {report.summary()}; {len(catalog)} items searchable")
+            print(f"{catalog.name}: {report.summary()}; {len(catalog)} items searchable")
             if report.failed:
-                print(f"  {report.failed} files skipped; `lookalike status --catalog {args.catalog}` lists why")
+                print(f"  {report.failed} files skipped; `lookalike status --catalog {catalog.name}` lists why")
     return 0
 
 
@@ -103,12 +107,34 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def cmd_copy(args: argparse.Namespace, out: Console) -> int:
+    from ..catalog.copy import copy_catalog
+
+    report = copy_catalog(args.source, args.destination)
+    if args.json:
+        print(json.dumps(report.__dict__, indent=2))
+    else:
+        print(f"{report.destination}: {report.summary()}; index {report.index}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace, out: Console) -> int:
     from ..models.registry import list_models
 
-    for name, spec in list_models().items():
-        out.print(f"{name:16} {spec.description}")
-    out.print(f"{'timm:<name>':16} any timm model, e.g. timm:convnext_tiny.fb_in22k")
+    rows = [(name, "text+image" if spec.text else "image", spec.description) for name, spec in list_models().items()]
+    rows += [("timm:<name>", "image", "any timm model, e.g. timm:convnext_tiny.fb_in22k"),
+             ("open_clip:<arch>/<tag>", "text+image", "any open_clip model, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k"),
+             ("hf-hub:<repo>", "text+image", "any open_clip model on the Hugging Face hub, e.g. "
+                                             "hf-hub:Marqo/marqo-fashionSigLIP"),
+             ("path.lkm", "either", "a model from `lookalike train` (train clip: text+image)")]
+    if getattr(args, "json", False):
+        print(json.dumps([{"name": n, "understands": u, "description": d} for n, u, d in rows], indent=2))
+        return 0
+    width = max(len(n) for n, _, _ in rows)
+    for name, understands, description in rows:
+        out.print(f"{name:{width}}  {understands:10}  {description}", markup=False, highlight=False)
+    out.print("text+image models also search by words (search --text), tag items with words (tag) and train "
+              "on titles (train clip)", markup=False, highlight=False)
     return 0
 
 
@@ -116,7 +142,12 @@ def cmd_demo(args: argparse.Namespace, out: Console) -> int:
     from pathlib import Path
 
     from ..catalog.demo import run_demo
+    from ..core.errors import LookalikeError
+    from ..store.urls import is_database_url
 
+    if is_database_url(args.catalog):
+        raise LookalikeError("the demo builds a folder catalog; give --catalog a folder, then `lookalike copy` it "
+                             "to a database if you like")
     path = Path(args.catalog)
     result = run_demo(path, model=args.model, options=encode_options(args), weights=args.weights)
     with result.catalog as catalog:
@@ -178,7 +209,19 @@ def add_parsers(sub, parents: Parents) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("models", parents=[common], help="list the embedders by name")
+    p = sub.add_parser("copy", parents=[common], help="copy a catalog between a folder and PostgreSQL",
+                       description="Copy a catalog with its items, failures, labels, vectors, clusters and uploaded "
+                       "images to another store: a folder (SQLite) or a postgresql:// URL, either way. Verified by "
+                       "counts and a sample of vectors before the destination becomes a catalog; an interrupted "
+                       "copy leaves none, and running it again starts over.")
+    p.add_argument("source", help="the catalog to copy: a folder or a postgresql:// URL")
+    p.add_argument("destination", help="where the copy goes: a new folder, or a postgresql://user@host/db URL "
+                   "(?schema=NAME, default lookalike) holding no catalog")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_copy)
+
+    p = sub.add_parser("models", parents=[common], help="list the embedders by name (and which understand words)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("demo", parents=[common, run], help="a tour on sample photos shipped with lookalike",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from ..catalog.query import Match
 
 EXIT_USAGE = 2  # expected failures: one line on stderr, this exit code
+CATALOG_ENV = "LOOKALIKE_CATALOG"  # the catalog every command (and `serve`) uses when --catalog is not given
 
 
 def int_at_least(lowest: int):
@@ -120,7 +122,10 @@ def parent_parsers() -> Parents:
     run.add_argument("--no-draft", action="store_true", help="decode JPEGs at full size (slower; for checks)")
 
     catalog = argparse.ArgumentParser(add_help=False)
-    catalog.add_argument("--catalog", required=True, help="the catalog directory, e.g. shop.lk")
+    from_env = os.environ.get(CATALOG_ENV) or None
+    catalog.add_argument("--catalog", required=from_env is None, default=from_env,
+                         help="the catalog: a folder (e.g. shop.lk) or a postgresql://user@host/db URL "
+                              f"(default ${CATALOG_ENV}; a password is better kept in ~/.pgpass or PGPASSWORD)")
 
     query = argparse.ArgumentParser(add_help=False)
     query.add_argument("-k", type=positive_int, default=10, help="how many items to return (default 10)")
@@ -169,6 +174,13 @@ def engine_from_args(args: argparse.Namespace):
 
     return RayEngine(RayOptions(address=args.ray_address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
                                 cpus_per_actor=args.cpus_per_actor, decode_cpus=args.decode_cpus))
+
+
+def shown_catalog(catalog: str) -> str:
+    """A catalog location as it may be printed: a database URL loses its password."""
+    from ..store.urls import is_database_url, parse_database_url
+
+    return parse_database_url(catalog).display if is_database_url(catalog) else str(catalog)
 
 
 def encode_options(args: argparse.Namespace) -> EncodeOptions:

@@ -1,11 +1,11 @@
-"""Search commands: ``search`` (by photo) and ``similar`` (by catalog item)."""
+"""Search commands: ``search`` (by photo, words, items, or a mix) and ``similar`` (by catalog item)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import TYPE_CHECKING
 
-from .common import Parents, encode_options, show_matches
+from .common import Parents, encode_options, show_matches, similarity
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -15,33 +15,74 @@ def cmd_search(args: argparse.Namespace, out: Console) -> int:
     from ..catalog.catalog import Catalog
 
     with Catalog.open(args.catalog) as catalog:
-        catalog.encoder(encode_options(args))
-        matches = catalog.search(args.image, k=args.k, where=args.where, dedupe=args.dedupe)
-        show_matches(matches, args, out, title=f"items most like {args.image}")
+        if args.image or args.not_image or args.text or args.not_text:
+            catalog.encoder(encode_options(args))
+        matches = catalog.search(args.image, k=args.k, where=args.where, dedupe=args.dedupe, text=args.text,
+                                 items=args.item or (), not_items=args.not_item or (), not_text=args.not_text,
+                                 not_images=args.not_image, weights=args.weight, min_similarity=args.min_similarity)
+        show_matches(matches, args, out, title=f"items most like {_describe(args)}")
     return 0
+
+
+def _describe(args: argparse.Namespace) -> str:
+    wanted = ([args.image] if args.image else []) + [f'"{t}"' for t in args.text or []] + [
+        f"item {i}" for i in args.item or []]
+    avoided = (args.not_image or []) + [f'"{t}"' for t in args.not_text or []] + [
+        f"item {i}" for i in args.not_item or []]
+    return " + ".join(wanted) + (f", less like {' + '.join(avoided)}" if avoided else "")
 
 
 def cmd_similar(args: argparse.Namespace, out: Console) -> int:
     from ..catalog.catalog import Catalog
 
     with Catalog.open(args.catalog) as catalog:
+        if args.text or args.not_text:
+            catalog.encoder(encode_options(args))
         matches = catalog.similar(args.item_id, k=args.k, where=args.where, same_cluster=args.same_cluster,
-                                  dedupe=args.dedupe)
-        show_matches(matches, args, out, title=f"items most like catalog item {args.item_id}")
+                                  dedupe=args.dedupe, text=args.text, not_text=args.not_text, weights=args.weight,
+                                  min_similarity=args.min_similarity)
+        but = "".join(f', but "{t}"' for t in args.text or []) + "".join(f', not "{t}"' for t in args.not_text or [])
+        show_matches(matches, args, out, title=f"items most like catalog item {args.item_id}{but}")
     return 0
+
+
+WEIGHT_HELP = ("how much each kind of query part counts, e.g. --weight text=2 --weight negative=0.3 (kinds: image, "
+               "text, item, negative; defaults 1, 1, 1, 0.5). The query is the weighted sum of the parts' unit "
+               "vectors (each kind averaged first, what to avoid subtracted), renormalised")
+
+
+def _query_parts(p: argparse.ArgumentParser, items: bool) -> None:
+    p.add_argument("--text", action="append", default=None, metavar="WORDS",
+                   help="words to look for (a catalog built with a text+image model, see `lookalike models`); "
+                        "with a photo or item: this, but ...")
+    p.add_argument("--not-text", action="append", default=None, metavar="WORDS", help="words to move away from")
+    if items:
+        p.add_argument("--item", action="append", default=None, metavar="ID",
+                       help="more like this catalog item; repeat for several")
+        p.add_argument("--not-item", action="append", default=None, metavar="ID",
+                       help="less like this catalog item; repeat for several")
+        p.add_argument("--not-image", action="append", default=None, metavar="PHOTO", help="less like this photo")
+    p.add_argument("--weight", action="append", default=None, metavar="KIND=W", help=WEIGHT_HELP)
+    p.add_argument("--min-similarity", type=similarity, default=None, metavar="S",
+                   help="leave out results less similar to the query (cosine, e.g. 0.25 for words)")
 
 
 def add_parsers(sub, parents: Parents) -> None:
     """Add ``search`` and ``similar`` to the ``lookalike`` parser."""
     common, run, catalog_arg, query = parents.common, parents.run, parents.catalog, parents.query
-    p = sub.add_parser("search", parents=[common, run, catalog_arg, query], help="items most like a photo",
-                       description="The k catalog items most like a photo.")
-    p.add_argument("image", help="the query photo")
+    p = sub.add_parser("search", parents=[common, run, catalog_arg, query],
+                       help="items most like a photo, words, items, or a mix",
+                       description="The k catalog items most like a photo, words (--text), catalog items (--item), "
+                       "or any mix of them, each also as something to avoid (--not-image, --not-text, --not-item).")
+    p.add_argument("image", nargs="?", default=None, help="the query photo (optional with --text or --item)")
+    _query_parts(p, items=True)
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("similar", parents=[common, catalog_arg, query], help="more like a catalog item",
-                       description="The k items most like a catalog item, without itself or its exact copies.")
+    p = sub.add_parser("similar", parents=[common, run, catalog_arg, query], help="more like a catalog item",
+                       description="The k items most like a catalog item, without itself or its exact copies; "
+                       "with --text, more like it but with those words.")
     p.add_argument("item_id", help="a catalog item id (for a folder, its path without the extension)")
     p.add_argument("--same-cluster", action="store_true",
                    help="only items of the same k-means cluster (run `lookalike cluster` first)")
+    _query_parts(p, items=False)
     p.set_defaults(func=cmd_similar)

@@ -46,7 +46,7 @@ def cmd_serve(args: argparse.Namespace, out: Console) -> int:
     service = CatalogService(settings)
     app = create_app(settings, service=service)
     where = f"http://{args.host}:{args.port}/"
-    print(f"serving {settings.catalog} ({service.size()} items, {service.encoder.device}, "
+    print(f"serving {service.catalog.name} ({service.size()} items, {service.encoder.device}, "
           f"{service.encoder.precision}) at {where}  API docs: {where}docs"
           + ("" if settings.admin_token else "  (read-only: no --admin-token)"), flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",

@@ -23,9 +23,11 @@ class EmbedderInfo:
     weights: str  # "hf-hub:<repo>", "file:<sha256 prefix>" or "random:<seed>"
     dim: int
     pool: str
+    text: bool = False  # the model also embeds words into the same space (a text tower: CLIP, SigLIP)
 
     def describe(self) -> str:
-        return f"{self.name} ({self.timm_name}, weights {self.weights}, {self.dim}-d, {self.pool} pooling)"
+        towers = ", text+image" if self.text else ""
+        return f"{self.name} ({self.timm_name}, weights {self.weights}, {self.dim}-d, {self.pool} pooling{towers})"
 
 
 @dataclass(frozen=True)
@@ -37,14 +39,22 @@ class CatalogConfig:
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        tmp.write_text(self.to_json())
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> CatalogConfig:
-        data = json.loads(path.read_text())
+        return cls.from_json(path.read_text())
+
+    @classmethod
+    def from_json(cls, text: str) -> CatalogConfig:
+        """Raises: ValueError, KeyError, TypeError for text that is not a catalog config."""
+        data = json.loads(text)
         return cls(
             embedder=EmbedderInfo(**data["embedder"]),
             format=int(data.get("format", 1)),

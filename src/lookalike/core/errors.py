@@ -39,6 +39,10 @@ class QueryError(LookalikeError):
     """A search request is malformed: unknown item id, bad ``where`` filter, bad ``k``."""
 
 
+class NoTextModelError(QueryError):
+    """Words were asked of a catalog or model without a text tower; the message names the models with one."""
+
+
 class UnknownItemError(QueryError):
     """No embedded catalog item has this id; the REST API answers 404."""
 
@@ -61,3 +65,8 @@ class ModelFileError(ModelUnavailableError):
 
 class TrainingError(LookalikeError):
     """Training cannot start or go on: too few images or labels, a bad option, a pack that does not fit."""
+
+
+class StoreUnavailableError(LookalikeError):
+    """The catalog's database cannot be reached (down, restarting, network); the REST API answers 503 and the
+    command line stops with one line; finished batches are kept and the next run resumes."""

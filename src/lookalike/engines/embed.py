@@ -87,6 +87,7 @@ class Encoder:
         self.options = options or EncodeOptions()
         self.embedder = embedder
         self.model: Any = None
+        self.text_model: Any = None  # the text tower, placed on the device when words are first embedded
         self.model_dtype: Any = None  # the dtype inputs are cast to when the whole model was cast (else autocast)
         if getattr(embedder, "needs_torch", True):
             from . import torch_runtime as rt
@@ -135,6 +136,29 @@ class Encoder:
             chunk = items[start:start + self.batch_size]
             arrays = [self.prepare(im) for im in chunk]
             out[start:start + len(chunk)] = self.embed_uint8(np.stack(arrays))
+        return out[0] if single else out
+
+    @property
+    def has_text(self) -> bool:
+        return bool(getattr(self.embedder, "has_text", False))
+
+    def encode_text(self, texts: str | Sequence[str]) -> np.ndarray:
+        """One text -> a D vector; a list -> an N x D matrix: the model's text tower, unit length, in the space of
+        its photo vectors (same device and precision as the photos).
+
+        Raises:
+            NoTextModelError: the model embeds photos only (the message names models that embed words).
+            ModelUnavailableError: the model's tokenizer cannot be loaded.
+        """
+        if not self.has_text:
+            from ..models.registry import no_text_tower
+
+            raise no_text_tower(self.embedder.info.name)
+        single = isinstance(texts, str)
+        items = [texts] if single else [str(t) for t in texts]
+        from .torch_runtime import embed_texts
+
+        out = embed_texts(self, items)
         return out[0] if single else out
 
     def prepare(self, image: ImageInput) -> np.ndarray:

@@ -105,6 +105,26 @@ def embed_batch(encoder: Encoder, batch: np.ndarray | torch.Tensor) -> np.ndarra
         return out.cpu().numpy().astype(np.float32, copy=False)
 
 
+TEXT_BATCH_SIZE = 256  # texts per text-tower call: short token rows, so larger batches than photos
+
+
+def embed_texts(encoder: Encoder, texts: list[str]) -> np.ndarray:
+    """Texts -> N x D float32 unit vectors with the encoder's text tower (placed on its device on first use;
+    autocast in the encoder's precision)."""
+    embedder = encoder.embedder
+    if encoder.text_model is None:
+        encoder.text_model = embedder.text_model.to(encoder.device).eval()
+    out = np.zeros((len(texts), embedder.dim), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(texts), TEXT_BATCH_SIZE):
+            tokens = embedder.tokenize(texts[start:start + TEXT_BATCH_SIZE]).to(encoder.device)
+            with torch.autocast(device_type=encoder.device.type, dtype=encoder.dtype or torch.float32,
+                                enabled=encoder.dtype is not None):
+                features = encoder.text_model(tokens)
+            out[start:start + len(tokens)] = F.normalize(features.float(), dim=1).cpu().numpy()
+    return out
+
+
 _NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)
 
 

@@ -284,7 +284,7 @@ def grid_for_catalog(catalog, item_ids: Sequence[str], k: int = 5, label: str | 
     for item_id in item_ids:
         matches = catalog.similar(item_id, k=k, where=where, same_cluster=same_cluster)
         rows.append(GridRow(item_id, catalog.store.item(item_id).path, catalog.labels(item_id), matches))
-    return grid_figure(rows, label=label, k=k, title=f"{catalog.path.name}: {k} most similar items")
+    return grid_figure(rows, label=label, k=k, title=f"{catalog.title}: {k} most similar items")
 
 
 def map_for_catalog(catalog, method: str = "pca", colour_by: str | None = None, links: int = 20, k: int = 5,
@@ -303,7 +303,7 @@ def map_for_catalog(catalog, method: str = "pca", colour_by: str | None = None, 
         groups = content_group_codes(data.sha256, len(data))
         idx, _ = nearest(data.vectors[queries], data.vectors, k, groups[queries], groups)
         pairs = [(int(q), [j for j in row.tolist() if j >= 0]) for q, row in zip(queries, idx, strict=True)]
-    title = f"{catalog.path.name}: {method.upper()} of {len(data)} items ({catalog.config.embedder.name})"
+    title = f"{catalog.title}: {method.upper()} of {len(data)} items ({catalog.config.embedder.name})"
     return map_figure(coords, values, pairs, title=title, colour_by=colour_by or "")
 
 

@@ -68,14 +68,14 @@ def build_report(catalog, out: str | Path, label: str | None = None, k: int = 5,
 
     data = load_catalog_data(catalog)
     if len(data) == 0:
-        raise QueryError(f"{catalog.path} has no embedded items; index a source first")
+        raise QueryError(f"{catalog.name} has no embedded items; index a source first")
     rows: list[Evaluation] = []
     if label is not None:
         rows = evaluate_catalog(catalog, label, k, references=REFERENCES, bootstrap=bootstrap, seed=seed,
                                 keep_per_query=True)
     colour_by = label or ("cluster" if data.clusters else None)
     values = data.values(colour_by) if colour_by else [None] * len(data)
-    parts = [f"<h1>lookalike report: {_e(catalog.path.name)}</h1>", _summary(catalog, data, label)]
+    parts = [f"<h1>lookalike report: {_e(catalog.title)}</h1>", _summary(catalog, data, label)]
     if rows:
         parts += [_metrics_table(rows), _per_class_table(rows[0])]
     parts.append(_map_section(data, values, rows[0] if rows else None, colour_by, method, links, seed))
@@ -85,7 +85,7 @@ def build_report(catalog, out: str | Path, label: str | None = None, k: int = 5,
     body = "\n".join(parts)
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     page = (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>lookalike report: {_e(catalog.path.name)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+            f"<title>lookalike report: {_e(catalog.title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
             f"{body}\n<p class=\"note\">Made by lookalike {__version__} on {stamp}.</p>\n"
             f"<script>{_SCRIPT}</script>\n</body>\n</html>\n")
     out = Path(out)
@@ -108,7 +108,7 @@ def _e(text) -> str:
 
 def _summary(catalog, data: CatalogData, label: str | None) -> str:
     status = catalog.status(failures=0)
-    rows = [("catalog", catalog.path), ("model", status.embedder.describe()),
+    rows = [("catalog", catalog.name), ("model", status.embedder.describe()),
             ("items", f"{status.items} searchable, {status.failed} failed"),
             ("labels", ", ".join(status.labels) or "(none)")]
     if data.clusters:

@@ -76,6 +76,11 @@ class RowVectors:
         """Append the in-memory rows to ``path`` (which holds the base rows), then map the whole file."""
         nb = len(self._base)
         mapped_here = isinstance(self._base, np.memmap) and Path(self._base.filename) == path.resolve()
+        # Append in place only where this process wrote the file's end: another process (a second replica on
+        # this machine) may have appended rows it has mapped, which must never be written over. Otherwise a
+        # new file replaces the name, and maps of the old one stay valid.
+        if mapped_here and _size(path) != nb * self.itemsize:
+            mapped_here = False
         if not mapped_here:
             tmp = path.with_suffix(path.suffix + ".tmp")
             with open(tmp, "wb") as fh:
@@ -106,3 +111,10 @@ class RowVectors:
         if rows and path.stat().st_size < rows * dim * np.dtype(dtype).itemsize:
             raise ValueError(f"{path} holds fewer than {rows} rows")
         return cls(dim, dtype, cls.open_base(path, dim, dtype, rows))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1

@@ -12,6 +12,7 @@ the store's change log when stale, rebuilt from the stored vectors when that is 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -370,8 +371,13 @@ class VectorIndex:
     # -- persistence -------------------------------------------------------------------------------
 
     def save(self, folder: Path, generation: int) -> None:
-        """Write vectors, rows, index, then the stamp, each atomically; the stamp is the commit point."""
+        """Write vectors, rows, index, then the stamp, each atomically; the stamp is the commit point. Processes
+        sharing the folder (replicas of a database catalog on one machine) take turns (``folder/.lock``)."""
         folder.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(folder, exclusive=True):
+            self._save(folder, generation)
+
+    def _save(self, folder: Path, generation: int) -> None:
         self.vectors.save(folder / VECTORS_FILE)
         _write_atomic(folder / ROWS_FILE, lambda p: _save_npy(p, self.row_keys))
         _write_atomic(folder / INDEX_FILE, lambda p: faiss.write_index(self.index, str(p)))
@@ -387,6 +393,13 @@ class VectorIndex:
     @classmethod
     def load(cls, folder: Path) -> tuple[VectorIndex, int] | None:
         """The saved index and the store generation it reflects; None if there is none usable."""
+        if not (folder / STAMP_FILE).exists():
+            return None
+        with _folder_lock(folder, exclusive=False):
+            return cls._load(folder)
+
+    @classmethod
+    def _load(cls, folder: Path) -> tuple[VectorIndex, int] | None:
         try:
             stamp = json.loads((folder / STAMP_FILE).read_text())
             if stamp.get("format") != FORMAT:
@@ -507,3 +520,23 @@ def _write_atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path, exclusive: bool):
+    """An advisory lock on ``folder/.lock`` (none where there is no flock, or the folder is read-only)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one process per folder, as before
+        yield
+        return
+    try:
+        fh = open(folder / ".lock", "a+b")  # noqa: SIM115 - closed below, after the lock is released
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        fh.close()

@@ -2,7 +2,7 @@
 
 The safetensors header's ``__metadata__`` (string to string) carries one key, ``lookalike``, a JSON document::
 
-    {"format": "lookalike-model", "version": 1, "kind": "autoencoder" | "finetune",
+    {"format": "lookalike-model", "version": 1, "kind": "autoencoder" | "finetune" | "clip",
      "arch": {...}, "preprocess": {"size", "mean", "std", "fill"}, "embedding": {"mode", "dim", "modes"},
      "classes": {column: [names]}, "training": {data, labels, epochs, metrics, ...}, "created": ISO time}
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 FORMAT = "lookalike-model"
 VERSION = 1
 SUFFIX = ".lkm"
-KINDS = ("autoencoder", "finetune")
+KINDS = ("autoencoder", "finetune", "clip")
 MODE_SEPARATOR = "#"
 
 

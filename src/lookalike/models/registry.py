@@ -1,8 +1,12 @@
-"""Names users type (``resnet50``, ``timm:convnext_tiny``) mapped to backbones, pooling and weights.
+"""Names users type (``resnet50``, ``timm:convnext_tiny``, ``fashion-siglip``) mapped to backbones, pooling
+and weights.
 
 Like timm's own ``create_model``: the name picks the architecture and pretrained tag; pooling and weights
 are options; an unknown name fails with the list of valid ones. Looking names up imports no PyTorch: the
-network modules (``timm``, ``trained``) are imported when a network model is created.
+network modules (``timm``, ``openclip``, ``trained``) are imported when a network model is created.
+
+Text+image models (``ModelSpec.clip``) come through open_clip: a few by short names, any open_clip
+architecture and tag as ``open_clip:<arch>/<tag>``, and any open_clip model on the hub as ``hf-hub:<repo>``.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..core.errors import ModelUnavailableError, UnknownModelError
+from ..core.errors import ModelUnavailableError, NoTextModelError, UnknownModelError
 from .handcrafted import HANDCRAFTED
 from .modelfile import is_model_file
 
@@ -18,13 +22,21 @@ if TYPE_CHECKING:
     from .base import Embedder
 
 TIMM_PREFIX = "timm:"
+OPEN_CLIP_PREFIX = "open_clip:"
+HUB_PREFIX = "hf-hub:"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    timm_name: str  # architecture.tag as timm knows it
+    timm_name: str  # architecture.tag as timm knows it ("" for the others)
     pool: str | None  # global pooling; None keeps the model's own
     description: str
+    clip: str = ""  # text+image models: "<open_clip arch>/<tag>" or "hf-hub:<repo>"
+
+    @property
+    def text(self) -> bool:
+        """Does the model embed words too (a text tower in the image vectors' space)?"""
+        return bool(self.clip)
 
 
 _REGISTRY: dict[str, ModelSpec] = {
@@ -39,6 +51,23 @@ _REGISTRY: dict[str, ModelSpec] = {
     "efficientnet_b0": ModelSpec(
         "efficientnet_b0.ra_in1k", "avg", "EfficientNet-B0, ImageNet weights, average pooling, 1280-d (fast)",
     ),
+    # Text+image models (open_clip): search by words, zero-shot labels, `lookalike train clip --base`.
+    "clip-vit-b32": ModelSpec(
+        "", None, "OpenAI CLIP ViT-B/32 (open_clip ViT-B-32-quickgelu, openai), 512-d",
+        clip="ViT-B-32-quickgelu/openai",
+    ),
+    "siglip2-base": ModelSpec(
+        "", None, "SigLIP 2 ViT-B/16 at 224 px (open_clip ViT-B-16-SigLIP2, webli), 768-d",
+        clip="ViT-B-16-SigLIP2/webli",
+    ),
+    "fashion-clip": ModelSpec(
+        "", None, "Marqo-FashionCLIP (hf-hub:Marqo/marqo-fashionCLIP, ViT-B/16), 512-d",
+        clip="hf-hub:Marqo/marqo-fashionCLIP",
+    ),
+    "fashion-siglip": ModelSpec(
+        "", None, "Marqo-FashionSigLIP (hf-hub:Marqo/marqo-fashionSigLIP, ViT-B/16 SigLIP), 768-d",
+        clip="hf-hub:Marqo/marqo-fashionSigLIP",
+    ),
     # Reference embedders without a network (evaluation baselines); timm_name "" marks them.
     **{name: ModelSpec("", None, cls.description) for name, cls in HANDCRAFTED.items()},
 }
@@ -48,8 +77,9 @@ DEFAULT_MODEL = "resnet50"
 
 def register(name: str, spec: ModelSpec) -> None:
     """Add a named embedder (trained models register themselves here once they exist)."""
-    if name.startswith(TIMM_PREFIX):
-        raise ValueError(f"names starting with {TIMM_PREFIX!r} are reserved for timm models")
+    for prefix in (TIMM_PREFIX, OPEN_CLIP_PREFIX, HUB_PREFIX):
+        if name.startswith(prefix):
+            raise ValueError(f"names starting with {prefix!r} are reserved")
     _REGISTRY[name] = spec
 
 
@@ -57,8 +87,22 @@ def list_models() -> dict[str, ModelSpec]:
     return dict(_REGISTRY)
 
 
+def text_models() -> list[str]:
+    """The registered names of models that understand words, for messages that point users to one."""
+    return [name for name, spec in _REGISTRY.items() if spec.text]
+
+
+def no_text_tower(name: str) -> NoTextModelError:
+    """The one-line refusal for words asked of a model that embeds photos only."""
+    return NoTextModelError(
+        f"{name} embeds photos only and cannot search by words; build the catalog with a text+image model: "
+        f"{', '.join(text_models())}, open_clip:<arch>/<tag>, hf-hub:<repo>, or a model from `lookalike train clip`"
+    )
+
+
 def resolve(name: str) -> ModelSpec:
-    """Look a name up; ``timm:<name>`` takes any timm model as is.
+    """Look a name up; ``timm:<name>`` takes any timm model as is, ``open_clip:<arch>/<tag>`` and
+    ``hf-hub:<repo>`` any open_clip model (checked when it is created).
 
     Raises:
         UnknownModelError: the name is unknown; the message lists the valid ones.
@@ -67,6 +111,14 @@ def resolve(name: str) -> ModelSpec:
         return _REGISTRY[name]
     if is_model_file(name):
         return ModelSpec("", None, f"model trained by lookalike train: {name}")
+    if name.startswith(OPEN_CLIP_PREFIX):
+        source = name[len(OPEN_CLIP_PREFIX):]
+        if not source or source.startswith("/"):
+            raise UnknownModelError(f"{name!r}: write open_clip:<architecture>/<pretrained tag>, e.g. "
+                                    "open_clip:ViT-B-32/laion2b_s34b_b79k")
+        return ModelSpec("", None, f"open_clip model {source}", clip=source)
+    if name.startswith(HUB_PREFIX):
+        return ModelSpec("", None, f"open_clip model {name}", clip=name)
     if name.startswith(TIMM_PREFIX):
         import timm
 
@@ -77,14 +129,14 @@ def resolve(name: str) -> ModelSpec:
             raise UnknownModelError(f"unknown timm model {timm_name!r}{hint}")
         return ModelSpec(timm_name, None, f"timm model {timm_name}")
     raise UnknownModelError(
-        f"unknown model {name!r}; choose one of {', '.join(_REGISTRY)}, any timm model as timm:<name>, or a "
-        "model file from `lookalike train` (path.lkm)"
+        f"unknown model {name!r}; choose one of {', '.join(_REGISTRY)}, any timm model as timm:<name>, any "
+        "open_clip model as open_clip:<arch>/<tag> or hf-hub:<repo>, or a model file from `lookalike train` (path.lkm)"
     )
 
 
 def create_embedder(name: str = DEFAULT_MODEL, weights: str | None = None) -> Embedder:
-    """Build an embedder by name: a timm backbone (``TimmEmbedder``), a ``.lkm`` file (``TrainedEmbedder``) or a
-    model-free one (``colorhist``, ``pixels``).
+    """Build an embedder by name: a timm backbone (``TimmEmbedder``), a text+image model (``OpenClipEmbedder``),
+    a ``.lkm`` file (``TrainedEmbedder``) or a model-free one (``colorhist``, ``pixels``).
 
     ``weights``: None fetches the pretrained weights from the Hugging Face hub (or its cache);
     a path loads a local ``.safetensors``/``.pth`` file; ``"random"`` gives seeded random weights
@@ -105,6 +157,10 @@ def create_embedder(name: str = DEFAULT_MODEL, weights: str | None = None) -> Em
         if weights is not None:
             raise ModelUnavailableError(f"{name} has no weights; drop --weights {weights}")
         return HANDCRAFTED[name]()
+    if spec.clip:
+        from .openclip import create_clip_embedder
+
+        return create_clip_embedder(name, spec.clip, weights)
     from .timm import create_timm_embedder
 
     return create_timm_embedder(name, spec.timm_name, pool=spec.pool, weights=weights)

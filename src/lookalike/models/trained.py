@@ -83,8 +83,9 @@ class TrainedEmbedder:
                 for col, lg in zip(self.classes, logits, strict=True)}
 
 
-def load_trained(name: str) -> TrainedEmbedder:
-    """Load ``path.lkm`` or ``path.lkm#mode`` as an embedder.
+def load_trained(name: str):
+    """Load ``path.lkm`` or ``path.lkm#mode`` as an embedder (a ``TrainedEmbedder``, or for ``train clip``
+    models an ``OpenClipEmbedder`` with both towers).
 
     Raises:
         ModelFileError: missing, corrupt, not a lookalike model, newer version, or an unknown mode.
@@ -92,6 +93,13 @@ def load_trained(name: str) -> TrainedEmbedder:
     path_text, _, mode = name.partition(MODE_SEPARATOR)
     path = Path(path_text).expanduser()
     meta, state = load_model_file(path)
+    if meta.kind == "clip":
+        from .openclip import load_clip_file
+
+        if mode and mode not in meta.embedding.get("modes", {}):
+            raise ModelFileError(f"{path}: no embedding {mode!r}; this model offers "
+                                 f"{', '.join(meta.embedding.get('modes', {}))}")
+        return load_clip_file(canonical_name(name), meta, state, file_digest(path))
     mode = mode or meta.embedding.get("mode", "")
     if mode not in meta.embedding.get("modes", {}):
         raise ModelFileError(f"{path}: no embedding {mode!r}; this model offers "

@@ -1,5 +1,27 @@
-"""Store layer: the source of truth for items, labels, vectors and the change log (SQLite today)."""
+"""Store layer: the source of truth for items, labels, vectors and the change log, in SQLite (a catalog folder's
+``catalog.sqlite``) or PostgreSQL (a ``postgresql://`` URL), behind one interface (``base.Store``)."""
 
-from .sqlite import ItemRecord, Store
+from __future__ import annotations
 
-__all__ = ["ItemRecord", "Store"]
+from pathlib import Path
+
+from .base import ItemRecord, Store, StoredItem
+from .sqlite import SQLiteStore
+from .urls import DatabaseURL, is_database_url, parse_database_url
+
+__all__ = ["DatabaseURL", "ItemRecord", "SQLiteStore", "Store", "StoredItem", "is_database_url", "open_store",
+           "parse_database_url"]
+
+
+def open_store(location: str | Path, create: bool = False) -> Store:
+    """The store at a SQLite file path or a ``postgresql://`` URL (psycopg is imported only for the latter).
+
+    Raises:
+        StoreUnavailableError: the database cannot be reached.
+        CatalogError: no catalog tables at the URL (unless ``create``).
+    """
+    if is_database_url(location):
+        from .postgres import PostgresStore
+
+        return PostgresStore(str(location), create=create)
+    return SQLiteStore(Path(location))

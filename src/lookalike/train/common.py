@@ -297,6 +297,29 @@ def class_counts(values: list[str | None]) -> Counter:
     return Counter(v for v in values if v is not None)
 
 
+def close_epoch(epoch: int, history: History, train_loss: float, lr: float, val_loss: float | None, started: float,
+                model: torch.nn.Module, optimizer: torch.optim.Optimizer, stopper: EarlyStopping,
+                checkpoints: Checkpointer, on_epoch=None) -> bool:
+    """An epoch's bookkeeping, the same for every loop: record the losses, rate and time, update early stopping
+    (on the validation loss, else the training loss), checkpoint, log and report. Returns whether to stop
+    (``history.stopped_early`` is then set)."""
+    history.train_loss.append(train_loss)
+    history.lr.append(lr)
+    if val_loss is not None:
+        history.val_loss.append(val_loss)
+    history.seconds.append(time.perf_counter() - started)
+    stop = stopper.update(val_loss if val_loss is not None else train_loss, epoch, model)
+    history.best_epoch = stopper.best_epoch
+    checkpoints.maybe(model, optimizer, epoch, history, stopper)
+    log.info("epoch %d: train %.4f, val %s, %.2f s", epoch + 1, train_loss,
+             f"{val_loss:.4f}" if val_loss is not None else "-", history.seconds[-1])
+    if on_epoch:
+        on_epoch(epoch, history)
+    if stop:
+        history.stopped_early = True
+    return stop
+
+
 def describe_times(seconds: list[float]) -> str:
     if not seconds:
         return "no epoch run"

@@ -36,6 +36,7 @@ from .common import (
     augment,
     checkpoint_path,
     class_counts,
+    close_epoch,
     load_checkpoint,
     lr_factor,
     normalise,
@@ -252,22 +253,10 @@ def train_finetune(
             loss = _loss(z, logits, y, config)
             precision.step(loss, optimizer)
             total += loss.item()
-        history.train_loss.append(total / n_batches)
-        history.lr.append(lr)
         val_loss = _validation_loss(net, pack, val_idx, val_codes, device, precision, mean, std, config,
                                     options.batch_size)
-        if val_loss is not None:
-            history.val_loss.append(val_loss)
-        history.seconds.append(time.perf_counter() - t0)
-        stop = stopper.update(val_loss if val_loss is not None else history.train_loss[-1], epoch, net)
-        history.best_epoch = stopper.best_epoch
-        checkpoints.maybe(net, optimizer, epoch, history, stopper)
-        log.info("epoch %d: train %.4f, val %s, %.2f s", epoch + 1, history.train_loss[-1],
-                 f"{val_loss:.4f}" if val_loss is not None else "-", history.seconds[-1])
-        if on_epoch:
-            on_epoch(epoch, history)
-        if stop:
-            history.stopped_early = True
+        if close_epoch(epoch, history, total / n_batches, lr, val_loss, t0, net, optimizer, stopper, checkpoints,
+                       on_epoch):
             break
     if stopper.best_state is not None:
         net.load_state_dict(stopper.best_state)

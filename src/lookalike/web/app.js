@@ -1,8 +1,9 @@
-// lookalike web page: search by photo, "more like this", browse with label filters. Plain JS, no build step.
+// lookalike web page: search by photo or words, "more like this" (but ...), browse with label filters.
+// Plain JS, no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { mode: "start", file: null, item: null, offset: 0, facets: {} };
+const state = { mode: "start", file: null, item: null, text: "", offset: 0, facets: {}, words: false };
 const PAGE = 48;
 const SHOWN_LABELS = ["articleType", "baseColour", "gender", "season", "usage"];
 
@@ -46,9 +47,15 @@ function showError(message) {
   box.hidden = !message;
 }
 
-function labelText(labels) {
-  const shown = SHOWN_LABELS.filter((name) => labels[name]).map((name) => labels[name]);
-  return (shown.length ? shown : Object.values(labels).slice(0, 3)).join(" · ");
+function labelText(labels, predicted) {
+  const own = Object.fromEntries(Object.entries(labels).filter(([name]) => !(predicted && name in predicted)));
+  const shown = SHOWN_LABELS.filter((name) => own[name]).map((name) => own[name]);
+  return (shown.length ? shown : Object.values(own).slice(0, 3)).join(" · ");
+}
+
+function predictedText(item) {  // labels from `lookalike tag`: words, not the shop's own data
+  return Object.entries(item.predicted || {})
+    .map(([name, score]) => `${name}: ${item.labels[name]} (predicted, ${Math.round(score * 100)}%)`).join(" · ");
 }
 
 function card(item) {
@@ -59,7 +66,10 @@ function card(item) {
   const name = item.labels.productDisplayName || item.id;
   img.alt = name;
   node.querySelector(".name").textContent = name;
-  node.querySelector(".labels").textContent = labelText(item.labels);
+  node.querySelector(".labels").textContent = labelText(item.labels, item.predicted);
+  const guessed = node.querySelector(".predicted");
+  guessed.textContent = predictedText(item);
+  guessed.hidden = !guessed.textContent;
   const score = node.querySelector(".score");
   if (typeof item.similarity === "number") {
     const percent = Math.max(0, Math.round(item.similarity * 100));
@@ -71,7 +81,7 @@ function card(item) {
     button.setAttribute("aria-label", `${name}. Show items like this`);
   }
   button.dataset.id = item.id;
-  button.addEventListener("click", () => { location.hash = "item=" + encodeURIComponent(item.id); });
+  button.addEventListener("click", () => { location.hash = itemHash(item.id); });
   return node;
 }
 
@@ -83,14 +93,17 @@ function showItems(items, append) {
 
 function showQueryItem(item) {
   const box = $("query-item");
+  $("refine").hidden = !item || !state.words;
   if (!item) { box.hidden = true; box.replaceChildren(); return; }
   const img = document.createElement("img");
   img.src = item.thumbnail_url + "&size=192";
   img.alt = item.labels.productDisplayName || item.id;
   const text = document.createElement("div");
-  text.innerHTML = "<strong></strong><br><span></span>";
+  text.innerHTML = "<strong></strong><br><span></span><br><span class=\"predicted\"></span>";
   text.querySelector("strong").textContent = item.labels.productDisplayName || `item ${item.id}`;
-  text.querySelector("span").textContent = `id ${item.id}` + (labelText(item.labels) ? ` · ${labelText(item.labels)}` : "");
+  const own = labelText(item.labels, item.predicted);
+  text.querySelector("span").textContent = `id ${item.id}` + (own ? ` · ${own}` : "");
+  text.querySelector(".predicted").textContent = predictedText(item);
   box.replaceChildren(img, text);
   box.hidden = false;
 }
@@ -99,10 +112,44 @@ function title(text) { $("results-title").textContent = text; }
 
 // -- the three things a user does ----------------------------------------------------------------------
 
+function go(hash) {  // the address keeps the query (Back works, links can be shared); same address: search again
+  if (location.hash.slice(1) === hash) route(); else location.hash = hash;
+}
+
+function itemHash(id, words) {
+  return "item=" + encodeURIComponent(id) + (words ? "&text=" + encodeURIComponent(words) : "");
+}
+
+async function searchText(words) {
+  showError("");
+  words = (words || "").trim();
+  if (!words) return;
+  state.mode = "text"; state.text = words; state.item = null; state.file = null;
+  $("text").value = words;
+  hidePreview();
+  showQueryItem(null);
+  $("more").hidden = true;
+  title("Searching…");
+  const form = new FormData();
+  form.append("text", words);
+  searchOptions().forEach((value, key) => form.append(key, value));
+  try {
+    const answer = await api("/api/search", { method: "POST", body: form });
+    showItems(answer.results);
+    title(answer.results.length
+      ? `${answer.results.length} items matching “${words}” (${Math.round(answer.took_ms)} ms)`
+      : "No items match these filters.");
+  } catch (err) {
+    $("results").replaceChildren();
+    title("Those words could not be searched.");
+    showError(err.message);
+  }
+}
+
 async function searchFile(file) {
   showError("");
   if (!file) return;
-  state.mode = "upload"; state.file = file; state.item = null;
+  state.mode = "upload"; state.file = file; state.item = null; state.text = "";
   if (location.hash) history.pushState(null, "", location.pathname + location.search);
   const preview = $("query-img");
   if (preview.dataset.url) URL.revokeObjectURL(preview.dataset.url);
@@ -135,21 +182,26 @@ function hidePreview() {
   preview.removeAttribute("src");
 }
 
-async function similarTo(id) {
+async function similarTo(id, words) {
   showError("");
   hidePreview();
-  state.mode = "item"; state.item = id;
+  words = (words || "").trim();
+  state.mode = "item"; state.item = id; state.text = words;
   $("more").hidden = true;
+  $("refine-text").value = words;
   title("Searching…");
+  const params = searchOptions();
+  if (words) params.set("text", words);
   try {
     const [item, answer] = await Promise.all([
       api(`/api/items/${encodeURIComponent(id)}`),
-      api(`/api/items/${encodeURIComponent(id)}/similar?${searchOptions()}`),
+      api(`/api/items/${encodeURIComponent(id)}/similar?${params}`),
     ]);
     showQueryItem(item);
     showItems(answer.results);
+    const what = item.labels.productDisplayName || "item " + id;
     title(answer.results.length
-      ? `${answer.results.length} items most like ${item.labels.productDisplayName || "item " + id} (${Math.round(answer.took_ms)} ms)`
+      ? `${answer.results.length} items most like ${what}${words ? `, but “${words}”` : ""} (${Math.round(answer.took_ms)} ms)`
       : "No other items match these filters.");
     window.scrollTo({ top: 0, behavior: "smooth" });
   } catch (err) {
@@ -162,7 +214,7 @@ async function similarTo(id) {
 
 async function browse(append) {
   showError("");
-  state.mode = "browse"; state.item = null;
+  state.mode = "browse"; state.item = null; state.text = "";
   if (!append) state.offset = 0;
   showQueryItem(null);
   hidePreview();
@@ -183,19 +235,20 @@ async function browse(append) {
 
 function rerun() {
   if (state.mode === "upload") searchFile(state.file);
-  else if (state.mode === "item") similarTo(state.item);
+  else if (state.mode === "text") searchText(state.text);
+  else if (state.mode === "item") similarTo(state.item, state.text);
   else browse(false);
   $("clear-filters").hidden = !filterParams().toString();
 }
 
 // -- filters from the catalog's label facets ----------------------------------------------------------
 
-function buildFacets(facets) {
+function buildFacets(facets, predicted) {
   const holder = $("facets");
   holder.replaceChildren();
   Object.entries(facets).filter(([, values]) => Object.keys(values).length > 1).forEach(([name, values]) => {
     const label = document.createElement("label");
-    label.textContent = name;
+    label.textContent = (predicted || []).includes(name) ? `${name} (predicted)` : name;
     const select = document.createElement("select");
     select.name = name;
     select.dataset.testid = `facet-${name}`;
@@ -219,9 +272,10 @@ function updateFacetCounts(facets) {
 // -- wiring ----------------------------------------------------------------------------------------
 
 function route() {
-  const hash = decodeURIComponent(location.hash.slice(1));
-  if (hash.startsWith("item=")) similarTo(hash.slice(5));
-  else if (hash === "browse") browse(false);
+  const hash = new URLSearchParams(location.hash.slice(1));
+  if (hash.has("item")) similarTo(hash.get("item"), hash.get("text"));
+  else if (hash.has("text")) searchText(hash.get("text"));
+  else if (hash.has("browse")) browse(false);
 }
 
 async function start() {
@@ -244,6 +298,15 @@ async function start() {
     const pasted = [...(e.clipboardData || {}).items || []].find((it) => it.kind === "file");
     if (pasted) { e.preventDefault(); searchFile(pasted.getAsFile()); }
   });
+  $("words").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const words = $("text").value.trim();
+    if (words) go("text=" + encodeURIComponent(words));
+  });
+  $("refine").addEventListener("submit", (e) => {
+    e.preventDefault();
+    if (state.item !== null) go(itemHash(state.item, $("refine-text").value.trim()));
+  });
   $("k").addEventListener("change", rerun);
   $("min-sim").addEventListener("change", rerun);
   $("dedupe").addEventListener("change", rerun);
@@ -258,7 +321,9 @@ async function start() {
   try {
     const [health, page] = await Promise.all([api("/api/health"), api("/api/items?limit=0")]);
     $("summary").textContent = `${health.items} items · ${health.model.split(" ")[0]} on ${health.device}`;
-    buildFacets(page.facets);
+    state.words = Boolean(health.text);
+    $("words").hidden = !state.words;
+    buildFacets(page.facets, page.predicted_labels);
   } catch (err) {
     showError(`The server is not answering: ${err.message}`);
   }
