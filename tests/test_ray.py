@@ -280,3 +280,39 @@ def test_recommend_on_ray_writes_the_local_rows_and_resumes(local_ray, tmp_path,
         report = recommend(cat, 5, out, block=48, progress=False, engine=engine)
         assert report.resumed and 0 < report.computed < 400
         assert pq.read_table(out).to_pylist() == pq.read_table(tmp_path / "plain-local.parquet").to_pylist()
+
+
+@pytest.mark.slow
+def test_a_database_catalog_of_a_text_image_model_is_indexed_and_recommended_on_ray(
+        local_ray, tmp_path, tiny_clip, pg_url):
+    """A ``postgresql://`` catalog of an open_clip model: Ray's actors embed (the model shipped whole), the driver
+    commits into PostgreSQL through the shared commit loop, and the catalog equals a local folder one; the
+    search by words works on it; ``recommend`` actors open the catalog by its URL (no shared file system) and
+    write the local run's rows."""
+    import pyarrow.parquet as pq
+
+    from conftest import TINY_CLIP, word_options
+    from lookalike.analysis.recommend import recommend
+
+    manifest = shop_with_bad_files(tmp_path)
+    options = word_options()
+    with Catalog.create(tmp_path / "local.lk", TINY_CLIP, embedder=tiny_clip) as cat:
+        cat.add(manifest, options=options)
+    engine = RayEngine(RayOptions(actors=1, cpus_per_actor=0.5, decode_cpus=0.5))
+    with Catalog.create(pg_url, TINY_CLIP, embedder=tiny_clip) as cat:
+        report = cat.add(manifest, options=options, engine=engine)
+        assert (report.indexed, report.failed, report.engine) == (12, 3, "ray")
+        words = [m.id for m in cat.search(text="a red photo", k=3)]
+    assert catalog_rows(pg_url) == catalog_rows(tmp_path / "local.lk")
+    a, b = catalog_vectors(tmp_path / "local.lk"), catalog_vectors(pg_url)
+    assert set(a) == set(b) and min(float(np.dot(a[i], b[i])) for i in a) >= 0.9999
+    with Catalog.open(tmp_path / "local.lk", embedder=tiny_clip) as cat:
+        assert [m.id for m in cat.search(text="a red photo", k=3)] == words
+
+    with Catalog.open(pg_url, embedder=tiny_clip) as cat:
+        assert cat.address == pg_url and "://" in cat.address
+        local = recommend(cat, 3, tmp_path / "local.parquet", block=4, progress=False)
+        remote = recommend(cat, 3, tmp_path / "ray.parquet", block=4, progress=False,
+                           engine=RayEngine(RayOptions(actors=2, cpus_per_actor=0.5)))
+    assert (remote.items, remote.rows) == (local.items, local.rows) == (12, 36)
+    assert pq.read_table(tmp_path / "ray.parquet").to_pylist() == pq.read_table(tmp_path / "local.parquet").to_pylist()

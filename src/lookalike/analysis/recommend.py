@@ -90,8 +90,8 @@ def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where
     a trailing ``/`` (or an existing folder) a partitioned Parquet dataset of part files.
 
     ``engine`` (a ``RayEngine``) spreads the blocks of queries over Ray actors that each open the catalog's
-    index read-only (the catalog must be on a file system every node sees); rows, order and resuming are
-    the same as on this machine.
+    index read-only (a folder catalog must be on a file system every node sees; a database catalog is reached
+    by its URL); rows, order and resuming are the same as on this machine.
 
     Raises:
         QueryError: bad k, ``where``, ``queries_where``, ``group_by`` label or threshold.

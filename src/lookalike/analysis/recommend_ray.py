@@ -1,7 +1,8 @@
 """``recommend --engine ray``: the blocks of queries of ``recommend`` spread over Ray actors.
 
-Each actor opens the catalog read-only (so the catalog must sit on a file system every node sees: one
-machine, NFS, EFS, Filestore), loads its index once, and runs ``recommend.BlockWork``, the very function
+Each actor opens the catalog read-only (a folder catalog must sit on a file system every node sees: one
+machine, NFS, EFS, Filestore; a ``postgresql://`` catalog is reached by its URL, each node keeping its own
+index cache), loads its index once, and runs ``recommend.BlockWork``, the very function
 the local path runs, on whole blocks cut exactly as the local path cuts them: the rows are the local run's.
 Results come back in key order (Ray Data's ``preserve_order``), so the driver writes and resumes its Parquet
 parts as it does on one machine. Only query keys travel to the actors, and only each query's k results back.
@@ -54,7 +55,7 @@ def recommend_on_ray(engine: RayEngine, catalog, work, key_blocks: list[np.ndarr
         ds = ray.data.from_arrow(tables)
         ds = ds.map_batches(RecommendActor, batch_size=None, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=min(actors, len(key_blocks))),
-                            fn_constructor_kwargs={"catalog": str(catalog.path.resolve()), "work": [ray.put(work)],
+                            fn_constructor_kwargs={"catalog": [ray.put(catalog.address)], "work": [ray.put(work)],
                                                    "threads": max(1, int(opts.cpus_per_actor))},
                             num_cpus=opts.cpus_per_actor)
         k = work.k
@@ -82,7 +83,7 @@ class RecommendActor:
     """A recommending actor: the catalog opened read-only and its index loaded once; each call runs
     ``BlockWork`` on each whole block of query keys it was given."""
 
-    def __init__(self, catalog: str, work: list, threads: int):
+    def __init__(self, catalog: list, work: list, threads: int):
         import ray
 
         from ..catalog.catalog import Catalog
@@ -94,10 +95,11 @@ class RecommendActor:
         except ImportError:  # pragma: no cover - faiss is a dependency
             pass
         self.work = ray.get(work[0])
-        self.catalog = Catalog.open(catalog)
+        # the location travels in the object store, so a database URL's password is not in the actor's spec
+        self.catalog = Catalog.open(ray.get(catalog[0]))
         self.index = self.catalog.index
         self.dim = self.catalog.config.embedder.dim
-        log.info("recommending actor (pid %d): %s, %s", os.getpid(), catalog, self.index.describe())
+        log.info("recommending actor (pid %d): %s, %s", os.getpid(), self.catalog.name, self.index.describe())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         k = self.work.k

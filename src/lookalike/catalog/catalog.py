@@ -131,7 +131,8 @@ class Catalog:
 
     ``name`` is where it is as a person may see it (a folder, or the URL without its password); ``folder`` is
     where this process keeps what it derives (the catalog folder itself, or a cache folder for a database);
-    ``path`` is the folder of a folder catalog and ``name`` for a database one.
+    ``path`` is the folder of a folder catalog and ``name`` for a database one. ``address`` is what another
+    process (a Ray actor) opens: the folder's absolute path, or the URL with its password (never shown).
     """
 
     def __init__(self, path: str | Path, config: CatalogConfig, embedder: Embedder | None = None,
@@ -142,6 +143,7 @@ class Catalog:
             url = parse_database_url(str(path))
             self.store: Store = store or open_store(str(path))
             self.name = self.path = url.display
+            self.address = str(path).strip()
             self.title = f"{url.display.rsplit('/', 1)[-1].split('?')[0]}/{url.schema}"
             folder = database_cache(url, str(config.extra.get("catalog_id") or "none"))
             if folder is None:  # LOOKALIKE_CACHE_DIR=memory: nothing kept after this process
@@ -152,6 +154,7 @@ class Catalog:
         else:
             self.path = Path(path)
             self.name, self.title, self.folder = str(self.path), self.path.name, self.path
+            self.address = str(self.path.resolve())
             self.store = store or SQLiteStore(self.path / DB_FILE)
             self.index_dir = self.path / INDEX_DIR
             self.uploads_in_store = False
