@@ -21,7 +21,7 @@ LAYERS = {
     "core": 0, "models": 1, "engines": 2, "store": 3, "index": 3, "catalog": 4, "analysis": 5, "figures": 6,
     "train": 7, "cli": 8, "api": 8, "": 8,  # "": the package itself (lookalike/__init__.py, the public facade)
 }
-HEAVY = ("torch", "torchvision", "timm", "matplotlib", "fastapi", "uvicorn", "starlette", "openvino", "nncf")
+HEAVY = ("torch", "torchvision", "timm", "matplotlib", "fastapi", "uvicorn", "starlette", "openvino", "nncf", "ray")
 
 
 def _modules() -> dict[str, Path]:

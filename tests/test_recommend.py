@@ -246,3 +246,45 @@ def test_new_commands_have_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0 and "--catalog" in capsys.readouterr().out
+
+
+def test_a_folder_out_keeps_the_parts_as_a_partitioned_dataset(random_catalog, tmp_path, monkeypatch):
+    catalog, _, _ = random_catalog
+    single = tmp_path / "one.parquet"
+    recommend(catalog, 5, single, block=32, progress=False)
+    monkeypatch.setattr(recommend_module, "PART_ROWS", 400)
+    report = recommend(catalog, 5, f"{tmp_path / 'parts'}/", block=32, progress=False)
+    files = sorted((tmp_path / "parts").iterdir())
+    assert report.format == "parquet" and len(files) > 1 and all(f.suffix == ".parquet" for f in files)
+    assert pq.read_table(tmp_path / "parts").to_pylist() == pq.read_table(single).to_pylist()
+    assert not (tmp_path / "parts.partial").exists()
+    with pytest.raises(OutputError, match="new or empty folder"):
+        recommend(catalog, 5, f"{tmp_path / 'parts'}/", progress=False)
+
+
+def test_ray_blocks_are_cut_as_the_local_blocks_and_an_actors_rows_are_the_local_rows(random_catalog):
+    """The pieces of ``recommend --engine ray`` run here, without Ray: the same blocks of queries, and an
+    actor's padded rows turned back into exactly the rows ``BlockWork`` gives."""
+    from lookalike.analysis.neighbours import query_blocks
+    from lookalike.analysis.recommend_ray import RecommendActor, rows_of
+
+    catalog, _, _ = random_catalog
+    all_keys = np.array(sorted(catalog.table.id_by_key), dtype=np.int64)
+    queries = catalog.allowed({"colour": "blue"})
+    for wanted, after in ((None, -1), (queries, -1), (queries, 150)):
+        local = [keys for keys, _ in query_blocks(catalog, 32, keys=wanted, after=after)]
+        mine = recommend_module._key_blocks(all_keys, 32, wanted, after)
+        assert [b.tolist() for b in mine] == [b.tolist() for b in local]
+
+    content = recommend_module._content_codes(catalog.table, int(all_keys[-1]) + 1)
+    work = recommend_module.BlockWork(k=4, candidates=None, limit=300, first_fetch=5, n_candidates=300,
+                                      content=content, groups=None, labels=None)
+    actor = object.__new__(RecommendActor)  # its __init__ only fetches the work from Ray's object store
+    actor.work, actor.catalog, actor.index, actor.dim = work, catalog, catalog.index, 16
+    keys, vectors = next(query_blocks(catalog, 32))
+    expected = work(catalog.index, keys, vectors)
+    out = actor({"block": np.zeros(len(keys), dtype=np.int64), "key": keys})
+    got = rows_of(out, 4)
+    assert got[0].tolist() == expected[0].tolist() and got[2] == expected[2]
+    for mine, theirs in zip(got[1], expected[1], strict=True):
+        assert mine.dtype == theirs.dtype and mine.tolist() == theirs.tolist()

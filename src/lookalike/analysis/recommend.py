@@ -20,10 +20,12 @@ searched again with four times as many neighbours (up to ``MAX_FETCH``), so ever
 that many qualifying candidates exist.
 
 Work is batched (blocks of queries through ``catalog.index.search``, whatever index the catalog has) and
-threaded (``neighbours.ordered_map``), and written incrementally: finished blocks go to part files in
+threaded (``neighbours.ordered_map``), or spread over Ray actors (``recommend_ray``), and written
+incrementally: finished blocks go to part files in
 ``<out>.partial/`` with a state file recording the last finished item key and the options. An interrupted
 run started again with the same options resumes after that key; other options start over. At the end the
-parts are joined into ``out`` (written to a temporary name, then renamed) and the partial folder goes.
+parts are joined into ``out`` (written to a temporary name, then renamed) and the partial folder goes; an
+``out`` ending in ``/`` keeps the parts as a partitioned dataset (the partial folder renamed into place).
 """
 
 from __future__ import annotations
@@ -83,8 +85,13 @@ class RecommendReport:
 def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where: Where = None,
               queries_where: Where = None, dedupe: bool = False, threshold: float = DEFAULT_THRESHOLD,
               group_by: str | None = None, block: int = DEFAULT_BLOCK, threads: int = DEFAULT_THREADS,
-              resume: bool = True, progress: bool | None = None) -> RecommendReport:
-    """Write every item's (or every ``queries_where`` item's) k most similar items to ``out``.
+              resume: bool = True, progress: bool | None = None, engine=None) -> RecommendReport:
+    """Write every item's (or every ``queries_where`` item's) k most similar items to ``out``: a file, or with
+    a trailing ``/`` (or an existing folder) a partitioned Parquet dataset of part files.
+
+    ``engine`` (a ``RayEngine``) spreads the blocks of queries over Ray actors that each open the catalog's
+    index read-only (a folder catalog must be on a file system every node sees; a database catalog is reached
+    by its URL); rows, order and resuming are the same as on this machine.
 
     Raises:
         QueryError: bad k, ``where``, ``queries_where``, ``group_by`` label or threshold.
@@ -92,8 +99,9 @@ def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where
     """
     started = time.perf_counter()
     check_k(k)
+    folder_out = str(out).endswith(("/", os.sep)) or Path(out).is_dir()
     out = Path(out)
-    fmt = _format(out, fmt)
+    fmt = _format(out, fmt, folder_out)
     candidates = catalog.allowed(where)
     queries = catalog.allowed(queries_where)
     if group_by is not None and group_by not in catalog.store.label_names():
@@ -120,28 +128,22 @@ def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where
                "threshold": threshold if dedupe else None, "group_by": group_by,
                "queries_where": catalog.check_where(queries_where), "generation": catalog.store.generation(),
                "items": len(all_keys)}
-    parts = _Parts(out, fmt, options, resume)
-    limit = min(MAX_FETCH, n_candidates)
-    first_fetch = k + 1 + (2 * k if dedupe or group_by else 0)
-
-    def work(blk: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, tuple, int]:
-        qkeys, qvecs = blk
-
-        def lacking(rows: np.ndarray, sims: np.ndarray, keys: np.ndarray) -> np.ndarray:
-            return _select(qkeys[rows], keys, k, content, groups, labels).sum(axis=1) < k
-
-        sims, keys = search_until(index, qvecs, first_fetch, candidates, limit, lacking)
-        chosen = _select(qkeys, keys, k, content, groups, labels)
-        rows, cols = np.nonzero(chosen)
-        ranks = np.cumsum(chosen, axis=1)[rows, cols].astype(np.int32)
-        short_rows = int((chosen.sum(axis=1) < min(k, n_candidates)).sum())
-        return qkeys, (qkeys[rows], ranks, keys[rows, cols], sims[rows, cols].astype(np.float32)), short_rows
-
-    blocks = query_blocks(catalog, block, keys=queries, after=parts.done_key)
+    parts = _Parts(out, fmt, options, resume, folder_out)
+    work = BlockWork(k=k, candidates=candidates, limit=min(MAX_FETCH, n_candidates),
+                     first_fetch=k + 1 + (2 * k if dedupe or group_by else 0), n_candidates=n_candidates,
+                     content=content, groups=groups, labels=labels)
     report = RecommendReport(path=str(out), format=fmt, items=parts.items, rows=parts.rows, computed=0,
                              resumed=parts.done_key >= 0, short=parts.short, seconds=0.0)
+    if engine is None:
+        blocks = query_blocks(catalog, block, keys=queries, after=parts.done_key)
+        results = ordered_map(lambda blk: work(index, *blk), blocks, threads)
+    else:
+        from .recommend_ray import recommend_on_ray
+
+        key_blocks = _key_blocks(all_keys, block, queries, parts.done_key)
+        results = recommend_on_ray(engine, catalog, work, key_blocks)
     with progress_bar(n_queries - parts.items, "recommend", progress) as bar:
-        for qkeys, (item, rank, similar, sims), short_rows in ordered_map(work, blocks, threads):
+        for qkeys, (item, rank, similar, sims), short_rows in results:
             columns = {"item_id": ids[item], "rank": rank, "similar_id": ids[similar], "similarity": sims}
             if label_values is not None:
                 columns[group_by] = label_values[similar]
@@ -153,6 +155,50 @@ def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where
     report.seconds = time.perf_counter() - started
     log.info("%s", report.summary())
     return report
+
+
+@dataclass
+class BlockWork:
+    """What one block of queries needs besides the index: the rules every item is held to. Picklable, so
+    Ray actors run exactly the work this process would."""
+
+    k: int
+    candidates: np.ndarray | None
+    limit: int
+    first_fetch: int
+    n_candidates: int
+    content: np.ndarray
+    groups: np.ndarray | None
+    labels: np.ndarray | None
+
+    def __call__(self, index, qkeys: np.ndarray, qvecs: np.ndarray) -> tuple[np.ndarray, tuple, int]:
+        """(query keys, (item key, rank, similar key, similarity) rows in key and rank order, short items)."""
+        k, content, groups, labels = self.k, self.content, self.groups, self.labels
+
+        def lacking(rows: np.ndarray, sims: np.ndarray, keys: np.ndarray) -> np.ndarray:
+            return _select(qkeys[rows], keys, k, content, groups, labels).sum(axis=1) < k
+
+        sims, keys = search_until(index, qvecs, self.first_fetch, self.candidates, self.limit, lacking)
+        chosen = _select(qkeys, keys, k, content, groups, labels)
+        rows, cols = np.nonzero(chosen)
+        ranks = np.cumsum(chosen, axis=1)[rows, cols].astype(np.int32)
+        short_rows = int((chosen.sum(axis=1) < min(k, self.n_candidates)).sum())
+        return qkeys, (qkeys[rows], ranks, keys[rows, cols], sims[rows, cols].astype(np.float32)), short_rows
+
+
+def _key_blocks(all_keys: np.ndarray, block: int, queries: np.ndarray | None, after: int) -> list[np.ndarray]:
+    """The query keys of each block, cut as ``query_blocks`` cuts them (``block`` stored items in key order
+    above ``after``, then only ``queries``), so every FAISS call sees the same queries on Ray as here."""
+    keys = all_keys[all_keys > after]
+    wanted = None if queries is None else np.unique(np.asarray(queries, dtype=np.int64))
+    out = []
+    for start in range(0, len(keys), block):
+        chunk = keys[start:start + block]
+        if wanted is not None:
+            chunk = chunk[np.isin(chunk, wanted, assume_unique=True)]
+        if len(chunk):
+            out.append(chunk)
+    return out
 
 
 def _select(qkeys: np.ndarray, keys: np.ndarray, k: int, content: np.ndarray, groups: np.ndarray | None,
@@ -198,7 +244,9 @@ def _label_codes(catalog, name: str, size: int) -> tuple[np.ndarray, np.ndarray]
     return codes, values
 
 
-def _format(out: Path, fmt: str | None) -> str:
+def _format(out: Path, fmt: str | None, folder: bool = False) -> str:
+    if folder:  # a partitioned dataset: Parquet unless asked otherwise
+        fmt = fmt or "parquet"
     if fmt is not None:
         if fmt not in set(FORMATS.values()):
             raise OutputError(f"unknown format {fmt!r}; choose parquet, csv or jsonl")
@@ -219,9 +267,11 @@ class _Parts:
     """Finished blocks as part files in ``<out>.partial/``, a state file saying how far they go, and the
     final join into ``out``."""
 
-    def __init__(self, out: Path, fmt: str, options: dict, resume: bool):
-        self.out, self.fmt, self.options = out, fmt, options
+    def __init__(self, out: Path, fmt: str, options: dict, resume: bool, keep_parts: bool = False):
+        self.out, self.fmt, self.options, self.keep_parts = out, fmt, options, keep_parts
         self.folder = out.with_name(out.name + ".partial")
+        if keep_parts and out.exists() and any(out.iterdir()):
+            raise OutputError(f"{out}/ is not empty; a partitioned --out must be a new or empty folder")
         self.done_key, self.items, self.rows, self.short, self.files = -1, 0, 0, 0, []
         self._buffer: list[dict] = []
         self._buffered_rows = 0
@@ -282,8 +332,15 @@ class _Parts:
         self._since = time.monotonic()
 
     def finish(self) -> None:
-        """Join the parts into ``out`` (atomically) and drop the partial folder."""
+        """Join the parts into ``out`` (atomically) and drop the partial folder; or, for a partitioned ``out``,
+        rename the folder of parts into place (its state file dropped)."""
         self.flush()
+        if self.keep_parts:
+            (self.folder / STATE_FILE).unlink(missing_ok=True)
+            if self.out.exists():
+                self.out.rmdir()  # empty (checked when the run started)
+            os.replace(self.folder, self.out)
+            return
         tmp = self.out.with_name(self.out.name + ".tmp")
         parts = [self.folder / name for name in self.files]
         if self.fmt == "parquet":

@@ -4,6 +4,7 @@ HTTP answers in app.py, the one edge that knows about status codes."""
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import time
 from typing import Annotated
@@ -14,6 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from ..catalog.catalog import CatalogItem
 from ..catalog.query import Match, parse_where
+from ..core import storage
 from ..core.images import image_media_type
 from ..core.version import __version__
 from .limits import too_large_message
@@ -130,6 +132,9 @@ def image(request: Request, svc: Service, item_id: str) -> Response:
     item = svc.item(item_id)
     path = svc.image_file(item.path)
     try:
+        if isinstance(path, str):  # an object-store item: fetched and passed on
+            data = storage.read_bytes(path)
+            return _file(request, data, image_media_type(io.BytesIO(data)), item.sha256)
         media = image_media_type(path)
     except OSError as exc:
         raise HTTPException(404, f"the image file of item {item_id!r} is gone from the server; its catalog "
@@ -241,6 +246,8 @@ def _file(request: Request, path, media_type: str, etag: str | None) -> Response
     headers = {"Cache-Control": CACHE_IMMUTABLE}
     if tag:
         headers["ETag"] = tag
+    if isinstance(path, bytes):
+        return Response(content=path, media_type=media_type, headers=headers)
     return FileResponse(path, media_type=media_type, headers=headers)
 
 

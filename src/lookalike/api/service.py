@@ -169,8 +169,9 @@ class CatalogService:
     def thumbnail(self, item: CatalogItem, size: int) -> Path:
         return self.thumbnails.get(self.image_file(item.path), item.sha256, size)
 
-    def image_file(self, path: str) -> Path:
-        """The image file of an item (an upload kept in the database is read into the cache folder once)."""
+    def image_file(self, path: str) -> Path | str:
+        """The image file of an item, or its object's URL (an upload kept in the database is read into the cache
+        folder once)."""
         return self.catalog.image_file(path)
 
     # -- writing -----------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..core import storage
+from ..core.errors import ImageError
 from ..core.images import load_image
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,14 @@ class ThumbnailCache:
         target = self.folder / str(size) / name[:2] / f"{name}.jpg"
         if target.exists():
             return target
-        image = load_image(Path(image_path), draft_size=size)
+        if storage.is_url(image_path):
+            try:
+                source: bytes | Path = storage.read_bytes(image_path)
+            except OSError as exc:
+                raise ImageError(f"{image_path}: cannot read ({exc})") from exc
+        else:
+            source = Path(image_path)
+        image = load_image(source, draft_size=size)
         image.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +33,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..core import storage
 from ..core.config import CatalogConfig, EmbedderInfo, EncodeOptions
 from ..core.errors import CatalogError, ItemExistsError, QueryError, StoreUnavailableError, UnknownItemError
 from ..core.images import IMAGE_EXTENSIONS, ImageInput, content_hash, decode
-from ..core.sources import SourceItem, read_source
-from ..engines.embed import Encoder, FileTask, encode_files
+from ..core.sources import SourceItem, is_folder_source, read_source, source_name
+from ..engines.embed import EncodedBatch, Encoder, Engine, FileTask, encode_files
 from ..engines.openvino_runtime import AUTO_MIN_PHOTOS, MIN_PHOTOS, Int8Model, draw_sample
 from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
 from ..models.base import RANDOM_WEIGHTS, Embedder
@@ -73,6 +74,8 @@ class IndexReport:
     warnings: list[str] = field(default_factory=list)
     runtime: str = ""  # what embedded them: e.g. "openvino int8 on cpu" (empty when nothing was embedded)
     notes: list[str] = field(default_factory=list)  # one line each, e.g. the int8 gate's verdict
+    engine: str = "local"  # what embedded: "local" (this machine's encoder) or "ray"
+    engine_detail: dict = field(default_factory=dict)  # the Ray engine's actors, nodes and rates
 
     @property
     def images_per_second(self) -> float:
@@ -84,9 +87,14 @@ class IndexReport:
             parts.append(f"failed earlier, unchanged {self.failed_before}")
         if self.pruned:
             parts.append(f"pruned {self.pruned}")
-        rate = f" ({self.images_per_second:.1f} images/s{', ' + self.runtime if self.runtime else ''})" \
-            if self.indexed else ""
-        return ", ".join(parts) + f" in {self.seconds:.1f} s{rate}"
+        runtime = f", {self.runtime}" if self.runtime else ""
+        rate = f" ({self.images_per_second:.1f} images/s{runtime})" if self.indexed else ""
+        where = ""
+        if self.engine != "local" and self.engine_detail.get("actors_used"):
+            d = self.engine_detail
+            where = (f" on {self.engine} ({d['actors_used']} actor{'s' * (d['actors_used'] != 1)}, "
+                     f"{d['nodes_used']} node{'s' * (d['nodes_used'] != 1)})")
+        return ", ".join(parts) + f" in {self.seconds:.1f} s{rate}{where}"
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,8 @@ class Catalog:
 
     ``name`` is where it is as a person may see it (a folder, or the URL without its password); ``folder`` is
     where this process keeps what it derives (the catalog folder itself, or a cache folder for a database);
-    ``path`` is the folder of a folder catalog and ``name`` for a database one.
+    ``path`` is the folder of a folder catalog and ``name`` for a database one. ``address`` is what another
+    process (a Ray actor) opens: the folder's absolute path, or the URL with its password (never shown).
     """
 
     def __init__(self, path: str | Path, config: CatalogConfig, embedder: Embedder | None = None,
@@ -141,6 +150,7 @@ class Catalog:
             url = parse_database_url(str(path))
             self.store: Store = store or open_store(str(path))
             self.name = self.path = url.display
+            self.address = str(path).strip()
             self.title = f"{url.display.rsplit('/', 1)[-1].split('?')[0]}/{url.schema}"
             folder = database_cache(url, str(config.extra.get("catalog_id") or "none"))
             if folder is None:  # LOOKALIKE_CACHE_DIR=memory: nothing kept after this process
@@ -151,6 +161,7 @@ class Catalog:
         else:
             self.path = Path(path)
             self.name, self.title, self.folder = str(self.path), self.path.name, self.path
+            self.address = str(self.path.resolve())
             self.store = store or SQLiteStore(self.path / DB_FILE)
             self.index_dir = self.path / INDEX_DIR
             self.uploads_in_store = False
@@ -439,7 +450,8 @@ class Catalog:
             if options.precision == "int8":
                 Encoder(self.embedder, options)  # raises the one-line reason
             return None
-        paths = {Path(path) for _, _, path, _ in self.store.ok_items()} | set(new or [])
+        paths = {storage.as_location(str(path)) for _, _, path, _ in self.store.ok_items()
+                 if not str(path).startswith(UPLOAD_PREFIX)} | set(new or [])
         fallback = probe.precision
         if len(paths) < (MIN_PHOTOS if options.precision == "int8" else AUTO_MIN_PHOTOS):
             if options.precision == "int8":
@@ -449,7 +461,7 @@ class Catalog:
         from ..engines import openvino_runtime as ovr
 
         started = time.perf_counter()
-        int8 = ovr.quantize_int8(self.embedder, ovr.converted(self.embedder), draw_sample(sorted(paths)),
+        int8 = ovr.quantize_int8(self.embedder, ovr.converted(self.embedder), draw_sample(sorted(paths, key=str)),
                                  self.folder / OPENVINO_DIR, draft=probe.draft_size, max_pixels=options.max_pixels,
                                  max_bytes=options.max_bytes, threshold=ovr.GATE_RECALL)
         self._record(int8={"model": int8.path.relative_to(self.folder).as_posix(), "recall": round(int8.recall, 4),
@@ -466,11 +478,13 @@ class Catalog:
 
     def add(self, source: str | Path, images: str | Path | None = None, *, prune: bool = False,
             options: EncodeOptions | None = None,
-            on_batch: Callable[[int], None] | None = None) -> IndexReport:
+            on_batch: Callable[[int], None] | None = None, engine: Engine | None = None) -> IndexReport:
         """Embed every new or changed image of a folder or manifest; keep the rest.
 
         Each batch is committed on its own, so an interrupted run keeps what it finished and the next run
         resumes. Unreadable files are recorded with their reason and retried only once they change.
+        ``engine`` embeds elsewhere (``engines.ray_engine.RayEngine``: a Ray cluster); this process still
+        lists, skips and commits, the same way as for the local encoder.
 
         Raises:
             SourceError: the source cannot be read.
@@ -482,7 +496,7 @@ class Catalog:
         if not listing.items:
             report.warnings.append(f"{source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         stored = self.store.items()
-        listed = assign_item_ids(listing.items, stored, Path(source), report.warnings)
+        listed = assign_item_ids(listing.items, stored, source, report.warnings)
         for warning in report.warnings:
             log.warning(warning)
         stored_labels = self.store.labels()
@@ -490,14 +504,18 @@ class Catalog:
         touch: list[tuple[str, str, int, int]] = []
         relabel: dict[str, dict[str, str]] = {}
         for item in listed:
-            try:
-                stat = item.path.stat()
-            except OSError as exc:
-                report.warnings.append(f"{item.path}: cannot stat ({exc.strerror})")
-                continue
+            if item.size is not None:  # an object: its listing said
+                size, mtime = item.size, item.mtime_ns or 0
+            else:
+                try:
+                    stat = Path(item.path).stat()
+                except OSError as exc:
+                    report.warnings.append(f"{item.path}: cannot stat ({exc.strerror})")
+                    continue
+                size, mtime = stat.st_size, stat.st_mtime_ns
             old = stored.get(item.id)
-            same_file = (old is not None and old.path == str(item.path) and old.size == stat.st_size
-                         and old.mtime_ns == stat.st_mtime_ns)
+            same_file = (old is not None and old.path == str(item.path) and old.size == size
+                         and old.mtime_ns == mtime)
             if same_file:
                 if old.status == "ok":
                     report.unchanged += 1
@@ -507,7 +525,7 @@ class Catalog:
                     relabel[item.id] = item.labels
                 continue
             known = old.sha256 if old is not None and old.status == "ok" else None
-            todo.append((item, FileTask(item.path, known, ref=len(todo)), stat.st_size, stat.st_mtime_ns))
+            todo.append((item, FileTask(item.path, known, ref=len(todo)), size, mtime))
         if relabel:
             self.store.set_labels(relabel)
         if todo:
@@ -515,31 +533,61 @@ class Catalog:
             if note:
                 report.notes.append(note)
                 log.info(note)
-            self._embed(todo, options, report, touch, on_batch)
+            self._embed(todo, options, report, touch, on_batch, engine)
         if touch:
             self.store.touch(touch)
         if prune:
+            listed_paths = {str(item.path) for item in listed}
             gone = [i for i, row in self.store.items().items()
-                    if not row.path.startswith(UPLOAD_PREFIX) and not Path(row.path).exists()]
+                    if row.path not in listed_paths and not row.path.startswith(UPLOAD_PREFIX)
+                    and not storage.exists(row.path)]
             report.pruned = self.store.delete(gone) if gone else 0
         self._refresh_index(save=True)
         report.seconds = time.perf_counter() - started
         return report
 
     def _embed(self, todo, options: EncodeOptions, report: IndexReport, touch: list,
-               on_batch: Callable[[int], None] | None) -> None:
-        encoder = self.encoder(options)
-        report.runtime = encoder.describe()
+               on_batch: Callable[[int], None] | None, engine: Engine | None) -> None:
+        """Embed ``todo`` with the local encoder or ``engine`` (Ray), then commit what comes back, batch by
+        batch, through the one commit loop both engines share; record the runtime and precision that wrote
+        the vectors."""
+        tasks = [task for _, task, _, _ in todo]
+        if engine is None:
+            encoder = self.encoder(options)
+            batches = encode_files(encoder, tasks)
+            self._record_runtime(encoder.runtime, encoder.precision, str(encoder.device))
+            report.runtime = encoder.describe()
+        else:
+            batches = engine.encode_files(self.embedder, options, tasks, int8=self.int8_model())
+            report.engine = engine.name
+        try:
+            self._commit(batches, todo, options, report, touch, on_batch)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # stop the engine's workers now, not when the generator is collected
+            if engine is not None:
+                report.engine_detail = detail = engine.detail()
+                if detail.get("runtime"):  # what the actors ran, e.g. ("openvino", "bf16", "cpu")
+                    self._record_runtime(*detail["runtime"])
+                    report.runtime = "{} {} on {}".format(*detail["runtime"])
+
+    def _record_runtime(self, runtime: str, precision: str, device: str) -> None:
+        """Record what wrote the vectors: the last run, and every runtime and precision so far."""
         last = self.config.extra.get("runtime", {})
-        used = sorted({*last.get("used", []), f"{encoder.runtime} {encoder.precision}"})
-        record = {"runtime": encoder.runtime, "precision": encoder.precision, "device": str(encoder.device),
-                  "used": used}
-        if record != last:  # what wrote the vectors: the last run, and every runtime and precision so far
+        used = sorted({*last.get("used", []), f"{runtime} {precision}"})
+        record = {"runtime": runtime, "precision": precision, "device": device, "used": used}
+        if record != last:
             self._record(runtime=record)
+
+    def _commit(self, batches: Iterable[EncodedBatch], todo, options: EncodeOptions, report: IndexReport,
+                touch: list, on_batch: Callable[[int], None] | None) -> None:
+        """Write each finished batch in its own transaction: embedded items with their vectors, failures with
+        their reasons; unchanged content only touches size and mtime. Batches may come in any order."""
         by_ref = {task.ref: (item, size, mtime) for item, task, size, mtime in todo}
         show = options.progress and sys.stderr.isatty()
         with tqdm(total=len(todo), unit="img", desc="indexing", disable=not show, dynamic_ncols=True) as bar:
-            for batch in encode_files(encoder, [task for _, task, _, _ in todo]):
+            for batch in batches:
                 records: list[ItemRecord] = []
                 for i, result in enumerate(batch.embedded):
                     item, size, mtime = by_ref[result.task.ref]
@@ -627,15 +675,16 @@ class Catalog:
         self._refresh_index(save=True)
         return removed
 
-    def image_file(self, path: str) -> Path:
-        """The file of an item's image (``CatalogItem.path``, ``Match.path``): the path itself, or for an upload
-        kept in the database, a copy read from it once into this process's cache folder.
+    def image_file(self, path: str) -> storage.Location:
+        """The file of an item's image (``CatalogItem.path``, ``Match.path``): the path itself, an object's URL
+        (a string, read with ``core.storage``), or for an upload kept in the database, a copy read from it once
+        into this process's cache folder.
 
         Raises:
             UnknownItemError: the database holds no such upload any more.
         """
         if not path.startswith(UPLOAD_PREFIX):
-            return Path(path)
+            return storage.as_location(path)
         name = path[len(UPLOAD_PREFIX):]
         target = self.folder / UPLOADS_DIR / Path(name).name
         if not target.exists():
@@ -1191,7 +1240,7 @@ def _unfinished_creation(path: Path) -> bool:
         return (path / DB_FILE).exists() and (path / DB_FILE).stat().st_size == 0
 
 
-def assign_item_ids(items: list[SourceItem], stored: Mapping[str, StoredItem], source: Path,
+def assign_item_ids(items: list[SourceItem], stored: Mapping[str, StoredItem], source: str | Path,
                     warnings: list[str]) -> list[SourceItem]:
     """The ids listed files get in a catalog that may already hold them: an item is a file.
 
@@ -1206,6 +1255,7 @@ def assign_item_ids(items: list[SourceItem], stored: Mapping[str, StoredItem], s
     """
     by_path = {row.path: item_id for item_id, row in stored.items()}
     listed_paths = {str(item.path) for item in items}
+    folder = is_folder_source(source)
     taken = set(stored) | {item.id for item in items}
     out: list[SourceItem] = []
     kept = 0
@@ -1217,15 +1267,15 @@ def assign_item_ids(items: list[SourceItem], stored: Mapping[str, StoredItem], s
             out.append(item if known == item.id else dataclasses.replace(item, id=known))
             continue
         old = stored.get(item.id)
-        if old is None or old.path == path or not Path(old.path).exists():
+        if old is None or old.path == path or not storage.exists(old.path):
             out.append(item)
             continue
-        if not source.is_dir() and old.path not in listed_paths:
+        if not folder and old.path not in listed_paths:
             warnings.append(f"item {item.id!r} now shows {path} (was {old.path}, which the manifest no longer "
                             "names for this id)")
             out.append(item)
             continue
-        base = f"{source.resolve().name if source.is_dir() else source.stem}/{item.id}"
+        base = f"{source_name(source)}/{item.id}"
         new_id, n = base, 1
         while new_id in taken:
             n += 1

@@ -12,6 +12,7 @@ from .common import (
     CATALOG_ENV,
     Parents,
     encode_options,
+    engine_from_args,
     int_at_least,
     int_range,
     json_float,
@@ -227,11 +228,12 @@ def cmd_recommend(args: argparse.Namespace, out: Console) -> int:
     from ..analysis.recommend import recommend
     from ..catalog.catalog import Catalog
 
+    engine = engine_from_args(args)
     with Catalog.open(args.catalog) as catalog:
         report = recommend(catalog, args.k, args.out, fmt=args.format, where=args.where,
                            queries_where=args.queries_where, dedupe=args.dedupe, threshold=args.threshold,
                            group_by=args.group_by, block=args.block_size, threads=args.threads,
-                           resume=not args.restart, progress=False if args.quiet else None)
+                           resume=not args.restart, progress=False if args.quiet else None, engine=engine)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -395,13 +397,14 @@ def add_parsers(sub, parents: Parents) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_duplicates)
 
-    p = sub.add_parser("recommend", parents=[common, catalog_arg, passes],
+    p = sub.add_parser("recommend", parents=[common, catalog_arg, passes, parents.engine],
                        help="every item's k look-alikes, to parquet/csv/jsonl",
                        description="Write, for every item, its k most similar items (item_id, rank, similar_id, "
                        "similarity) to --out, never the item itself or its exact copies. An interrupted run "
                        "resumes when started again with the same options.")
     p.add_argument("-k", type=positive_int, default=10, help="recommendations per item (default 10)")
-    p.add_argument("--out", required=True, help="file to write: .parquet, .csv or .jsonl")
+    p.add_argument("--out", required=True, help="file to write: .parquet, .csv or .jsonl; or a folder (ending in "
+                   "/) to keep the part files as a partitioned Parquet dataset")
     p.add_argument("--format", choices=["parquet", "csv", "jsonl"], help="instead of the extension")
     p.add_argument("--where", action="append", default=None, metavar="LABEL=VALUE",
                    help="only recommend items with this label value (every item still gets recommendations)")

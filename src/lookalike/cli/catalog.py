@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from .common import Parents, encode_options, non_negative_int, show_matches
+from .common import Parents, encode_options, engine_from_args, non_negative_int, show_matches
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -21,20 +21,23 @@ def cmd_index(args: argparse.Namespace, out: Console) -> int:
     from ..index.choice import IndexOptions
 
     IndexOptions().changed(kind=args.index, memory=args.memory, recall=args.recall)  # refuse before creating
+    engine = engine_from_args(args)
     new = not Catalog.exists(args.catalog)
     catalog = Catalog.open_or_create(args.catalog, args.model, args.weights)
     with catalog:
         try:
             if args.index is not None or args.memory is not None or args.recall is not None:
                 catalog.configure_index(kind=args.index, memory=args.memory, recall=args.recall)
-            report = catalog.add(args.source, images=args.images, prune=args.prune, options=encode_options(args))
+            report = catalog.add(args.source, images=args.images, prune=args.prune, options=encode_options(args),
+                                 engine=engine)
         except BaseException:
             if new:  # a first run that failed before its first batch leaves nothing behind
                 with contextlib.suppress(LookalikeError):  # the database may be what failed
                     catalog.discard_if_empty()
             raise
         if args.json:
-            print(json.dumps({**report.__dict__, "images_per_second": report.images_per_second}, indent=2))
+            print(json.dumps({**report.__dict__, "images_per_second": report.images_per_second}, indent=2,
+                             default=str))
         else:
             for warning in report.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
@@ -194,7 +197,7 @@ def add_parsers(sub, parents: Parents) -> None:
     common, run, catalog_arg = parents.common, parents.embed, parents.catalog
     from ..models.registry import DEFAULT_MODEL
 
-    p = sub.add_parser("index", parents=[common, run, catalog_arg], help="embed a folder or manifest",
+    p = sub.add_parser("index", parents=[common, run, catalog_arg, parents.engine], help="embed a folder or manifest",
                        description="Embed every image of a folder (recursive) or CSV manifest into a catalog. "
                        "Only new or changed files are embedded; an interrupted run resumes.")
     p.add_argument("source", help="a folder of images, or a CSV manifest with an id or path column")

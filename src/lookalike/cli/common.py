@@ -43,6 +43,25 @@ positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
 
+def float_above(lowest: float, inclusive: bool):
+    """An argparse type: a number above ``lowest`` (or equal, when ``inclusive``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < lowest or (value == lowest and not inclusive) or value != value:
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'at least' if inclusive else 'above'} {lowest:g}")
+        return value
+
+    return parse
+
+
+positive_float = float_above(0.0, inclusive=False)
+non_negative_float = float_above(0.0, inclusive=True)
+
+
 def similarity(text: str) -> float:
     try:
         value = float(text)
@@ -82,6 +101,7 @@ class Parents:
     embed: argparse.ArgumentParser  # run's options for inference: runtime, and int8 among the precisions
     catalog: argparse.ArgumentParser  # --catalog
     query: argparse.ArgumentParser  # -k, --where, --json, --dedupe
+    engine: argparse.ArgumentParser  # --engine local|ray and the Ray options
 
 
 def parent_parsers() -> Parents:
@@ -106,7 +126,23 @@ def parent_parsers() -> Parents:
     query.add_argument("--dedupe", action="store_true", help="one item per near-duplicate group (the groups of "
                        "the last `lookalike duplicates` run, else copies of a better result are dropped)")
 
-    return Parents(common=common, run=run, embed=embed, catalog=catalog, query=query)
+    engine = argparse.ArgumentParser(add_help=False)
+    group = engine.add_argument_group("engine", "where the work runs: this machine, or a Ray cluster")
+    group.add_argument("--engine", default="local", choices=["local", "ray"],
+                       help="local (default: this machine, the fastest on one box) or ray (a local Ray started for "
+                       "the run, or a cluster with --ray-address)")
+    group.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                       help="join a running Ray cluster: auto, or HOST:PORT of its head (default: start a local Ray)")
+    group.add_argument("--actors", type=positive_int, default=None,
+                       help="Ray actors that hold the model (default: one per GPU with --gpus-per-actor, else one "
+                       "per CPU left after a decoding task)")
+    group.add_argument("--gpus-per-actor", type=non_negative_float, default=0.0, help="GPUs each actor gets (0)")
+    group.add_argument("--cpus-per-actor", type=positive_float, default=1.0,
+                       help="CPUs each actor reserves, its model's threads (1)")
+    group.add_argument("--decode-cpus", type=positive_float, default=1.0,
+                       help="CPUs each Ray decoding task reserves (1)")
+
+    return Parents(common=common, run=run, embed=embed, catalog=catalog, query=query, engine=engine)
 
 
 def _run_options(inference: bool) -> argparse.ArgumentParser:
@@ -135,6 +171,28 @@ def _run_options(inference: bool) -> argparse.ArgumentParser:
                      help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
     run.add_argument("--no-draft", action="store_true", help="decode JPEGs at full size (slower; for checks)")
     return run
+
+
+def engine_from_args(args: argparse.Namespace):
+    """The Ray engine the options ask for, or None for the local one.
+
+    Raises:
+        LookalikeError: Ray options without ``--engine ray``.
+    """
+    from ..core.errors import LookalikeError
+
+    ray_options = {"--ray-address": args.ray_address is not None, "--actors": args.actors is not None,
+                   "--gpus-per-actor": args.gpus_per_actor != 0.0, "--cpus-per-actor": args.cpus_per_actor != 1.0,
+                   "--decode-cpus": args.decode_cpus != 1.0}
+    if args.engine == "local":
+        given = [name for name, set_ in ray_options.items() if set_]
+        if given:
+            raise LookalikeError(f"{given[0]} is a Ray option; add --engine ray")
+        return None
+    from ..engines.ray_engine import RayEngine, RayOptions
+
+    return RayEngine(RayOptions(address=args.ray_address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                                cpus_per_actor=args.cpus_per_actor, decode_cpus=args.decode_cpus))
 
 
 def shown_catalog(catalog: str) -> str:

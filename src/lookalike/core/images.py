@@ -12,6 +12,7 @@ import hashlib
 import io
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -148,8 +149,8 @@ def load_image(image: ImageInput, *, draft_size: int | None = None,
         raise type(exc)(f"{path}: {exc}") from exc
 
 
-def image_media_type(path: str | Path) -> str:
-    """The MIME type of an image file from its content (not its name), for serving it.
+def image_media_type(path: str | Path | BinaryIO) -> str:
+    """The MIME type of an image file (or open binary stream) from its content (not its name), for serving it.
 
     Raises:
         OSError: the file cannot be opened.

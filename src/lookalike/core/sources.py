@@ -20,11 +20,12 @@ import os
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from .errors import SourceError
 from .images import IMAGE_EXTENSIONS
+from .storage import Location, is_url, list_objects, local_path
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,15 @@ ID_COLUMNS = ("id", "item_id", "sku", "product_id")
 
 @dataclass(frozen=True)
 class SourceItem:
-    """One image to index: the id users will search by, where its file is, and its labels."""
+    """One image to index: the id users will search by, where its file is (a local path, or an object's
+    URL), and its labels. Objects carry the size and modification time their listing gave (None: ask the
+    file system)."""
 
     id: str
-    path: Path
+    path: Location
     labels: dict[str, str] = field(default_factory=dict)
+    size: int | None = None
+    mtime_ns: int | None = None
 
 
 @dataclass
@@ -48,11 +53,25 @@ class SourceListing:
 
 
 def read_source(source: str | Path, images: str | Path | None = None) -> SourceListing:
-    """List the images of a folder or a CSV manifest.
+    """List the images of a folder or a CSV manifest, local or (a folder only) in an object store.
+
+    ``file://`` URLs are local paths. Other URLs (``s3://bucket/photos/``, ``gs://``, ``memory://``: any
+    fsspec protocol) name a prefix, listed recursively as a folder is.
 
     Raises:
         SourceError: the source does not exist, or a manifest has no id or path column.
     """
+    if is_url(source):
+        local = local_path(str(source))
+        if local is None:
+            return _object_listing(str(source), images)
+        source = local
+    if images is not None and is_url(images):
+        local = local_path(str(images))
+        if local is None:
+            raise SourceError(f"--images {images}: a manifest's images are read from a local folder; index the "
+                              "object-store prefix itself (its files become items, ids from their names)")
+        images = local
     source = Path(source)
     if not source.exists():
         raise SourceError(f"{source}: no such folder or manifest; pass a folder of images or a CSV file")
@@ -126,6 +145,37 @@ def _folder_listing(folder: Path) -> SourceListing:
         example = (scan.broken_links or scan.linked_folders or scan.repeated)[0]
         warnings.append(f"{folder}: skipped {', '.join(passed)}, e.g. {example}")
     return SourceListing(items=items, warnings=warnings)
+
+
+def _object_listing(url: str, images: str | Path | None) -> SourceListing:
+    """Every image object under a URL prefix, ids as for a folder (``shirts/a.jpg`` is ``shirts/a``)."""
+    if images is not None:
+        raise SourceError("--images is only for a CSV manifest; an object-store prefix is listed as is")
+    if PurePosixPath(urlsplit(url).path).suffix.lower() in (".csv", ".tsv", ".txt"):
+        raise SourceError(f"{url}: manifests are read from a local file; download it, or index the prefix that "
+                          "holds the photos")
+    objects = list_objects(url, IMAGE_EXTENSIONS)
+    stems = [PurePosixPath(o.relative).with_suffix("").as_posix() for o in objects]
+    counts = Counter(stems)
+    items = [SourceItem(id=stem if counts[stem] == 1 else o.relative, path=o.url, size=o.size, mtime_ns=o.mtime_ns)
+             for o, stem in zip(objects, stems, strict=True)]
+    return SourceListing(items=items)
+
+
+def source_name(source: str | Path) -> str:
+    """The last part of a source's name (a folder's, a manifest's stem, a prefix's), for qualifying ids."""
+    if is_url(source) and local_path(str(source)) is None:
+        return PurePosixPath(urlsplit(str(source)).path.rstrip("/")).name or urlsplit(str(source)).netloc
+    path = local_path(str(source)) if is_url(source) else Path(source)
+    return path.resolve().name if path.is_dir() else path.stem
+
+
+def is_folder_source(source: str | Path) -> bool:
+    """A folder or an object-store prefix (its files' names are the ids), not a manifest (ids of its own)."""
+    if is_url(source):
+        local = local_path(str(source))
+        return True if local is None else local.is_dir()
+    return Path(source).is_dir()
 
 
 def _file_ids(paths: list[Path], root: Path, taken: set[str] = frozenset()) -> list[str]:

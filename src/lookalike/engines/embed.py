@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -26,12 +26,14 @@ from ..core.config import EncodeOptions
 from ..core.errors import LookalikeError
 from ..core.images import ImageInput, load_image
 from .files import (
+    HOST_BATCH_SIZE,
     EncodedBatch,
     FileReader,
     FileResult,
     FileTask,
     WorkerPlan,
     cores,
+    default_batch_size,
     default_workers,
     plan_workers,
     stack_results,
@@ -43,10 +45,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EncodedBatch", "Encoder", "FileReader", "FileResult", "FileTask", "HostDevice", "WorkerPlan", "cores",
-           "default_workers", "encode_files", "plan_workers"]
+__all__ = ["EncodedBatch", "Encoder", "Engine", "FileReader", "FileResult", "FileTask", "HostDevice", "WorkerPlan",
+           "HOST_BATCH_SIZE", "cores", "default_batch_size", "default_workers", "encode_files", "plan_workers"]
 
-HOST_BATCH_SIZE = 64  # model-free embedders: NumPy work per batch is small, so batches are larger
+
+class Engine(Protocol):
+    """Somewhere other than this process that turns files into vectors (``ray_engine.RayEngine``).
+
+    The contract is ``encode_files``': every task comes back exactly once, embedded (with its vector) or among
+    ``others`` (failed with its reason, or unchanged); batches may come in any order. ``Catalog.add`` commits
+    them with the same loop as the local encoder's.
+    """
+
+    name: str
+
+    def encode_files(self, embedder: Embedder, options: EncodeOptions, tasks: Sequence[FileTask], *,
+                     int8: Int8Model | None = None) -> Iterator[EncodedBatch]: ...
+
+    def detail(self) -> dict: ...
 
 
 @dataclass(frozen=True)

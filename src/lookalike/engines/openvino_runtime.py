@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.errors import LookalikeError
+from ..core.storage import as_location
 from .files import EncodedBatch, FileReader, FileTask, cores, cpu_has_native_bf16, default_workers, stack_results
 
 if TYPE_CHECKING:
@@ -336,6 +337,7 @@ class OpenVinoModel:
         self._latency: Any = None
         self._throughput: Any = None
         self.streams = 1
+        self.threads = cores()  # fewer where several models share the cores (a Ray actor's CPUs)
         if not _LIVE:
             atexit.register(_release_all)
         _LIVE.add(self)
@@ -354,13 +356,13 @@ class OpenVinoModel:
 
     def latency(self) -> Any:
         if self._latency is None:
-            self._latency = self._compile({"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": cores()})
+            self._latency = self._compile({"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads})
         return self._latency
 
     def throughput(self) -> Any:
         if self._throughput is None:
-            self._throughput = self._compile({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": cores(),
-                                              "INFERENCE_NUM_THREADS": cores()})
+            self._throughput = self._compile({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.threads,
+                                              "INFERENCE_NUM_THREADS": self.threads})
             self.streams = int(self._throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         return self._throughput
 
@@ -475,7 +477,7 @@ def draw_sample(paths: Sequence[Path | str], calibration: int = CALIBRATION_PHOT
     next ``calibration`` NNCF's. Below ``MIN_SPLIT`` photos both are every photo, and the record says so."""
     ordered = sorted({str(p) for p in paths})
     order = np.random.default_rng(SEED).permutation(len(ordered))
-    shuffled = [Path(ordered[i]) for i in order]
+    shuffled = [as_location(ordered[i]) for i in order]
     if len(shuffled) < MIN_SPLIT:
         return Sample(calibration=shuffled[:calibration], held=shuffled[:held], overlap=True)
     h = min(held, len(shuffled) // 4)
@@ -485,7 +487,8 @@ def draw_sample(paths: Sequence[Path | str], calibration: int = CALIBRATION_PHOT
 def decode_photos(embedder: Embedder, paths: Sequence[Path], draft: int | None, max_pixels: int, max_bytes: int
                   ) -> np.ndarray:
     """The model inputs of the readable photos among ``paths`` (unreadable ones are left out)."""
-    reader = FileReader([FileTask(Path(p)) for p in paths], embedder.pil_transform, draft, max_pixels, max_bytes)
+    reader = FileReader([FileTask(as_location(str(p))) for p in paths], embedder.pil_transform, draft, max_pixels,
+                        max_bytes)
     with ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="lookalike-decode") as pool:
         items = list(pool.map(reader.__getitem__, range(len(reader))))
     _, arrays, _ = stack_results(items)

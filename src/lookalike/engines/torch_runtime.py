@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..core.errors import LookalikeError
 from .files import EncodedBatch, FileReader, FileResult, WorkerPlan, cpu_has_native_bf16, plan_workers
+from .files import default_batch_size as default_batch_size_for
 
 if TYPE_CHECKING:
     from .embed import Encoder
@@ -73,8 +74,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def default_batch_size(device: torch.device) -> int:
-    # CPU: oneDNN runs ResNet-50 fastest at small batches (bs 8: 78-87 img/s bf16 vs 63 at bs 32 on 2 cores).
-    return {"cuda": 256, "mps": 64}.get(device.type, 8)
+    return default_batch_size_for(device.type)
 
 
 PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}

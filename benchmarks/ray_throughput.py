@@ -1,0 +1,204 @@
+"""Indexing on Ray against the local engine, in one run on one machine; and what that projects to at scale.
+
+What it measures, in this order, on the same staged files:
+
+* **local**: ``catalog.add(folder, options)`` with the local engine (on a CPU in bf16: a worker process per
+  core, each decoding and embedding whole batches with a one-thread model). The model is placed before the
+  clock starts, as ``index_throughput.py`` does.
+* **Ray, 1 actor** and **Ray, 2 actors**: ``catalog.add(folder, options, engine=RayEngine(...))``. A local
+  Ray is started first and timed on its own ("Ray start"); the add's clock then covers everything a run
+  pays: the actor pool starting (the model shipped through the object store, unpickled and placed in each
+  actor), decoding tasks, embedding, streaming back and committing. The steady rate leaves out the pool's
+  start: images after the first batch / seconds after it. The per-actor rate is the steady rate / actors.
+
+Every run is end to end, from JPEG files on disk to a saved catalog (listing, hashing, SQLite commits, FAISS
+build). Ray's overhead = 1 - Ray rate / local rate. ResNet-50 with seeded random weights (``--weights
+random``: no hub here); the arithmetic is the pretrained model's.
+
+The photos (the 364 shared ones by default) are hard-linked (or copied) under distinct names until there are
+``--files`` of them (default 2,000): not symbolic links, which the catalog resolves back to one item each.
+
+Run it from the repository root::
+
+    python benchmarks/ray_throughput.py                     # 2,000 files: local, Ray 1 actor, Ray 2 actors
+    python benchmarks/ray_throughput.py --files 400         # a quick run
+
+Then the projection (``--gpu-rate``, ``--decode-ms``, ``--jpeg-kb``: see ``projection``) prints hours for
+10 M and 100 M photos on N GPU nodes from the measured Ray overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lookalike import Catalog, EncodeOptions
+from lookalike.core.sources import find_images
+from lookalike.engines.files import cores
+from lookalike.engines.ray_engine import RayEngine, RayOptions, ray_session
+
+MODEL = "resnet50"
+WEIGHTS = "random"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO_ROOT / ".." / "shared" / "datasets" / "fashion-products"
+
+
+@dataclass
+class Run:
+    name: str
+    actors: int = 0
+    images: int = 0
+    failed: int = 0
+    seconds: float = 0.0  # the add, end to end
+    ray_start_seconds: float = 0.0
+    first_batch_seconds: float = 0.0  # Ray: the pool's start, until its first batch came back
+    steady_rate: float = 0.0
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+    @property
+    def per_actor(self) -> float:
+        return self.steady_rate / self.actors if self.actors else 0.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder (images/ inside)")
+    parser.add_argument("--files", type=int, default=2000, help="files to index in each run (default 2000)")
+    parser.add_argument("--runs", default="local,ray1,ray2,local",
+                        help="which runs, in order (default: local first and last, to bracket a shared machine's "
+                        "drift, Ray with 1 and with 2 actors between)")
+    parser.add_argument("--min-overhead", type=float, default=0.10,
+                        help="Ray overhead the projection assumes at least (default 0.10), whatever was measured")
+    parser.add_argument("--gpu-rate", type=float, default=2000.0,
+                        help="assumed images/s of one GPU actor, ResNet-50 bf16 at batch 256 (not measured here)")
+    parser.add_argument("--decode-ms", type=float, default=1.8,
+                        help="CPU ms to decode one 900x1200 JPEG to the model's input (measured: README Speed)")
+    parser.add_argument("--jpeg-kb", type=float, default=150.0, help="average photo size read from the store")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    return parser.parse_args(argv)
+
+
+def stage(data: Path, files: int, workdir: Path) -> Path:
+    folder = data / "images" if (data / "images").is_dir() else data
+    photos = find_images(folder)
+    if not photos:
+        raise SystemExit(f"{folder}: no images; pass --data DIR")
+    staged = workdir / "photos"
+    staged.mkdir()
+    for n in range(max(files, 1)):
+        photo = photos[n % len(photos)]
+        target = staged / f"r{n // len(photos)}_{photo.name}"
+        try:
+            os.link(photo, target)
+        except OSError:
+            shutil.copy2(photo, target)
+    for path in staged.iterdir():  # every run reads from the page cache, none from the disk
+        path.read_bytes()
+    return staged
+
+
+def run_local(folder: Path, workdir: Path, options: EncodeOptions) -> Run:
+    with Catalog.create(Path(tempfile.mkdtemp(dir=workdir)) / "local.lk", model=MODEL, weights=WEIGHTS) as catalog:
+        catalog.encoder(options)  # the model placed before the clock starts; add reuses it
+        marks: list[tuple[float, int]] = []
+        started = time.perf_counter()
+        report = catalog.add(folder, options=options, on_batch=lambda n: marks.append((time.perf_counter(), n)))
+        seconds = time.perf_counter() - started
+    (t0, n0), (t1, n1) = marks[0], marks[-1]
+    return Run("local", images=report.indexed, failed=report.failed, seconds=seconds,
+               first_batch_seconds=t0 - started, steady_rate=(n1 - n0) / (t1 - t0) if t1 > t0 else 0.0)
+
+
+def run_ray(folder: Path, workdir: Path, options: EncodeOptions, actors: int) -> Run:
+    opts = RayOptions(actors=actors)
+    path = Path(tempfile.mkdtemp(dir=workdir)) / f"ray{actors}.lk"
+    with Catalog.create(path, model=MODEL, weights=WEIGHTS) as catalog:
+        assert catalog.embedder is not None  # loaded before the clock starts, as the local run's is
+        started = time.perf_counter()
+        with ray_session(opts):
+            ray_start = time.perf_counter() - started
+            started = time.perf_counter()
+            report = catalog.add(folder, options=options, engine=RayEngine(opts))
+            seconds = time.perf_counter() - started
+    detail = report.engine_detail
+    first, last = detail.get("first_batch_seconds", 0.0), detail.get("seconds", 0.0)
+    after_first = report.indexed - detail.get("first_batch_images", 0)
+    steady = after_first / (last - first) if last > first else 0.0
+    return Run(f"ray, {actors} actor{'s' * (actors > 1)}", actors=actors, images=report.indexed, failed=report.failed,
+               seconds=seconds, ray_start_seconds=ray_start, first_batch_seconds=first, steady_rate=steady,
+               detail=detail)
+
+
+def projection(per_gpu: float, overhead: float, decode_ms: float, jpeg_kb: float) -> list[str]:
+    """Hours to index 10 M and 100 M photos on N GPU nodes (8 GPUs each), from named assumptions."""
+    rate = per_gpu * (1 - overhead)
+    decode_cores = per_gpu * decode_ms / 1000
+    lines = [f"projection: {per_gpu:.0f} img/s per GPU actor (assumed) less a Ray overhead of "
+             f"{overhead:.0%} = {rate:.0f} img/s per GPU; each GPU needs {decode_cores:.1f} decoding cores at "
+             f"{decode_ms} ms a photo and {per_gpu * jpeg_kb / 1024:.0f} MB/s of object-store reads "
+             f"({jpeg_kb:.0f} KB a photo); 8 GPUs a node"]
+    for nodes in (1, 4, 16, 64):
+        gpus = 8 * nodes
+        hours = [n / (gpus * rate) / 3600 for n in (10e6, 100e6)]
+        lines.append(f"  {nodes:3d} nodes ({gpus:3d} GPUs, {gpus * decode_cores:.0f} decode cores, "
+                     f"{8 * per_gpu * jpeg_kb / 1024**2:.1f} GB/s reads a node): 10 M photos {hours[0]:.2f} h, "
+                     f"100 M photos {hours[1]:.2f} h")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    options = EncodeOptions(progress=False)
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="lookalike-ray-bench-") as tmp:
+        workdir = Path(tmp)
+        folder = stage(args.data, args.files, workdir)
+        print(f"{args.files} files ({MODEL}, weights {WEIGHTS}) on {cores()} cores; machine shared with other "
+              "work, so compare runs within this run only", flush=True)
+        for name in args.runs.split(","):
+            run = run_local(folder, workdir, options) if name == "local" else run_ray(
+                folder, workdir, options, int(name.removeprefix("ray")))
+            runs.append(run)
+            extra = (f"; Ray start {run.ray_start_seconds:.1f} s, pool start {run.first_batch_seconds:.1f} s, "
+                     f"steady {run.steady_rate:.1f} img/s = {run.per_actor:.1f} per actor"
+                     f"{', nodes ' + str(run.detail.get('nodes_used')) if run.detail else ''}" if run.actors else
+                     f"; first batch {run.first_batch_seconds:.1f} s, steady {run.steady_rate:.1f} img/s")
+            print(f"{run.name:15} {run.images} images in {run.seconds:.1f} s = {run.rate:.1f} img/s{extra}",
+                  flush=True)
+    locals_ = [r for r in runs if r.name == "local"]
+    ray_runs = [r for r in runs if r.actors]
+    if locals_:
+        local_rate = sum(r.rate for r in locals_) / len(locals_)
+        local_steady = sum(r.steady_rate for r in locals_) / len(locals_)
+        print(f"local, mean of {len(locals_)} runs: {local_rate:.1f} img/s end to end, {local_steady:.1f} steady")
+        for run in ray_runs:
+            print(f"{run.name:15} overhead vs local: {1 - run.rate / local_rate:.0%} end to end, "
+                  f"{1 - run.steady_rate / local_steady:.0%} steady", flush=True)
+        if ray_runs:
+            best = max(ray_runs, key=lambda r: r.steady_rate)
+            measured = 1 - best.steady_rate / local_steady
+            overhead = max(measured, args.min_overhead)
+            print(f"Ray overhead measured {measured:.0%} (steady, best pool); the projection assumes {overhead:.0%}")
+            for line in projection(args.gpu_rate, overhead, args.decode_ms, args.jpeg_kb):
+                print(line)
+    if args.json:
+        args.json.write_text(json.dumps([{**asdict(r), "rate": r.rate, "per_actor": r.per_actor} for r in runs],
+                                        indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
