@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder (images/ inside)")
     parser.add_argument("--files", type=int, default=2000, help="files to index in each run (default 2000)")
+    parser.add_argument("--precision", default="bf16", help="precision of every run (default bf16; auto would "
+                        "calibrate int8 once per catalog, inside the timing)")
     parser.add_argument("--runs", default="local,ray1,ray2,local",
                         help="which runs, in order (default: local first and last, to bracket a shared machine's "
                         "drift, Ray with 1 and with 2 actors between)")
@@ -161,7 +163,9 @@ def projection(per_gpu: float, overhead: float, decode_ms: float, jpeg_kb: float
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    options = EncodeOptions(progress=False)
+    # The runtime auto picks (OpenVINO on x86 CPUs with bf16 units) in bf16 for every run: the engines compared at
+    # one precision, without the one-time int8 calibration that ``auto`` would add to each new catalog.
+    options = EncodeOptions(progress=False, precision=args.precision)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="lookalike-ray-bench-") as tmp:
         workdir = Path(tmp)

@@ -315,3 +315,18 @@ def test_both_towers_of_a_text_model_run_on_openvino_converted_once(tmp_path, ti
     monkeypatch.setattr(openvino, "convert_model", refuse)
     bf16 = Encoder(tiny_clip, EncodeOptions(device="cpu", runtime="openvino", precision="bf16"))
     assert np.min(np.sum(bf16.encode_text(words) * text, axis=1)) > 0.999
+
+
+def test_a_model_given_fewer_threads_than_cores_does_not_pin_them(tmp_path, tiny_embedder):
+    """Ray actors share a node's cores, one OpenVINO model each: pinned, every process put its threads on the
+    same first cores (two one-thread actors on two cores ran at one core's rate between them)."""
+    from lookalike.engines import openvino_runtime as ovr
+
+    encoder = Encoder(tiny_embedder, FP32_OV)
+    assert encoder.model.threads == ovr.cores()
+    encoder.model.threads = 1
+    compiled = encoder.model.latency()
+    assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    if ovr.cores() > 1:
+        assert compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert encoder.encode(make_image(tmp_path / "x.jpg")).shape == (tiny_embedder.dim,)

@@ -347,6 +347,10 @@ class OpenVinoModel:
         self._latency = self._throughput = None
 
     def _compile(self, config: dict) -> Any:
+        if self.threads < cores():
+            # Several models share this machine's cores (Ray actors): each process would pin its threads to the
+            # same first cores, and two one-thread actors on two cores ran at one core's rate between them.
+            config = {**config, "ENABLE_CPU_PINNING": False}
         try:
             return self.core.compile_model(self.core.read_model(self.xml), "CPU",
                                            {"INFERENCE_PRECISION_HINT": self.hint, **config})
