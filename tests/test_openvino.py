@@ -13,7 +13,7 @@ from conftest import TINY_MODEL, make_image
 
 pytest.importorskip("openvino")
 
-from lookalike import LookalikeError  # noqa: E402
+from lookalike import Catalog, LookalikeError  # noqa: E402
 from lookalike.core.config import EncodeOptions  # noqa: E402
 from lookalike.engines.embed import Encoder, FileTask, encode_files  # noqa: E402
 
@@ -330,3 +330,26 @@ def test_a_model_given_fewer_threads_than_cores_does_not_pin_them(tmp_path, tiny
     if ovr.cores() > 1:
         assert compiled.get_property("ENABLE_CPU_PINNING") is False
     assert encoder.encode(make_image(tmp_path / "x.jpg")).shape == (tiny_embedder.dim,)
+
+
+def test_lookalike_runtime_sets_the_default_runtime_of_index_and_a_bad_value_is_one_line(tmp_path, monkeypatch,
+                                                                                          capsys):
+    from lookalike.cli import main
+
+    photo = make_image(tmp_path / "photos" / "a.jpg")
+    monkeypatch.setenv("LOOKALIKE_RUNTIME", "torch")
+    assert main(["index", str(photo.parent), "--catalog", str(tmp_path / "c.lk"), "--model", TINY_MODEL,
+                 "--weights", "random", "-q"]) == 0
+    assert "torch" in capsys.readouterr().out
+    monkeypatch.setenv("LOOKALIKE_RUNTIME", "openvino")
+    make_image(tmp_path / "photos" / "b.jpg", color=(0, 90, 200))
+    assert main(["index", str(photo.parent), "--catalog", str(tmp_path / "c.lk"), "-q"]) == 0
+    assert "openvino" in capsys.readouterr().out
+    with Catalog.open(tmp_path / "c.lk") as cat:
+        used = cat.status().runtime["runtime"]["used"]  # e.g. ["openvino bf16", "torch bf16"]
+        assert sorted(u.split()[0] for u in used) == ["openvino", "torch"]
+    monkeypatch.setenv("LOOKALIKE_RUNTIME", "onnx")
+    make_image(tmp_path / "photos" / "c.jpg", color=(0, 200, 90))
+    assert main(["index", str(photo.parent), "--catalog", str(tmp_path / "c.lk"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "LOOKALIKE_RUNTIME='onnx' is not a runtime" in err

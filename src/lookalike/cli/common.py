@@ -104,6 +104,9 @@ class Parents:
     engine: argparse.ArgumentParser  # --engine local|ray and the Ray options
 
 
+RUNTIME_ENV = "LOOKALIKE_RUNTIME"  # the default --runtime of every command that embeds (serve's too)
+
+
 def parent_parsers() -> Parents:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar, errors only")
@@ -151,9 +154,11 @@ def _run_options(inference: bool) -> argparse.ArgumentParser:
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     if inference:
-        run.add_argument("--runtime", default="auto", choices=["auto", "torch", "openvino"],
+        run.add_argument("--runtime", default=os.environ.get(RUNTIME_ENV) or "auto",
+                         choices=["auto", "torch", "openvino"],
                          help="what runs a network model: auto (OpenVINO on x86 CPUs with native bf16, where it "
-                              "was measured faster; PyTorch elsewhere), torch, openvino (CPU only)")
+                              "was measured faster; PyTorch elsewhere), torch, openvino (CPU only); default "
+                              f"${RUNTIME_ENV}, else auto")
         run.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                          help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32; on OpenVINO int8 when a "
                               "model quantised on the catalog's photos passes its recall gate. int8 (OpenVINO) "
@@ -203,8 +208,18 @@ def shown_catalog(catalog: str) -> str:
 
 
 def encode_options(args: argparse.Namespace) -> EncodeOptions:
+    """The embedding options of a command's arguments.
+
+    Raises:
+        LookalikeError: ``$LOOKALIKE_RUNTIME`` names no runtime (argparse checks only what is typed).
+    """
+    runtime = getattr(args, "runtime", "auto")
+    if runtime not in ("auto", "torch", "openvino"):
+        from ..core.errors import LookalikeError
+
+        raise LookalikeError(f"{RUNTIME_ENV}={runtime!r} is not a runtime; set it to auto, torch or openvino")
     return EncodeOptions(
-        device=args.device, precision=args.precision, runtime=getattr(args, "runtime", "auto"),
+        device=args.device, precision=args.precision, runtime=runtime,
         batch_size=args.batch_size,
         workers=args.workers,
         max_pixels=args.max_pixels, draft=not args.no_draft, progress=not args.quiet,
