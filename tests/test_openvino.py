@@ -353,3 +353,32 @@ def test_lookalike_runtime_sets_the_default_runtime_of_index_and_a_bad_value_is_
     assert main(["index", str(photo.parent), "--catalog", str(tmp_path / "c.lk"), "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "LOOKALIKE_RUNTIME='onnx' is not a runtime" in err
+
+
+def test_processes_converting_the_same_model_at_once_convert_it_once(tmp_path, tiny_embedder, monkeypatch):
+    """Ray actors on one node start together: the first converts, the others wait on the lock and read its
+    result (threads here: each takes the file lock through its own open file, as processes do)."""
+    import threading
+    import time
+
+    import openvino
+
+    from lookalike.engines import openvino_runtime as ovr
+
+    real, calls = openvino.convert_model, []
+
+    def slow_convert(*args, **kwargs):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)  # long enough for the other thread to arrive while this one converts
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(openvino, "convert_model", slow_convert)
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(ovr.converted(tiny_embedder, tmp_path / "cache")))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and len(results) == 3 and len(set(results)) == 1 and results[0].is_file()
+    assert not list((tmp_path / "cache").glob(".converting-*"))

@@ -207,8 +207,7 @@ def converted_text(embedder: Embedder, cache_dir: Path | None = None) -> Path:
 def _convert(embedder: Embedder, kind: str, shape: tuple[int, ...], module, example, dynamic: tuple[int, ...],
              cache_dir: Path | None) -> Path:
     """``openvino.convert_model(module(), example_input=example)`` saved as fp32 IR in the cache, once per
-    key (``model_key``); another process converting the same key at once loses the rename and reads the
-    winner's."""
+    key (``model_key``): processes that ask at once wait on a lock file for the first one's result."""
     root = cache_dir or default_cache_dir()
     suffix = "" if kind == "fp32" else f"-{kind}"
     folder = root / f"{_slug(embedder.info.name)}-{model_key(embedder, shape, kind)}{suffix}"
@@ -220,6 +219,38 @@ def _convert(embedder: Embedder, kind: str, shape: tuple[int, ...], module, exam
 
     try:
         root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LookalikeError(f"cannot write the OpenVINO model cache {root} ({exc.strerror or exc}); set "
+                             "LOOKALIKE_OPENVINO_CACHE to a writable folder, or use --runtime torch") from exc
+    with _conversion_lock(root / f".{folder.name}.lock"):
+        if xml.is_file() and (folder / "model.bin").is_file():  # converted by another process while we waited
+            return xml
+        return _convert_unlocked(ov, torch, embedder, kind, shape, module, example, dynamic, root, folder)
+
+
+@contextlib.contextmanager
+def _conversion_lock(path: Path) -> Iterator[None]:
+    """One conversion of a model at a time on this machine (``flock``): Ray actors, server replicas or
+    processes started together wait for the first one's result instead of each tracing the model again.
+    Where locking is not available the conversions run side by side and the first rename wins."""
+    try:
+        import fcntl
+
+        handle = open(path, "a+b")  # noqa: SIM115 - held for the whole conversion
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def _convert_unlocked(ov, torch, embedder: Embedder, kind: str, shape: tuple[int, ...], module, example,
+                      dynamic: tuple[int, ...], root: Path, folder: Path) -> Path:
+    xml = folder / "model.xml"
+    try:
         building = Path(tempfile.mkdtemp(prefix=".converting-", dir=root))
     except OSError as exc:
         raise LookalikeError(f"cannot write the OpenVINO model cache {root} ({exc.strerror or exc}); set "
