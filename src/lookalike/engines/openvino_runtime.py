@@ -214,9 +214,6 @@ def _convert(embedder: Embedder, kind: str, shape: tuple[int, ...], module, exam
     xml = folder / "model.xml"
     if xml.is_file() and (folder / "model.bin").is_file():
         return xml
-    ov = require_openvino()
-    import torch
-
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -225,7 +222,7 @@ def _convert(embedder: Embedder, kind: str, shape: tuple[int, ...], module, exam
     with _conversion_lock(root / f".{folder.name}.lock"):
         if xml.is_file() and (folder / "model.bin").is_file():  # converted by another process while we waited
             return xml
-        return _convert_unlocked(ov, torch, embedder, kind, shape, module, example, dynamic, root, folder)
+        return _convert_unlocked(embedder, kind, shape, module, example, dynamic, root, folder)
 
 
 @contextlib.contextmanager
@@ -247,8 +244,11 @@ def _conversion_lock(path: Path) -> Iterator[None]:
         handle.close()  # releases the lock
 
 
-def _convert_unlocked(ov, torch, embedder: Embedder, kind: str, shape: tuple[int, ...], module, example,
+def _convert_unlocked(embedder: Embedder, kind: str, shape: tuple[int, ...], module, example,
                       dynamic: tuple[int, ...], root: Path, folder: Path) -> Path:
+    ov = require_openvino()
+    import torch
+
     xml = folder / "model.xml"
     try:
         building = Path(tempfile.mkdtemp(prefix=".converting-", dir=root))

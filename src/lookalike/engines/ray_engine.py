@@ -254,10 +254,9 @@ class RayEngine:
                     per_node[node] += int(embedded)
                     pids.setdefault(actor, set()).add(int(pid))  # a restarted actor keeps its id, not its process
                 seconds = time.perf_counter() - started
-                if not done:  # the pool's start (model shipped and placed) ends with the first batch
-                    self._detail.update(first_batch_seconds=round(seconds, 3), first_batch_images=len(batch.embedded))
-                if "runtime" in cols and len(cols["runtime"]):  # what the actors ran: runtime, precision, device
-                    self._detail["runtime"] = tuple(str(cols["runtime"][0]).split(" ", 2))
+                if not done and len(cols["ref"]):  # the pool's start (model shipped, placed) ends with the first batch
+                    self._detail.update(first_batch_seconds=round(seconds, 3), first_batch_images=len(batch.embedded),
+                                        runtime=tuple(str(cols["runtime"][0]).split(" ", 2)))  # what actors ran
                 done += len(batch.embedded) + len(batch.others)
                 if seconds >= next_note or len(per_node) > len(self._detail.get("images_per_node", {})):
                     next_note = seconds + PROGRESS_SECONDS
@@ -363,13 +362,24 @@ class EmbedActor:
 
 
 def _local_int8(int8: Int8Model, xml: bytes, weights: bytes) -> Int8Model:
-    """The driver's int8 model written where this actor can read it: a temporary folder of its own."""
-    import tempfile
+    """The driver's int8 model written where this actor can read it: the node's OpenVINO cache, named by its
+    content, so the actors of a node and later runs share one copy (the weights first, the graph last: a
+    graph on disk means its weights are whole)."""
+    import hashlib
 
-    folder = Path(tempfile.mkdtemp(prefix="lookalike-int8-"))
-    (folder / "model.xml").write_bytes(xml)
-    (folder / "model.bin").write_bytes(weights)
-    return replace(int8, path=folder / "model.xml")
+    from .openvino_runtime import default_cache_dir
+
+    digest = hashlib.sha256(xml)
+    digest.update(weights)
+    folder = default_cache_dir() / "int8" / digest.hexdigest()[:16]
+    target = folder / "model.xml"
+    if not (target.is_file() and target.with_suffix(".bin").is_file()):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in (("model.bin", weights), ("model.xml", xml)):
+            partial = folder / f".{name}.{os.getpid()}"
+            partial.write_bytes(data)
+            partial.replace(folder / name)
+    return replace(int8, path=target)
 
 
 def to_encoded_batch(cols: dict[str, np.ndarray], by_ref: dict[int, FileTask]) -> EncodedBatch:
