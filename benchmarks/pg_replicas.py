@@ -32,19 +32,17 @@ import http.client
 import io
 import json
 import os
-import random
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 from urllib.parse import quote
 
+import http_load
 import numpy as np
 from pg_common import ROOT, SHARED, drop_schema, postgres, repeated_source
 from PIL import Image
@@ -141,44 +139,10 @@ def load(setup: str, ports: list[int], ids: list[str], args) -> dict:
 
 
 def drive(ports: list[int], ids: list[str], args, seconds: float, setup: str | None = None) -> dict:
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    stop_at = time.perf_counter() + seconds
+    def send(conn, rng) -> None:
+        conn.request("GET", f"/api/items/{quote(rng.choice(ids), safe='')}/similar?k={K}")
 
-    def client(i: int) -> None:
-        rng = random.Random(i)
-        port = ports[i % len(ports)]
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        while time.perf_counter() < stop_at:
-            started = time.perf_counter()
-            try:
-                conn.request("GET", f"/api/items/{quote(rng.choice(ids), safe='')}/similar?k={K}")
-                response = conn.getresponse()
-                payload = response.read()
-                ok = response.status == 200 and len(json.loads(payload)["results"]) == K
-                problem = None if ok else f"HTTP {response.status}: {payload[:120]!r}"
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            elapsed = time.perf_counter() - started
-            with lock:
-                (errors.append(problem) if problem else latencies.append(elapsed))
-        conn.close()
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
-    row = {"setup": setup, "clients": args.clients, "requests": len(latencies) + len(errors), "errors": len(errors),
-           "first_error": errors[0] if errors else None, "rps": len(latencies) / wall,
-           "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-           "mean_ms": statistics.fmean(ms)}
+    row = {"setup": setup, **http_load.drive(ports, args.clients, seconds, send, K)}
     if setup:
         print(json.dumps(row), flush=True)
     return row

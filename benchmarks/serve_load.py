@@ -35,21 +35,18 @@ Run it from the repository root::
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import random
 import socket
-import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
+import http_load
 import numpy as np
 import torch
 
@@ -195,60 +192,15 @@ def multipart(name: str, data: bytes) -> tuple[bytes, str]:
 def drive(port: int, endpoint: str, clients: int, ids: list[str], queries: list[tuple[str, bytes]],
           seconds: float, max_requests: int) -> dict:
     bodies = [multipart(n, d) for n, d in queries]
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    sent = 0
-    stop_at = time.perf_counter() + seconds
 
-    def client(seed: int) -> None:
-        nonlocal sent
-        rng = random.Random(seed)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        while time.perf_counter() < stop_at:
-            with lock:
-                if sent >= max_requests:
-                    break
-                sent += 1
-            started = time.perf_counter()
-            try:
-                if endpoint == "similar":
-                    conn.request("GET", f"/api/items/{quote(rng.choice(ids), safe='')}/similar?k={K}")
-                else:
-                    body, ctype = bodies[rng.randrange(len(bodies))]
-                    conn.request("POST", "/api/search", body=body, headers={"Content-Type": ctype})
-                response = conn.getresponse()
-                payload = response.read()
-                ok = response.status == 200 and len(json.loads(payload)["results"]) == K
-                problem = None if ok else f"HTTP {response.status}: {payload[:120]!r}"
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            elapsed = time.perf_counter() - started
-            with lock:
-                if problem:
-                    errors.append(problem)
-                else:
-                    latencies.append(elapsed)
-        conn.close()
+    def send(conn, rng) -> None:
+        if endpoint == "similar":
+            conn.request("GET", f"/api/items/{quote(rng.choice(ids), safe='')}/similar?k={K}")
+        else:
+            body, ctype = bodies[rng.randrange(len(bodies))]
+            conn.request("POST", "/api/search", body=body, headers={"Content-Type": ctype})
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
-    return {
-        "endpoint": endpoint, "clients": clients, "requests": len(latencies) + len(errors), "errors": len(errors),
-        "first_error": errors[0] if errors else None, "seconds": round(wall, 2),
-        "rps": len(latencies) / wall if wall else 0.0,
-        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
-        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
-        "mean_ms": statistics.fmean(ms) if len(ms) else float("nan"),
-    }
+    return {"endpoint": endpoint, **http_load.drive([port], clients, seconds, send, K, max_requests)}
 
 
 # -- report ---------------------------------------------------------------------------------------------
