@@ -199,3 +199,33 @@ def test_a_worker_node_killed_mid_run_costs_only_its_batches(tmp_path):
     assert report["engine_detail"]["nodes_used"] == 2, report["engine_detail"]  # actors ran on both nodes
     with Catalog.open(catalog) as cat:
         assert len(cat) == 120 and cat.store.counts()["failed"] == 1
+
+
+RAY_CHATTER = """
+import json, logging, time
+import ray
+from lookalike.engines.ray_engine import RayOptions, ray_session
+
+logging.basicConfig(level=logging.INFO)  # -v: Ray forwards the workers' output to this driver
+
+with ray_session(RayOptions(actors=1)):
+    @ray.remote(num_cpus=0.1)
+    def shout(i):
+        print("chatter from a worker", flush=True)
+        return i
+
+    assert ray.get([shout.remote(i) for i in range(12)]) == list(range(12))
+    time.sleep(3)  # the log monitor forwards the lines; Ray holds the repeats back until shutdown flushes them
+print(json.dumps({"report": True}))
+"""
+
+
+def test_what_ray_prints_in_a_run_never_reaches_stdout(tmp_path):
+    """A command's stdout is its report (``--json``). Ray's driver prints forwarded worker output and cluster
+    messages (a retried task, a lost node) to stdout from threads of its own, and ``ray.shutdown()`` flushes the
+    repeats it held back there too: within ``ray_session`` all of it goes to stderr, and stdout stays one report."""
+    res = subprocess.run([sys.executable, "-c", RAY_CHATTER], env=ENV, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout) == {"report": True}, res.stdout[:2000]
+    assert "chatter from a worker" in res.stderr

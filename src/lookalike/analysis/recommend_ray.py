@@ -12,10 +12,8 @@ Ray is imported inside the functions that run it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,7 +37,7 @@ def recommend_on_ray(engine: RayEngine, catalog, work, key_blocks: list[np.ndarr
     opts = engine.options
     if opts.gpus_per_actor:
         log.warning("recommend searches with FAISS on CPUs: --gpus-per-actor is not used")
-    with ray_session(opts), contextlib.redirect_stdout(sys.stderr):
+    with ray_session(opts):  # Ray's own output goes to stderr
         import pyarrow as pa
         import ray
         import ray.data

@@ -127,14 +127,26 @@ def ray_session(opts: RayOptions) -> Iterator[None]:
     Workers import this process's ``lookalike`` where they share its file system (``PYTHONPATH`` in the job's
     runtime environment); elsewhere they import the one installed on their node.
 
+    Everything Ray prints in this process while the session lasts goes to stderr, up to and including what
+    ``ray.shutdown()`` flushes: Ray's driver prints cluster messages (a retried task, a dead node) and workers'
+    deduplicated output to stdout from threads of its own, and stdout is the command's output (``--json``).
+
     Raises:
         LookalikeError: no cluster at ``opts.address``.
     """
     import ray
 
-    if ray.is_initialized():
-        yield
-        return
+    with contextlib.redirect_stdout(sys.stderr):
+        if ray.is_initialized():
+            yield
+            return
+        with _joined(ray, opts):
+            yield
+
+
+@contextlib.contextmanager
+def _joined(ray, opts: RayOptions) -> Iterator[None]:
+    """``ray.init`` for ``opts`` and ``ray.shutdown`` after (see ``ray_session``)."""
     quiet = not log.isEnabledFor(logging.INFO)
     path = os.pathsep.join(p for p in (str(SRC_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     kwargs: dict[str, Any] = {
@@ -197,9 +209,7 @@ class RayEngine:
         if batch_size < 1:
             raise LookalikeError(f"--batch-size {batch_size}: must be at least 1")
         options = replace(options, batch_size=batch_size)
-        # Ray's driver prints its cluster messages (a retried task, a dead node) to stdout from a thread of its
-        # own; they are diagnostics, and stdout is the command's output (``--json``): send them to stderr.
-        with ray_session(opts), contextlib.redirect_stdout(sys.stderr):
+        with ray_session(opts):  # Ray's own output goes to stderr (see ray_session)
             yield from self._run(embedder, options, list(tasks), batch_size, int8)
 
     def _run(self, embedder: Embedder, options: EncodeOptions, tasks: list[FileTask], batch_size: int,
