@@ -119,6 +119,26 @@ def test_decoding_rows_and_an_actors_call_give_the_local_engines_results(tmp_pat
     np.testing.assert_allclose(mine, local[0].vectors, atol=1e-6)
 
 
+def test_actors_receive_a_text_image_model_without_its_text_tower(tiny_clip):
+    """What ``RayEngine`` ships to its actors: the image tower and what scores with it, not the text tower;
+    the same photo vectors; the driver's embedder keeps both towers."""
+    import pickle
+
+    shipped = tiny_clip.image_only()
+    text_bytes = sum(p.numel() * p.element_size() for p in tiny_clip.text_model.parameters()
+                     if not any(p is q for q in tiny_clip.model.parameters()) and p is not tiny_clip.clip.logit_scale)
+    assert text_bytes > 0
+    assert len(pickle.dumps(shipped)) < len(pickle.dumps(tiny_clip)) - 0.9 * text_bytes
+    assert (shipped.has_text, shipped.text_model, tiny_clip.has_text) == (False, None, True)
+    assert shipped.logit_scale == tiny_clip.logit_scale
+    rng = np.random.default_rng(0)
+    photos = rng.integers(0, 256, size=(3, *tiny_clip.data_config["input_size"][1:], 3), dtype=np.uint8)
+    options = EncodeOptions(progress=False, runtime="torch", precision="fp32")
+    np.testing.assert_allclose(Encoder(pickle.loads(pickle.dumps(shipped)), options).embed_uint8(photos),
+                               Encoder(tiny_clip, options).embed_uint8(photos), atol=1e-6)
+    assert tiny_clip.text_model is not None and tiny_clip.tokenize(["a red shoe"]).shape[0] == 1
+
+
 def test_ray_options_without_the_ray_engine_are_refused(tmp_path, capsys):
     from lookalike.cli import main
 

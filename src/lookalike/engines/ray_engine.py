@@ -240,7 +240,8 @@ class RayEngine:
         reader = {"pil_transform": embedder.pil_transform,
                   "draft": embedder.draft_size if options.draft else None,
                   "max_pixels": options.max_pixels, "max_bytes": options.max_bytes}
-        model = ray.put(embedder)
+        # Actors embed photos only: a text+image model travels without its text tower.
+        model = ray.put(embedder.image_only() if hasattr(embedder, "image_only") else embedder)
         quantised = None
         if int8 is not None:  # the .xml and .bin travel as bytes: a worker node cannot see the driver's folder
             quantised = ray.put((int8, int8.path.read_bytes(), int8.path.with_suffix(".bin").read_bytes()))

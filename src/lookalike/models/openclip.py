@@ -126,6 +126,23 @@ class OpenClipEmbedder:
     def dim(self) -> int:
         return self.info.dim
 
+    def image_only(self) -> OpenClipEmbedder:
+        """This embedder without its text tower: the same image tower (shared, not copied), its learned
+        temperature and bias, ``has_text`` False. What a worker that only embeds photos needs: a Ray actor
+        receives this (ViT-B/32: 63 M of its 151 M parameters are the text tower)."""
+        twin = copy.copy(self)
+        holder = torch.nn.Module()
+        holder.visual = self.clip.visual
+        holder.logit_scale = self.clip.logit_scale
+        if getattr(self.clip, "logit_bias", None) is not None:
+            holder.logit_bias = self.clip.logit_bias
+        twin.clip = holder.eval()
+        twin.model = holder.visual
+        twin.text_model = None
+        twin.has_text = False
+        twin._tokenizer = None
+        return twin
+
     @property
     def logit_scale(self) -> float:
         """The learned temperature: similarities times this are the model's logits."""
