@@ -23,13 +23,21 @@ Run it from the repository root::
     python benchmarks/ray_throughput.py                     # 2,000 files: local, Ray 1 actor, Ray 2 actors
     python benchmarks/ray_throughput.py --files 400         # a quick run
 
+Last, the **driver's commit ceiling**: however many actors embed, one driver lists the source and commits
+every vector into one catalog. ``--driver-files`` (default 20,000) hard links are indexed through
+``Catalog.add`` with an engine that embeds nothing (``ReplayEngine``: each task comes back at once with the
+file's precomputed size and digest and a random unit vector), so the clock holds the driver's work alone:
+listing and stat-ing, the commit loop's transactions, the vectors and the FAISS build. Its rate is the most
+images/s any cluster can index into one catalog; the ratio printed is against the local engine's rate.
+
 Then the projection (``--gpu-rate``, ``--decode-ms``, ``--jpeg-kb``: see ``projection``) prints hours for
-10 M and 100 M photos on N GPU nodes from the measured Ray overhead.
+10 M and 100 M photos on N GPU nodes from the measured Ray overhead, capped by the measured driver ceiling.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -40,9 +48,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from lookalike import Catalog, EncodeOptions
 from lookalike.core.sources import find_images
-from lookalike.engines.files import cores
+from lookalike.engines.files import EncodedBatch, FileResult, FileTask, cores
 from lookalike.engines.ray_engine import RayEngine, RayOptions, ray_session
 
 MODEL = "resnet50"
@@ -88,16 +98,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decode-ms", type=float, default=1.8,
                         help="CPU ms to decode one 900x1200 JPEG to the model's input (measured: README Speed)")
     parser.add_argument("--jpeg-kb", type=float, default=150.0, help="average photo size read from the store")
+    parser.add_argument("--driver-files", type=int, default=20000,
+                        help="files for the driver's commit ceiling (default 20000; 0 skips it)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser.parse_args(argv)
 
 
-def stage(data: Path, files: int, workdir: Path) -> Path:
+def stage(data: Path, files: int, workdir: Path, name: str = "photos") -> Path:
     folder = data / "images" if (data / "images").is_dir() else data
     photos = find_images(folder)
     if not photos:
         raise SystemExit(f"{folder}: no images; pass --data DIR")
-    staged = workdir / "photos"
+    staged = workdir / name
     staged.mkdir()
     for n in range(max(files, 1)):
         photo = photos[n % len(photos)]
@@ -143,20 +155,73 @@ def run_ray(folder: Path, workdir: Path, options: EncodeOptions, actors: int) ->
                detail=detail)
 
 
-def projection(per_gpu: float, overhead: float, decode_ms: float, jpeg_kb: float) -> list[str]:
-    """Hours to index 10 M and 100 M photos on N GPU nodes (8 GPUs each), from named assumptions."""
+class ReplayEngine:
+    """An ``Engine`` that embeds nothing: every task comes back at once, embedded, with its file's size and
+    digest (computed before the clock starts) and a random unit vector, so that ``Catalog.add``'s time is the
+    driver's own work. Not a stand-in for a user's run: it measures the ceiling that run cannot pass."""
+
+    name = "replay"
+
+    def __init__(self, files: dict[str, tuple[int, str]], dim: int, batch_size: int = 256, seed: int = 0):
+        self.files, self.batch_size = files, batch_size
+        vectors = np.random.default_rng(seed).standard_normal((4096, dim)).astype(np.float32)
+        self.vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def encode_files(self, embedder, options, tasks, *, int8=None):
+        for start in range(0, len(tasks), self.batch_size):
+            chunk: list[FileTask] = list(tasks[start:start + self.batch_size])
+            results = []
+            for task in chunk:
+                size, digest = self.files[str(task.path)]
+                results.append(FileResult(task=task, size=size, sha256=digest, width=224, height=224))
+            offset = start % (len(self.vectors) - self.batch_size)
+            yield EncodedBatch(embedded=results, vectors=self.vectors[offset:offset + len(chunk)])
+
+    def detail(self) -> dict:
+        return {}
+
+
+def run_driver(data: Path, files: int, workdir: Path, options: EncodeOptions) -> Run:
+    """The driver's commit ceiling on ``files`` staged files (see the module's docstring)."""
+    folder = stage(data, files, workdir, name="driver-photos")
+    digests: dict[Path, str] = {}
+    known: dict[str, tuple[int, str]] = {}
+    for path in folder.iterdir():
+        source = path.resolve()
+        stat = path.stat()
+        key = (stat.st_dev, stat.st_ino)  # hard links share one content: hash it once
+        if key not in digests:
+            digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+        known[str(path)] = known[str(source)] = (stat.st_size, digests[key])
+    with Catalog.create(Path(tempfile.mkdtemp(dir=workdir)) / "driver.lk", model=MODEL, weights=WEIGHTS) as catalog:
+        engine = ReplayEngine(known, catalog.embedder.dim)
+        started = time.perf_counter()
+        report = catalog.add(folder, options=options, engine=engine)
+        seconds = time.perf_counter() - started
+    return Run("driver ceiling", images=report.indexed, failed=report.failed, seconds=seconds)
+
+
+def projection(per_gpu: float, overhead: float, decode_ms: float, jpeg_kb: float,
+               driver_rate: float | None = None) -> list[str]:
+    """Hours to index 10 M and 100 M photos on N GPU nodes (8 GPUs each), from named assumptions; with
+    ``driver_rate`` (the measured commit ceiling, img/s), a cluster faster than its driver runs at the driver's
+    rate into one catalog."""
     rate = per_gpu * (1 - overhead)
     decode_cores = per_gpu * decode_ms / 1000
     lines = [f"projection: {per_gpu:.0f} img/s per GPU actor (assumed) less a Ray overhead of "
              f"{overhead:.0%} = {rate:.0f} img/s per GPU; each GPU needs {decode_cores:.1f} decoding cores at "
              f"{decode_ms} ms a photo and {per_gpu * jpeg_kb / 1024:.0f} MB/s of object-store reads "
-             f"({jpeg_kb:.0f} KB a photo); 8 GPUs a node"]
+             f"({jpeg_kb:.0f} KB a photo); 8 GPUs a node"
+             + (f"; one driver commits at most {driver_rate:.0f} img/s (measured)" if driver_rate else "")]
     for nodes in (1, 4, 16, 64):
         gpus = 8 * nodes
-        hours = [n / (gpus * rate) / 3600 for n in (10e6, 100e6)]
+        cluster = gpus * rate
+        bound = min(cluster, driver_rate) if driver_rate else cluster
+        hours = [n / bound / 3600 for n in (10e6, 100e6)]
+        note = " (driver-bound)" if bound < cluster else ""
         lines.append(f"  {nodes:3d} nodes ({gpus:3d} GPUs, {gpus * decode_cores:.0f} decode cores, "
                      f"{8 * per_gpu * jpeg_kb / 1024**2:.1f} GB/s reads a node): 10 M photos {hours[0]:.2f} h, "
-                     f"100 M photos {hours[1]:.2f} h")
+                     f"100 M photos {hours[1]:.2f} h{note}")
     return lines
 
 
@@ -172,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = stage(args.data, args.files, workdir)
         print(f"{args.files} files ({MODEL}, weights {WEIGHTS}) on {cores()} cores; machine shared with other "
               "work, so compare runs within this run only", flush=True)
-        for name in args.runs.split(","):
+        for name in filter(None, args.runs.split(",")):
             run = run_local(folder, workdir, options) if name == "local" else run_ray(
                 folder, workdir, options, int(name.removeprefix("ray")))
             runs.append(run)
@@ -182,8 +247,14 @@ def main(argv: list[str] | None = None) -> int:
                      f"; first batch {run.first_batch_seconds:.1f} s, steady {run.steady_rate:.1f} img/s")
             print(f"{run.name:15} {run.images} images in {run.seconds:.1f} s = {run.rate:.1f} img/s{extra}",
                   flush=True)
+        if args.driver_files > 0:
+            driver = run_driver(args.data, args.driver_files, workdir, options)
+            runs.append(driver)
+            print(f"{driver.name:15} {driver.images} images in {driver.seconds:.1f} s = {driver.rate:.0f} img/s "
+                  "(listing, commits, vectors, FAISS build; nothing embedded)", flush=True)
     locals_ = [r for r in runs if r.name == "local"]
     ray_runs = [r for r in runs if r.actors]
+    driver_rate = next((r.rate for r in runs if r.name == "driver ceiling"), None)
     if locals_:
         local_rate = sum(r.rate for r in locals_) / len(locals_)
         local_steady = sum(r.steady_rate for r in locals_) / len(locals_)
@@ -191,12 +262,15 @@ def main(argv: list[str] | None = None) -> int:
         for run in ray_runs:
             print(f"{run.name:15} overhead vs local: {1 - run.rate / local_rate:.0%} end to end, "
                   f"{1 - run.steady_rate / local_steady:.0%} steady", flush=True)
+        if driver_rate:
+            print(f"driver ceiling: {driver_rate:.0f} img/s = {driver_rate / local_rate:.0f}x the local engine's rate "
+                  "(the most one catalog takes in, whatever the cluster)")
         if ray_runs:
             best = max(ray_runs, key=lambda r: r.steady_rate)
             measured = 1 - best.steady_rate / local_steady
             overhead = max(measured, args.min_overhead)
             print(f"Ray overhead measured {measured:.0%} (steady, best pool); the projection assumes {overhead:.0%}")
-            for line in projection(args.gpu_rate, overhead, args.decode_ms, args.jpeg_kb):
+            for line in projection(args.gpu_rate, overhead, args.decode_ms, args.jpeg_kb, driver_rate):
                 print(line)
     if args.json:
         args.json.write_text(json.dumps([{**asdict(r), "rate": r.rate, "per_actor": r.per_actor} for r in runs],

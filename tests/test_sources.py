@@ -122,6 +122,22 @@ def test_folder_order_is_stable_whatever_the_creation_order(tmp_path):
     assert flat == sorted(flat)
 
 
+def test_folder_order_goes_by_path_parts_and_the_listing_carries_each_files_size_and_mtime(tmp_path):
+    """Files go in the order of their paths' parts (``sorted(rglob)``'s): a folder's contents come right after
+    its name, so "a/b" comes before "a-c" and "a.jpg" although "a-" and "a." sort before "a/" as strings. Each
+    item's size and mtime are its file's (the catalog compares them with what it stored)."""
+    for name in ("a-c.jpg", "a/b.jpg", "a/z/y.jpg", "a.jpg", "B.jpg", "a0.jpg"):
+        image(tmp_path / "shop" / name)
+    (tmp_path / "shop" / "x.jpg").mkdir()  # a folder named like an image is entered, not listed
+    image(tmp_path / "shop" / "x.jpg" / "in.jpg")
+    listing = read_source(tmp_path / "shop")
+    assert ids(listing) == ["B", "a/b", "a/z/y", "a-c", "a", "a0", "x.jpg/in"]
+    for item in listing.items:
+        stat = Path(item.path).stat()
+        assert (item.size, item.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+        assert Path(item.path).is_absolute() and Path(item.path) == Path(item.path).resolve()
+
+
 def test_empty_folder_gives_no_items(tmp_path):
     (tmp_path / "empty").mkdir()
     write(tmp_path / "empty" / "notes.txt", "x")

@@ -17,6 +17,7 @@ import csv
 import io
 import logging
 import os
+import stat
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -86,42 +87,80 @@ def read_source(source: str | Path, images: str | Path | None = None) -> SourceL
 
 @dataclass
 class FolderScan:
-    """What a folder holds for indexing, and what was passed over (said in one warning line)."""
+    """What a folder holds for indexing, and what was passed over (said in one warning line).
+
+    ``images[i]`` is a file as listed (under the folder), ``resolved[i]`` the file it is (symbolic links
+    followed), ``relative[i]`` its POSIX path under the folder, ``stats[i]`` its (size in bytes, mtime in ns).
+    """
 
     images: list[Path]
+    resolved: list[Path] = field(default_factory=list)
+    relative: list[str] = field(default_factory=list)
+    stats: list[tuple[int, int]] = field(default_factory=list)
     broken_links: list[Path] = field(default_factory=list)  # symbolic links to nothing
     linked_folders: list[Path] = field(default_factory=list)  # symbolic links to folders: not followed
     repeated: list[Path] = field(default_factory=list)  # links to a file already listed: one file, one item
 
 
 def scan_folder(folder: Path) -> FolderScan:
-    """Image files under ``folder``, recursively, in a stable order. Hidden files and folders are skipped;
-    a symbolic link to an image is followed (the item is the file it points to, listed once however many
-    links lead to it); links to folders are not followed (no loops, no catalog reaching outside the folder
-    unasked: index such a folder by its own path); broken links are counted."""
+    """Image files under ``folder``, recursively, in a stable order (``sorted(folder.rglob("*"))``'s: by path
+    parts). Hidden files and folders are skipped; a symbolic link to an image is followed (the item is the
+    file it points to, listed once however many links lead to it); links to folders are not followed (no
+    loops, no catalog reaching outside the folder unasked: index such a folder by its own path); broken
+    links are counted; folders that cannot be read are passed over.
+
+    One ``os.scandir`` per folder and one ``stat`` per file (the file type comes with the listing; a file's
+    real path is its folder's plus its name, as no linked folder is entered): a driver lists millions of files.
+    """
     scan = FolderScan(images=[])
-    seen: set[Path] = set()
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or path.suffix.lower() not in IMAGE_EXTENSIONS and \
-                not path.is_symlink():
-            continue
-        if path.is_symlink():
-            if not path.exists():
-                if path.suffix.lower() in IMAGE_EXTENSIONS:
-                    scan.broken_links.append(path)
+    seen: set[str] = set()
+    root = Path(folder)
+
+    def walk(listed: str, real: str, rel: str) -> None:
+        try:
+            with os.scandir(listed) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except (PermissionError, NotADirectoryError, FileNotFoundError):
+            return
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
                 continue
-            if path.is_dir():
-                scan.linked_folders.append(path)
+            image = os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+            try:
+                if entry.is_symlink():
+                    try:
+                        st = entry.stat()
+                    except OSError:  # to nothing (or a loop)
+                        if image:
+                            scan.broken_links.append(Path(entry.path))
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        scan.linked_folders.append(Path(entry.path))
+                        continue
+                    if not image or not stat.S_ISREG(st.st_mode):
+                        continue
+                    target = os.path.realpath(entry.path)
+                elif entry.is_dir(follow_symlinks=False):
+                    walk(entry.path, os.path.join(real, name), f"{rel}{name}/")
+                    continue
+                elif image and entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    target = os.path.join(real, name)
+                else:
+                    continue
+            except OSError:  # gone since the folder was listed
                 continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
-            continue
-        target = path.resolve()
-        if target in seen:
-            scan.repeated.append(path)
-            continue
-        seen.add(target)
-        scan.images.append(path)
+            if target in seen:
+                scan.repeated.append(Path(entry.path))
+                continue
+            seen.add(target)
+            scan.images.append(Path(entry.path))
+            scan.resolved.append(Path(target))
+            scan.relative.append(rel + name)
+            scan.stats.append((st.st_size, st.st_mtime_ns))
+
+    walk(str(root), os.path.realpath(root), "")
     return scan
 
 
@@ -132,9 +171,9 @@ def find_images(folder: Path) -> list[Path]:
 
 def _folder_listing(folder: Path) -> SourceListing:
     scan = scan_folder(folder)
-    paths = scan.images
-    items = [SourceItem(id=item_id, path=path.resolve())
-             for path, item_id in zip(paths, _file_ids(paths, folder), strict=True)]
+    items = [SourceItem(id=item_id, path=path, size=size, mtime_ns=mtime)
+             for path, item_id, (size, mtime) in zip(scan.resolved, _relative_ids(scan.relative), scan.stats,
+                                                     strict=True)]
     passed = [f"{len(scan.broken_links)} broken links" if scan.broken_links else "",
               f"{len(scan.linked_folders)} linked folders (not followed; index them by their own path)"
               if scan.linked_folders else "",
@@ -181,10 +220,15 @@ def is_folder_source(source: str | Path) -> bool:
 def _file_ids(paths: list[Path], root: Path, taken: set[str] = frozenset()) -> list[str]:
     """Ids for files under ``root``: "shirts/a.jpg" is "shirts/a", unless another file of the list has that
     stem (a.jpg and a.png) or the id is already ``taken``; then the file keeps its suffix."""
-    stems = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
+    return _relative_ids([p.relative_to(root).as_posix() for p in paths], taken)
+
+
+def _relative_ids(relative: list[str], taken: set[str] = frozenset()) -> list[str]:
+    """``_file_ids`` of POSIX paths relative to the folder."""
+    stems = [os.path.splitext(rel)[0] for rel in relative]
     counts = Counter(stems)
-    return [stem if counts[stem] == 1 and stem not in taken else path.relative_to(root).as_posix()
-            for path, stem in zip(paths, stems, strict=True)]
+    return [stem if counts[stem] == 1 and stem not in taken else rel
+            for rel, stem in zip(relative, stems, strict=True)]
 
 
 def _manifest_items(manifest: Path, images: Path | None) -> SourceListing:
