@@ -100,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jpeg-kb", type=float, default=150.0, help="average photo size read from the store")
     parser.add_argument("--driver-files", type=int, default=20000,
                         help="files for the driver's commit ceiling (default 20000; 0 skips it)")
+    parser.add_argument("--driver-pg", nargs="?", const="", default=None, metavar="URL",
+                        help="also measure the driver's ceiling into PostgreSQL: a throwaway server (the tests' "
+                        "own, durable), or the database at URL")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser.parse_args(argv)
 
@@ -181,9 +184,12 @@ class ReplayEngine:
         return {}
 
 
-def run_driver(data: Path, files: int, workdir: Path, options: EncodeOptions) -> Run:
-    """The driver's commit ceiling on ``files`` staged files (see the module's docstring)."""
-    folder = stage(data, files, workdir, name="driver-photos")
+def run_driver(data: Path, files: int, workdir: Path, options: EncodeOptions, location: str | None = None) -> Run:
+    """The driver's commit ceiling on ``files`` staged files (see the module's docstring), into a new folder
+    catalog (SQLite) or the PostgreSQL catalog at ``location``."""
+    folder = workdir / "driver-photos"
+    if not folder.is_dir():
+        stage(data, files, workdir, name=folder.name)
     digests: dict[Path, str] = {}
     known: dict[str, tuple[int, str]] = {}
     for path in folder.iterdir():
@@ -193,12 +199,14 @@ def run_driver(data: Path, files: int, workdir: Path, options: EncodeOptions) ->
         if key not in digests:
             digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
         known[str(path)] = known[str(source)] = (stat.st_size, digests[key])
-    with Catalog.create(Path(tempfile.mkdtemp(dir=workdir)) / "driver.lk", model=MODEL, weights=WEIGHTS) as catalog:
+    where = location or Path(tempfile.mkdtemp(dir=workdir)) / "driver.lk"
+    with Catalog.create(where, model=MODEL, weights=WEIGHTS) as catalog:
         engine = ReplayEngine(known, catalog.embedder.dim)
         started = time.perf_counter()
         report = catalog.add(folder, options=options, engine=engine)
         seconds = time.perf_counter() - started
-    return Run("driver ceiling", images=report.indexed, failed=report.failed, seconds=seconds)
+    name = "driver, pg" if location else "driver ceiling"
+    return Run(name, images=report.indexed, failed=report.failed, seconds=seconds)
 
 
 def projection(per_gpu: float, overhead: float, decode_ms: float, jpeg_kb: float,
@@ -251,7 +259,18 @@ def main(argv: list[str] | None = None) -> int:
             driver = run_driver(args.data, args.driver_files, workdir, options)
             runs.append(driver)
             print(f"{driver.name:15} {driver.images} images in {driver.seconds:.1f} s = {driver.rate:.0f} img/s "
-                  "(listing, commits, vectors, FAISS build; nothing embedded)", flush=True)
+                  "(SQLite: listing, commits, vectors, FAISS build; nothing embedded)", flush=True)
+            if args.driver_pg is not None:
+                from pg_common import drop_schema, postgres
+
+                with postgres(args.driver_pg or None) as url:
+                    drop_schema(url, "ray_driver_ceiling")
+                    driver = run_driver(args.data, args.driver_files, workdir, options,
+                                        f"{url}?schema=ray_driver_ceiling")
+                    drop_schema(url, "ray_driver_ceiling")
+                runs.append(driver)
+                print(f"{driver.name:15} {driver.images} images in {driver.seconds:.1f} s = {driver.rate:.0f} "
+                      "img/s (PostgreSQL: the same)", flush=True)
     locals_ = [r for r in runs if r.name == "local"]
     ray_runs = [r for r in runs if r.actors]
     driver_rate = next((r.rate for r in runs if r.name == "driver ceiling"), None)
