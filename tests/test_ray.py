@@ -119,6 +119,37 @@ def test_decoding_rows_and_an_actors_call_give_the_local_engines_results(tmp_pat
     np.testing.assert_allclose(mine, local[0].vectors, atol=1e-6)
 
 
+def test_a_cluster_address_that_nothing_answers_is_refused_in_one_line_not_retried_for_minutes(tmp_path, capsys):
+    """Ray retries an unreachable ``--ray-address`` for minutes, a warning every few seconds; lookalike asks
+    the port first and stops with one line naming the address. A port that answers passes; a malformed
+    address gets the form to use."""
+    import socket
+    import time
+
+    from lookalike.cli import main
+    from lookalike.engines.ray_engine import check_reachable
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        open_port = listening.getsockname()[1]
+        check_reachable(f"127.0.0.1:{open_port}")
+        check_reachable(f"ray://127.0.0.1:{open_port}")
+    with socket.socket() as closed:  # a port just freed: nothing listens there
+        closed.bind(("127.0.0.1", 0))
+        closed_port = closed.getsockname()[1]
+    for bad in ("localhost", "10.0.0.5:port", ":6379", "10.0.0.5:70000"):
+        with pytest.raises(LookalikeError, match="HOST:PORT"):
+            check_reachable(bad)
+    make_image(tmp_path / "photos" / "a.jpg")
+    started = time.monotonic()
+    code = main(["index", str(tmp_path / "photos"), "--catalog", str(tmp_path / "c.lk"), "--model", TINY_MODEL,
+                 "--weights", "random", "--engine", "ray", "--ray-address", f"127.0.0.1:{closed_port}", "-q"])
+    assert code == 2 and time.monotonic() - started < 60
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot reach Ray at 127.0.0.1:{closed_port}" in err[0], err
+
+
 def test_actors_receive_a_text_image_model_without_its_text_tower(tiny_clip):
     """What ``RayEngine`` ships to its actors: the image tower and what scores with it, not the text tower;
     the same photo vectors; the driver's embedder keeps both towers."""

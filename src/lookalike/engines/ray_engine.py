@@ -26,6 +26,7 @@ import importlib.util
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from collections import Counter
@@ -55,6 +56,7 @@ MIN_DECODE_ROWS, MAX_DECODE_ROWS = 16, 256
 # actors' cores, or GPUs, never wait on JPEG decoding.
 DECODE_MEMORY = 512 * 2**20  # a decoding worker imports torchvision for the transform: ~380 MB
 ACTOR_START_SECONDS = int(os.environ.get("LOOKALIKE_RAY_ACTOR_START_SECONDS", "900"))  # model download included
+CONNECT_SECONDS = float(os.environ.get("LOOKALIKE_RAY_CONNECT_SECONDS", "10"))  # a cluster's port must answer by then
 PROGRESS_SECONDS = 10.0  # a progress line in the log (``-v``) this often, and whenever a node joins the work
 SRC_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this ``lookalike`` package
 
@@ -81,6 +83,32 @@ class RayOptions:
             raise LookalikeError(f"--actors {self.actors}: must be at least 1")
         if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0 or self.decode_cpus <= 0:
             raise LookalikeError("--gpus-per-actor must be >= 0, --cpus-per-actor and --decode-cpus > 0")
+
+
+def check_reachable(address: str, timeout: float = CONNECT_SECONDS) -> None:
+    """A cluster named by ``HOST:PORT`` (or ``ray://HOST:PORT``) must accept a TCP connection within
+    ``timeout`` seconds. Ray itself retries an unreachable address for minutes, printing a warning every few
+    seconds; ``auto`` and other schemes are left to Ray, which answers them at once.
+
+    Raises:
+        LookalikeError: the address is malformed, its host unknown, or nothing answers at its port.
+    """
+    if address == "auto" or ("://" in address and not address.startswith("ray://")):
+        return
+    target = address.removeprefix("ray://").rstrip("/")
+    host, sep, port = target.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LookalikeError(f"--ray-address {address}: give the head node as HOST:PORT (e.g. 10.0.0.5:6379, "
+                             "the port `ray start --head` printed), ray://HOST:10001, or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc) or type(exc).__name__)
+        raise LookalikeError(f"cannot reach Ray at {address} ({reason} within {timeout:g} s); start the cluster "
+                             "with `ray start --head` there, check the address, or drop --ray-address to run a "
+                             "local Ray") from exc
 
 
 def actors_for(resources: dict[str, float], opts: RayOptions, decoding: bool = True) -> int:
@@ -156,6 +184,7 @@ def _joined(ray, opts: RayOptions) -> Iterator[None]:
     if opts.address is None:
         kwargs["num_cpus"] = local_cpus(opts)
     else:
+        check_reachable(opts.address)
         kwargs["address"] = opts.address
     try:
         ray.init(**kwargs)
