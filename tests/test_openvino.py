@@ -52,6 +52,29 @@ def test_conversion_is_cached_and_a_second_encoder_does_not_convert(tmp_path, ti
     assert not list((tmp_path / "cache").glob(".converting-*"))
 
 
+@pytest.mark.parametrize("damage", ["model.bin cut short", "model.xml overwritten", "source.json gone"])
+def test_a_damaged_converted_model_in_the_cache_is_converted_again(tmp_path, tiny_embedder, damage, caplog):
+    """A cache entry that is not as it was written (a truncated copy, a full disk, a hand edit) is never
+    compiled: it is converted again, with a one-line warning, and gives the same vectors."""
+    photos = varied_photos(tmp_path / "photos", 4)
+    first = Encoder(tiny_embedder, FP32_OV, cache_dir=tmp_path / "cache")
+    before = first.encode(photos)
+    folder = first.model.xml.parent
+    if damage == "model.bin cut short":
+        data = (folder / "model.bin").read_bytes()
+        (folder / "model.bin").write_bytes(data[: len(data) // 3])
+    elif damage == "model.xml overwritten":
+        (folder / "model.xml").write_text("<net")
+    else:
+        (folder / "source.json").unlink()
+    with caplog.at_level("WARNING"):
+        again = Encoder(tiny_embedder, FP32_OV, cache_dir=tmp_path / "cache")
+    assert again.model.xml == first.model.xml
+    np.testing.assert_allclose(again.encode(photos), before, atol=1e-6)
+    warned = [r.getMessage() for r in caplog.records if "converting the model again" in r.getMessage()]
+    assert len(warned) == 1 and str(folder) in warned[0]
+
+
 def test_openvino_fp32_vectors_equal_pytorch_fp32(tmp_path, tiny_embedder):
     photos = varied_photos(tmp_path / "photos", 10)
     ov, pt = Encoder(tiny_embedder, FP32_OV), Encoder(tiny_embedder, FP32_TORCH)
@@ -183,6 +206,31 @@ def test_forced_int8_is_calibrated_on_the_catalog_reports_its_recall_and_is_sear
     assert f"int8     recall@10 vs fp32 {gate['recall']:.3f} on 24 calibration photos" in out
     assert main(["status", "--catalog", str(tmp_path / "shop.lk"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["runtime"]["int8"]["recall"] == gate["recall"]
+
+
+def test_a_damaged_int8_model_is_made_again_on_the_next_run_and_the_old_files_go(tmp_path, tiny_embedder,
+                                                                                  caplog):
+    """The catalog records the sizes of its int8 model's files; one cut short is not compiled (the catalog
+    falls back as if it had none, with a warning naming the file) and the next run calibrates a new one."""
+    import json
+
+    catalog, _ = int8_catalog(tmp_path, tiny_embedder)
+    with catalog:
+        gate = json.loads((tmp_path / "shop.lk" / "catalog.json").read_text())["extra"]["int8"]
+        weights = (tmp_path / "shop.lk" / gate["model"]).with_suffix(".bin")
+        weights.write_bytes(weights.read_bytes()[:100])
+        with caplog.at_level("WARNING"):
+            assert catalog.int8_model() is None
+        assert any(str(weights) in r.getMessage() for r in caplog.records)
+        make_image(tmp_path / "photos" / "new.jpg", color=(10, 220, 90), shape="ellipse")
+        again = catalog.add(tmp_path / "photos", options=EncodeOptions(device="cpu", runtime="openvino",
+                                                                      precision="int8", progress=False))
+        assert again.indexed == 1 and again.notes[0].startswith("int8 forced: ")
+        remade = catalog.int8_model()
+        assert remade is not None and remade.path.with_suffix(".bin").stat().st_size > 100
+        left = sorted(p.name for p in (tmp_path / "shop.lk" / "openvino").iterdir())
+        assert left == sorted([remade.path.name, remade.path.with_suffix(".bin").name])
+        assert catalog.search(tmp_path / "photos" / "new.jpg", k=1)[0].id == "new"
 
 
 @pytest.mark.parametrize("threshold, chosen", [(0.5, "int8"), (1.01, "bf16")], ids=["gate passes", "gate fails"])

@@ -415,6 +415,13 @@ class Catalog:
         path = self.folder / record["model"]
         if not (path.is_file() and path.with_suffix(".bin").is_file()):
             return None
+        sizes = record.get("files")  # recorded since the int8 model files are checked on open
+        for file in (path, path.with_suffix(".bin")) if sizes else ():
+            size = file.stat().st_size
+            if size != sizes.get(file.name):
+                log.warning("%s is %s bytes, written as %s: the int8 model is made again from the catalog's photos "
+                            "when int8 is next used", file, f"{size:,}", sizes.get(file.name))
+                return None
         return Int8Model(path=path, recall=float(record["recall"]), k=int(record["k"]), held=int(record["held"]),
                          calibration=int(record["calibration"]), overlap=bool(record["overlap"]),
                          threshold=float(record["threshold"]))
@@ -461,12 +468,17 @@ class Catalog:
         from ..engines import openvino_runtime as ovr
 
         started = time.perf_counter()
+        replaced = self.config.extra.get("int8", {}).get("model")  # damaged or missing: made again below
         int8 = ovr.quantize_int8(self.embedder, ovr.converted(self.embedder), draw_sample(sorted(paths, key=str)),
                                  self.folder / OPENVINO_DIR, draft=probe.draft_size, max_pixels=options.max_pixels,
                                  max_bytes=options.max_bytes, threshold=ovr.GATE_RECALL)
         self._record(int8={"model": int8.path.relative_to(self.folder).as_posix(), "recall": round(int8.recall, 4),
                            "k": int8.k, "held": int8.held, "calibration": int8.calibration, "overlap": int8.overlap,
-                           "threshold": int8.threshold, "seconds": round(time.perf_counter() - started, 1)})
+                           "threshold": int8.threshold, "seconds": round(time.perf_counter() - started, 1),
+                           "files": {p.name: p.stat().st_size for p in (int8.path, int8.path.with_suffix(".bin"))}})
+        if replaced and self.folder / replaced != int8.path:
+            for file in (self.folder / replaced, (self.folder / replaced).with_suffix(".bin")):
+                file.unlink(missing_ok=True)
         self._encoder = None
         if options.precision == "int8":
             return f"int8 forced: {int8.describe()}"

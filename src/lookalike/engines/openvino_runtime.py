@@ -212,7 +212,7 @@ def _convert(embedder: Embedder, kind: str, shape: tuple[int, ...], module, exam
     suffix = "" if kind == "fp32" else f"-{kind}"
     folder = root / f"{_slug(embedder.info.name)}-{model_key(embedder, shape, kind)}{suffix}"
     xml = folder / "model.xml"
-    if xml.is_file() and (folder / "model.bin").is_file():
+    if folder.is_dir() and cache_damage(folder) is None:
         return xml
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -220,9 +220,42 @@ def _convert(embedder: Embedder, kind: str, shape: tuple[int, ...], module, exam
         raise LookalikeError(f"cannot write the OpenVINO model cache {root} ({exc.strerror or exc}); set "
                              "LOOKALIKE_OPENVINO_CACHE to a writable folder, or use --runtime torch") from exc
     with _conversion_lock(root / f".{folder.name}.lock"):
-        if xml.is_file() and (folder / "model.bin").is_file():  # converted by another process while we waited
-            return xml
+        if folder.is_dir():
+            damage = cache_damage(folder)
+            if damage is None:  # converted by another process while we waited
+                return xml
+            log.warning("%s: %s; converting the model again", folder, damage)
+            shutil.rmtree(folder, ignore_errors=True)
         return _convert_unlocked(embedder, kind, shape, module, example, dynamic, root, folder)
+
+
+MODEL_FILES = ("model.xml", "model.bin")
+
+
+def cache_damage(folder: Path) -> str | None:
+    """Why a converted model in the cache cannot be trusted (a file missing, or not the size it was written
+    with: a truncated copy, a full disk), or None when it is whole. The sizes are recorded in its
+    ``source.json`` when it is converted."""
+    try:
+        recorded = json.loads((folder / "source.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its record (source.json) is missing or unreadable"
+    for name in MODEL_FILES:
+        try:
+            size = (folder / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if size != recorded.get(name):
+            return f"{name} is {size:,} bytes, written as {recorded.get(name)!r}"
+    return None
+
+
+def openvino_reason(exc: BaseException) -> str:
+    """The line of an OpenVINO exception that says what went wrong (its first lines name source files)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))
+              and not line.endswith("failed with GeneralFailure:")]
+    return ((useful or lines or [type(exc).__name__])[-1])[:200]
 
 
 @contextlib.contextmanager
@@ -262,8 +295,9 @@ def _convert_unlocked(embedder: Embedder, kind: str, shape: tuple[int, ...], mod
             warnings.simplefilter("ignore")  # tracing's deprecation and shape notes: the graph is checked by tests
             model = ov.convert_model(module(), example_input=example, input=[dynamic])
         ov.save_model(model, building / "model.xml", compress_to_fp16=False)
+        files = {name: (building / name).stat().st_size for name in MODEL_FILES}
         (building / "source.json").write_text(json.dumps({**asdict(embedder.info), "shape": list(shape),
-                                                          "kind": kind}, indent=2))
+                                                          "kind": kind, "files": files}, indent=2))
         try:
             os.rename(building, folder)
         except OSError:  # another process converted it meanwhile
@@ -386,7 +420,7 @@ class OpenVinoModel:
             return self.core.compile_model(self.core.read_model(self.xml), "CPU",
                                            {"INFERENCE_PRECISION_HINT": self.hint, **config})
         except RuntimeError as exc:
-            raise LookalikeError(f"OpenVINO cannot compile {self.xml} ({str(exc).strip().splitlines()[0][:160]}); "
+            raise LookalikeError(f"OpenVINO cannot compile {self.xml} ({openvino_reason(exc)}); "
                                  "delete it to convert again, or use --runtime torch") from exc
 
     def latency(self) -> Any:

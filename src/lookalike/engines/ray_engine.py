@@ -413,7 +413,13 @@ def _local_int8(int8: Int8Model, xml: bytes, weights: bytes) -> Int8Model:
     digest.update(weights)
     folder = default_cache_dir() / "int8" / digest.hexdigest()[:16]
     target = folder / "model.xml"
-    if not (target.is_file() and target.with_suffix(".bin").is_file()):
+    def whole(path: Path, data: bytes) -> bool:
+        try:
+            return path.stat().st_size == len(data)
+        except OSError:
+            return False
+
+    if not (whole(target, xml) and whole(target.with_suffix(".bin"), weights)):  # missing, or cut short
         folder.mkdir(parents=True, exist_ok=True)
         for name, data in (("model.bin", weights), ("model.xml", xml)):
             partial = folder / f".{name}.{os.getpid()}"
