@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import tempfile
@@ -41,6 +42,18 @@ def make_image(path: Path, color=(200, 30, 30), size=(96, 128), shape: str = "re
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format=fmt, **save)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _lookalike_logger_as_it_was():
+    """``cli.main`` sets the ``lookalike`` logger up for a terminal (its own stderr handler, no propagation to
+    the root); put it back after each test, so that a later test's ``caplog`` sees the records it asserts on."""
+    logger = logging.getLogger("lookalike")
+    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 @pytest.fixture(scope="session")
