@@ -38,7 +38,7 @@ from ..core.config import CatalogConfig, EmbedderInfo, EncodeOptions
 from ..core.errors import CatalogError, ItemExistsError, QueryError, StoreUnavailableError, UnknownItemError
 from ..core.images import IMAGE_EXTENSIONS, ImageInput, content_hash, decode
 from ..core.sources import SourceItem, is_folder_source, read_source, source_name
-from ..engines.embed import EncodedBatch, Encoder, Engine, FileTask, encode_files
+from ..engines.embed import EncodedBatch, Encoder, Engine, FileTask, encode_files, resolve_network_runtime
 from ..engines.openvino_runtime import AUTO_MIN_PHOTOS, MIN_PHOTOS, Int8Model, draw_sample
 from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
 from ..models.base import RANDOM_WEIGHTS, Embedder
@@ -452,25 +452,25 @@ class Catalog:
             if options.precision == "int8":
                 raise CatalogError(f"{self.config.embedder.name} has no network to quantise; drop --precision int8")
             return None
-        probe = Encoder(self.embedder, dataclasses.replace(options, precision="auto"))
-        if probe.runtime != "openvino":
-            if options.precision == "int8":
-                Encoder(self.embedder, options)  # raises the one-line reason
+        from ..engines import openvino_runtime as ovr
+
+        # Which runtime the model would run on, without placing it (the encoder that embeds is made after this).
+        _, runtime, native_bf16 = resolve_network_runtime(options)  # raises for int8 where OpenVINO cannot run
+        if runtime != "openvino":
             return None
         paths = {storage.as_location(str(path)) for _, _, path, _ in self.store.ok_items()
                  if not str(path).startswith(UPLOAD_PREFIX)} | set(new or [])
-        fallback = probe.precision
+        fallback = ovr.resolve_precision("auto", native_bf16, None)
         if len(paths) < (MIN_PHOTOS if options.precision == "int8" else AUTO_MIN_PHOTOS):
             if options.precision == "int8":
                 raise CatalogError(f"--precision int8 needs at least {MIN_PHOTOS} photos to calibrate and check it; "
                                    f"{self.name} has {len(paths)}; use --precision bf16")
             return None  # too few to judge int8 by; tried again once the catalog has grown
-        from ..engines import openvino_runtime as ovr
-
+        draft = self.embedder.draft_size if options.draft else None  # as the encoder decodes
         started = time.perf_counter()
         replaced = self.config.extra.get("int8", {}).get("model")  # damaged or missing: made again below
         int8 = ovr.quantize_int8(self.embedder, ovr.converted(self.embedder), draw_sample(sorted(paths, key=str)),
-                                 self.folder / OPENVINO_DIR, draft=probe.draft_size, max_pixels=options.max_pixels,
+                                 self.folder / OPENVINO_DIR, draft=draft, max_pixels=options.max_pixels,
                                  max_bytes=options.max_bytes, threshold=ovr.GATE_RECALL)
         self._record(int8={"model": int8.path.relative_to(self.folder).as_posix(), "recall": round(int8.recall, 4),
                            "k": int8.k, "held": int8.held, "calibration": int8.calibration, "overlap": int8.overlap,
@@ -516,7 +516,7 @@ class Catalog:
         touch: list[tuple[str, str, int, int]] = []
         relabel: dict[str, dict[str, str]] = {}
         for item in listed:
-            if item.size is not None:  # an object: its listing said
+            if item.size is not None:  # the listing's stat (a folder) or the object store's (a prefix)
                 size, mtime = item.size, item.mtime_ns or 0
             else:
                 try:

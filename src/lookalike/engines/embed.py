@@ -33,6 +33,7 @@ from .files import (
     FileTask,
     WorkerPlan,
     cores,
+    cpu_has_native_bf16,
     default_batch_size,
     default_workers,
     plan_workers,
@@ -101,15 +102,10 @@ class Encoder:
             from . import openvino_runtime as ovr
             from . import torch_runtime as rt
 
-            self.device: Any = rt.resolve_device(self.options.device)
-            native_bf16 = rt.cpu_has_native_bf16()
-            self.runtime = ovr.resolve_runtime(self.options.runtime, self.device.type, native_bf16)
+            self.device, self.runtime, native_bf16 = resolve_network_runtime(self.options)
             if self.runtime == "openvino":
                 self._precision = ovr.resolve_precision(self.options.precision, native_bf16, int8)
             else:
-                if self.options.precision == "int8":
-                    raise LookalikeError("--precision int8 runs on OpenVINO: add --runtime openvino (a CPU run "
-                                         "on x86), or choose bf16 or fp32")
                 self.dtype = rt.resolve_precision(self.options.precision, self.device)
                 self._precision = rt.PRECISION_NAMES[self.dtype]
             self.batch_size = self.options.batch_size or rt.default_batch_size(self.device)
@@ -205,6 +201,26 @@ class Encoder:
     def draft_size(self) -> int | None:
         """The smallest side JPEG draft decoding may go down to (None: decode at full size)."""
         return self.embedder.draft_size if self.options.draft else None
+
+
+def resolve_network_runtime(options: EncodeOptions) -> tuple[Any, str, bool]:
+    """(``torch.device``, ``"torch"`` or ``"openvino"``, whether the CPU has native bf16) for a network model
+    under ``options``, without placing any model: what ``Encoder`` starts from, and what a caller asks before
+    deciding whether there is anything to quantise.
+
+    Raises:
+        LookalikeError: unknown or absent device or runtime; ``--precision int8`` where OpenVINO does not run.
+    """
+    from . import openvino_runtime as ovr
+    from . import torch_runtime as rt
+
+    device = rt.resolve_device(options.device)
+    native_bf16 = cpu_has_native_bf16()
+    runtime = ovr.resolve_runtime(options.runtime, device.type, native_bf16)
+    if runtime != "openvino" and options.precision == "int8":
+        raise LookalikeError("--precision int8 runs on OpenVINO: add --runtime openvino (a CPU run on x86), or "
+                             "choose bf16 or fp32")
+    return device, runtime, native_bf16
 
 
 def encode_files(encoder: Encoder, tasks: Sequence[FileTask]) -> Iterator[EncodedBatch]:
