@@ -208,10 +208,12 @@ def test_forced_int8_is_calibrated_on_the_catalog_reports_its_recall_and_is_sear
     assert json.loads(capsys.readouterr().out)["runtime"]["int8"]["recall"] == gate["recall"]
 
 
+@pytest.mark.parametrize("change", ["a new photo", "a photo rewritten"])
 def test_a_damaged_int8_model_is_made_again_on_the_next_run_and_the_old_files_go(tmp_path, tiny_embedder,
-                                                                                  caplog):
+                                                                                  caplog, change):
     """The catalog records the sizes of its int8 model's files; one cut short is not compiled (the catalog
-    falls back as if it had none, with a warning naming the file) and the next run calibrates a new one."""
+    falls back as if it had none, with a warning naming the file) and the next run calibrates a new one, also
+    when the calibration sample, and so the model's file name, is the same as before (a photo rewritten)."""
     import json
 
     catalog, _ = int8_catalog(tmp_path, tiny_embedder)
@@ -222,15 +224,17 @@ def test_a_damaged_int8_model_is_made_again_on_the_next_run_and_the_old_files_go
         with caplog.at_level("WARNING"):
             assert catalog.int8_model() is None
         assert any(str(weights) in r.getMessage() for r in caplog.records)
-        make_image(tmp_path / "photos" / "new.jpg", color=(10, 220, 90), shape="ellipse")
+        name = "new.jpg" if change == "a new photo" else "p003.jpg"
+        make_image(tmp_path / "photos" / name, color=(10, 220, 90), shape="ellipse", size=(70, 90))
         again = catalog.add(tmp_path / "photos", options=EncodeOptions(device="cpu", runtime="openvino",
                                                                       precision="int8", progress=False))
         assert again.indexed == 1 and again.notes[0].startswith("int8 forced: ")
         remade = catalog.int8_model()
+        assert (remade.path == tmp_path / "shop.lk" / gate["model"]) == (change == "a photo rewritten")
         assert remade is not None and remade.path.with_suffix(".bin").stat().st_size > 100
         left = sorted(p.name for p in (tmp_path / "shop.lk" / "openvino").iterdir())
         assert left == sorted([remade.path.name, remade.path.with_suffix(".bin").name])
-        assert catalog.search(tmp_path / "photos" / "new.jpg", k=1)[0].id == "new"
+        assert catalog.search(tmp_path / "photos" / name, k=1)[0].id == name.removesuffix(".jpg")
 
 
 @pytest.mark.parametrize("threshold, chosen", [(0.5, "int8"), (1.01, "bf16")], ids=["gate passes", "gate fails"])

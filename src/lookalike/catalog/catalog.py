@@ -467,8 +467,12 @@ class Catalog:
                                    f"{self.name} has {len(paths)}; use --precision bf16")
             return None  # too few to judge int8 by; tried again once the catalog has grown
         draft = self.embedder.draft_size if options.draft else None  # as the encoder decodes
+        # A recorded model that int8_model() refused is missing or damaged: its files go first, as the same sample
+        # names the same files, which quantize_int8 would otherwise take as already made.
+        recorded = self.config.extra.get("int8", {}).get("model")
+        for file in (self.folder / recorded, (self.folder / recorded).with_suffix(".bin")) if recorded else ():
+            file.unlink(missing_ok=True)
         started = time.perf_counter()
-        replaced = self.config.extra.get("int8", {}).get("model")  # damaged or missing: made again below
         int8 = ovr.quantize_int8(self.embedder, ovr.converted(self.embedder), draw_sample(sorted(paths, key=str)),
                                  self.folder / OPENVINO_DIR, draft=draft, max_pixels=options.max_pixels,
                                  max_bytes=options.max_bytes, threshold=ovr.GATE_RECALL)
@@ -476,9 +480,6 @@ class Catalog:
                            "k": int8.k, "held": int8.held, "calibration": int8.calibration, "overlap": int8.overlap,
                            "threshold": int8.threshold, "seconds": round(time.perf_counter() - started, 1),
                            "files": {p.name: p.stat().st_size for p in (int8.path, int8.path.with_suffix(".bin"))}})
-        if replaced and self.folder / replaced != int8.path:
-            for file in (self.folder / replaced, (self.folder / replaced).with_suffix(".bin")):
-                file.unlink(missing_ok=True)
         self._encoder = None
         if options.precision == "int8":
             return f"int8 forced: {int8.describe()}"
