@@ -56,6 +56,16 @@ def test_the_same_name_in_another_folder_is_a_new_item_and_said_never_an_overwri
         assert "shopA" in cat.item("shoe").path and "shopB" in cat.item("shopB/shoe").path
 
 
+def test_the_command_line_says_each_warning_once(tmp_path):
+    make_image(tmp_path / "shopA" / "shoe.jpg", color=(200, 30, 30))
+    make_image(tmp_path / "shopB" / "shoe.jpg", color=(30, 60, 200), shape="ellipse")
+    run("index", "shopA", "--catalog", "c.lk", "--model", "pixels", "-q", cwd=tmp_path)
+    out = run("index", "shopB", "--catalog", "c.lk", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    said = [line for line in out.stderr.splitlines() if "already names" in line]
+    assert len(said) == 1 and "shopB/shoe.jpg" in said[0], out.stderr
+
+
 def test_changing_the_id_scheme_between_runs_never_doubles_items(tmp_path, photo_dir):
     rows = ["id,path,colour"] + [f"sku{i},{p.relative_to(photo_dir).as_posix()},{p.stem.split('-')[0]}"
                                  for i, p in enumerate(sorted(photo_dir.rglob("*.jpg")))]

@@ -71,7 +71,7 @@ class IndexReport:
     failed_before: int = 0  # failed earlier and unchanged since: not retried
     pruned: int = 0
     seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # each also logged once (the command line shows the log)
     runtime: str = ""  # what embedded them: e.g. "openvino int8 on cpu" (empty when nothing was embedded)
     notes: list[str] = field(default_factory=list)  # one line each, e.g. the int8 gate's verdict
     engine: str = "local"  # what embedded: "local" (this machine's encoder) or "ray"
@@ -524,6 +524,7 @@ class Catalog:
                     stat = Path(item.path).stat()
                 except OSError as exc:
                     report.warnings.append(f"{item.path}: cannot stat ({exc.strerror})")
+                    log.warning(report.warnings[-1])
                     continue
                 size, mtime = stat.st_size, stat.st_mtime_ns
             old = stored.get(item.id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import TYPE_CHECKING
 
 from .common import Parents, encode_options, engine_from_args, non_negative_int, show_matches
@@ -39,8 +38,6 @@ def cmd_index(args: argparse.Namespace, out: Console) -> int:
             print(json.dumps({**report.__dict__, "images_per_second": report.images_per_second}, indent=2,
                              default=str))
         else:
-            for warning in report.warnings:
-                print(f"warning: {warning}", file=sys.stderr)
             for note in report.notes:
                 print(note)
             print(f"{catalog.name}: {report.summary()}; {len(catalog)} items searchable")
