@@ -259,6 +259,20 @@ def test_auto_uses_int8_only_when_its_gate_passes_and_says_so(tmp_path, tiny_emb
         assert catalog.encoder(EncodeOptions(device="cpu")).precision == chosen
 
 
+def test_forced_int8_on_too_few_photos_is_refused_in_one_line_and_embeds_nothing(tmp_path, tiny_embedder):
+    from lookalike.catalog.catalog import MIN_PHOTOS
+
+    varied_photos(tmp_path / "photos", MIN_PHOTOS - 1)
+    with Catalog.create(tmp_path / "shop.lk", TINY_MODEL, embedder=tiny_embedder) as catalog:
+        with pytest.raises(LookalikeError) as refused:
+            catalog.add(tmp_path / "photos", options=EncodeOptions(device="cpu", runtime="openvino",
+                                                                   precision="int8", progress=False))
+        message = str(refused.value)
+        assert "\n" not in message and f"needs at least {MIN_PHOTOS} photos" in message
+        assert f"has {MIN_PHOTOS - 1}" in message and "--precision bf16" in message
+        assert len(catalog) == 0 and catalog.int8_model() is None
+
+
 def test_auto_leaves_small_catalogs_in_bf16_without_calibrating(tmp_path, tiny_embedder, monkeypatch):
     from lookalike.engines import openvino_runtime as ovr
 

@@ -464,7 +464,7 @@ class Catalog:
         if len(paths) < (MIN_PHOTOS if options.precision == "int8" else AUTO_MIN_PHOTOS):
             if options.precision == "int8":
                 raise CatalogError(f"--precision int8 needs at least {MIN_PHOTOS} photos to calibrate and check it; "
-                                   f"{self.name} has {len(paths)}; use --precision bf16")
+                                   f"{self.name} with this run's files has {len(paths)}; use --precision bf16")
             return None  # too few to judge int8 by; tried again once the catalog has grown
         draft = self.embedder.draft_size if options.draft else None  # as the encoder decodes
         # A recorded model that int8_model() refused is missing or damaged: its files go first, as the same sample
