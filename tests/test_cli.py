@@ -65,6 +65,22 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, photo_dir, tiny_embedder,
     assert "Traceback" not in res.stderr
 
 
+def test_the_console_script_keeps_the_exit_code_and_skips_the_last_collections(tmp_path):
+    """``lookalike`` (``cli.run``) exits with ``main``'s code, still runs atexit handlers, and has frozen
+    the heap before the interpreter's final collections (what makes a PyTorch command end 1 s sooner)."""
+    script = ("import atexit, gc, sys\n"
+              "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0, flush=True))\n"
+              "from lookalike.cli import run\n"
+              "sys.argv = ['lookalike'] + sys.argv[1:]\n"
+              "run()\n")
+    ok = subprocess.run([sys.executable, "-c", script, "models"], capture_output=True, text=True, cwd=tmp_path,
+                        env=ENV, timeout=120)
+    assert ok.returncode == 0 and "resnet50" in ok.stdout and "frozen True" in ok.stdout
+    refused = subprocess.run([sys.executable, "-c", script, "status", "--catalog", "missing.lk"],
+                             capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=120)
+    assert refused.returncode == 2 and "no catalog here" in refused.stderr and "frozen True" in refused.stdout
+
+
 def test_every_command_has_help():
     from lookalike.cli import build_parser
 
