@@ -190,7 +190,7 @@ def run_driver(data: Path, files: int, workdir: Path, options: EncodeOptions, lo
     folder = workdir / "driver-photos"
     if not folder.is_dir():
         stage(data, files, workdir, name=folder.name)
-    digests: dict[Path, str] = {}
+    digests: dict[tuple[int, int], str] = {}
     known: dict[str, tuple[int, str]] = {}
     for path in folder.iterdir():
         source = path.resolve()
