@@ -63,11 +63,12 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "lookalike.cli", "index", str(args.photos / "styles.csv"), "--images",
                         str(args.photos / "images"), "--catalog", str(catalogs[version]), "--model", "pixels", "-q"],
                        check=True, env={**os.environ, "PYTHONPATH": str(src)})
-    photo = sorted((args.photos / "images").glob("*.jpg"))[0]
+    photos = sorted((args.photos / "images").glob("*.jpg"))
+    photo = photos[0]
     if args.network:
         few = work / "few"
         few.mkdir()
-        for path in sorted((args.photos / "images").glob("*.jpg"))[:NETWORK_PHOTOS]:
+        for path in photos[:NETWORK_PHOTOS]:
             shutil.copyfile(path, few / path.name)
         for version, src in versions.items():
             subprocess.run([sys.executable, "-m", "lookalike.cli", "index", str(few), "--catalog",
