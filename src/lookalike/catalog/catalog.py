@@ -42,8 +42,7 @@ from ..engines.embed import EncodedBatch, Encoder, Engine, FileTask, encode_file
 from ..engines.openvino_runtime import AUTO_MIN_PHOTOS, MIN_PHOTOS, Int8Model, draw_sample
 from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
 from ..models.base import RANDOM_WEIGHTS, Embedder
-from ..models.modelfile import canonical_name
-from ..models.registry import DEFAULT_MODEL, create_embedder, no_text_tower
+from ..models.registry import DEFAULT_MODEL, canonical_name, create_embedder, no_text_tower
 from ..store import ItemRecord, SQLiteStore, Store, StoredItem, is_database_url, open_store, parse_database_url
 from ..store.base import UPLOAD_PREFIX, Watch
 from .consistency import index_disagrees

@@ -138,14 +138,16 @@ def runtime_lines(runtime: dict) -> list[str]:
 def cmd_models(args: argparse.Namespace, out: Console) -> int:
     from ..models.registry import list_models
 
-    rows = [(name, "text+image" if spec.text else "image", spec.description) for name, spec in list_models().items()]
+    specs = list_models()
+    rows = [(name, "text+image" if spec.text else "image", spec.description) for name, spec in specs.items()]
     rows += [("timm:<name>", "image", "any timm model, e.g. timm:convnext_tiny.fb_in22k"),
              ("open_clip:<arch>/<tag>", "text+image", "any open_clip model, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k"),
              ("hf-hub:<repo>", "text+image", "any open_clip model on the Hugging Face hub, e.g. "
                                              "hf-hub:Marqo/marqo-fashionSigLIP"),
              ("path.lkm", "either", "a model from `lookalike train` (train clip: text+image)")]
     if getattr(args, "json", False):
-        print(json.dumps([{"name": n, "understands": u, "description": d} for n, u, d in rows], indent=2))
+        print(json.dumps([{"name": n, "understands": u, "description": d, "builtin": n in specs and specs[n].builtin}
+                          for n, u, d in rows], indent=2))
         return 0
     width = max(len(n) for n, _, _ in rows)
     for name, understands, description in rows:
@@ -166,13 +168,16 @@ def cmd_demo(args: argparse.Namespace, out: Console) -> int:
         raise LookalikeError("the demo builds a folder catalog; give --catalog a folder, then `lookalike copy` it "
                              "to a database if you like")
     path = Path(args.catalog)
+    # Said before the model is loaded (importing PyTorch alone takes seconds), so the tour starts at once.
+    out.print(f"Building a demo catalog at {path}: sample shop photos shipped with lookalike, embedded with "
+              f"{args.model}...", markup=False, highlight=False)
     result = run_demo(path, model=args.model, options=encode_options(args), weights=args.weights)
     with result.catalog as catalog:
         if result.fallback:
             from ..catalog.demo import OFFLINE_MODEL, OFFLINE_QUALITY
 
-            out.print(f"note: {result.fallback}; the demo uses {OFFLINE_MODEL} instead, the best embedder that "
-                      f"needs no download ({OFFLINE_QUALITY}). For {args.model}: run once with internet access "
+            out.print(f"note: {result.fallback}; the demo uses {OFFLINE_MODEL} instead, the model built into "
+                      f"lookalike ({OFFLINE_QUALITY}). For {args.model}: run once with internet access "
                       "(the weights are then cached), or pass --weights FILE", markup=False, highlight=False)
         out.print(f"[bold]Demo catalog[/bold] {path}: {result.report.summary()}")
         out.print(f"model: {catalog.config.embedder.describe()}")
@@ -180,19 +185,26 @@ def cmd_demo(args: argparse.Namespace, out: Console) -> int:
             name = labels.get("productDisplayName", item_id)
             show_matches(matches, args, out, title=f"more like {item_id}: {name}")
         example = result.examples[0][0] if result.examples else "ID"
-        out.print("\nNext:")
-        out.print(f"  lookalike similar {example} --catalog {path} -k 5 --where gender=Men")
+        items = ",".join(e[0] for e in result.examples) or example
         photo = result.examples[-1][2][0].path if result.examples and result.examples[-1][2] else "photo.jpg"
-        out.print(f"  lookalike search {photo} --catalog {path} -k 5")
-        out.print(f"  lookalike status --catalog {path}")
-        out.print("  lookalike index ./your-images --catalog shop.lk     # your own catalog")
+        for line in (
+            "\nNext:",
+            f"  lookalike serve --catalog {path}                  # the web page at http://127.0.0.1:8000",
+            f"  lookalike plot grid --catalog {path} --items {items} --out demo-grid.png   # look-alikes drawn",
+            f"  lookalike plot map --catalog {path} --out demo-map.png                  # the catalog in 2D",
+            f"  lookalike similar {example} --catalog {path} -k 5 --where gender=Men",
+            f"  lookalike search {photo} --catalog {path} -k 5",
+            f"  lookalike status --catalog {path}",
+            "  lookalike index ./your-images --catalog shop.lk --model mobilenetv2    # your own catalog",
+        ):
+            out.print(line, markup=False, highlight=False)
     return 0
 
 
 def add_parsers(sub, parents: Parents) -> None:
     """Add the catalog commands to the ``lookalike`` parser."""
     common, run, catalog_arg = parents.common, parents.embed, parents.catalog
-    from ..models.registry import DEFAULT_MODEL
+    from ..models.registry import BUILTIN_MODEL, DEFAULT_MODEL
 
     p = sub.add_parser("index", parents=[common, run, catalog_arg, parents.engine], help="embed a folder or manifest",
                        description="Embed every image of a folder (recursive) or CSV manifest into a catalog. "
@@ -245,7 +257,8 @@ def add_parsers(sub, parents: Parents) -> None:
                        description="Build a catalog of the sample product photos shipped with lookalike and "
                        "show look-alikes for three of them. Works offline.")
     p.add_argument("--catalog", default="lookalike-demo.lk", help="where to build it (default lookalike-demo.lk)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"embedder (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=BUILTIN_MODEL, help=f"embedder (default {BUILTIN_MODEL}, built in: no "
+                   "download)")
     p.add_argument("--weights", default=None, help="local weights file instead of the hub")
     p.add_argument("--json", action="store_true", help="print the look-alikes as JSON")
     p.set_defaults(func=cmd_demo, where=None)

@@ -12,13 +12,20 @@ from urllib.parse import urlparse
 
 from ..core.errors import ModelUnavailableError
 
+# Models that work with no network and no hub cache, for every "cannot load" message.
+OFFLINE_MODELS = "--model mobilenetv2 (built in: ImageNet MobileNetV2), timm:local-dir:PATH (a timm model folder)"
+
+
+def offline_models() -> str:
+    return f"Works offline: {OFFLINE_MODELS}"
+
 
 def fixes(what: str = "weights") -> str:
     """The ways to get hub files onto a machine, for the end of a one-line error."""
     home = os.environ.get("HF_HOME", "~/.cache/huggingface")
     local = "; or pass --weights PATH to a local .safetensors/.pth file" if what == "weights" else ""
     return (f"Fixes: run once with internet access so the {what} are cached under HF_HOME={home}; "
-            f"or copy that cache here{local}")
+            f"or copy that cache here{local}; or use a model that works offline: {OFFLINE_MODELS}")
 
 
 def hub_offline() -> bool:
@@ -46,13 +53,33 @@ def probe(name: str, what: str, host: str, port: int = 443) -> None:
     """
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return  # behind a proxy a direct probe says nothing; let the hub client try
-    try:
-        socket.create_connection((host, port), timeout=float(os.environ.get("LOOKALIKE_HUB_TIMEOUT", "5"))).close()
-    except OSError as exc:
+    timeout = float(os.environ.get("LOOKALIKE_HUB_TIMEOUT", "1.5"))
+    error = _connect_within(host, port, timeout)
+    if error is not None:
         raise ModelUnavailableError(
-            f"cannot load weights for {name} ({what}): {host} is unreachable ({exc.strerror or exc}) and "
+            f"cannot load weights for {name} ({what}): {host} is unreachable ({error}) and "
             f"the weights are not cached. {fixes()}"
-        ) from exc
+        )
+
+
+def _connect_within(host: str, port: int, timeout: float) -> str | None:
+    """None if a TCP connection to ``host`` opens within ``timeout`` seconds, else why not. The name lookup
+    runs in a daemon thread too: ``getaddrinfo`` ignores socket timeouts and can hang for 20 s offline."""
+    import threading
+
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(str(exc.strerror or exc))
+
+    thread = threading.Thread(target=connect, daemon=True, name="lookalike-hub-probe")
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s; LOOKALIKE_HUB_TIMEOUT sets the wait"
 
 
 def probe_hub(name: str, what: str) -> None:
@@ -61,6 +88,22 @@ def probe_hub(name: str, what: str) -> None:
 
     url = urlparse(constants.ENDPOINT)
     probe(name, what, url.hostname or "huggingface.co", url.port or 443)
+
+
+def require_cached_or_reachable(name: str, what: str, repo: str) -> None:
+    """Fail in about a second, before PyTorch is imported, when hub weights are neither cached nor reachable.
+
+    Raises:
+        ModelUnavailableError: offline (``HF_HUB_OFFLINE``) and not cached, or the hub unreachable.
+    """
+    if cached_file(repo, ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")):
+        return
+    if hub_offline():
+        raise ModelUnavailableError(
+            f"cannot load weights for {name} ({what}): HF_HUB_OFFLINE is set and {repo} is not in the cache. "
+            f"{fixes()}"
+        )
+    probe_hub(name, what)
 
 
 def hub_file(name: str, repo: str, filenames: Sequence[str], what: str = "weights") -> str:

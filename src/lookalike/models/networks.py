@@ -156,6 +156,10 @@ def build_finetune(arch: dict) -> FinetuneNet:
     kwargs: dict = {"num_classes": 0}
     if arch.get("pool") not in (None, "", "default"):
         kwargs["global_pool"] = arch["pool"]
-    backbone = timm.create_model(arch["timm_name"], pretrained=False, **kwargs)
+    # The base's architecture without its tag (the weights come from the file; a model folder's tag, e.g.
+    # coral_in1k, is not in timm's registry), with the constructor arguments its weights need (model_args, e.g.
+    # pad_type "same", recorded since fine-tunes of model folders exist).
+    name = arch["timm_name"].split(".")[0]
+    backbone = timm.create_model(name, pretrained=False, **arch.get("model_args", {}), **kwargs)
     return FinetuneNet(backbone, int(arch["feature_dim"]), int(arch["dim"]), int(arch["hidden"]),
                        [int(n) for n in arch["n_classes"]])

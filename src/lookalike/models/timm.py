@@ -13,11 +13,11 @@ from PIL import Image
 from ..core.config import EmbedderInfo
 from ..core.errors import ModelUnavailableError
 from .base import RANDOM_SEED, RANDOM_WEIGHTS, prepare_with
-from .hub import cached_file, file_digest, fixes, hub_offline, probe, probe_hub
+from .hub import file_digest, fixes, offline_models, probe, require_cached_or_reachable
+from .timm_sources import TimmSource
 from .transforms import pil_steps, pil_transform, smallest_side_needed
 
 log = logging.getLogger(__name__)
-
 
 
 class TimmEmbedder:
@@ -41,6 +41,8 @@ class TimmEmbedder:
         self.mean = torch.tensor(self.data_config["mean"], dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(self.data_config["std"], dtype=torch.float32).view(1, 3, 1, 1)
         self.draft_size = smallest_side_needed(steps, self.data_config)
+        # Constructor arguments from a model folder's config.json (e.g. pad_type): a fine-tune rebuilds with them.
+        self.model_args: dict = {}
 
     @property
     def dim(self) -> int:
@@ -62,19 +64,43 @@ class TimmEmbedder:
         return self.normalize(arr.unsqueeze(0))[0].contiguous()
 
 
-def create_timm_embedder(name: str, timm_name: str, *, pool: str | None, weights: str | None) -> TimmEmbedder:
-    """Create the backbone with its weights; see ``registry.create_embedder``."""
+def create_timm_embedder(name: str, timm_name: str, *, pool: str | None, weights: str | None,
+                         source: TimmSource | None = None, builtin: bool = False) -> TimmEmbedder:
+    """Create the backbone with its weights; see ``registry.create_embedder``.
+
+    ``source``: a ``local-dir:``/``hf-hub:`` model already checked by ``timm_sources.locate``: timm builds it
+    from its config.json (architecture, ``model_args``, ``pretrained_cfg``) and folder, with no network.
+    ``builtin``: the source is the model shipped in the package (weights id ``builtin:<digest>``).
+    """
     import timm
 
     kwargs: dict = {"num_classes": 0}
     if pool is not None:
         kwargs["global_pool"] = pool
+    model_args: dict = {}
     try:
-        if weights is None:
+        if source is not None:
+            model_args = source.model_args()
+            if weights == RANDOM_WEIGHTS:
+                torch.manual_seed(RANDOM_SEED)
+                model = timm.create_model(source.loader_name(), pretrained=False, **kwargs)
+                weights_id = f"random:{RANDOM_SEED}"
+            elif weights is not None:
+                raise ModelUnavailableError(f"{name} holds its own weights ({source.weights}); drop --weights "
+                                            f"{weights}")
+            else:
+                # The checked folder (a hub repo's cached snapshot included): timm reads config.json and the
+                # weights there, never asking the network again.
+                model = timm.create_model(source.loader_name(), pretrained=True, **kwargs)
+                kind = "builtin" if builtin else source.name.split(":")[0]
+                repo = source.name.split(":", 1)[1] + "@" if source.name.startswith("hf-hub:") else ""
+                weights_id = f"{kind}:{repo}{source.digest()}"
+            timm_name = source.architecture
+        elif weights is None:
             _check_hub_reachable(name, timm_name)
             model = timm.create_model(timm_name, pretrained=True, **kwargs)
-            source = model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("url") or timm_name
-            weights_id = f"hf-hub:{source}"
+            source_id = model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("url") or timm_name
+            weights_id = f"hf-hub:{source_id}"
         elif weights == RANDOM_WEIGHTS:
             torch.manual_seed(RANDOM_SEED)
             model = timm.create_model(timm_name, pretrained=False, **kwargs)
@@ -95,6 +121,11 @@ def create_timm_embedder(name: str, timm_name: str, *, pool: str | None, weights
         raise
     except Exception as exc:  # noqa: BLE001 - hub, network, pickle and shape errors all mean "no weights"
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if source is not None:
+            raise ModelUnavailableError(
+                f"cannot load {name}: {source.weights} does not fit {source.config} ({reason}); restore the "
+                f"folder from the model's source. {offline_models()}"
+            ) from exc
         where = f"file {weights}" if weights not in (None, RANDOM_WEIGHTS) else "the Hugging Face hub"
         raise ModelUnavailableError(
             f"cannot load weights for {name} ({timm_name}) from {where}: {reason}. {fixes()}"
@@ -107,7 +138,9 @@ def create_timm_embedder(name: str, timm_name: str, *, pool: str | None, weights
         dim=int(getattr(model, "head_hidden_size", None) or model.num_features),
         pool=pool or str(getattr(getattr(model, "global_pool", None), "pool_type", "default") or "default"),
     )
-    return TimmEmbedder(model, info)
+    embedder = TimmEmbedder(model, info)
+    embedder.model_args = model_args
+    return embedder
 
 
 def _check_hub_reachable(name: str, timm_name: str) -> None:
@@ -119,14 +152,7 @@ def _check_hub_reachable(name: str, timm_name: str) -> None:
         raise ModelUnavailableError(f"{timm_name} has no pretrained weights in timm; pass --weights PATH")
     hub_id = getattr(cfg, "hf_hub_id", None)
     if hub_id:
-        if cached_file(hub_id, ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")):
-            return
-        if hub_offline():
-            raise ModelUnavailableError(
-                f"cannot load weights for {name} ({timm_name}): HF_HUB_OFFLINE is set and {hub_id} is not in "
-                f"the cache. {fixes()}"
-            )
-        probe_hub(name, timm_name)
+        require_cached_or_reachable(name, timm_name, hub_id)
         return
     url = getattr(cfg, "url", None)
     if not url:

@@ -266,6 +266,7 @@ def train_finetune(
                                                  options.batch_size), strict=False))
     metrics = {"k": k, "label": config.labels[0], "before": before, "after": after, "val_accuracy": accuracy}
     arch = {"backbone": backbone, "timm_name": base.info.timm_name, "pool": base.info.pool,
+            "model_args": dict(getattr(base, "model_args", {})),  # e.g. pad_type of a timm model folder
             "feature_dim": feature_dim, "dim": config.dim, "hidden": config.hidden,
             "n_classes": [len(c) for c in classes], "columns": list(config.labels)}
     meta = ModelFile(
