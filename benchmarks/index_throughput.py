@@ -67,6 +67,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import describe_machine
 from PIL import Image
 
 from lookalike import Catalog, EncodeOptions, LookalikeError
@@ -74,7 +75,7 @@ from lookalike.core.sources import find_images
 from lookalike.engines.embed import plan_workers
 from lookalike.models.registry import resolve
 
-MODEL = "resnet50"
+MODEL = SEED_MODEL = "resnet50"
 WEIGHTS = "random"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT / ".." / "shared" / "datasets" / "fashion-products"
@@ -163,6 +164,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"{','.join(DEFAULT_RUNTIMES)}; '' for the single run)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --runtimes (default 2)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures here")
+    parser.add_argument("--model", default=MODEL, help=f"what our runs index with (default {MODEL} with random "
+                        "weights, the seed's architecture; another name, e.g. mobilenetv2, runs with its real "
+                        "weights); the seed loop always runs the seed's ResNet-50")
     args = parser.parse_args(argv)
     for name in ("repeat", "limit", "baseline_limit", "batch_size", "workers"):
         value = getattr(args, name)
@@ -265,7 +269,7 @@ def baseline_model(device: torch.device) -> torch.nn.Module:
     """The seed's ResNet-50 with global max pooling, random weights from seed 0, float32, NCHW."""
     import timm
 
-    spec = resolve(MODEL)
+    spec = resolve(SEED_MODEL)
     torch.manual_seed(0)
     model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, global_pool="max")
     return model.to(device).eval()
@@ -540,7 +544,11 @@ def compare_runtimes(names: list[str], indexed: Path, files: list[Path], options
 
 
 def main(argv: list[str] | None = None) -> int:
+    global MODEL, WEIGHTS
     args = parse_args(argv)
+    say(describe_machine())
+    if args.model != MODEL:
+        MODEL, WEIGHTS = args.model, None  # a real model with its own weights; the seed loop stays ResNet-50
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     folder, photos = source_photos(args.data.resolve(), args.limit)
     options = EncodeOptions(device=args.device, precision=args.precision, batch_size=args.batch_size,
@@ -557,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         files = find_images(indexed)
         warm_file_cache(files)
         say(f"data       {indexed}: {len(files)} files, made from {len(photos)} photos of {folder}")
-        say(f"model      {MODEL}, random weights (timing only)")
+        say(f"model      {MODEL}, " + ("random weights (timing only)" if WEIGHTS else "its real weights")
+            + "; the seed loop: ResNet-50, random weights")
         warm_up_process(indexed, files, options, workdir)
         names = _runtime_names(args, options)
         if names:

@@ -6,6 +6,8 @@ prints one Markdown table per label, with the chance row (random ranking of the 
 
 * ``colorhist``: colour histogram, no model (the reference row of ``lookalike evaluate``);
 * ``pixels``: the photo shrunk to 16x16, no model;
+* ``mobilenetv2`` and ``mobilenetv2-max``: the built-in real ImageNet MobileNetV2, average and max pooling
+  (works offline: the rows that show what a pretrained model gives);
 * ``resnet50`` with *seeded random weights*: a control only, labelled as such. Random convolutions still
   respond to colour and layout, so it shows what an untrained architecture gives, not what ResNet-50 does;
 * every name passed with ``--model`` (e.g. ``resnet50`` with pretrained weights, when the hub or its cache
@@ -26,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import describe_machine
 
 from lookalike import Catalog, LookalikeError
 from lookalike.analysis.evaluate import METRIC_NAMES, evaluate_catalogs, format_estimate
@@ -56,13 +60,15 @@ def main() -> int:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--no-control", action="store_true", help="skip the random-weight ResNet-50 control")
     args = parser.parse_args()
+    print(describe_machine(), flush=True)
     logging.basicConfig(level=logging.ERROR)
     if not (args.dataset / "styles.csv").is_file():
         print(f"no dataset at {args.dataset}", file=sys.stderr)
         return 2
     ks = args.k or [5, 10]
     labels = args.label or ["articleType", "baseColour"]
-    runs = [("colorhist", "colorhist", None), ("pixels", "pixels", None)]
+    runs = [("mobilenetv2", "mobilenetv2", None), ("mobilenetv2-max", "mobilenetv2-max", None),
+            ("colorhist", "colorhist", None), ("pixels", "pixels", None)]
     if not args.no_control:
         runs.append(("resnet50-random (control)", "resnet50", "random"))
     runs += [(m, m, args.weights) for m in args.model]

@@ -30,19 +30,21 @@ def builtin():
     return create_embedder(BUILTIN_MODEL)
 
 
-def test_the_builtin_model_is_small_listed_as_built_in_and_its_licence_travels():
+def test_the_builtin_model_is_small_listed_as_built_in_and_its_licence_travels(capsys):
+    from lookalike.cli import main
+
     files = list(BUILTIN_FOLDER.iterdir())
     assert sum(f.stat().st_size for f in files) <= 8 * 1024 * 1024
     spec = list_models()[BUILTIN_MODEL]
     assert spec.builtin and "built in" in spec.description and "Apache-2.0" in spec.description
     notice = (REPO_ROOT / "NOTICE").read_text()
     assert "Apache" in notice and "google-coral/test_data" in notice and "mobilenetv2" in notice.lower()
-    out = subprocess.run([sys.executable, "-m", "lookalike.cli", "models", "--json"], capture_output=True, text=True,
-                         timeout=60)
-    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows[BUILTIN_MODEL]["builtin"] is True and rows["resnet50"]["builtin"] is False
 
 
+@pytest.mark.slow
 def test_the_builtin_model_loads_offline_with_an_empty_hub_cache(tmp_path):
     code = ("from lookalike.models import create_embedder; e = create_embedder('mobilenetv2'); "
             "print(e.info.weights, e.info.dim, e.info.pool, e.info.timm_name)")

@@ -110,6 +110,7 @@ def test_demo_works_offline_on_the_builtin_model_and_says_what_to_do_next(tmp_pa
     assert "indexed 0, unchanged 46" in again.stdout
 
 
+@pytest.mark.slow
 def test_a_demo_model_that_cannot_be_had_falls_back_to_the_builtin_one(tmp_path):
     res = run("demo", "--catalog", "demo.lk", "--model", "resnet50", cwd=tmp_path)
     assert "note: cannot load weights for resnet50" in res.stdout

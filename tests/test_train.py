@@ -451,3 +451,28 @@ def test_training_on_the_gpu_in_mixed_precision(toy, tmp_path):
     assert result.device.startswith("cuda") and result.precision in ("bf16", "fp16")
     assert result.history.train_loss[-1] < result.history.train_loss[0]
     assert create_embedder(str(tmp_path / "gpu.lkm")).dim == 8  # loads on a CPU-only reader too
+
+
+@pytest.mark.slow
+def test_finetuning_the_builtin_model_keeps_its_real_weights_and_padding(toy, tmp_path):
+    """A fine-tune from real weights (the built-in MobileNetV2, frozen backbone) records the base's model_args
+    (pad_type "same" changes no weight shape, so a model rebuilt without it would load silently and compute
+    something else) and the reloaded model embeds as the trained one did."""
+    import torch
+
+    from lookalike.models import create_embedder
+    from lookalike.models.modelfile import read_meta
+    from lookalike.train.finetune import FinetuneConfig, train_finetune
+
+    out = tmp_path / "ft-mnv2.lkm"
+    train_finetune(toy / "toy.pack", out, backbone="mobilenetv2",
+                   config=FinetuneConfig(labels=("shape",), unfreeze=0, dim=16, hidden=32),
+                   options=TrainOptions(epochs=1, batch_size=16, lr=1e-3, val_fraction=0.3, patience=0))
+    arch = read_meta(out).arch
+    assert arch["model_args"]["pad_type"] == "same" and arch["timm_name"] == "mobilenetv2_100.coral_in1k"
+    trained = create_embedder(str(out) + "#backbone")
+    assert type(trained.model.backbone.conv_stem).__name__ == "Conv2dSame"
+    base = create_embedder("mobilenetv2")  # the backbone was frozen: its features are the built-in model's
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(trained.model(x), base.model(x), atol=1e-4)

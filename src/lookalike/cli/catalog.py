@@ -160,7 +160,6 @@ def cmd_models(args: argparse.Namespace, out: Console) -> int:
 def cmd_demo(args: argparse.Namespace, out: Console) -> int:
     from pathlib import Path
 
-    from ..catalog.demo import run_demo
     from ..core.errors import LookalikeError
     from ..store.urls import is_database_url
 
@@ -168,9 +167,11 @@ def cmd_demo(args: argparse.Namespace, out: Console) -> int:
         raise LookalikeError("the demo builds a folder catalog; give --catalog a folder, then `lookalike copy` it "
                              "to a database if you like")
     path = Path(args.catalog)
-    # Said before the model is loaded (importing PyTorch alone takes seconds), so the tour starts at once.
+    # Said before the catalog code and the model are imported (PyTorch alone takes seconds): the tour starts at once.
     out.print(f"Building a demo catalog at {path}: sample shop photos shipped with lookalike, embedded with "
               f"{args.model}...", markup=False, highlight=False)
+    from ..catalog.demo import run_demo
+
     result = run_demo(path, model=args.model, options=encode_options(args), weights=args.weights)
     with result.catalog as catalog:
         if result.fallback:

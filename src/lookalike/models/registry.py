@@ -57,6 +57,10 @@ _REGISTRY: dict[str, ModelSpec] = {
         "MobileNetV2 1.0, ImageNet weights, built in (no download; Apache-2.0, see NOTICE), average pooling, "
         "1280-d", builtin=True,
     ),
+    BUILTIN_MODEL + "-max": ModelSpec(
+        LOCAL_SOURCE + str(BUILTIN_FOLDER), "max", "the same built-in MobileNetV2, global max pooling, 1280-d",
+        builtin=True,
+    ),
     "resnet50": ModelSpec(
         "resnet50.tv_in1k", "max",
         "ResNet-50, ImageNet weights, global max pooling, 2048-d (the seed notebooks' model; default)",
