@@ -55,7 +55,8 @@ def cmd_train_finetune(args: argparse.Namespace, out: Console) -> int:
     options = _train_options(args, default_batch=32, default_epochs=15, default_lr=1e-3)
     unfreeze = args.unfreeze
     config = FinetuneConfig(labels=tuple(args.label), dim=args.dim, unfreeze=unfreeze, per_class=args.per_class,
-                            colour_jitter=args.color_jitter, metric_weight=args.metric_weight)
+                            colour_jitter=args.color_jitter, metric_weight=args.metric_weight,
+                            freeze_bn=args.freeze_bn)
     figures = args.figures or str(Path(args.out).with_suffix("")) + "-figures"
     with _training_pack(args, default_size=224) as pack:
         result = train_finetune(pack, args.out, backbone=args.backbone, weights=args.weights, config=config,
@@ -279,6 +280,9 @@ def add_parsers(sub, parents: Parents) -> None:
     q.add_argument("--weights", default=None, help="backbone weights: a local file, or 'random' (default: hub)")
     q.add_argument("--unfreeze", default=0, type=_unfreeze,
                    help="backbone stages to train, from the last (default 0: frozen), or 'all'")
+    q.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the backbone's BatchNorm statistics while it learns (default: on from pretrained "
+                   "weights, off from --weights random)")
     q.add_argument("--dim", type=positive_int, default=128, help="embedding size (default 128)")
     q.add_argument("--per-class", type=int_at_least(2), default=4,
                    help="photos per class in a balanced batch (default 4)")
