@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import unicodedata
@@ -608,3 +609,34 @@ def test_the_folder_is_listed_once_not_per_row(tmp_path, monkeypatch):
     rows = "".join(f"p{n},x\n" for n in range(20))  # every row needs the loose lookup
     listing = read_source(write(tmp_path / "m.csv", "id,colour\n" + rows))
     assert len(calls) == 1 and len(listing.items) == 20 and listing.warnings == []
+
+
+# --- big fields (issue 24) ---------------------------------------------------------------------------------
+
+
+def test_a_manifest_with_a_one_megabyte_field_is_read_whole(tmp_path):
+    image(tmp_path / "images" / "a1.jpg")
+    image(tmp_path / "images" / "a2.jpg")
+    description = "long " * 210_000  # 1 MB: a product description pasted whole, over csv's 128 KiB default
+    manifest = write(tmp_path / "m.csv", f'id,description,colour\na1,"{description}",red\na2,short,blue\n')
+    limit = csv.field_size_limit()
+    listing = read_source(manifest)
+    assert csv.field_size_limit() == limit  # restored for whoever reads CSV next
+    items = by_id(listing)
+    assert items["a1"].labels == {"description": description.strip(), "colour": "red"}
+    assert items["a2"].labels == {"description": "short", "colour": "blue"}
+
+
+def test_a_field_over_the_bound_names_the_manifest_the_line_and_the_limit(tmp_path, monkeypatch):
+    from lookalike.core import sources
+
+    monkeypatch.setattr(sources, "MAX_FIELD_CHARS", 1000)
+    image(tmp_path / "images" / "a1.jpg")
+    manifest = write(tmp_path / "m.csv", f'id,description\na1,short\n\na2,"{"x" * 2000}"\n')
+    limit = csv.field_size_limit()
+    with pytest.raises(SourceError) as err:
+        read_source(manifest)
+    assert csv.field_size_limit() == limit
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(manifest) in message and "line 4" in message and "1000 characters" in message

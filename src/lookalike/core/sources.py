@@ -20,6 +20,8 @@ import os
 import stat
 import unicodedata
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 
 PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath")
 ID_COLUMNS = ("id", "item_id", "sku", "product_id")
+# The longest manifest field read (a pasted product description): csv's own limit is 128 KiB, and a manifest
+# with one longer field was refused whole; the bound keeps a file with a missing quote from becoming one field.
+MAX_FIELD_CHARS = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -237,8 +242,9 @@ def _manifest_items(manifest: Path, images: Path | None) -> SourceListing:
     if not images.is_dir():
         raise SourceError(f"{images}: image folder not found; pass --images DIR for manifest {manifest.name}")
     text, warnings = _read_text(manifest)
-    dialect = _sniff(text)
-    records = _records(manifest, text, dialect)
+    with _field_limit(MAX_FIELD_CHARS):
+        dialect = _sniff(text)
+        records = _records(manifest, text, dialect)
     if not records:
         raise SourceError(f"{manifest}: manifest is empty; it needs a header row with an id or path column")
     header = [h.strip() for h in records[0][1]]
@@ -376,6 +382,16 @@ def _split(line: str, delimiter: str) -> list[str]:
         return [line]
 
 
+@contextmanager
+def _field_limit(chars: int) -> Iterator[None]:
+    """csv's field limit (one setting for the whole process) raised while a manifest is read, then restored."""
+    before = csv.field_size_limit(chars)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
 def _records(manifest: Path, text: str, dialect: type[csv.Dialect]) -> list[tuple[int, list[str]]]:
     """Rows with the line each starts on (a quoted field may hold line breaks); blank lines count."""
     reader = csv.reader(io.StringIO(text, newline=""), dialect)
@@ -386,6 +402,10 @@ def _records(manifest: Path, text: str, dialect: type[csv.Dialect]) -> list[tupl
             records.append((start, row))
             start = reader.line_num + 1
     except csv.Error as exc:
+        if "field limit" in str(exc):
+            raise SourceError(f"{manifest} line {start}: a field is longer than the {csv.field_size_limit()} "
+                              "characters a manifest field may hold (often a quote left open); close the quote or "
+                              "shorten the field") from exc
         raise SourceError(f"{manifest} line {reader.line_num}: cannot read manifest ({exc})") from exc
     while records and not any(cell.strip() for cell in records[0][1]):
         records.pop(0)  # blank lines before the header
