@@ -640,7 +640,7 @@ class Catalog:
         """
         sha = content_hash(data)
         item_id = _check_new_id(item_id if item_id is not None else sha[:16])
-        image = decode(data, max_pixels=self.encoder().options.max_pixels)  # raises before anything is written
+        image = decode(data, max_pixels=self.encoder().options.max_pixels, name=f"upload {item_id}")  # raises first
         if vector is None:
             vector = self.encoder().encode(image)
         if self.store.item(item_id) is not None:
