@@ -440,10 +440,10 @@ def _icc_rgb_profile(description: str, red, green, blue) -> bytes:
 
 DISPLAY_P3 = _icc_rgb_profile("Display P3", (0.5151, 0.2412, -0.0011), (0.2920, 0.6922, 0.0419),
                               (0.1571, 0.0666, 0.7841))
-RED = (230, 20, 20)
+SHOP_RED = (230, 20, 20)  # the issue's red
 
 
-def p3_jpeg(colour=RED, size=(64, 64)) -> bytes:
+def p3_jpeg(colour=SHOP_RED, size=(64, 64)) -> bytes:
     """A picture of ``colour`` (sRGB) as a phone saves it: the numbers of the same colour in Display P3, and
     the profile that says so."""
     from PIL import ImageCms
@@ -456,8 +456,8 @@ def p3_jpeg(colour=RED, size=(64, 64)) -> bytes:
 
 
 def test_a_display_p3_jpeg_decodes_to_its_srgb_colours():
-    assert_close(pixel(decode(p3_jpeg()), (32, 32)), RED, tol=4)
-    assert_close(pixel(decode(p3_jpeg(), draft_size=16), (4, 4)), RED, tol=4)
+    assert_close(pixel(decode(p3_jpeg()), (32, 32)), SHOP_RED, tol=4)
+    assert_close(pixel(decode(p3_jpeg(), draft_size=16), (4, 4)), SHOP_RED, tol=4)
 
 
 def test_an_srgb_file_and_its_display_p3_twin_are_alike_to_colorhist(tmp_path):
@@ -465,7 +465,7 @@ def test_an_srgb_file_and_its_display_p3_twin_are_alike_to_colorhist(tmp_path):
     from lookalike.models.registry import create_embedder
 
     srgb = tmp_path / "srgb.jpg"
-    srgb.write_bytes(encode(Image.new("RGB", (64, 64), RED), "JPEG", quality=95))
+    srgb.write_bytes(encode(Image.new("RGB", (64, 64), SHOP_RED), "JPEG", quality=95))
     p3 = tmp_path / "p3.jpg"
     p3.write_bytes(p3_jpeg())
     vectors = Encoder(create_embedder("colorhist")).encode([str(srgb), str(p3)])
@@ -480,7 +480,7 @@ def test_thumbnails_keep_the_colour_of_a_display_p3_photo(tmp_path):
     photo.write_bytes(p3_jpeg())
     thumbnail = ThumbnailCache(tmp_path / "cache").get(photo, None, 64)
     with Image.open(thumbnail) as img:
-        assert_close(pixel(img.convert("RGB"), (32, 32)), RED, tol=6)
+        assert_close(pixel(img.convert("RGB"), (32, 32)), SHOP_RED, tol=6)
 
 
 def test_png_and_rgba_with_a_profile_are_converted_too():
@@ -488,16 +488,17 @@ def test_png_and_rgba_with_a_profile_are_converted_too():
     p3 = Image.open(io.BytesIO(p3_jpeg(size=(8, 8)))).convert("RGBA")
     rgba.paste(p3.crop((0, 0, 4, 8)), (0, 0))
     img = decode(encode(rgba, "PNG", icc_profile=DISPLAY_P3))
-    assert_close(pixel(img, (1, 4)), RED, tol=4)
+    assert_close(pixel(img, (1, 4)), SHOP_RED, tol=4)
     assert pixel(img, (6, 4)) == (255, 255, 255)  # transparent: white, as before
 
 
 def test_a_broken_profile_is_one_warning_naming_the_file_and_the_pixels_as_stored(tmp_path, caplog):
     path = tmp_path / "broken-profile.jpg"
-    path.write_bytes(encode(Image.new("RGB", (32, 32), RED), "JPEG", quality=95, icc_profile=b"not a profile" * 20))
+    broken = b"not a profile" * 20
+    path.write_bytes(encode(Image.new("RGB", (32, 32), SHOP_RED), "JPEG", quality=95, icc_profile=broken))
     with caplog.at_level("WARNING", logger="lookalike"):
         img = load_image(path)
-    assert_close(pixel(img, (16, 16)), RED, tol=4)
+    assert_close(pixel(img, (16, 16)), SHOP_RED, tol=4)
     records = [r for r in caplog.records if "broken-profile.jpg" in r.getMessage()]
     assert len(records) == 1 and "colour profile" in records[0].getMessage()
 
@@ -510,7 +511,7 @@ def corrupt_exif_jpeg() -> bytes:
     exif = Image.Exif()
     exif[0x010E] = "x" * 60  # ImageDescription
     exif[0x013B] = "y" * 60  # Artist
-    return encode(Image.new("RGB", (32, 32), RED), "JPEG", exif=exif.tobytes()[:-100])
+    return encode(Image.new("RGB", (32, 32), SHOP_RED), "JPEG", exif=exif.tobytes()[:-100])
 
 
 def test_decoding_warnings_are_logged_once_per_file_naming_it_not_shown(tmp_path, caplog):
@@ -540,7 +541,7 @@ def test_warnings_from_decoding_threads_stay_apart_and_the_capture_is_undone(tmp
         paths.append(tmp_path / f"bad{i}.jpg")
         paths[-1].write_bytes(corrupt_exif_jpeg())
         paths.append(tmp_path / f"good{i}.jpg")
-        paths[-1].write_bytes(encode(Image.new("RGB", (32, 32), RED), "JPEG"))
+        paths[-1].write_bytes(encode(Image.new("RGB", (32, 32), SHOP_RED), "JPEG"))
     filters, show = list(warnings.filters), warnings.showwarning
     with caplog.at_level("WARNING", logger="lookalike"), ThreadPoolExecutor(4) as pool:
         list(pool.map(load_image, paths * 3))
@@ -548,3 +549,31 @@ def test_warnings_from_decoding_threads_stay_apart_and_the_capture_is_undone(tmp
     assert sorted(set(named)) == sorted(str(p) for p in paths if p.name.startswith("bad"))
     assert len(named) == 36
     assert warnings.filters == filters and warnings.showwarning == show
+
+
+# --- phones' formats: AVIF and HEIC (issue 24) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
+def test_avif_and_heic_decode(fmt):
+    if fmt == "AVIF":
+        from PIL import features
+
+        if not features.check("avif"):
+            pytest.skip("this Pillow has no AVIF writer to make the test file")
+    else:
+        pytest.importorskip("pillow_heif", reason="pillow-heif (the heic extra) writes the file").register_heif_opener()
+    img = decode(encode(quadrants(), fmt, quality=95))
+    assert img.mode == "RGB" and img.size == (60, 40)
+    for got, want in zip(quadrant_colours(img), quadrant_colours(quadrants()), strict=True):
+        assert_close(got, want, tol=16)
+
+
+def test_heic_without_pillow_heif_is_refused_in_one_line_saying_what_to_install(monkeypatch):
+    from lookalike.core import images
+    from lookalike.core.errors import NotAnImageError
+
+    monkeypatch.setattr(images, "heif_available", lambda: False)
+    with pytest.raises(NotAnImageError, match=re.escape('pip install "lookalike[heic]"')) as err:
+        decode(b"\0\0\0\x1cftypheic" + b"\0" * 40)
+    assert "\n" not in str(err.value)

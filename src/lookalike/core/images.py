@@ -31,7 +31,14 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from .config import DEFAULT_MAX_PIXELS
 from .errors import ImageError, NotAnImageError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# AVIF is read by Pillow itself (recent wheels); HEIC/HEIF, iPhones' default, by pillow-heif once installed
+# (the ``heic`` extra: its wheels carry libheif and the GPL x265 encoder, 26 MB, so they are not forced on all).
+HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"}
+                             | HEIF_EXTENSIONS)
+HEIC_HINT = 'reading HEIC needs pillow-heif: pip install "lookalike[heic]"'
+AVIF_HINT = "reading AVIF needs a Pillow built with AVIF support: pip install -U pillow"
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"})
 
 # We do our own pixel-limit check with a clearer message; Pillow's own would fire at a fixed limit.
 Image.MAX_IMAGE_PIXELS = None
@@ -47,6 +54,48 @@ SOURCE_SIZE = "lookalike_source_size"  # key in ``Image.info``: the file's own s
 def content_hash(data: bytes) -> str:
     """Identity of a file's content: equal hashes are exact duplicates, whatever their names."""
     return hashlib.sha256(data).hexdigest()
+
+
+_heif_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def heif_available() -> bool:
+    """Whether HEIC/HEIF files can be read: pillow-heif is installed (its opener is registered with Pillow on
+    the first call; importing it costs about 60 ms, so only a HEIC file pays it)."""
+    with _heif_lock:
+        try:
+            import pillow_heif
+        except ImportError:
+            return False
+        pillow_heif.register_heif_opener()
+        return True
+
+
+@functools.lru_cache(maxsize=1)
+def avif_available() -> bool:
+    """Whether this Pillow reads AVIF (its own plugin, in recent wheels built with libavif)."""
+    from PIL import features
+
+    try:
+        return bool(features.check_module("avif"))
+    except ValueError:  # a Pillow that knows no such module
+        return False
+
+
+def missing_decoder(name: str | Path) -> str | None:
+    """Why files named like ``name`` cannot be decoded here, with what to install; None when they can."""
+    suffix = os.path.splitext(str(name))[1].lower()
+    if suffix in HEIF_EXTENSIONS and not heif_available():
+        return HEIC_HINT
+    if suffix == ".avif" and not avif_available():
+        return AVIF_HINT
+    return None
+
+
+def _is_heif(head: bytes) -> bool:
+    """ISO base media (``ftyp``) with a HEIF brand: the bytes of a HEIC/HEIF photo."""
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
 
 
 def read_bytes(path: Path) -> bytes:
@@ -77,6 +126,8 @@ def decode(
     """
     if not data:
         raise NotAnImageError("empty file (0 bytes)")
+    if _is_heif(data[:12]) and not heif_available():
+        raise NotAnImageError(f"a HEIC photo; {HEIC_HINT}")
     with _decode_warnings.logged(name or "image"):
         try:
             img = Image.open(io.BytesIO(data))
@@ -308,6 +359,14 @@ def image_media_type(path: str | Path | BinaryIO) -> str:
     Raises:
         OSError: the file cannot be opened.
     """
+    if isinstance(path, (str, Path)):
+        if Path(path).suffix.lower() in HEIF_EXTENSIONS:
+            heif_available()
+    else:
+        start = path.tell()
+        if _is_heif(path.read(12)):
+            heif_available()
+        path.seek(start)
     try:
         with Image.open(path) as img:
             return Image.MIME.get(img.format or "", "application/octet-stream")
@@ -329,6 +388,8 @@ def read_size(path: str | Path) -> tuple[int, int]:
     Raises:
         ImageError: missing file or not an image.
     """
+    if Path(path).suffix.lower() in HEIF_EXTENSIONS:
+        heif_available()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
