@@ -577,3 +577,16 @@ def test_heic_without_pillow_heif_is_refused_in_one_line_saying_what_to_install(
     with pytest.raises(NotAnImageError, match=re.escape('pip install "lookalike[heic]"')) as err:
         decode(b"\0\0\0\x1cftypheic" + b"\0" * 40)
     assert "\n" not in str(err.value)
+
+
+def test_a_thumbnail_cached_before_colour_profiles_were_honoured_is_made_again(tmp_path):
+    from lookalike.api.thumbnails import ThumbnailCache
+
+    photo = tmp_path / "p3.jpg"
+    photo.write_bytes(p3_jpeg())
+    cache = ThumbnailCache(tmp_path / "cache")
+    old = tmp_path / "cache" / "64" / "ab" / "abcdef.jpg"  # the name an earlier version gave it
+    old.parent.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (211, 51, 39)).save(old)
+    with Image.open(cache.get(photo, "abcdef", 64)) as img:
+        assert_close(pixel(img.convert("RGB"), (32, 32)), SHOP_RED, tol=6)
