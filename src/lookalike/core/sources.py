@@ -200,7 +200,8 @@ def _folder_listing(folder: Path) -> SourceListing:
               f"{len(scan.repeated)} more links to files already listed" if scan.repeated else ""]
     passed += _undecodable_lines(scan.undecodable)
     if scan.others:
-        passed.append(f"{_count(sum(scan.others.values()), 'file')} that are not images by name "
+        n = sum(scan.others.values())
+        passed.append(f"{_count(n, 'file')} that {'is not an image' if n == 1 else 'are not images'} by name "
                       f"({_extensions(scan.others)})")
     passed = [p for p in passed if p]
     warnings = []
