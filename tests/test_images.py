@@ -394,3 +394,199 @@ def test_content_hash_differs_for_different_bytes(tmp_path):
 def test_decoding_does_not_depend_on_path_type(tmp_path: Path):
     path = make_image(tmp_path / "x.webp", fmt="WEBP", lossless=True)
     assert np.array_equal(np.asarray(load_image(path)), np.asarray(decode(path.read_bytes())))
+
+
+# --- colour profiles (issue 24) ------------------------------------------------------------------------------
+
+
+def _icc_rgb_profile(description: str, red, green, blue) -> bytes:
+    """A matrix/TRC ICC v2 display profile (D50 colorants, the sRGB tone curve): Display P3 with P3's
+    primaries. ImageCms can create only sRGB, LAB and XYZ, so it is written out here, tag by tag."""
+    import struct
+
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(v) -> bytes:
+        return b"XYZ " + b"\0" * 4 + b"".join(s15(c) for c in v)
+
+    desc = description.encode("ascii") + b"\0"
+    tags = {
+        b"desc": b"desc" + b"\0" * 4 + struct.pack(">I", len(desc)) + desc + b"\0" * 12 + b"\0" * 67,
+        b"wtpt": xyz((0.9642, 1.0, 0.8249)),
+        b"rXYZ": xyz(red), b"gXYZ": xyz(green), b"bXYZ": xyz(blue),
+        # parametric curve 3: the sRGB transfer function
+        b"rTRC": b"para" + b"\0" * 4 + struct.pack(">HH", 3, 0)
+        + b"".join(s15(v) for v in (2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045)),
+        b"cprt": b"text" + b"\0" * 4 + b"none\0",
+    }
+    tags[b"gTRC"] = tags[b"bTRC"] = tags[b"rTRC"]
+    order = [b"desc", b"wtpt", b"rXYZ", b"gXYZ", b"bXYZ", b"rTRC", b"gTRC", b"bTRC", b"cprt"]
+    offset = 128 + 4 + 12 * len(order)
+    table, data, placed = b"", b"", {}
+    for sig in order:
+        body = tags[sig]
+        if id(body) not in placed:
+            placed[id(body)] = offset + len(data)
+            data += body + b"\0" * (-len(body) % 4)
+        table += sig + struct.pack(">II", placed[id(body)], len(body))
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + b"lcms" + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ "
+              + b"\0" * 12 + b"acsp" + b"APPL" + b"\0" * 4 + b"\0" * 8 + b"\0" * 8 + struct.pack(">I", 0)
+              + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 4 + b"\0" * 16 + b"\0" * 28)
+    assert len(header) == 128
+    return header + struct.pack(">I", len(order)) + table + data
+
+
+DISPLAY_P3 = _icc_rgb_profile("Display P3", (0.5151, 0.2412, -0.0011), (0.2920, 0.6922, 0.0419),
+                              (0.1571, 0.0666, 0.7841))
+SHOP_RED = (230, 20, 20)  # the issue's red
+
+
+def p3_jpeg(colour=SHOP_RED, size=(64, 64)) -> bytes:
+    """A picture of ``colour`` (sRGB) as a phone saves it: the numbers of the same colour in Display P3, and
+    the profile that says so."""
+    from PIL import ImageCms
+
+    p3 = ImageCms.ImageCmsProfile(io.BytesIO(DISPLAY_P3))
+    srgb = Image.new("RGB", size, colour)
+    converted = ImageCms.profileToProfile(srgb, ImageCms.createProfile("sRGB"), p3, outputMode="RGB")
+    assert max(abs(a - b) for a, b in zip(converted.getpixel((0, 0)), colour, strict=True)) > 15  # differs
+    return encode(converted, "JPEG", quality=95, icc_profile=DISPLAY_P3)
+
+
+def test_a_display_p3_jpeg_decodes_to_its_srgb_colours():
+    assert_close(pixel(decode(p3_jpeg()), (32, 32)), SHOP_RED, tol=4)
+    assert_close(pixel(decode(p3_jpeg(), draft_size=16), (4, 4)), SHOP_RED, tol=4)
+
+
+def test_an_srgb_file_and_its_display_p3_twin_are_alike_to_colorhist(tmp_path):
+    from lookalike.engines.embed import Encoder
+    from lookalike.models.registry import create_embedder
+
+    srgb = tmp_path / "srgb.jpg"
+    srgb.write_bytes(encode(Image.new("RGB", (64, 64), SHOP_RED), "JPEG", quality=95))
+    p3 = tmp_path / "p3.jpg"
+    p3.write_bytes(p3_jpeg())
+    vectors = Encoder(create_embedder("colorhist")).encode([str(srgb), str(p3)])
+    a, b = (v / np.linalg.norm(v) for v in vectors)
+    assert float(a @ b) > 0.95
+
+
+def test_thumbnails_keep_the_colour_of_a_display_p3_photo(tmp_path):
+    from lookalike.api.thumbnails import ThumbnailCache
+
+    photo = tmp_path / "p3.jpg"
+    photo.write_bytes(p3_jpeg())
+    thumbnail = ThumbnailCache(tmp_path / "cache").get(photo, None, 64)
+    with Image.open(thumbnail) as img:
+        assert_close(pixel(img.convert("RGB"), (32, 32)), SHOP_RED, tol=6)
+
+
+def test_png_and_rgba_with_a_profile_are_converted_too():
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    p3 = Image.open(io.BytesIO(p3_jpeg(size=(8, 8)))).convert("RGBA")
+    rgba.paste(p3.crop((0, 0, 4, 8)), (0, 0))
+    img = decode(encode(rgba, "PNG", icc_profile=DISPLAY_P3))
+    assert_close(pixel(img, (1, 4)), SHOP_RED, tol=4)
+    assert pixel(img, (6, 4)) == (255, 255, 255)  # transparent: white, as before
+
+
+def test_a_broken_profile_is_one_warning_naming_the_file_and_the_pixels_as_stored(tmp_path, caplog):
+    path = tmp_path / "broken-profile.jpg"
+    broken = b"not a profile" * 20
+    path.write_bytes(encode(Image.new("RGB", (32, 32), SHOP_RED), "JPEG", quality=95, icc_profile=broken))
+    with caplog.at_level("WARNING", logger="lookalike"):
+        img = load_image(path)
+    assert_close(pixel(img, (16, 16)), SHOP_RED, tol=4)
+    records = [r for r in caplog.records if "broken-profile.jpg" in r.getMessage()]
+    assert len(records) == 1 and "colour profile" in records[0].getMessage()
+
+
+# --- warnings while decoding (issue 24) ----------------------------------------------------------------------
+
+
+def corrupt_exif_jpeg() -> bytes:
+    """A JPEG whose EXIF block promises two text tags longer than the block (Pillow warns once for each)."""
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 60  # ImageDescription
+    exif[0x013B] = "y" * 60  # Artist
+    return encode(Image.new("RGB", (32, 32), SHOP_RED), "JPEG", exif=exif.tobytes()[:-100])
+
+
+def test_decoding_warnings_are_logged_once_per_file_naming_it_not_shown(tmp_path, caplog):
+    import warnings
+
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(corrupt_exif_jpeg())
+    with warnings.catch_warnings(record=True) as shown, caplog.at_level("WARNING", logger="lookalike"):
+        warnings.simplefilter("always")
+        img = load_image(path)
+        load_image(path)  # again: logged again (once per decode of a file), never shown
+    assert img.size == (32, 32)
+    assert [str(w.message) for w in shown] == []
+    records = [r for r in caplog.records if str(path) in r.getMessage()]
+    assert len(records) == 2
+    assert "\n" not in records[0].getMessage() and "Pillow TiffImagePlugin warned" in records[0].getMessage()
+    assert warnings.showwarning is not None and not any(  # the capture is gone once decoding is done
+        f[0] == "always" and getattr(f[3], "pattern", "").startswith("(PIL") for f in warnings.filters)
+
+
+def test_warnings_from_decoding_threads_stay_apart_and_the_capture_is_undone(tmp_path, caplog):
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = []
+    for i in range(12):
+        paths.append(tmp_path / f"bad{i}.jpg")
+        paths[-1].write_bytes(corrupt_exif_jpeg())
+        paths.append(tmp_path / f"good{i}.jpg")
+        paths[-1].write_bytes(encode(Image.new("RGB", (32, 32), SHOP_RED), "JPEG"))
+    filters, show = list(warnings.filters), warnings.showwarning
+    with caplog.at_level("WARNING", logger="lookalike"), ThreadPoolExecutor(4) as pool:
+        list(pool.map(load_image, paths * 3))
+    named = [r.getMessage().split(":")[0] for r in caplog.records]
+    assert sorted(set(named)) == sorted(str(p) for p in paths if p.name.startswith("bad"))
+    assert len(named) == 36
+    assert warnings.filters == filters and warnings.showwarning == show
+
+
+# --- phones' formats: AVIF and HEIC (issue 24) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
+def test_avif_and_heic_decode(fmt):
+    if fmt == "AVIF":
+        from PIL import features
+
+        if not features.check("avif"):
+            pytest.skip("this Pillow has no AVIF writer to make the test file")
+    else:
+        pytest.importorskip("pillow_heif", reason="pillow-heif (the heic extra) writes the file").register_heif_opener()
+    img = decode(encode(quadrants(), fmt, quality=95))
+    assert img.mode == "RGB" and img.size == (60, 40)
+    for got, want in zip(quadrant_colours(img), quadrant_colours(quadrants()), strict=True):
+        assert_close(got, want, tol=16)
+
+
+def test_heic_without_pillow_heif_is_refused_in_one_line_saying_what_to_install(monkeypatch):
+    from lookalike.core import images
+    from lookalike.core.errors import NotAnImageError
+
+    monkeypatch.setattr(images, "heif_available", lambda: False)
+    with pytest.raises(NotAnImageError, match=re.escape('pip install "lookalike[heic]"')) as err:
+        decode(b"\0\0\0\x1cftypheic" + b"\0" * 40)
+    assert "\n" not in str(err.value)
+
+
+def test_a_thumbnail_cached_before_colour_profiles_were_honoured_is_made_again(tmp_path):
+    from lookalike.api.thumbnails import ThumbnailCache
+
+    photo = tmp_path / "p3.jpg"
+    photo.write_bytes(p3_jpeg())
+    cache = ThumbnailCache(tmp_path / "cache")
+    old = tmp_path / "cache" / "64" / "ab" / "abcdef.jpg"  # the name an earlier version gave it
+    old.parent.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (211, 51, 39)).save(old)
+    with Image.open(cache.get(photo, "abcdef", 64)) as img:
+        assert_close(pixel(img.convert("RGB"), (32, 32)), SHOP_RED, tol=6)

@@ -311,3 +311,30 @@ def test_links_are_counted_in_the_summary_and_a_linked_file_is_one_item(tmp_path
     assert len(said) == 1
     assert "1 broken links" in said[0] and "2 linked folders (not followed" in said[0]
     assert "1 more links to files already listed" in said[0]
+
+
+# -- issue 24: phones' formats ----------------------------------------------------------------------------
+
+
+def test_a_folder_of_avif_heic_and_jpeg_indexes_all_three_or_counts_why_not(tmp_path, monkeypatch):
+    from PIL import features
+
+    from lookalike.core import images
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF writer to make the test file")
+    pytest.importorskip("pillow_heif", reason="pillow-heif (the heic extra) writes the file").register_heif_opener()
+    shop = tmp_path / "shop"
+    make_image(shop / "x.avif", color=(200, 30, 30))
+    make_image(shop / "y.heic", color=(30, 60, 200))
+    make_image(shop / "z.jpg", color=(30, 160, 40))
+    with Catalog.create(tmp_path / "c.lk", "pixels") as cat:
+        report = cat.add(shop, options=INLINE)
+        assert report.indexed == 3 and report.failed == 0 and not report.skipped
+        assert cat.similar("y", k=1)[0].id in ("x", "z")  # searchable like any other item
+    monkeypatch.setattr(images, "heif_available", lambda: False)
+    with Catalog.create(tmp_path / "d.lk", "pixels") as cat:
+        report = cat.add(shop, options=INLINE)
+    assert report.indexed == 2 and report.failed == 0
+    assert "skipped 1 (1 reading HEIC needs pillow-heif)" in report.summary()
+    assert any('pip install "lookalike[heic]"' in w and "y.heic" in w for w in report.warnings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import unicodedata
@@ -603,8 +604,107 @@ def test_the_folder_is_listed_once_not_per_row(tmp_path, monkeypatch):
     for n in range(20):
         image(tmp_path / "images" / f"P{n}.jpg")
     calls = []
-    real = sources.find_images
-    monkeypatch.setattr(sources, "find_images", lambda folder: calls.append(folder) or real(folder))
+    real = sources.scan_folder
+    monkeypatch.setattr(sources, "scan_folder", lambda folder: calls.append(folder) or real(folder))
     rows = "".join(f"p{n},x\n" for n in range(20))  # every row needs the loose lookup
     listing = read_source(write(tmp_path / "m.csv", "id,colour\n" + rows))
     assert len(calls) == 1 and len(listing.items) == 20 and listing.warnings == []
+
+
+# --- big fields (issue 24) ---------------------------------------------------------------------------------
+
+
+def test_a_manifest_with_a_one_megabyte_field_is_read_whole(tmp_path):
+    image(tmp_path / "images" / "a1.jpg")
+    image(tmp_path / "images" / "a2.jpg")
+    description = "long " * 210_000  # 1 MB: a product description pasted whole, over csv's 128 KiB default
+    manifest = write(tmp_path / "m.csv", f'id,description,colour\na1,"{description}",red\na2,short,blue\n')
+    limit = csv.field_size_limit()
+    listing = read_source(manifest)
+    assert csv.field_size_limit() == limit  # restored for whoever reads CSV next
+    items = by_id(listing)
+    assert items["a1"].labels == {"description": description.strip(), "colour": "red"}
+    assert items["a2"].labels == {"description": "short", "colour": "blue"}
+
+
+def test_a_field_over_the_bound_names_the_manifest_the_line_and_the_limit(tmp_path, monkeypatch):
+    from lookalike.core import sources
+
+    monkeypatch.setattr(sources, "MAX_FIELD_CHARS", 1000)
+    image(tmp_path / "images" / "a1.jpg")
+    manifest = write(tmp_path / "m.csv", f'id,description\na1,short\n\na2,"{"x" * 2000}"\n')
+    limit = csv.field_size_limit()
+    with pytest.raises(SourceError) as err:
+        read_source(manifest)
+    assert csv.field_size_limit() == limit
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(manifest) in message and "line 4" in message and "1000 characters" in message
+
+
+# --- phones' formats: AVIF and HEIC (issue 24) ----------------------------------------------------------------
+
+
+def phone_image(path: Path) -> Path:
+    """A tiny AVIF (Pillow's own writer) or HEIC (pillow-heif's) picture."""
+    if path.suffix.lower() == ".avif":
+        from PIL import features
+
+        if not features.check("avif"):
+            pytest.skip("this Pillow has no AVIF writer to make the test file")
+    else:
+        pillow_heif = pytest.importorskip("pillow_heif", reason="pillow-heif (the heic extra) writes the HEIC file")
+        pillow_heif.register_heif_opener()
+    return image(path)
+
+
+def without_heic(monkeypatch) -> None:
+    from lookalike.core import images
+
+    monkeypatch.setattr(images, "heif_available", lambda: False)
+
+
+def test_a_folder_of_phone_photos_lists_avif_heic_and_jpeg(tmp_path):
+    phone_image(tmp_path / "shop" / "x.avif")
+    phone_image(tmp_path / "shop" / "y.heic")
+    phone_image(tmp_path / "shop" / "w.HEIF")
+    image(tmp_path / "shop" / "z.jpg")
+    listing = read_source(tmp_path / "shop")
+    assert sorted(ids(listing)) == ["w", "x", "y", "z"]
+    assert listing.warnings == [] and not listing.skipped
+
+
+def test_heic_without_pillow_heif_is_counted_with_the_install_hint_as_are_non_images(tmp_path, monkeypatch):
+    without_heic(monkeypatch)
+    shop = tmp_path / "shop"
+    image(shop / "z.jpg")
+    (shop / "y.heic").write_bytes(b"\0\0\0\x1cftypheic" + b"\0" * 40)  # never decoded while listing
+    write(shop / "notes.txt", "not a photo")
+    write(shop / "sub" / "video.mov", "not a photo either")
+    listing = read_source(shop)
+    assert ids(listing) == ["z"]
+    assert listing.skipped == {"reading HEIC needs pillow-heif": 1, "not images": 2}
+    [warning] = listing.warnings
+    assert "\n" not in warning and 'pip install "lookalike[heic]"' in warning
+    assert "2 files that are not images by name (1 .mov, 1 .txt)" in warning and "y.heic" in warning
+
+
+def test_a_manifest_row_finds_its_avif_photo(tmp_path):
+    phone_image(tmp_path / "images" / "a1.avif")
+    image(tmp_path / "images" / "a2.jpg")
+    listing = read_source(write(tmp_path / "m.csv", "id,colour\na1,red\na2,blue\n"))
+    assert by_id(listing)["a1"].path.name == "a1.avif" and by_id(listing)["a1"].labels == {"colour": "red"}
+    assert listing.warnings == []
+
+
+def test_a_manifest_row_whose_photo_is_heic_without_pillow_heif_says_what_to_install(tmp_path, monkeypatch):
+    without_heic(monkeypatch)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a1.heic").write_bytes(b"\0\0\0\x1cftypheic" + b"\0" * 40)
+    (tmp_path / "images" / "loose.heic").write_bytes(b"\0\0\0\x1cftypheic" + b"\0" * 40)
+    image(tmp_path / "images" / "a2.jpg")
+    listing = read_source(write(tmp_path / "m.csv", "id,colour\na1,red\na2,blue\n"))
+    assert ids(listing) == ["a2"]
+    assert listing.skipped == {"reading HEIC needs pillow-heif": 2}
+    assert any("line 2" in w and "a1.heic" in w and "lookalike[heic]" in w for w in listing.warnings)
+    assert not any("no image found" in w for w in listing.warnings)

@@ -189,7 +189,7 @@ class CatalogService:
         """Base64 JPEGs of the k closest images and of the upload, as the seed's /api/predict gave."""
         closest = [_jpeg_base64(self.thumbnails.get(self.image_file(m.path), sha, 512))
                    for m, sha in self.search(data, k, None, None)]
-        uploaded = decode(data, max_pixels=self.settings.max_pixels)
+        uploaded = decode(data, max_pixels=self.settings.max_pixels, name="the uploaded photo")
         uploaded.thumbnail((512, 512))
         buffer = io.BytesIO()
         uploaded.save(buffer, "JPEG", quality=90)

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 # Requested sizes snap up to one of these, so the cache holds a bounded number of files per item.
 SIZES = (64, 128, 192, 256, 384, 512, 768, 1024)
 DEFAULT_SIZE = 256
+# In each thumbnail's name: thumbnails are sRGB since decoding honours colour profiles (issue 24), and those
+# made before, with a Display-P3 photo's numbers shown as sRGB, are not served again.
+GENERATION = "srgb"
 
 
 def snap_size(size: int) -> int:
@@ -46,7 +49,7 @@ class ThumbnailCache:
         """
         size = snap_size(size)
         name = content_id or hashlib.sha256(str(image_path).encode()).hexdigest()
-        target = self.folder / str(size) / name[:2] / f"{name}.jpg"
+        target = self.folder / str(size) / name[:2] / f"{name}.{GENERATION}.jpg"
         if target.exists():
             return target
         if storage.is_url(image_path):

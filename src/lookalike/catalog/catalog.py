@@ -69,6 +69,7 @@ class IndexReport:
     failed: int = 0  # could not be embedded now (reasons in status)
     failed_before: int = 0  # failed earlier and unchanged since: not retried
     pruned: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # files the source passed over, by reason (warned above)
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)  # each also logged once (the command line shows the log)
     runtime: str = ""  # what embedded them: e.g. "openvino int8 on cpu" (empty when nothing was embedded)
@@ -86,6 +87,9 @@ class IndexReport:
             parts.append(f"failed earlier, unchanged {self.failed_before}")
         if self.pruned:
             parts.append(f"pruned {self.pruned}")
+        if self.skipped:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.items())
+            parts.append(f"skipped {sum(self.skipped.values())} ({reasons})")
         runtime = f", {self.runtime}" if self.runtime else ""
         rate = f" ({self.images_per_second:.1f} images/s{runtime})" if self.indexed else ""
         where = ""
@@ -504,7 +508,7 @@ class Catalog:
         options = options or EncodeOptions()
         started = time.perf_counter()
         listing = read_source(source, images)
-        report = IndexReport(warnings=list(listing.warnings))
+        report = IndexReport(warnings=list(listing.warnings), skipped=dict(listing.skipped))
         if not listing.items:
             report.warnings.append(f"{source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         stored = self.store.items()
@@ -640,7 +644,7 @@ class Catalog:
         """
         sha = content_hash(data)
         item_id = _check_new_id(item_id if item_id is not None else sha[:16])
-        image = decode(data, max_pixels=self.encoder().options.max_pixels)  # raises before anything is written
+        image = decode(data, max_pixels=self.encoder().options.max_pixels, name=f"upload {item_id}")  # raises first
         if vector is None:
             vector = self.encoder().encode(image)
         if self.store.item(item_id) is not None:

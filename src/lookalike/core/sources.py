@@ -20,18 +20,23 @@ import os
 import stat
 import unicodedata
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from .errors import SourceError
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, missing_decoder
 from .storage import Location, is_url, list_objects, local_path
 
 log = logging.getLogger(__name__)
 
 PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath")
 ID_COLUMNS = ("id", "item_id", "sku", "product_id")
+# The longest manifest field read (a pasted product description): csv's own limit is 128 KiB, and a manifest
+# with one longer field was refused whole; the bound keeps a file with a missing quote from becoming one field.
+MAX_FIELD_CHARS = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class SourceItem:
 class SourceListing:
     items: list[SourceItem]
     warnings: list[str] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)  # files passed over, by short reason (the summary's)
 
 
 def read_source(source: str | Path, images: str | Path | None = None) -> SourceListing:
@@ -100,6 +106,8 @@ class FolderScan:
     broken_links: list[Path] = field(default_factory=list)  # symbolic links to nothing
     linked_folders: list[Path] = field(default_factory=list)  # symbolic links to folders: not followed
     repeated: list[Path] = field(default_factory=list)  # links to a file already listed: one file, one item
+    undecodable: list[tuple[Path, str]] = field(default_factory=list)  # images this install cannot read, and why
+    others: Counter[str] = field(default_factory=Counter)  # files that are not images by name, by extension
 
 
 def scan_folder(folder: Path) -> FolderScan:
@@ -107,7 +115,8 @@ def scan_folder(folder: Path) -> FolderScan:
     parts). Hidden files and folders are skipped; a symbolic link to an image is followed (the item is the
     file it points to, listed once however many links lead to it); links to folders are not followed (no
     loops, no catalog reaching outside the folder unasked: index such a folder by its own path); broken
-    links are counted; folders that cannot be read are passed over.
+    links are counted; folders that cannot be read are passed over. Images of a format this install cannot
+    read (HEIC without pillow-heif) and files that are not images by name are counted, not listed.
 
     One ``os.scandir`` per folder and one ``stat`` per file (the file type comes with the listing; a file's
     real path is its folder's plus its name, as no linked folder is entered): a driver lists millions of files.
@@ -148,6 +157,8 @@ def scan_folder(folder: Path) -> FolderScan:
                     st = entry.stat(follow_symlinks=False)
                     target = os.path.join(real, name)
                 else:
+                    if entry.is_file(follow_symlinks=False):
+                        scan.others[os.path.splitext(name)[1].lower()] += 1
                     continue
             except OSError:  # gone since the folder was listed
                 continue
@@ -155,6 +166,10 @@ def scan_folder(folder: Path) -> FolderScan:
                 scan.repeated.append(Path(entry.path))
                 continue
             seen.add(target)
+            reason = missing_decoder(name)
+            if reason is not None:
+                scan.undecodable.append((Path(entry.path), reason))
+                continue
             scan.images.append(Path(entry.path))
             scan.resolved.append(Path(target))
             scan.relative.append(rel + name)
@@ -174,16 +189,48 @@ def _folder_listing(folder: Path) -> SourceListing:
     items = [SourceItem(id=item_id, path=path, size=size, mtime_ns=mtime)
              for path, item_id, (size, mtime) in zip(scan.resolved, _relative_ids(scan.relative), scan.stats,
                                                      strict=True)]
+    skipped = _undecodable_counts(scan.undecodable)
+    if scan.broken_links:
+        skipped["broken links"] = len(scan.broken_links)
+    if scan.others:
+        skipped["not images"] = sum(scan.others.values())
     passed = [f"{len(scan.broken_links)} broken links" if scan.broken_links else "",
               f"{len(scan.linked_folders)} linked folders (not followed; index them by their own path)"
               if scan.linked_folders else "",
               f"{len(scan.repeated)} more links to files already listed" if scan.repeated else ""]
+    passed += _undecodable_lines(scan.undecodable)
+    if scan.others:
+        n = sum(scan.others.values())
+        passed.append(f"{_count(n, 'file')} that {'is not an image' if n == 1 else 'are not images'} by name "
+                      f"({_extensions(scan.others)})")
     passed = [p for p in passed if p]
     warnings = []
     if passed:
-        example = (scan.broken_links or scan.linked_folders or scan.repeated)[0]
-        warnings.append(f"{folder}: skipped {', '.join(passed)}, e.g. {example}")
-    return SourceListing(items=items, warnings=warnings)
+        example = (scan.broken_links or scan.linked_folders or scan.repeated or [p for p, _ in scan.undecodable]
+                   or [None])[0]
+        shown = f", e.g. {example}" if example is not None else ""
+        warnings.append(f"{folder}: skipped {', '.join(passed)}{shown}")
+    return SourceListing(items=items, warnings=warnings, skipped=skipped)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def _extensions(counts: Counter[str]) -> str:
+    shown = [f"{n} {ext or 'without extension'}" for ext, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))[:4]]
+    more = len(counts) - len(shown)
+    return ", ".join(shown) + (f" and {more} more kinds" if more > 0 else "")
+
+
+def _undecodable_counts(undecodable: list[tuple[object, str]]) -> Counter[str]:
+    """Short reasons for the summary: 'reading HEIC needs pillow-heif' (the hint's part before the colon)."""
+    return Counter(reason.split(":")[0] for _, reason in undecodable)
+
+
+def _undecodable_lines(undecodable: list[tuple[object, str]]) -> list[str]:
+    by_reason = Counter(reason for _, reason in undecodable)
+    return [f"{_count(n, 'photo')} this install cannot read ({reason})" for reason, n in by_reason.items()]
 
 
 def _object_listing(url: str, images: str | Path | None) -> SourceListing:
@@ -194,11 +241,16 @@ def _object_listing(url: str, images: str | Path | None) -> SourceListing:
         raise SourceError(f"{url}: manifests are read from a local file; download it, or index the prefix that "
                           "holds the photos")
     objects = list_objects(url, IMAGE_EXTENSIONS)
+    undecodable = [(o, reason) for o in objects if (reason := missing_decoder(o.relative)) is not None]
+    if undecodable:
+        objects = [o for o in objects if missing_decoder(o.relative) is None]
     stems = [PurePosixPath(o.relative).with_suffix("").as_posix() for o in objects]
     counts = Counter(stems)
     items = [SourceItem(id=stem if counts[stem] == 1 else o.relative, path=o.url, size=o.size, mtime_ns=o.mtime_ns)
              for o, stem in zip(objects, stems, strict=True)]
-    return SourceListing(items=items)
+    warnings = ([f"{url}: skipped {', '.join(_undecodable_lines(undecodable))}, e.g. {undecodable[0][0].url}"]
+                if undecodable else [])
+    return SourceListing(items=items, warnings=warnings, skipped=_undecodable_counts(undecodable))
 
 
 def source_name(source: str | Path) -> str:
@@ -237,8 +289,9 @@ def _manifest_items(manifest: Path, images: Path | None) -> SourceListing:
     if not images.is_dir():
         raise SourceError(f"{images}: image folder not found; pass --images DIR for manifest {manifest.name}")
     text, warnings = _read_text(manifest)
-    dialect = _sniff(text)
-    records = _records(manifest, text, dialect)
+    with _field_limit(MAX_FIELD_CHARS):
+        dialect = _sniff(text)
+        records = _records(manifest, text, dialect)
     if not records:
         raise SourceError(f"{manifest}: manifest is empty; it needs a header row with an id or path column")
     header = [h.strip() for h in records[0][1]]
@@ -246,10 +299,13 @@ def _manifest_items(manifest: Path, images: Path | None) -> SourceListing:
     if path_col is None and id_col is None:
         raise SourceError(_no_id_column_message(manifest, header, text, dialect.delimiter))
     label_cols = [i for i in range(len(header)) if i not in (path_col, id_col) and header[i]]
-    found = find_images(images)
-    index = _NameIndex(images, found)
+    scan = scan_folder(images)
+    found = scan.images
+    undecodable = dict(scan.undecodable)  # found by a row, a file this install cannot read says why
+    index = _NameIndex(images, found + list(undecodable))
     rows: list[tuple[int, str | None, Path, dict[str, str]]] = []  # line, id (None: from the file), file, labels
     missing = ambiguous = 0
+    skipped: list[tuple[Path, str]] = []
     for line_no, row in records[1:]:
         if not any(cell.strip() for cell in row):
             continue
@@ -272,6 +328,12 @@ def _manifest_items(manifest: Path, images: Path | None) -> SourceListing:
             if missing <= 5:
                 warnings.append(f"{manifest.name} line {line_no}: no image found for '{ref}' in {images}")
             continue
+        if path in undecodable:
+            skipped.append((path, undecodable[path]))
+            if len(skipped) <= 5:
+                warnings.append(f"{manifest.name} line {line_no}: '{ref}' is {_shown(path, images)}, skipped: "
+                                f"{undecodable[path]}")
+            continue
         item_id = row[id_col].strip() if id_col is not None else None
         labels = {header[i]: row[i].strip() for i in label_cols if row[i].strip()}
         rows.append((line_no, item_id, path, labels))
@@ -288,11 +350,15 @@ def _manifest_items(manifest: Path, images: Path | None) -> SourceListing:
     items.extend(SourceItem(id=item_id, path=path.resolve()) for path, item_id in zip(unclaimed, ids, strict=True))
     if unclaimed:
         log.info("%d images in %s have no row in %s; indexed unlabelled", len(unclaimed), images, manifest.name)
+    named = {path for path, _ in skipped}
+    skipped += [(path, reason) for path, reason in undecodable.items() if path not in named]
+    if len(skipped) > 5 or len(skipped) > len(named):
+        warnings.append(f"{manifest.name}: skipped {', '.join(_undecodable_lines(skipped))} in {images}")
     clash = sorted(item_id for item_id, n in Counter(item.id for item in items).items() if n > 1)
     if clash:  # a row's id spelled like the id an image without a row gets ("a.jpg"): rare, but never merged
         raise SourceError(f"{manifest}: ids {clash[:5]} of rows are also the ids of images without a row; "
                           "rename those rows' ids or give the images rows")
-    return SourceListing(items=items, warnings=warnings)
+    return SourceListing(items=items, warnings=warnings, skipped=_undecodable_counts(skipped))
 
 
 # --- reading the text: encoding and delimiter ----------------------------------------------------------------
@@ -376,6 +442,16 @@ def _split(line: str, delimiter: str) -> list[str]:
         return [line]
 
 
+@contextmanager
+def _field_limit(chars: int) -> Iterator[None]:
+    """csv's field limit (one setting for the whole process) raised while a manifest is read, then restored."""
+    before = csv.field_size_limit(chars)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
 def _records(manifest: Path, text: str, dialect: type[csv.Dialect]) -> list[tuple[int, list[str]]]:
     """Rows with the line each starts on (a quoted field may hold line breaks); blank lines count."""
     reader = csv.reader(io.StringIO(text, newline=""), dialect)
@@ -386,6 +462,10 @@ def _records(manifest: Path, text: str, dialect: type[csv.Dialect]) -> list[tupl
             records.append((start, row))
             start = reader.line_num + 1
     except csv.Error as exc:
+        if "field limit" in str(exc):
+            raise SourceError(f"{manifest} line {start}: a field is longer than the {csv.field_size_limit()} "
+                              "characters a manifest field may hold (often a quote left open); close the quote or "
+                              "shorten the field") from exc
         raise SourceError(f"{manifest} line {reader.line_num}: cannot read manifest ({exc})") from exc
     while records and not any(cell.strip() for cell in records[0][1]):
         records.pop(0)  # blank lines before the header

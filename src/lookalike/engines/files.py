@@ -115,7 +115,7 @@ class FileReader:
             result.unchanged = True
             return result, None
         try:
-            img = decode(data, draft_size=self.draft, max_pixels=self.max_pixels)
+            img = decode(data, draft_size=self.draft, max_pixels=self.max_pixels, name=str(task.path))
             result.width, result.height = source_size(img)
             return result, prepare_with(self.pil_transform, img)
         except LookalikeError as exc:
