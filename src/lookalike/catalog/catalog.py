@@ -367,6 +367,13 @@ class Catalog:
         self._embedder = create_embedder(self.config.embedder.name, weights)
         return self._embedder
 
+    def check_writable(self) -> None:
+        """Raises:
+            CatalogError: the catalog is read-only (one line: where, and what to do)."""
+        if self.store.read_only:
+            self.store._begin()  # raises the store's own one-line message
+            raise CatalogError(f"{self.name}: the catalog is read-only")
+
     def close(self) -> None:
         self.store.close()
         if self._scratch is not None:
@@ -501,6 +508,7 @@ class Catalog:
         Raises:
             SourceError: the source cannot be read.
         """
+        self.check_writable()
         options = options or EncodeOptions()
         started = time.perf_counter()
         listing = read_source(source, images)
