@@ -84,3 +84,53 @@ def test_a_catalog_on_a_read_only_mount_serves_status_search_and_similar(tmp_pat
     res = cli("index", str(tmp_path / "photos"), "--catalog", str(shop), cwd=tmp_path, prefix=prefix)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "read-only" in res.stderr
+
+
+# -- 4. photos deleted or moved after indexing -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gone(tmp_path_factory) -> Path:
+    """A catalog of six photos, two of them deleted after indexing (red-rect, blue-ellipse)."""
+    root = tmp_path_factory.mktemp("gone")
+    shop = build(root)
+    (root / "photos" / "red-rect.jpg").unlink()
+    (root / "photos" / "blue-ellipse.jpg").unlink()
+    return shop
+
+
+def api(shop: Path, **settings):
+    from fastapi.testclient import TestClient
+
+    from lookalike.api import ServeSettings, create_app
+
+    return TestClient(create_app(ServeSettings(catalog=shop, **settings)))
+
+
+def test_status_counts_photos_gone_since_indexing(gone):
+    with Catalog.open(gone) as catalog:
+        status = catalog.status()
+    assert status.missing == 2 and status.to_dict()["missing"] == 2
+    res = cli("status", "--catalog", str(gone), cwd=gone.parent)
+    assert res.returncode == 0, res.stderr
+    assert "6 searchable, 0 failed, 2 photos missing" in res.stdout and "--prune" in res.stdout
+
+
+def test_search_marks_items_whose_photo_is_gone(gone):
+    with Catalog.open(gone) as catalog:
+        matches = catalog.similar("red-ellipse", k=5)
+    assert {m.id for m in matches if m.missing} == {"red-rect", "blue-ellipse"}
+    assert all(m.to_dict()["missing"] == m.missing for m in matches)
+    with api(gone) as client:
+        body = client.get("/api/items/red-ellipse/similar?k=5").json()
+    assert {r["id"] for r in body["results"] if r["missing"]} == {"red-rect", "blue-ellipse"}
+
+
+def test_a_thumbnail_of_a_gone_photo_is_404_without_server_paths(gone):
+    with api(gone, thumbnail_cache=gone.parent / "thumbs") as client:
+        for url in ("/api/items/red-rect/thumbnail", "/api/items/red-rect/image"):
+            r = client.get(url)
+            assert r.status_code == 404, (url, r.text)
+            assert str(gone.parent) not in r.text and "photos" not in r.text
+            assert "gone" in r.json()["detail"]
+        assert client.get("/api/items/green-rect/thumbnail").status_code == 200

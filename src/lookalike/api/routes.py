@@ -14,8 +14,9 @@ from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from ..catalog.catalog import CatalogItem
-from ..catalog.query import Match, parse_where
+from ..catalog.query import Match, parse_where, photo_gone
 from ..core import storage
+from ..core.errors import ImageError
 from ..core.images import image_media_type
 from ..core.version import __version__
 from .limits import too_large_message
@@ -137,7 +138,7 @@ def image(request: Request, svc: Service, item_id: str) -> Response:
             return _file(request, data, image_media_type(io.BytesIO(data)), item.sha256)
         media = image_media_type(path)
     except OSError as exc:
-        raise HTTPException(404, f"the image file of item {item_id!r} is gone from the server; its catalog "
+        raise HTTPException(404, f"the image file of item {shown(item_id)} is gone from the server; its catalog "
                                  "needs re-indexing") from exc
     return _file(request, path, media, item.sha256)
 
@@ -148,7 +149,14 @@ def thumbnail(request: Request, svc: Service, item_id: str,
               size: Annotated[int, Query(ge=16, le=1024, description="longest side in pixels")] = DEFAULT_SIZE
               ) -> Response:
     item = svc.item(item_id)
-    path = svc.thumbnail(item, size)
+    try:
+        path = svc.thumbnail(item, size)
+    except ImageError as exc:  # the original changed since indexing: say so without the server's paths
+        if photo_gone(item.path):
+            raise HTTPException(404, f"the image file of item {shown(item_id)} is gone from the server; its "
+                                     "catalog needs re-indexing") from exc
+        raise HTTPException(422, f"the image file of item {shown(item_id)} cannot be read any more (changed or "
+                                 "damaged since indexing); its catalog needs re-indexing") from exc
     return _file(request, path, "image/jpeg", f"{item.sha256}-{path.parent.parent.name}")
 
 
@@ -234,7 +242,7 @@ def _result(request: Request, query: dict, k: int, where: list[str], min_similar
         image_url, thumbnail_url = _urls(request, match.id, sha256)
         results.append({"id": match.id, "labels": match.labels, "predicted": match.predicted, "image_url": image_url,
                         "thumbnail_url": thumbnail_url, "rank": match.rank, "similarity": match.similarity,
-                        "distance": match.distance})
+                        "distance": match.distance, "missing": match.missing})
     return JSONResponse({"query": query, "k": k, "where": parse_where(where), "min_similarity": min_similarity,
                          "dedupe": dedupe, "results": results, "took_ms": _ms(started)})
 
@@ -249,6 +257,12 @@ def _file(request: Request, path, media_type: str, etag: str | None) -> Response
     if isinstance(path, bytes):
         return Response(content=path, media_type=media_type, headers=headers)
     return FileResponse(path, media_type=media_type, headers=headers)
+
+
+def shown(value: str, limit: int = 60) -> str:
+    """A client's value as an error message may quote it: repr'd, and cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 5] + "...'"
 
 
 def _ms(started: float) -> float:

@@ -48,7 +48,17 @@ from ..store.base import UPLOAD_PREFIX, Watch
 from .consistency import index_disagrees
 from .dedupe import nearest_distinct
 from .location import database_cache
-from .query import Match, QueryPart, QueryWeights, Where, check_k, combine, distance_from_similarity, parse_where
+from .query import (
+    Match,
+    QueryPart,
+    QueryWeights,
+    Where,
+    check_k,
+    combine,
+    distance_from_similarity,
+    parse_where,
+    photo_gone,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +131,15 @@ class CatalogStatus:
     failures: list[tuple[str, str, str]]
     index_detail: dict = field(default_factory=dict)
     runtime: dict = field(default_factory=dict)  # the last indexing run's runtime and precision, the int8 gate
+    missing: int = 0  # searchable items whose photo file is gone (deleted or moved since indexing)
+    missing_examples: list[tuple[str, str]] = field(default_factory=list)  # (id, path) of the first few
 
     def to_dict(self) -> dict:
         return {
             "path": self.path, "model": self.embedder.describe(), "embedder": self.embedder.__dict__,
-            "items": self.items, "failed": self.failed, "labels": self.labels, "index": self.index,
+            "items": self.items, "failed": self.failed, "missing": self.missing,
+            "missing_examples": [{"id": i, "path": p} for i, p in self.missing_examples],
+            "labels": self.labels, "index": self.index,
             "index_detail": self.index_detail, "runtime": self.runtime,
             "failures": [{"id": i, "path": p, "reason": r} for i, p, r in self.failures],
         }
@@ -1202,7 +1216,8 @@ class Catalog:
     def status(self, failures: int | None = 50) -> CatalogStatus:
         counts = self.store.counts()
         index = self.index
-        return CatalogStatus(
+        gone = [(item_id, path) for _, item_id, path, _ in self.store.ok_items() if photo_gone(path)]
+        return CatalogStatus(missing=len(gone), missing_examples=gone[:5],
             path=self.name, embedder=self.config.embedder, items=counts["ok"], failed=counts["failed"],
             labels=self.store.label_names(), index=index.describe(),
             failures=self.store.failures(failures), index_detail=self._index_detail(index),
