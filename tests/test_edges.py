@@ -134,3 +134,135 @@ def test_a_thumbnail_of_a_gone_photo_is_404_without_server_paths(gone):
             assert str(gone.parent) not in r.text and "photos" not in r.text
             assert "gone" in r.json()["detail"]
         assert client.get("/api/items/green-rect/thumbnail").status_code == 200
+
+
+# -- 5. REST API edges ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    shop = build(tmp_path_factory.mktemp("served"))
+    with api(shop, thumbnail_cache=shop.parent / "thumbs") as client:
+        yield client, shop
+
+
+def jpeg(shop: Path) -> bytes:
+    return (shop.parent / "photos" / "red-rect.jpg").read_bytes()
+
+
+def detail(r) -> str:
+    body = r.json()
+    assert set(body) == {"detail"} and "\n" not in body["detail"], r.text[:300]
+    return body["detail"]
+
+
+def test_head_answers_like_get_without_a_body(served):
+    client, _ = served
+    for url in ("/", "/api/health", "/api/items/red-rect/image", "/api/items/red-rect/thumbnail"):
+        get, head = client.get(url), client.head(url)
+        assert head.status_code == get.status_code == 200, (url, head.status_code)
+        assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+
+
+def test_cors_is_off_by_default_and_set_by_lookalike_cors_origins(served, monkeypatch):
+    client, shop = served
+    preflight = {"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in client.options("/api/search", headers=preflight).headers
+    monkeypatch.setenv("LOOKALIKE_CORS_ORIGINS", "https://shop.example, https://www.shop.example/")
+    with api(shop) as cors:
+        r = cors.options("/api/search", headers=preflight)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://shop.example"
+        assert "POST" in r.headers["access-control-allow-methods"]
+        got = cors.get("/api/health", headers={"Origin": "https://www.shop.example"})
+        assert got.headers["access-control-allow-origin"] == "https://www.shop.example"
+        other = cors.options("/api/search", headers={**preflight, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_long_values_are_never_echoed_in_errors(served):
+    client, shop = served
+    image = {"image": ("a.jpg", jpeg(shop), "image/jpeg")}
+    answers = [
+        client.post("/api/search", data={"where": "a" * 100_000}, files=image),
+        client.post("/api/search", data={"where": "b" * 100_000 + "=x"}, files=image),
+        client.get("/api/items", params={"where": "c" * 50_000}),
+        client.get("/api/items/" + "d" * 5000),
+        client.get("/api/items/" + "e" * 5000 + "/similar"),
+        client.get("/api/items/" + "f" * 5000 + "/thumbnail"),
+    ]
+    for r in answers:
+        assert r.status_code in (404, 422), r.status_code
+        assert len(r.content) < 700 and len(detail(r)) < 600
+
+
+@pytest.mark.parametrize("case, words", [
+    ("no closing boundary", "without its closing boundary"),
+    ("wrong boundary", "boundary its Content-Type declares"),
+    ("json", "not JSON"),
+    ("raw image", "raw body"),
+])
+def test_a_malformed_search_body_says_what_is_wrong(served, case, words):
+    client, shop = served
+    part = (b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\nContent-Type: image/jpeg'
+            b"\r\n\r\n" + jpeg(shop) + b"\r\n")
+    multipart = {"Content-Type": "multipart/form-data; boundary=xyz"}
+    if case == "no closing boundary":
+        r = client.post("/api/search", content=part, headers=multipart)
+    elif case == "wrong boundary":
+        r = client.post("/api/search", content=part + b"--xyz--\r\n",
+                        headers={"Content-Type": "multipart/form-data; boundary=abc"})
+    elif case == "json":
+        r = client.post("/api/search", json={"text": "red"})
+    else:
+        r = client.post("/api/search", content=jpeg(shop), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code in (400, 422)
+    message = detail(r)
+    assert words in message and "send a photo (image), words (text), or both" not in message
+
+
+def test_two_image_parts_and_form_fields_in_the_url_are_refused(served):
+    client, shop = served
+    data = jpeg(shop)
+    two = client.post("/api/search", files=[("image", ("a.jpg", data, "image/jpeg")),
+                                            ("image", ("b.jpg", data, "image/jpeg"))])
+    assert two.status_code == 422 and "2 image parts" in detail(two)
+    k_in_url = client.post("/api/search?k=2", files={"image": ("a.jpg", data, "image/jpeg")})
+    assert k_in_url.status_code == 422 and detail(k_in_url).startswith("k: ")
+    fine = client.post("/api/search", data={"k": "2"}, files={"image": ("a.jpg", data, "image/jpeg")})
+    assert fine.status_code == 200 and len(fine.json()["results"]) == 2
+
+
+def test_a_body_that_never_comes_is_answered_408_and_closed():
+    import anyio
+
+    from lookalike.api.limits import BodyLimitMiddleware
+
+    async def app(scope, receive, send):  # reads the body, as a form endpoint does
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+
+        try:
+            await Request(scope, receive).body()
+        except Exception as exc:  # noqa: BLE001 - the middleware's HTTPException, answered as the app would
+            await JSONResponse({"detail": exc.detail}, status_code=exc.status_code)(scope, receive, send)
+            return
+        await JSONResponse({})(scope, receive, send)
+
+    sent: list[dict] = []
+
+    async def receive():
+        await anyio.sleep(3600)  # headers said a body comes; it never does
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/search", "headers": [(b"content-length", b"100")]}
+
+    async def main():
+        with anyio.fail_after(5):
+            await BodyLimitMiddleware(app, max_upload_bytes=1000, body_timeout=0.3)(scope, receive, send)
+
+    anyio.run(main)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 408 and (b"connection", b"close") in start["headers"]
+    assert b"stopped arriving" in b"".join(m.get("body", b"") for m in sent)

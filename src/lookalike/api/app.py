@@ -28,10 +28,10 @@ from ..core.errors import (
 )
 from ..core.version import __version__
 from .limits import BodyLimitMiddleware
-from .multipart import FilenameStarMiddleware
+from .multipart import FilenameStarMiddleware, HeadMiddleware, body_problem
 from .routes import router
 from .service import CatalogService
-from .settings import ServeSettings, env_name
+from .settings import ServeSettings, cors_origins, env_name
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,15 @@ def create_app(settings: ServeSettings, service: CatalogService | None = None) -
     )
     app.state.settings = settings
     app.add_middleware(FilenameStarMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)  # outermost
+    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes,
+                       body_timeout=settings.body_timeout)
+    app.add_middleware(HeadMiddleware)  # HEAD answers as GET, without the body
+    origins = cors_origins(settings)
+    if origins:  # outermost: even a refused upload's answer carries the Access-Control-* headers
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "HEAD", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "X-Admin-Token"], max_age=600)
     app.include_router(router)
 
     # Every error is one JSON line: {"detail": "<one line>"}, never the request's own bytes.
@@ -120,8 +128,24 @@ def create_app(settings: ServeSettings, service: CatalogService | None = None) -
     return app
 
 
+MAX_QUOTED = 60  # characters of a client's value that an error message may quote
+MAX_DETAIL = 600  # and of a whole detail line
+_QUOTED = re.compile(r"(?<!\w)'(?:[^'\\]|\\.)*'(?!\w)|(?<!\w)\"(?:[^\"\\]|\\.)*\"(?!\w)")
+
+
 def error_response(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": one_line(detail)}, status_code=status, headers=dict(headers or {}))
+    return JSONResponse({"detail": capped(one_line(detail))}, status_code=status, headers=dict(headers or {}))
+
+
+def capped(detail: str) -> str:
+    """A detail line that never echoes a long request value: each quoted value is cut to ``MAX_QUOTED``
+    characters, the line to ``MAX_DETAIL``."""
+    def cut(match: re.Match) -> str:
+        text = match.group(0)
+        return text if len(text) <= MAX_QUOTED else f"{text[:MAX_QUOTED - 4]}...{text[-1]}"
+
+    detail = _QUOTED.sub(cut, detail)
+    return detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL - 3] + "..."
 
 
 def one_line(text: str) -> str:
@@ -164,6 +188,9 @@ def http_message(request: Request, exc: StarletteHTTPException) -> str:
         bare = detail == HTTPStatus(exc.status_code).phrase
     except ValueError:
         bare = False
+    if exc.status_code == 400 and detail in ("Invalid multipart data.", "There was an error parsing the body"):
+        return body_problem(request.scope) or "the multipart body is malformed; let your HTTP client build it " \
+                                                "(e.g. curl -F image=@photo.jpg)"
     if not bare:
         return detail
     asked = f"{request.method} {request.url.path[:MAX_PATH_SHOWN]}"

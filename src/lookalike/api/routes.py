@@ -20,6 +20,7 @@ from ..core.errors import ImageError
 from ..core.images import image_media_type
 from ..core.version import __version__
 from .limits import too_large_message
+from .multipart import body_problem
 from .schemas import Deleted, Health, Item, ItemPage, Predicted, SearchResult
 from .service import CatalogService
 from .settings import env_name
@@ -47,6 +48,19 @@ DEDUPE_HELP = ("one item per near-duplicate group (the groups `lookalike duplica
 
 async def k_param(request: Request, k: Annotated[int, Query(ge=1, description="how many results")] = 10) -> int:
     return _check_k(request, k)
+
+
+def _check_form(request: Request, *fields: str) -> None:
+    """A form endpoint's fields come in its body: one in the URL (``?k=2``) is refused, never ignored; so is a
+    second ``image`` part (one photo per query)."""
+    in_url = [name for name in fields if name in request.query_params]
+    if in_url:
+        raise HTTPException(422, f"{in_url[0]}: send it as a form field in the multipart body, not in the URL "
+                                 f"(?{in_url[0]}=...); POST /api/search reads its fields from the form")
+    shape = request.scope.get("state", {}).get("body_shape")
+    images = shape.names.count("image") if shape is not None else 0
+    if images > 1:
+        raise HTTPException(422, f"image: {images} image parts came; send one photo per search")
 
 
 def _check_k(request: Request, k: int) -> int:
@@ -94,6 +108,9 @@ def search(request: Request, svc: Service,
            min_similarity: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
            dedupe: Annotated[bool, Form(description=DEDUPE_HELP)] = False) -> Response:
     started = time.perf_counter()
+    _check_form(request, "image", "text", "k", "where", "min_similarity", "dedupe")
+    if image is None and (text is None or not text.strip()):
+        raise HTTPException(422, body_problem(request.scope) or "send a photo (image), words (text), or both")
     _check_k(request, k)
     data = _read_upload(request, image) if image is not None else None
     where = where or []
