@@ -266,3 +266,57 @@ def test_a_body_that_never_comes_is_answered_408_and_closed():
     start = next(m for m in sent if m["type"] == "http.response.start")
     assert start["status"] == 408 and (b"connection", b"close") in start["headers"]
     assert b"stopped arriving" in b"".join(m.get("body", b"") for m in sent)
+
+
+# -- 6. PostgreSQL errors say what is wrong -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason, sqlstate, words", [
+    ('connection failed: connection to server at "db", port 5432 failed: FATAL:  password authentication failed '
+     'for user "shop"', None, "authentication failed for user 'shop'; check the user and password"),
+    ('connection failed: connection to server at "db", port 5432 failed: FATAL:  database "shopdb" does not exist',
+     None, "no database 'shopdb'"),
+    ('connection failed: connection to server at "db", port 5432 failed: FATAL:  role "shop" does not exist',
+     None, "no role 'shop'"),
+    ("connection failed: connection to server at \"db\", port 1 failed: Connection refused", None, "cannot be reached"),
+    ("failed to resolve host 'nohost.invalid': [Errno -2] Name or service not known", None, "cannot be reached"),
+    ("the server's words, translated", "28P01", "authentication failed"),
+    ("the server's words, translated", "3D000", "no database"),
+])
+def test_connection_problems_are_told_apart(reason, sqlstate, words):
+    from lookalike.store.postgres import connection_problem
+
+    message = connection_problem(reason, sqlstate)
+    assert words in message
+    assert ("try again when it is back" in message) == (words == "cannot be reached")
+
+
+def test_a_wrong_password_or_a_missing_database_is_named_not_a_retry(pg_server):
+    import time
+
+    import psycopg
+
+    from lookalike.core.errors import StoreUnavailableError
+
+    with psycopg.connect(pg_server.url, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS pw_only")
+        conn.execute("CREATE ROLE pw_only LOGIN PASSWORD 'right'")
+        hba = pg_server.data / "pg_hba.conf"
+        if "pw_only" not in hba.read_text():  # this role alone must give a password; the others stay trusted
+            hba.write_text("host all pw_only 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        conn.execute("SELECT pg_reload_conf()")
+    time.sleep(0.3)
+    base = pg_server.url  # postgresql://postgres@127.0.0.1:PORT/postgres
+    host = base.split("@", 1)[1].rsplit("/", 1)[0]
+    cases = [
+        (f"postgresql://pw_only:wrong-pw@{host}/postgres", "authentication failed for user 'pw_only'"),
+        (f"postgresql://postgres@{host}/no_such_db", "no database 'no_such_db'"),
+        ("postgresql://postgres:pw@127.0.0.1:1/postgres", "cannot be reached"),
+    ]
+    for url, words in cases:
+        with pytest.raises(StoreUnavailableError) as err:
+            Catalog.open(url)
+        message = str(err.value)
+        assert words in message and "\n" not in message and "wrong-pw" not in message
+        assert ("try again when it is back" in message) == (words == "cannot be reached")
+
