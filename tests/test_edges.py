@@ -320,3 +320,31 @@ def test_a_wrong_password_or_a_missing_database_is_named_not_a_retry(pg_server):
         assert words in message and "\n" not in message and "wrong-pw" not in message
         assert ("try again when it is back" in message) == (words == "cannot be reached")
 
+
+# -- 7. words longer than the model's context ---------------------------------------------------------------
+
+
+def test_words_cut_to_the_context_are_said_with_the_token_count(tiny_clip, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="lookalike")
+    short = tiny_clip.tokenize(["red dress"])
+    assert not [r for r in caplog.records if "cut" in r.getMessage()]
+    context = int(short.shape[1])  # 32 for the tiny model
+    tiny_clip.tokenize(["red " * 100])
+    cut = [r.getMessage() for r in caplog.records if "cut" in r.getMessage()]
+    assert len(cut) == 1 and f"{context} of 102 tokens used" in cut[0]
+
+
+def test_the_command_line_caps_words_as_the_api_does(word_shop, clip_hub):
+    env_home = {"HF_HOME": str(clip_hub)}
+    res = subprocess.run([sys.executable, "-m", "lookalike.cli", "search", "--text", "red " * 300, "--catalog",
+                          str(word_shop / "shop.lk")], capture_output=True, text=True, env={**ENV, **env_home},
+                         timeout=120)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "1,200 characters" in res.stderr and "1,000" in res.stderr and "red red red" not in res.stderr
+    res = subprocess.run([sys.executable, "-m", "lookalike.cli", "search", "--text", "red " * 60, "--catalog",
+                          str(word_shop / "shop.lk"), "-k", "1"], capture_output=True, text=True,
+                         env={**ENV, **env_home}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "of 62 tokens used" in res.stderr

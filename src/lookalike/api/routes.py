@@ -13,7 +13,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from ..catalog.catalog import CatalogItem
+from ..catalog.catalog import MAX_TEXT_CHARS, CatalogItem
 from ..catalog.query import Match, parse_where, photo_gone
 from ..core import storage
 from ..core.errors import ImageError
@@ -95,6 +95,7 @@ def health(svc: Service) -> Health:
                           writable=svc.settings.admin_token is not None, text=svc.catalog.config.embedder.text)
 
 
+SIMILAR_TEXT_HELP = "more like this, but with these words (a catalog whose model has a text tower)"
 TEXT_HELP = ("words to look for (a catalog whose model has a text tower); with a photo: this photo, but with "
              "these words")
 
@@ -103,7 +104,7 @@ TEXT_HELP = ("words to look for (a catalog whose model has a text tower); with a
              summary="The catalog items most like an uploaded photo, words, or both")
 def search(request: Request, svc: Service,
            image: Annotated[UploadFile | None, File(description="a photo")] = None,
-           text: Annotated[str | None, Form(max_length=1000, description=TEXT_HELP)] = None,
+           text: Annotated[str | None, Form(max_length=MAX_TEXT_CHARS, description=TEXT_HELP)] = None,
            k: Annotated[int, Form(ge=1)] = 10, where: Annotated[list[str] | None, Form()] = None,
            min_similarity: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
            dedupe: Annotated[bool, Form(description=DEDUPE_HELP)] = False) -> Response:
@@ -134,8 +135,7 @@ def browse(request: Request, svc: Service, offset: Offset = 0, limit: Annotated[
 async def similar(request: Request, svc: Service, item_id: str, k: Annotated[int, Depends(k_param)],
                   where: WhereParam = None, min_similarity: MinSimilarity = None,
                   dedupe: Annotated[bool, Query(description=DEDUPE_HELP)] = False,
-                  text: Annotated[str | None, Query(max_length=1000, description="more like this, but with these "
-                                                    "words (a catalog whose model has a text tower)")] = None
+                  text: Annotated[str | None, Query(max_length=MAX_TEXT_CHARS, description=SIMILAR_TEXT_HELP)] = None
                   ) -> Response:
     started = time.perf_counter()
     matches = await svc.similar(item_id, k, where or [], min_similarity, dedupe, text=text)

@@ -68,6 +68,7 @@ INDEX_DIR = "index"
 OPENVINO_DIR = "openvino"  # int8 models calibrated on this catalog's own photos
 UPLOADS_DIR = "uploads"  # images added one by one (REST API); named by content, so no id can steer a path
 MAX_ID_LENGTH = 200
+MAX_TEXT_CHARS = 1000  # words in one query (the REST API's limit too)
 
 
 @dataclass
@@ -1011,6 +1012,10 @@ class Catalog:
             raise no_text_tower(self.config.embedder.name)
         if any(not str(t).strip() for t in texts):
             raise QueryError("empty words in the query; write what to look for, e.g. --text 'red summer dress'")
+        longest = max((len(str(t)) for t in texts), default=0)
+        if longest > MAX_TEXT_CHARS:
+            raise QueryError(f"words of {longest:,} characters; at most {MAX_TEXT_CHARS:,} are taken (a text+image "
+                             "model reads only its first few dozen words anyway): shorten them")
 
     def search_parts(self, parts: Sequence[QueryPart], k: int = 10, where: Where = None, dedupe: bool = False, *,
                      items: Sequence[str] = (), not_items: Sequence[str] = (),
