@@ -80,7 +80,7 @@ def create_app(settings: ServeSettings, service: CatalogService | None = None) -
             svc.close()
 
     app = FastAPI(
-        title="lookalike", version=__version__, lifespan=lifespan,
+        title="lookalike", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
         description="Find the catalog products that look like a photo. Read endpoints are open; adding and "
                     "deleting items needs the server's admin token.",
     )
@@ -125,12 +125,44 @@ def create_app(settings: ServeSettings, service: CatalogService | None = None) -
     def page() -> FileResponse:
         return FileResponse(str(WEB_DIR / "index.html"), headers={"Cache-Control": "no-cache"})
 
+    _self_hosted_docs(app)
+
     return app
 
 
 MAX_QUOTED = 60  # characters of a client's value that an error message may quote
 MAX_DETAIL = 600  # and of a whole detail line
 _QUOTED = re.compile(r"(?<!\w)'(?:[^'\\]|\\.)*'(?!\w)|(?<!\w)\"(?:[^\"\\]|\\.)*\"(?!\w)")
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _self_hosted_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts and styles served from the installed fastapi-offline
+    package, not a CDN (FastAPI's "self-hosting JavaScript and CSS for docs"): the API page works offline."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+
+    assets = resources.files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> Response:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
+                                   oauth2_redirect_url="/docs/oauth2-redirect",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png")
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def swagger_ui_redirect() -> Response:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> Response:
+        return get_redoc_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
+                              redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
 
 
 def error_response(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
