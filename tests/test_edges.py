@@ -348,3 +348,124 @@ def test_the_command_line_caps_words_as_the_api_does(word_shop, clip_hub):
                          env={**ENV, **env_home}, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "of 62 tokens used" in res.stderr
+
+
+# -- 10. first contact ---------------------------------------------------------------------------------------
+
+
+def test_the_api_docs_load_nothing_from_a_cdn(served):
+    import re
+
+    client, _ = served
+    for url in ("/docs", "/redoc"):
+        page = client.get(url)
+        assert page.status_code == 200
+        refs = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert refs and all(ref.startswith("/") for ref in refs), refs
+        assert "cdn" not in page.text and "fonts.googleapis" not in page.text
+        for ref in refs:
+            assert client.get(ref).status_code == 200, ref
+
+
+def test_a_non_image_upload_does_not_name_pillow(served):
+    client, _ = served
+    r = client.post("/api/search", files={"image": ("notes.txt", b"just some words", "text/plain")})
+    assert r.status_code == 415
+    assert "Pillow" not in detail(r) and "not an image lookalike can read (JPEG, PNG, WebP" in detail(r)
+
+
+def test_a_filter_value_no_item_has_names_the_values_closest_first(tmp_path):
+    shop = build(tmp_path)
+    for args in (("similar", "red-rect"), ("search", str(tmp_path / "photos" / "red-rect.jpg")), ("items",)):
+        res = cli(*args, "--catalog", str(shop), "--where", "colour=gren", cwd=tmp_path)
+        assert res.returncode == 2, res.stdout
+        line = res.stderr.strip()
+        assert "\n" not in line and "colour='gren'" in line and "closest first: green, " in line
+
+
+def test_index_of_a_manifest_says_how_many_photos_had_no_row(tmp_path):
+    photos = tmp_path / "photos"
+    for colour, rgb in COLOURS.items():
+        make_image(photos / f"{colour}.jpg", color=rgb)
+    (tmp_path / "styles.csv").write_text("path,colour\nred.jpg,red\n")
+    res = cli("index", str(tmp_path / "styles.csv"), "--images", str(photos), "--catalog", str(tmp_path / "c.lk"),
+              "--model", "colorhist", "-q", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "2 of 3 photos" in res.stdout + res.stderr and "no row in styles.csv" in res.stdout + res.stderr
+
+
+def test_items_lists_a_catalog_with_filters_and_paging(tmp_path):
+    import json
+
+    shop = build(tmp_path)
+    res = cli("items", "--catalog", str(shop), "--where", "shape=rect", "--limit", "2", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    page = json.loads(res.stdout)
+    assert page["total"] == 3 and [i["id"] for i in page["items"]] == ["red-rect", "green-rect"]
+    assert page["items"][0]["labels"] == {"colour": "red", "shape": "rect"}
+    res = cli("items", "--catalog", str(shop), "--offset", "4", cwd=tmp_path)
+    assert res.returncode == 0 and "items 5-6 of 6" in res.stdout and "blue-ellipse" in res.stdout
+    with api(shop) as client:  # the same page as GET /api/items
+        ids = [i["id"] for i in client.get("/api/items?where=shape=rect&limit=2").json()["items"]]
+    assert ids == ["red-rect", "green-rect"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_first_contact_in_a_real_browser(tmp_path):
+    """Offline: the API docs render from local assets; filters survive in a shared link; a text file leaves no
+    broken image and no "Pillow"; an item without a title is named by its labels; a gone photo says so."""
+    from test_serve import CHROMIUM, CHROMIUM_ARGS, serve_catalog
+
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    shop = build(tmp_path)
+    (tmp_path / "photos" / "blue-ellipse.jpg").unlink()
+    expect.set_options(timeout=20_000)
+    server = serve_catalog(shop)
+    url = next(server)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.set_default_timeout(30_000)
+            outside: list[str] = []
+
+            def offline(route):  # nothing but the server itself: a machine without the internet
+                if route.request.url.startswith(url):
+                    route.continue_()
+                else:
+                    outside.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", offline)
+            page.goto(url + "/docs")
+            expect(page.locator(".swagger-ui .opblock").first).to_be_visible()
+            assert not outside, outside
+
+            page.goto(url + "/#browse")
+            cards = page.locator("[data-testid=results] button.card")
+            expect(cards).to_have_count(6)
+            red = page.locator("button.card[data-id='red-rect']")
+            expect(red.locator(".name")).to_have_text("red · rect")
+            expect(red.locator(".labels").first).to_have_text("id red-rect")
+            expect(page.locator("button.card[data-id='blue-ellipse'] [data-testid=photo-missing]")).to_be_visible()
+
+            page.get_by_test_id("facet-colour").select_option("red")
+            expect(cards).to_have_count(2)
+            assert "where=colour%3Dred" in page.url
+            shared = browser.new_page()
+            shared.goto(page.url)
+            expect(shared.get_by_test_id("facet-colour")).to_have_value("red")
+            expect(shared.locator("[data-testid=results] button.card")).to_have_count(2)
+
+            page.get_by_test_id("file").set_input_files(
+                {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a photo"})
+            expect(page.get_by_test_id("error")).to_contain_text("not an image lookalike can read")
+            assert "Pillow" not in page.get_by_test_id("error").text_content()
+            expect(page.get_by_test_id("query-image")).to_be_hidden()
+            browser.close()
+    finally:
+        next(server, None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import difflib
 import io
 import logging
 import os
@@ -527,7 +528,7 @@ class Catalog:
         options = options or EncodeOptions()
         started = time.perf_counter()
         listing = read_source(source, images)
-        report = IndexReport(warnings=list(listing.warnings))
+        report = IndexReport(warnings=list(listing.warnings), notes=list(listing.notes))
         if not listing.items:
             report.warnings.append(f"{source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         stored = self.store.items()
@@ -1174,6 +1175,27 @@ class Catalog:
         if unknown:
             listing = ", ".join(sorted(known)) or "none (index from a manifest to add labels)"
             raise QueryError(f"unknown label {unknown[0]!r} in filter; labels in this catalog: {listing}")
+        return terms
+
+    def check_values(self, where: Where) -> dict[str, str]:
+        """``check_where``, and each value must be one some item has: a misspelt value (``articleType=Tshirt``)
+        is told with the values that exist, closest first, rather than matching nothing. What the command line
+        asks; the REST API keeps an empty answer for a value no item has (its page offers only real values).
+
+        Raises:
+            QueryError: malformed filter, unknown label, or a value no item has.
+        """
+        terms = self.check_where(where)
+        counts = self._all_label_counts()
+        for name, value in terms.items():
+            values = counts.get(name, {})
+            if value in values:
+                continue
+            close = difflib.get_close_matches(value, list(values), n=len(values), cutoff=0.0)
+            near = difflib.get_close_matches(value.lower(), [v.lower() for v in values], n=len(values), cutoff=0.6)
+            ordered = sorted(values, key=lambda v: (v.lower() not in near, close.index(v)))
+            shown = ", ".join(ordered[:12]) + (f" and {len(ordered) - 12} more" if len(ordered) > 12 else "")
+            raise QueryError(f"no item has {name}={value!r}; values of {name}, closest first: {shown or '(none)'}")
         return terms
 
     def allowed(self, where: Where) -> np.ndarray | None:

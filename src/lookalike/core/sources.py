@@ -51,6 +51,7 @@ class SourceItem:
 class SourceListing:
     items: list[SourceItem]
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what a user should hear without -v (one line each)
 
 
 def read_source(source: str | Path, images: str | Path | None = None) -> SourceListing:
@@ -286,13 +287,16 @@ def _manifest_items(manifest: Path, images: Path | None) -> SourceListing:
     unclaimed = [path for path in found if path.resolve() not in claimed]
     ids = _file_ids(unclaimed, images, taken={item.id for item in items})
     items.extend(SourceItem(id=item_id, path=path.resolve()) for path, item_id in zip(unclaimed, ids, strict=True))
+    notes = []
     if unclaimed:
         log.info("%d images in %s have no row in %s; indexed unlabelled", len(unclaimed), images, manifest.name)
+        notes.append(f"{len(unclaimed)} of {len(found)} photos in {images} had no row in {manifest.name}; indexed "
+                     "unlabelled, under their file names")
     clash = sorted(item_id for item_id, n in Counter(item.id for item in items).items() if n > 1)
     if clash:  # a row's id spelled like the id an image without a row gets ("a.jpg"): rare, but never merged
         raise SourceError(f"{manifest}: ids {clash[:5]} of rows are also the ids of images without a row; "
                           "rename those rows' ids or give the images rows")
-    return SourceListing(items=items, warnings=warnings)
+    return SourceListing(items=items, warnings=warnings, notes=notes)
 
 
 # --- reading the text: encoding and delimiter ----------------------------------------------------------------
