@@ -58,6 +58,10 @@ def test_a_read_only_catalog_searches_and_refuses_writes_in_one_line(tmp_path, m
         with pytest.raises(CatalogError, match="read-only") as err:
             catalog.add(tmp_path / "photos", options=EncodeOptions(workers=0, progress=False))
         assert "\n" not in str(err.value)
+        with pytest.raises(CatalogError, match="read-only"):
+            catalog.add_image((tmp_path / "photos" / "red-rect.jpg").read_bytes(), "another")
+        with pytest.raises(CatalogError, match="read-only"):
+            catalog.remove(["red-rect"])
 
 
 def _read_only_mount(folder: Path) -> tuple[str, ...] | None:
@@ -81,9 +85,10 @@ def test_a_catalog_on_a_read_only_mount_serves_status_search_and_similar(tmp_pat
         res = cli(*args, "--catalog", str(shop), cwd=tmp_path, prefix=prefix)
         assert res.returncode == 0, res.stderr
         assert "Traceback" not in res.stderr
-    res = cli("index", str(tmp_path / "photos"), "--catalog", str(shop), cwd=tmp_path, prefix=prefix)
-    assert res.returncode == 2
-    assert res.stderr.strip().count("\n") == 0 and "read-only" in res.stderr
+    for args in (("index", str(tmp_path / "photos")), ("tune",), ("cluster", "-n", "2")):
+        res = cli(*args, "--catalog", str(shop), cwd=tmp_path, prefix=prefix)
+        assert res.returncode == 2, (args, res.stderr)
+        assert res.stderr.strip().count("\n") == 0 and "read-only" in res.stderr
 
 
 # -- 4. photos deleted or moved after indexing -------------------------------------------------------------------

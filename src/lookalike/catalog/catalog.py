@@ -661,7 +661,9 @@ class Catalog:
             ImageError: the bytes are not a readable image (nothing is written).
             ItemExistsError: an item with this id is already in the catalog.
             QueryError: the id is empty, too long or has control characters.
+            CatalogError: the catalog is read-only.
         """
+        self.check_writable()
         sha = content_hash(data)
         item_id = _check_new_id(item_id if item_id is not None else sha[:16])
         image = decode(data, max_pixels=self.encoder().options.max_pixels)  # raises before anything is written
@@ -851,7 +853,11 @@ class Catalog:
 
     def tune(self, recall: float | None = None) -> Quality:
         """Measure recall@10 against exact search on a sample of items and pick the fastest search setting
-        reaching ``recall`` (default: the catalog's target); saved with the index."""
+        reaching ``recall`` (default: the catalog's target); saved with the index.
+
+        Raises:
+            CatalogError: the catalog is read-only."""
+        self.check_writable()
         index = self.index
         quality = tune(index, recall if recall is not None else self.index_options().recall)
         if self.index_dir is not None:
