@@ -28,10 +28,10 @@ from ..core.errors import (
 )
 from ..core.version import __version__
 from .limits import BodyLimitMiddleware
-from .multipart import FilenameStarMiddleware
+from .multipart import FilenameStarMiddleware, HeadMiddleware, body_problem
 from .routes import router
 from .service import CatalogService
-from .settings import ServeSettings, env_name
+from .settings import ServeSettings, cors_origins, env_name
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,21 @@ def create_app(settings: ServeSettings, service: CatalogService | None = None) -
             svc.close()
 
     app = FastAPI(
-        title="lookalike", version=__version__, lifespan=lifespan,
+        title="lookalike", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
         description="Find the catalog products that look like a photo. Read endpoints are open; adding and "
                     "deleting items needs the server's admin token.",
     )
     app.state.settings = settings
     app.add_middleware(FilenameStarMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)  # outermost
+    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes,
+                       body_timeout=settings.body_timeout)
+    app.add_middleware(HeadMiddleware)  # HEAD answers as GET, without the body
+    origins = cors_origins(settings)
+    if origins:  # outermost: even a refused upload's answer carries the Access-Control-* headers
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "HEAD", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "X-Admin-Token"], max_age=600)
     app.include_router(router)
 
     # Every error is one JSON line: {"detail": "<one line>"}, never the request's own bytes.
@@ -117,11 +125,59 @@ def create_app(settings: ServeSettings, service: CatalogService | None = None) -
     def page() -> FileResponse:
         return FileResponse(str(WEB_DIR / "index.html"), headers={"Cache-Control": "no-cache"})
 
+    _self_hosted_docs(app)
+
     return app
 
 
+MAX_QUOTED = 60  # characters of a client's value that an error message may quote
+MAX_DETAIL = 600  # and of a whole detail line
+_QUOTED = re.compile(r"(?<!\w)'(?:[^'\\]|\\.)*'(?!\w)|(?<!\w)\"(?:[^\"\\]|\\.)*\"(?!\w)")
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _self_hosted_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts and styles served from the installed fastapi-offline
+    package, not a CDN (FastAPI's "self-hosting JavaScript and CSS for docs"): the API page works offline."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+
+    assets = resources.files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> Response:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
+                                   oauth2_redirect_url="/docs/oauth2-redirect",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png")
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def swagger_ui_redirect() -> Response:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> Response:
+        return get_redoc_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
+                              redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+
+
 def error_response(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": one_line(detail)}, status_code=status, headers=dict(headers or {}))
+    return JSONResponse({"detail": capped(one_line(detail))}, status_code=status, headers=dict(headers or {}))
+
+
+def capped(detail: str) -> str:
+    """A detail line that never echoes a long request value: each quoted value is cut to ``MAX_QUOTED``
+    characters, the line to ``MAX_DETAIL``."""
+    def cut(match: re.Match) -> str:
+        text = match.group(0)
+        return text if len(text) <= MAX_QUOTED else f"{text[:MAX_QUOTED - 4]}...{text[-1]}"
+
+    detail = _QUOTED.sub(cut, detail)
+    return detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL - 3] + "..."
 
 
 def one_line(text: str) -> str:
@@ -164,6 +220,9 @@ def http_message(request: Request, exc: StarletteHTTPException) -> str:
         bare = detail == HTTPStatus(exc.status_code).phrase
     except ValueError:
         bare = False
+    if exc.status_code == 400 and detail in ("Invalid multipart data.", "There was an error parsing the body"):
+        return body_problem(request.scope) or "the multipart body is malformed; let your HTTP client build it " \
+                                                "(e.g. curl -F image=@photo.jpg)"
     if not bare:
         return detail
     asked = f"{request.method} {request.url.path[:MAX_PATH_SHOWN]}"

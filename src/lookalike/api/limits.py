@@ -32,16 +32,23 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, too_large_message(limit))
 
 
+class BodyTimeout(HTTPException):
+    def __init__(self, seconds: float):
+        super().__init__(408, f"the request body stopped arriving (nothing for {seconds:g} s; server setting "
+                              f"{env_name('body_timeout')}); send the whole body without pausing")
+
+
 def too_large_message(limit: int) -> str:
     return (f"upload is larger than this server's limit of {limit / 1024 / 1024:g} MB "
             f"(server setting {env_name('max_upload_bytes')}); send a smaller image")
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_upload_bytes: int):
+    def __init__(self, app: ASGIApp, max_upload_bytes: int, body_timeout: float = 30.0):
         self.app = app
         self.image_limit = max_upload_bytes
         self.body_limit = max_upload_bytes + FORM_OVERHEAD
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"]) if scope["type"] == "http" else {}
@@ -50,7 +57,8 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)  # no body: nothing to limit or drain
             return
         body = _Body(receive, self.body_limit, self.image_limit,
-                     expects_continue=headers.get(b"expect", b"").lower() == b"100-continue")
+                     expects_continue=headers.get(b"expect", b"").lower() == b"100-continue",
+                     timeout=self.body_timeout)
         if length is not None and length.isdigit() and int(length) > self.body_limit:
             payload = json.dumps({"detail": too_large_message(self.image_limit)}).encode()
             await body.answer_early(send, {
@@ -65,8 +73,11 @@ class _Body:
     """A request body read through this object: counted against the limit, and drained after an early
     answer."""
 
-    def __init__(self, receive: Receive, limit: int, image_limit: int, expects_continue: bool):
+    def __init__(self, receive: Receive, limit: int, image_limit: int, expects_continue: bool,
+                 timeout: float = 30.0):
         self._receive = receive
+        self.timeout = timeout
+        self.timed_out = False
         self.limit = limit
         self.image_limit = image_limit
         self.received = 0
@@ -74,7 +85,16 @@ class _Body:
         self.expects_continue = expects_continue  # and the client waits for "100 Continue" to send it
 
     async def receive(self) -> Message:
-        message = await self._receive()
+        """The next piece of the body; a client that sends nothing for ``timeout`` seconds is answered 408 and
+        its connection closed (a connection that never sends its body must not stay open)."""
+        if self.complete:
+            message = await self._receive()
+        else:
+            with anyio.move_on_after(self.timeout) as waiting:
+                message = await self._receive()
+            if waiting.cancelled_caught:
+                self.timed_out = True  # nothing to drain: the answer goes out and the connection closes
+                raise BodyTimeout(self.timeout)
         self._count(message)
         if message["type"] == "http.request" and self.received > self.limit:
             # An HTTPException: FastAPI passes it through its body parsing untouched.
@@ -118,7 +138,7 @@ class _Body:
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"connection"]
         await send({**start, "headers": [*headers, (b"connection", b"close")]})
         await send({**first, "more_body": True})
-        if not (self.expects_continue and self.received == 0):  # else it was never told to send the body
+        if not self.timed_out and not (self.expects_continue and self.received == 0):  # else nothing to drain
             await self._drain()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

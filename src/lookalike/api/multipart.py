@@ -1,4 +1,6 @@
-"""File parts named only in the RFC 5987 form, ``filename*=utf-8''%E5%95%86%E5%93%81.jpg``, are files.
+"""What the API does to request bodies and methods on their way in, before FastAPI parses them.
+
+File parts named only in the RFC 5987 form, ``filename*=utf-8''%E5%95%86%E5%93%81.jpg``, are files.
 
 Some clients name a non-ASCII file that way alone. python-multipart follows RFC 7578 (section 4.2 forbids the
 extended form in multipart/form-data) and ignores ``filename*``, so Starlette takes such a part for a text
@@ -6,6 +8,10 @@ field: the upload is refused as "Expected UploadFile", and over 1 MB as an overs
 adds the plain ``filename="..."`` parameter to such parts' headers as the body streams through, so every
 endpoint that takes an upload sees a file with its real name. The rest of the body passes untouched (the
 Content-Length header is left as sent: the form parser reads to the end of the stream, not to a count).
+
+The same pass notes what the body looked like (``BodyShape``: did it start with its boundary, did it end with
+the closing one, which parts it named), so a form that parsed to nothing can be explained (``body_problem``).
+``HeadMiddleware`` answers HEAD as GET without the body.
 """
 
 from __future__ import annotations
@@ -31,11 +37,15 @@ class FilenameStarMiddleware:
             await self.app(scope, receive, send)
             return
         rewriter = PartHeaderRewriter(boundary)
+        shape = BodyShape(boundary)
+        scope.setdefault("state", {})["body_shape"] = shape
+        rewriter.names = shape.names
 
         async def rewriting_receive() -> Message:
             message = await receive()
             if message["type"] == "http.request":
                 last = not message.get("more_body", False)
+                shape.feed(message.get("body", b""), last)
                 message = {**message, "body": rewriter.feed(message.get("body", b""), last=last)}
             return message
 
@@ -54,6 +64,82 @@ def _multipart_boundary(scope: Scope) -> bytes | None:
     return boundary.encode("latin-1")
 
 
+class BodyShape:
+    """What a multipart body looked like as it streamed in: whether it began with the declared boundary,
+    whether its closing boundary came, and the names of its parts."""
+
+    def __init__(self, boundary: bytes):
+        self.boundary = boundary
+        self.head = b""  # the first bytes, enough to see the first delimiter
+        self.tail = b""  # the last bytes, enough to see the closing delimiter
+        self.complete = False
+        self.names: list[str] = []
+
+    def feed(self, data: bytes, last: bool) -> None:
+        keep = len(self.boundary) + 8
+        if len(self.head) < keep + 64:
+            self.head = (self.head + data)[:keep + 64]
+        self.tail = (self.tail + data)[-keep:]
+        self.complete = self.complete or last
+
+    @property
+    def starts_right(self) -> bool:
+        return (b"\r\n" + self.head).find(b"--" + self.boundary) >= 0
+
+    @property
+    def closed(self) -> bool:
+        return (b"--" + self.boundary + b"--") in self.tail
+
+
+def body_problem(scope: Scope) -> str | None:
+    """Why a request body gave no form fields, in one line, from its Content-Type and its shape; None when
+    nothing looks wrong. Never quotes the body, and the Content-Type only cut short."""
+    header = dict(scope.get("headers", [])).get(b"content-type", b"").decode("latin-1").strip()
+    how = "send a multipart/form-data body (e.g. curl -F image=@photo.jpg, or a browser's FormData)"
+    kind = header.split(";")[0].strip().lower()
+    if not kind:
+        return f"the request has no Content-Type and no form fields; {how}"
+    if kind == "application/json":
+        return f"this endpoint takes a form, not JSON; {how}"
+    if kind.startswith("image/") or kind == "application/octet-stream":
+        return f"the photo came as the raw body ({kind[:40]}), not as a form part named image; {how}"
+    if kind == "application/x-www-form-urlencoded":
+        return f"send a photo (image), words (text), or both; a url-encoded form cannot carry a photo: {how}"
+    if kind != "multipart/form-data":
+        return f"this endpoint takes multipart/form-data, not {kind[:40]}; {how}"
+    shape = scope.get("state", {}).get("body_shape")
+    if shape is None:
+        return f"the multipart Content-Type names no boundary; {how}"
+    if shape.head and not shape.starts_right:
+        return ("the body does not begin with the boundary its Content-Type declares (a wrong or stale "
+                f"boundary=); let the HTTP client build the body: {how}")
+    if shape.complete and not shape.closed:
+        return ("the multipart body ended without its closing boundary (--BOUNDARY--): it was cut short or "
+                f"built by hand; {how}")
+    return None
+
+
+class HeadMiddleware:
+    """HEAD is answered as GET would be (status and headers, Content-Length included), without the body."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def bodiless(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, bodiless)
+
+
 class PartHeaderRewriter:
     """Feeds a multipart body through in pieces; each part's header block gets a plain ``filename`` where it
     has only ``filename*``. Holds back at most a delimiter's length of body bytes (or one header block)."""
@@ -63,6 +149,7 @@ class PartHeaderRewriter:
         self.buffer = b"\r\n"  # the first delimiter has no line break before it: pretend one
         self.pretended = 2  # bytes at the head of the output that are not the body's
         self.in_headers = False
+        self.names: list[str] = []  # each part's name, in order
 
     def feed(self, data: bytes, last: bool = False) -> bytes:
         self.buffer += data
@@ -75,6 +162,7 @@ class PartHeaderRewriter:
                         out.append(self.buffer)
                         self.buffer, self.in_headers = b"", False
                     break
+                self.names.append(part_name(self.buffer[:end]))
                 out.append(with_plain_filename(self.buffer[:end]))
                 out.append(self.buffer[end:end + 4])
                 self.buffer, self.in_headers = self.buffer[end + 4:], False
@@ -112,6 +200,16 @@ def with_plain_filename(headers: bytes) -> bytes:
             escaped = _CONTROL.sub("", filename).replace("\\", "\\\\").replace('"', '\\"')
             lines[i] = line + b'; filename="' + escaped.encode("utf-8") + b'"'
     return b"\r\n".join(lines)
+
+
+def part_name(headers: bytes) -> str:
+    """The ``name`` of a part from its header block ("" when it has none)."""
+    for line in headers.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"content-disposition":
+            params = {key.lower(): val for key, val in _PARAM.findall(value.decode("latin-1"))}
+            return params.get("name", "").strip('"')
+    return ""
 
 
 def decode_rfc5987(value: str) -> str:

@@ -13,12 +13,14 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from ..catalog.catalog import CatalogItem
-from ..catalog.query import Match, parse_where
+from ..catalog.catalog import MAX_TEXT_CHARS, CatalogItem
+from ..catalog.query import Match, parse_where, photo_gone
 from ..core import storage
+from ..core.errors import ImageError
 from ..core.images import image_media_type
 from ..core.version import __version__
 from .limits import too_large_message
+from .multipart import body_problem
 from .schemas import Deleted, Health, Item, ItemPage, Predicted, SearchResult
 from .service import CatalogService
 from .settings import env_name
@@ -46,6 +48,19 @@ DEDUPE_HELP = ("one item per near-duplicate group (the groups `lookalike duplica
 
 async def k_param(request: Request, k: Annotated[int, Query(ge=1, description="how many results")] = 10) -> int:
     return _check_k(request, k)
+
+
+def _check_form(request: Request, *fields: str) -> None:
+    """A form endpoint's fields come in its body: one in the URL (``?k=2``) is refused, never ignored; so is a
+    second ``image`` part (one photo per query)."""
+    in_url = [name for name in fields if name in request.query_params]
+    if in_url:
+        raise HTTPException(422, f"{in_url[0]}: send it as a form field in the multipart body, not in the URL "
+                                 f"(?{in_url[0]}=...); POST /api/search reads its fields from the form")
+    shape = request.scope.get("state", {}).get("body_shape")
+    images = shape.names.count("image") if shape is not None else 0
+    if images > 1:
+        raise HTTPException(422, f"image: {images} image parts came; send one photo per search")
 
 
 def _check_k(request: Request, k: int) -> int:
@@ -80,6 +95,7 @@ def health(svc: Service) -> Health:
                           writable=svc.settings.admin_token is not None, text=svc.catalog.config.embedder.text)
 
 
+SIMILAR_TEXT_HELP = "more like this, but with these words (a catalog whose model has a text tower)"
 TEXT_HELP = ("words to look for (a catalog whose model has a text tower); with a photo: this photo, but with "
              "these words")
 
@@ -88,11 +104,14 @@ TEXT_HELP = ("words to look for (a catalog whose model has a text tower); with a
              summary="The catalog items most like an uploaded photo, words, or both")
 def search(request: Request, svc: Service,
            image: Annotated[UploadFile | None, File(description="a photo")] = None,
-           text: Annotated[str | None, Form(max_length=1000, description=TEXT_HELP)] = None,
+           text: Annotated[str | None, Form(max_length=MAX_TEXT_CHARS, description=TEXT_HELP)] = None,
            k: Annotated[int, Form(ge=1)] = 10, where: Annotated[list[str] | None, Form()] = None,
            min_similarity: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
            dedupe: Annotated[bool, Form(description=DEDUPE_HELP)] = False) -> Response:
     started = time.perf_counter()
+    _check_form(request, "image", "text", "k", "where", "min_similarity", "dedupe")
+    if image is None and (text is None or not text.strip()):
+        raise HTTPException(422, body_problem(request.scope) or "send a photo (image), words (text), or both")
     _check_k(request, k)
     data = _read_upload(request, image) if image is not None else None
     where = where or []
@@ -116,8 +135,7 @@ def browse(request: Request, svc: Service, offset: Offset = 0, limit: Annotated[
 async def similar(request: Request, svc: Service, item_id: str, k: Annotated[int, Depends(k_param)],
                   where: WhereParam = None, min_similarity: MinSimilarity = None,
                   dedupe: Annotated[bool, Query(description=DEDUPE_HELP)] = False,
-                  text: Annotated[str | None, Query(max_length=1000, description="more like this, but with these "
-                                                    "words (a catalog whose model has a text tower)")] = None
+                  text: Annotated[str | None, Query(max_length=MAX_TEXT_CHARS, description=SIMILAR_TEXT_HELP)] = None
                   ) -> Response:
     started = time.perf_counter()
     matches = await svc.similar(item_id, k, where or [], min_similarity, dedupe, text=text)
@@ -137,7 +155,7 @@ def image(request: Request, svc: Service, item_id: str) -> Response:
             return _file(request, data, image_media_type(io.BytesIO(data)), item.sha256)
         media = image_media_type(path)
     except OSError as exc:
-        raise HTTPException(404, f"the image file of item {item_id!r} is gone from the server; its catalog "
+        raise HTTPException(404, f"the image file of item {shown(item_id)} is gone from the server; its catalog "
                                  "needs re-indexing") from exc
     return _file(request, path, media, item.sha256)
 
@@ -148,7 +166,14 @@ def thumbnail(request: Request, svc: Service, item_id: str,
               size: Annotated[int, Query(ge=16, le=1024, description="longest side in pixels")] = DEFAULT_SIZE
               ) -> Response:
     item = svc.item(item_id)
-    path = svc.thumbnail(item, size)
+    try:
+        path = svc.thumbnail(item, size)
+    except ImageError as exc:  # the original changed since indexing: say so without the server's paths
+        if photo_gone(item.path):
+            raise HTTPException(404, f"the image file of item {shown(item_id)} is gone from the server; its "
+                                     "catalog needs re-indexing") from exc
+        raise HTTPException(422, f"the image file of item {shown(item_id)} cannot be read any more (changed or "
+                                 "damaged since indexing); its catalog needs re-indexing") from exc
     return _file(request, path, "image/jpeg", f"{item.sha256}-{path.parent.parent.name}")
 
 
@@ -234,7 +259,7 @@ def _result(request: Request, query: dict, k: int, where: list[str], min_similar
         image_url, thumbnail_url = _urls(request, match.id, sha256)
         results.append({"id": match.id, "labels": match.labels, "predicted": match.predicted, "image_url": image_url,
                         "thumbnail_url": thumbnail_url, "rank": match.rank, "similarity": match.similarity,
-                        "distance": match.distance})
+                        "distance": match.distance, "missing": match.missing})
     return JSONResponse({"query": query, "k": k, "where": parse_where(where), "min_similarity": min_similarity,
                          "dedupe": dedupe, "results": results, "took_ms": _ms(started)})
 
@@ -249,6 +274,12 @@ def _file(request: Request, path, media_type: str, etag: str | None) -> Response
     if isinstance(path, bytes):
         return Response(content=path, media_type=media_type, headers=headers)
     return FileResponse(path, media_type=media_type, headers=headers)
+
+
+def shown(value: str, limit: int = 60) -> str:
+    """A client's value as an error message may quote it: repr'd, and cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 5] + "...'"
 
 
 def _ms(started: float) -> float:

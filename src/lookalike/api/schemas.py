@@ -19,6 +19,8 @@ class MatchItem(Item):
     rank: int
     similarity: float = Field(description="cosine similarity, 1 = same direction")
     distance: float = Field(description="euclidean distance between the unit vectors, sqrt(2 - 2 similarity)")
+    missing: bool = Field(False, description="the item's photo is gone from the server (deleted or moved since "
+                          "indexing): its image and thumbnail answer 404 until it is re-indexed or pruned")
 
 
 class Query(BaseModel):

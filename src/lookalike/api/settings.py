@@ -29,8 +29,17 @@ class ServeSettings(BaseSettings):
     precision: str = Field(default="auto", description="auto | fp32 | bf16 | fp16 | int8 (auto: int8 when the "
                            "catalog's own int8 model passed its gate)")
     max_batch: int = Field(default=16, gt=0, description="uploads embedded together in one model call")
+    cors_origins: str = Field(default="", description="comma-separated origins whose pages may call the API from "
+                              "a browser (CORS), e.g. https://shop.example; default none")
+    body_timeout: float = Field(default=30.0, gt=0, description="seconds a request body may pause before the "
+                                "connection is answered 408 and closed")
     thumbnail_cache: Path | None = Field(default=None, description="default: <catalog>/thumbnails, or for a "
                                          "database catalog thumbnails/ in this process's cache folder")
+
+
+def cors_origins(settings: ServeSettings) -> list[str]:
+    """The allowed origins of ``LOOKALIKE_CORS_ORIGINS``, without spaces, empty entries or trailing slashes."""
+    return [origin.strip().rstrip("/") for origin in settings.cors_origins.split(",") if origin.strip()]
 
 
 def env_name(field: str) -> str:

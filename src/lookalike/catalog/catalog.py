@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import difflib
 import io
 import logging
 import os
@@ -48,7 +49,17 @@ from ..store.base import UPLOAD_PREFIX, Watch
 from .consistency import index_disagrees
 from .dedupe import nearest_distinct
 from .location import database_cache
-from .query import Match, QueryPart, QueryWeights, Where, check_k, combine, distance_from_similarity, parse_where
+from .query import (
+    Match,
+    QueryPart,
+    QueryWeights,
+    Where,
+    check_k,
+    combine,
+    distance_from_similarity,
+    parse_where,
+    photo_gone,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +69,7 @@ INDEX_DIR = "index"
 OPENVINO_DIR = "openvino"  # int8 models calibrated on this catalog's own photos
 UPLOADS_DIR = "uploads"  # images added one by one (REST API); named by content, so no id can steer a path
 MAX_ID_LENGTH = 200
+MAX_TEXT_CHARS = 1000  # words in one query (the REST API's limit too)
 
 
 @dataclass
@@ -125,11 +137,15 @@ class CatalogStatus:
     failures: list[tuple[str, str, str]]
     index_detail: dict = field(default_factory=dict)
     runtime: dict = field(default_factory=dict)  # the last indexing run's runtime and precision, the int8 gate
+    missing: int = 0  # searchable items whose photo file is gone (deleted or moved since indexing)
+    missing_examples: list[tuple[str, str]] = field(default_factory=list)  # (id, path) of the first few
 
     def to_dict(self) -> dict:
         return {
             "path": self.path, "model": self.embedder.describe(), "embedder": self.embedder.__dict__,
-            "items": self.items, "failed": self.failed, "labels": self.labels, "index": self.index,
+            "items": self.items, "failed": self.failed, "missing": self.missing,
+            "missing_examples": [{"id": i, "path": p} for i, p in self.missing_examples],
+            "labels": self.labels, "index": self.index,
             "index_detail": self.index_detail, "runtime": self.runtime,
             "failures": [{"id": i, "path": p, "reason": r} for i, p, r in self.failures],
         }
@@ -371,6 +387,13 @@ class Catalog:
         self._embedder = create_embedder(self.config.embedder.name, weights)
         return self._embedder
 
+    def check_writable(self) -> None:
+        """Raises:
+            CatalogError: the catalog is read-only (one line: where, and what to do)."""
+        if self.store.read_only:
+            self.store._begin()  # raises the store's own one-line message
+            raise CatalogError(f"{self.name}: the catalog is read-only")
+
     def close(self) -> None:
         self.store.close()
         if self._scratch is not None:
@@ -505,10 +528,11 @@ class Catalog:
         Raises:
             SourceError: the source cannot be read.
         """
+        self.check_writable()
         options = options or EncodeOptions()
         started = time.perf_counter()
         listing = read_source(source, images)
-        report = IndexReport(warnings=list(listing.warnings), skipped=dict(listing.skipped))
+        report = IndexReport(warnings=list(listing.warnings), skipped=dict(listing.skipped), notes=list(listing.notes))
         if not listing.items:
             report.warnings.append(f"{source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         stored = self.store.items()
@@ -641,7 +665,9 @@ class Catalog:
             ImageError: the bytes are not a readable image (nothing is written).
             ItemExistsError: an item with this id is already in the catalog.
             QueryError: the id is empty, too long or has control characters.
+            CatalogError: the catalog is read-only.
         """
+        self.check_writable()
         sha = content_hash(data)
         item_id = _check_new_id(item_id if item_id is not None else sha[:16])
         image = decode(data, max_pixels=self.encoder().options.max_pixels, name=f"upload {item_id}")  # raises first
@@ -831,7 +857,11 @@ class Catalog:
 
     def tune(self, recall: float | None = None) -> Quality:
         """Measure recall@10 against exact search on a sample of items and pick the fastest search setting
-        reaching ``recall`` (default: the catalog's target); saved with the index."""
+        reaching ``recall`` (default: the catalog's target); saved with the index.
+
+        Raises:
+            CatalogError: the catalog is read-only."""
+        self.check_writable()
         index = self.index
         quality = tune(index, recall if recall is not None else self.index_options().recall)
         if self.index_dir is not None:
@@ -993,6 +1023,10 @@ class Catalog:
             raise no_text_tower(self.config.embedder.name)
         if any(not str(t).strip() for t in texts):
             raise QueryError("empty words in the query; write what to look for, e.g. --text 'red summer dress'")
+        longest = max((len(str(t)) for t in texts), default=0)
+        if longest > MAX_TEXT_CHARS:
+            raise QueryError(f"words of {longest:,} characters; at most {MAX_TEXT_CHARS:,} are taken (a text+image "
+                             "model reads only its first few dozen words anyway): shorten them")
 
     def search_parts(self, parts: Sequence[QueryPart], k: int = 10, where: Where = None, dedupe: bool = False, *,
                      items: Sequence[str] = (), not_items: Sequence[str] = (),
@@ -1153,6 +1187,27 @@ class Catalog:
             raise QueryError(f"unknown label {unknown[0]!r} in filter; labels in this catalog: {listing}")
         return terms
 
+    def check_values(self, where: Where) -> dict[str, str]:
+        """``check_where``, and each value must be one some item has: a misspelt value (``articleType=Tshirt``)
+        is told with the values that exist, closest first, rather than matching nothing. What the command line
+        asks; the REST API keeps an empty answer for a value no item has (its page offers only real values).
+
+        Raises:
+            QueryError: malformed filter, unknown label, or a value no item has.
+        """
+        terms = self.check_where(where)
+        counts = self._all_label_counts()
+        for name, value in terms.items():
+            values = counts.get(name, {})
+            if value in values:
+                continue
+            close = difflib.get_close_matches(value, list(values), n=len(values), cutoff=0.0)
+            near = difflib.get_close_matches(value.lower(), [v.lower() for v in values], n=len(values), cutoff=0.6)
+            ordered = sorted(values, key=lambda v: (v.lower() not in near, close.index(v)))
+            shown = ", ".join(ordered[:12]) + (f" and {len(ordered) - 12} more" if len(ordered) > 12 else "")
+            raise QueryError(f"no item has {name}={value!r}; values of {name}, closest first: {shown or '(none)'}")
+        return terms
+
     def allowed(self, where: Where) -> np.ndarray | None:
         """Store keys of the items matching ``where`` (int64, sorted), or None for no filter.
 
@@ -1198,7 +1253,8 @@ class Catalog:
     def status(self, failures: int | None = 50) -> CatalogStatus:
         counts = self.store.counts()
         index = self.index
-        return CatalogStatus(
+        gone = [(item_id, path) for _, item_id, path, _ in self.store.ok_items() if photo_gone(path)]
+        return CatalogStatus(missing=len(gone), missing_examples=gone[:5],
             path=self.name, embedder=self.config.embedder, items=counts["ok"], failed=counts["failed"],
             labels=self.store.label_names(), index=index.describe(),
             failures=self.store.failures(failures), index_detail=self._index_detail(index),

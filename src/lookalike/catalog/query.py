@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from ..core import storage
 from ..core.errors import QueryError
+from ..store.base import UPLOAD_PREFIX
 
 Where = Mapping[str, str] | Sequence[str] | None
 
@@ -31,8 +34,22 @@ class Match:
         object.__setattr__(self, "similarity", clip_similarity(self.similarity))
         object.__setattr__(self, "distance", min(2.0, max(0.0, float(self.distance))))
 
+    @property
+    def missing(self) -> bool:
+        """The item's photo is gone from this machine (deleted or moved since indexing): results keep it,
+        marked, as its vector still stands for the product; ``index --prune`` removes it."""
+        return photo_gone(self.path)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "missing": self.missing}
+
+
+def photo_gone(path: str) -> bool:
+    """Is an item's local photo file gone? Object-store URLs and uploads kept in a database are not looked at
+    (a stat per result, no network)."""
+    if str(path).startswith(UPLOAD_PREFIX) or storage.is_url(path):
+        return False
+    return not os.path.exists(path)
 
 
 def clip_similarity(similarity: float) -> float:

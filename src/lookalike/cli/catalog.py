@@ -87,7 +87,13 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
         return 0
     out.print(f"catalog  {status.path}")
     out.print(f"model    {status.embedder.describe()}")
-    out.print(f"items    {status.items} searchable, {status.failed} failed")
+    gone = (f", {status.missing} photo{'s' * (status.missing != 1)} missing (deleted or moved since indexing; "
+            "`index SOURCE --prune` drops them)") if status.missing else ""
+    out.print(f"items    {status.items} searchable, {status.failed} failed{gone}")
+    for item_id, path in status.missing_examples:
+        out.print(f"         missing: {item_id}  {path}")
+    if status.missing > len(status.missing_examples):
+        out.print(f"         ... and {status.missing - len(status.missing_examples)} more missing")
     out.print(f"index    {status.index}")
     detail = status.index_detail
     if detail:

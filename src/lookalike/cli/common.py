@@ -246,7 +246,8 @@ def show_matches(matches: list[Match], args: argparse.Namespace, out: Console, t
         labels = ", ".join(m.labels.get(k) for k in ("articleType", "baseColour", "gender") if m.labels.get(k))
         if not labels:
             labels = ", ".join(f"{k}={v}" for k, v in list(m.labels.items())[:3])
-        table.add_row(str(m.rank), m.id, f"{m.similarity:.3f}", f"{m.distance:.3f}", labels, m.path)
+        path = f"(photo missing) {m.path}" if m.missing else m.path
+        table.add_row(str(m.rank), m.id, f"{m.similarity:.3f}", f"{m.distance:.3f}", labels, path)
     out.print(table)
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import TYPE_CHECKING
 
-from .common import Parents, encode_options, show_matches, similarity
+from .common import Parents, encode_options, int_at_least, show_matches, similarity
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -15,6 +16,7 @@ def cmd_search(args: argparse.Namespace, out: Console) -> int:
     from ..catalog.catalog import Catalog
 
     with Catalog.open(args.catalog) as catalog:
+        catalog.check_values(args.where)  # a value no item has is told, with the values that exist
         if args.image or args.not_image or args.text or args.not_text:
             catalog.encoder(encode_options(args))
         matches = catalog.search(args.image, k=args.k, where=args.where, dedupe=args.dedupe, text=args.text,
@@ -36,6 +38,7 @@ def cmd_similar(args: argparse.Namespace, out: Console) -> int:
     from ..catalog.catalog import Catalog
 
     with Catalog.open(args.catalog) as catalog:
+        catalog.check_values(args.where)
         if args.text or args.not_text:
             catalog.encoder(encode_options(args))
         matches = catalog.similar(args.item_id, k=args.k, where=args.where, same_cluster=args.same_cluster,
@@ -67,8 +70,38 @@ def _query_parts(p: argparse.ArgumentParser, items: bool) -> None:
                    help="leave out results less similar to the query (cosine, e.g. 0.25 for words)")
 
 
+def cmd_items(args: argparse.Namespace, out: Console) -> int:
+    from ..catalog.catalog import Catalog
+
+    with Catalog.open(args.catalog) as catalog:
+        catalog.check_values(args.where)
+        total, items = catalog.browse(args.offset, args.limit, args.where)
+    if args.json:
+        print(json.dumps({"total": total, "offset": args.offset, "limit": args.limit,
+                          "items": [item.to_dict() for item in items]}, indent=2))
+        return 0
+    if not items:
+        out.print(f"{total} items" + (" match the filter" if args.where else "") +
+                  (f"; none from --offset {args.offset}" if total else ""))
+        return 0
+    from rich.table import Table
+
+    shown = f"{args.offset + 1}-{args.offset + len(items)} of {total}"
+    table = Table(title=f"items {shown}" + (" matching the filter" if args.where else ""), title_justify="left")
+    table.add_column("id")
+    table.add_column("labels", overflow="fold")
+    table.add_column("path", overflow="fold")
+    for item in items:
+        labels = ", ".join(f"{k}={v}" for k, v in item.labels.items())
+        table.add_row(item.id, labels, item.path)
+    out.print(table)
+    if args.offset + len(items) < total:
+        out.print(f"more: --offset {args.offset + len(items)}")
+    return 0
+
+
 def add_parsers(sub, parents: Parents) -> None:
-    """Add ``search`` and ``similar`` to the ``lookalike`` parser."""
+    """Add ``search``, ``similar`` and ``items`` to the ``lookalike`` parser."""
     common, run, catalog_arg, query = parents.common, parents.embed, parents.catalog, parents.query
     p = sub.add_parser("search", parents=[common, run, catalog_arg, query],
                        help="items most like a photo, words, items, or a mix",
@@ -86,3 +119,13 @@ def add_parsers(sub, parents: Parents) -> None:
                    help="only items of the same k-means cluster (run `lookalike cluster` first)")
     _query_parts(p, items=False)
     p.set_defaults(func=cmd_similar)
+
+    p = sub.add_parser("items", parents=[common, catalog_arg], help="list a catalog's items (ids, labels, paths)",
+                       description="The catalog's items in the order they were added, as GET /api/items lists "
+                       "them: filter with --where, page with --offset and --limit.")
+    p.add_argument("--where", action="append", default=None, metavar="LABEL=VALUE",
+                   help="only items with this label value; repeat for more (all must hold)")
+    p.add_argument("--offset", type=int_at_least(0), default=0, help="skip this many items first (default 0)")
+    p.add_argument("--limit", type=int_at_least(0), default=50, help="list at most this many (default 50)")
+    p.add_argument("--json", action="store_true", help="print JSON: total, offset, limit, items")
+    p.set_defaults(func=cmd_items)

@@ -132,7 +132,7 @@ def decode(
         try:
             img = Image.open(io.BytesIO(data))
         except UnidentifiedImageError as exc:
-            raise NotAnImageError("not an image Pillow can read (unknown format)") from exc
+            raise NotAnImageError("not an image lookalike can read (JPEG, PNG, WebP, ...)") from exc
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad headers
             raise ImageError(f"unreadable image header ({_short(exc)})") from exc
         return to_rgb(img, draft_size=draft_size, max_pixels=max_pixels)

@@ -57,6 +57,7 @@ class SourceListing:
     items: list[SourceItem]
     warnings: list[str] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)  # files passed over, by short reason (the summary's)
+    notes: list[str] = field(default_factory=list)  # what a user should hear without -v (one line each)
 
 
 def read_source(source: str | Path, images: str | Path | None = None) -> SourceListing:
@@ -348,8 +349,11 @@ def _manifest_items(manifest: Path, images: Path | None) -> SourceListing:
     unclaimed = [path for path in found if path.resolve() not in claimed]
     ids = _file_ids(unclaimed, images, taken={item.id for item in items})
     items.extend(SourceItem(id=item_id, path=path.resolve()) for path, item_id in zip(unclaimed, ids, strict=True))
+    notes = []
     if unclaimed:
         log.info("%d images in %s have no row in %s; indexed unlabelled", len(unclaimed), images, manifest.name)
+        notes.append(f"{len(unclaimed)} of {len(found)} photos in {images} had no row in {manifest.name}; indexed "
+                     "unlabelled, under their file names")
     named = {path for path, _ in skipped}
     skipped += [(path, reason) for path, reason in undecodable.items() if path not in named]
     if len(skipped) > 5 or len(skipped) > len(named):
@@ -358,7 +362,7 @@ def _manifest_items(manifest: Path, images: Path | None) -> SourceListing:
     if clash:  # a row's id spelled like the id an image without a row gets ("a.jpg"): rare, but never merged
         raise SourceError(f"{manifest}: ids {clash[:5]} of rows are also the ids of images without a row; "
                           "rename those rows' ids or give the images rows")
-    return SourceListing(items=items, warnings=warnings, skipped=_undecodable_counts(skipped))
+    return SourceListing(items=items, warnings=warnings, skipped=_undecodable_counts(skipped), notes=notes)
 
 
 # --- reading the text: encoding and delimiter ----------------------------------------------------------------

@@ -180,8 +180,40 @@ class OpenClipEmbedder:
         return self._tokenizer
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        """Texts -> N x context_length token ids (long), cut to the model's context length."""
-        return self.tokenizer(list(texts))
+        """Texts -> N x context_length token ids (long), cut to the model's context length; a text that is cut
+        is said once, as a warning with how many of its tokens were used."""
+        texts = list(texts)
+        tokens = self.tokenizer(texts)
+        context = int(tokens.shape[1])
+        for text in texts:
+            length = token_count(self.tokenizer, text)
+            if length is not None and length > context:
+                log.warning("words cut to %s's context: %d of %d tokens used (%r ends the part that counts)",
+                            self.info.name, context, length, _kept_words(text, context / length))
+        return tokens
+
+
+def token_count(tokenizer, text: str) -> int | None:
+    """How many tokens ``text`` makes before it is cut to the context (start and end tokens included); None for
+    a tokenizer this cannot ask."""
+    try:
+        if isinstance(tokenizer, open_clip.SimpleTokenizer):
+            return len(tokenizer.encode(text)) + 2
+        inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers tokenizer
+        if inner is not None and callable(inner):
+            clean = getattr(tokenizer, "clean_fn", None)
+            return len(inner(clean(text) if clean else text)["input_ids"])
+    except Exception:  # noqa: BLE001 - counting is a courtesy; the query goes on without it
+        return None
+    return None
+
+
+def _kept_words(text: str, share: float) -> str:
+    """The last few words of the part of ``text`` that roughly fits (``share`` of its tokens)."""
+    words = text.split()
+    kept = words[:max(1, int(len(words) * share))]
+    tail = " ".join(kept[-4:])
+    return tail if len(tail) <= 40 else tail[-40:]
 
 
 def _triple(value) -> tuple[float, float, float]:

@@ -84,6 +84,8 @@ class Store(ABC):
     #: what the store is, for messages: a file path, or a database URL without its password
     location: str
     vector_dtype: np.dtype
+    #: reads only (a SQLite file on a read-only mount): every write raises CatalogError in one line
+    read_only: bool = False
 
     # -- what each backend supplies ------------------------------------------------------------------
 

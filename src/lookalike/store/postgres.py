@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -188,8 +189,7 @@ class PostgresStore(Store):
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             reason = _first_line(exc) if not isinstance(exc, PoolTimeout) else (
                 f"no connection within {POOL_TIMEOUT_S:g} s")
-            message = (f"{self.location}: the catalog database is unavailable ({self.url.redact(reason)}); "
-                       "try again when it is back")
+            message = f"{self.location}: {connection_problem(self.url.redact(reason), getattr(exc, 'sqlstate', None))}"
             state = getattr(exc, "sqlstate", None)
             if state is None or state.startswith(_DOWN_STATES):  # the connection failed, not the query
                 with self._lock:
@@ -300,6 +300,44 @@ class _Listener(Watch):
 
 def _pg(query: str) -> str:
     return query.replace("?", "%s")
+
+
+# What the server or libpq says when the URL is wrong rather than the server down (connection errors carry no
+# SQLSTATE in psycopg, so the text is read; the SQLSTATE is used when there is one).
+_AUTH = re.compile(r"password authentication failed for user \"([^\"]*)\"|authentication failed for user "
+                   r"\"([^\"]*)\"|no password supplied|password is required|pg_hba\.conf", re.IGNORECASE)
+_NO_ROLE = re.compile(r"role \"([^\"]*)\" does not exist", re.IGNORECASE)
+_NO_DATABASE = re.compile(r"database \"([^\"]*)\" does not exist", re.IGNORECASE)
+_UNREACHABLE = re.compile(r"connection refused|could not translate host|failed to resolve host|name or service not "
+                          r"known|timeout expired|timed out|no route to host|network is unreachable|could not "
+                          r"connect|no such file or directory", re.IGNORECASE)
+
+
+def connection_problem(reason: str, sqlstate: str | None = None) -> str:
+    """What is wrong with a connection, in words that say what to do: authentication failed (check the URL's
+    user and password), no such database or role (name it), or the server is unreachable (try again when it is
+    back). ``reason`` is the driver's first line, password already taken out."""
+    if (sqlstate or "").startswith("28") or _AUTH.search(reason):
+        if _NO_ROLE.search(reason):
+            return (f"the server has no role {_NO_ROLE.search(reason).group(1)!r}; check the user name in the URL "
+                    "(or create the role)")
+        match = _AUTH.search(reason)
+        user = next((g for g in match.groups() if g), None) if match else None
+        who = f" for user {user!r}" if user else ""
+        return (f"authentication failed{who}; check the user and password in the URL "
+                "(or PGPASSWORD, ~/.pgpass)")
+    if _NO_ROLE.search(reason):
+        return (f"the server has no role {_NO_ROLE.search(reason).group(1)!r}; check the user name in the URL "
+                "(or create the role)")
+    if sqlstate == "3D000" or _NO_DATABASE.search(reason):
+        found = _NO_DATABASE.search(reason)
+        name = f" {found.group(1)!r}" if found else ""
+        return (f"the server has no database{name}; check the database name in the URL, or create it "
+                f"(createdb{' ' + found.group(1) if found else ''})")
+    if _UNREACHABLE.search(reason) or sqlstate is None or sqlstate.startswith(_DOWN_STATES):
+        return (f"the catalog database is unavailable: the server cannot be reached ({reason}); check the host "
+                "and port in the URL, or try again when it is back")
+    return f"the catalog database is unavailable ({reason}); try again when it is back"
 
 
 def _first_line(exc: BaseException) -> str:

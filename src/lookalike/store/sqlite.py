@@ -7,12 +7,15 @@ shared ones of ``base.Store``; this module holds the schema and the connection.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import CatalogError
 from .base import ItemRecord, Store, StoredItem
 
 __all__ = ["ItemRecord", "SQLiteStore", "StoredItem"]
@@ -78,21 +81,49 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('labels_generation', '0');  -- 
 """
 
 
+def writable(path: Path) -> bool:
+    """Can this process write the database file and its folder (the journal lives beside it)? False on a
+    read-only mount (``access(2)`` says EROFS even to root) or a folder without write permission."""
+    folder = path.parent if str(path.parent) else Path(".")
+    return os.access(folder, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
 class SQLiteStore(Store):
-    def __init__(self, path: Path):
+    """``read_only``: None decides by whether the file can be written (``writable``); a read-only store serves
+    every read and refuses every write with one line (a shop serving its catalog from a read-only volume)."""
+
+    def __init__(self, path: Path, read_only: bool | None = None):
         self.path = Path(path)
         self.location = str(path)
-        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.execute("PRAGMA busy_timeout=10000")
-        self.conn.executescript(SCHEMA)
-        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(vectors)")}
-        if "gen" not in columns:  # a catalog from before the change log: its vectors count as generation 0
-            self.conn.execute("ALTER TABLE vectors ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
-        self.conn.execute("CREATE INDEX IF NOT EXISTS vectors_gen ON vectors (gen)")
+        self.read_only = (not writable(self.path)) if read_only is None else read_only
+        if self.read_only:
+            self.conn = _open_read_only(self.path)
+        else:
+            try:
+                self.conn = self._open_writable()
+            except sqlite3.OperationalError:  # e.g. a mount that says it is writable but is not
+                if not self.path.is_file():
+                    raise
+                self.read_only = True
+                self.conn = _open_read_only(self.path)
         self.vector_dtype = np.dtype(np.float32)  # the catalog switches to float16 when it grows large
+
+    def _open_writable(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.executescript(SCHEMA)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(vectors)")}
+            if "gen" not in columns:  # a catalog from before the change log: its vectors count as generation 0
+                conn.execute("ALTER TABLE vectors ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
+            conn.execute("CREATE INDEX IF NOT EXISTS vectors_gen ON vectors (gen)")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def close(self) -> None:
         self.conn.close()
@@ -109,7 +140,29 @@ class SQLiteStore(Store):
             yield rows
 
     def _begin(self) -> _Transaction:
+        if self.read_only:
+            raise CatalogError(f"{self.path.parent}: the catalog is read-only (a read-only mount or folder); it "
+                               "can be searched, but to change it copy it to a writable folder first")
         return _Transaction(self.conn)
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """Open for reading only. A WAL database whose ``-shm`` file cannot be made (a read-only folder after a clean
+    close) is opened as immutable: nothing can change it while the folder is read-only."""
+    if not path.is_file():
+        raise CatalogError(f"{path}: no catalog database here, and the folder is read-only")
+    uri = "file:" + urllib.parse.quote(str(path.resolve()))
+    for query in ("?mode=ro", "?mode=ro&immutable=1"):
+        conn = sqlite3.connect(uri + query, uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("SELECT count(*) FROM meta").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+            if query.endswith("immutable=1"):
+                raise
+    raise AssertionError("unreachable")
 
 
 class _Transaction:

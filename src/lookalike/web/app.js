@@ -58,15 +58,35 @@ function predictedText(item) {  // labels from `lookalike tag`: words, not the s
     .map(([name, score]) => `${name}: ${item.labels[name]} (predicted, ${Math.round(score * 100)}%)`).join(" · ");
 }
 
+// An item's name for people: its title, else its own labels ("Tshirts · Red"), else "item <id>", never a bare number.
+function displayName(item) {
+  return item.labels.productDisplayName || labelText(item.labels, item.predicted) || `item ${item.id}`;
+}
+
+// A thumbnail that cannot be shown (its photo is gone from the server) becomes a plain note, not a broken icon.
+function thumbnail(img, item) {
+  const gone = () => {
+    const note = document.createElement("span");
+    note.className = "gone";
+    note.dataset.testid = "photo-missing";
+    note.textContent = "photo missing";
+    img.replaceWith(note);
+  };
+  if (item.missing) { gone(); return; }
+  img.addEventListener("error", gone, { once: true });
+}
+
 function card(item) {
   const node = $("card").content.firstElementChild.cloneNode(true);
   const button = node.querySelector("button");
   const img = node.querySelector("img");
   img.src = item.thumbnail_url + (item.thumbnail_url.includes("?") ? "&" : "?") + "size=256";
-  const name = item.labels.productDisplayName || item.id;
+  const name = displayName(item);
   img.alt = name;
+  thumbnail(img, item);
   node.querySelector(".name").textContent = name;
-  node.querySelector(".labels").textContent = labelText(item.labels, item.predicted);
+  const titled = Boolean(item.labels.productDisplayName);
+  node.querySelector(".labels").textContent = titled ? labelText(item.labels, item.predicted) : `id ${item.id}`;
   const guessed = node.querySelector(".predicted");
   guessed.textContent = predictedText(item);
   guessed.hidden = !guessed.textContent;
@@ -97,10 +117,11 @@ function showQueryItem(item) {
   if (!item) { box.hidden = true; box.replaceChildren(); return; }
   const img = document.createElement("img");
   img.src = item.thumbnail_url + "&size=192";
-  img.alt = item.labels.productDisplayName || item.id;
+  img.alt = displayName(item);
+  thumbnail(img, item);
   const text = document.createElement("div");
   text.innerHTML = "<strong></strong><br><span></span><br><span class=\"predicted\"></span>";
-  text.querySelector("strong").textContent = item.labels.productDisplayName || `item ${item.id}`;
+  text.querySelector("strong").textContent = displayName(item);
   const own = labelText(item.labels, item.predicted);
   text.querySelector("span").textContent = `id ${item.id}` + (own ? ` · ${own}` : "");
   text.querySelector(".predicted").textContent = predictedText(item);
@@ -154,9 +175,11 @@ async function searchFile(file) {
   const preview = $("query-img");
   if (preview.dataset.url) URL.revokeObjectURL(preview.dataset.url);
   preview.dataset.url = URL.createObjectURL(file);
+  preview.hidden = true;  // shown once the browser could draw it: never a broken-image icon
+  preview.onload = () => { preview.hidden = false; };
+  preview.onerror = () => { preview.hidden = true; };
   preview.src = preview.dataset.url;
   preview.alt = `your photo ${file.name || ""}`;
-  preview.hidden = false;
   showQueryItem(null);
   $("more").hidden = true;
   title("Searching…");
@@ -171,6 +194,7 @@ async function searchFile(file) {
       : "No items match these filters.");
   } catch (err) {
     $("results").replaceChildren();
+    hidePreview();  // a file the server could not read leaves no broken-image icon behind
     title("That photo could not be searched.");
     showError(err.message);
   }
@@ -199,7 +223,7 @@ async function similarTo(id, words) {
     ]);
     showQueryItem(item);
     showItems(answer.results);
-    const what = item.labels.productDisplayName || "item " + id;
+    const what = displayName(item);
     title(answer.results.length
       ? `${answer.results.length} items most like ${what}${words ? `, but “${words}”` : ""} (${Math.round(answer.took_ms)} ms)`
       : "No other items match these filters.");
@@ -233,7 +257,34 @@ async function browse(append) {
   }
 }
 
+// The filters live in the address's query (?where=colour%3Dred&k=50&dedupe=true), so a shared link keeps them;
+// the query itself (an item, words) lives in its #fragment.
+function keepFiltersInAddress() {
+  const params = filterParams();
+  if ($("k").value !== $("k").dataset.initial) params.set("k", $("k").value);
+  if ($("min-sim").value) params.set("min_similarity", $("min-sim").value);
+  if ($("dedupe").checked) params.set("dedupe", "true");
+  const query = params.toString();
+  history.replaceState(history.state, "", location.pathname + (query ? "?" + query : "") + location.hash);
+}
+
+function filtersFromAddress() {
+  const params = new URLSearchParams(location.search);
+  params.getAll("where").forEach((term) => {
+    const at = term.indexOf("=");
+    const select = [...document.querySelectorAll("#facets select")].find((s) => s.name === term.slice(0, at));
+    if (select && [...select.options].some((o) => o.value === term.slice(at + 1))) select.value = term.slice(at + 1);
+  });
+  const k = params.get("k");
+  if (k && [...$("k").options].some((o) => o.value === k)) $("k").value = k;
+  const min = params.get("min_similarity");
+  if (min && [...$("min-sim").options].some((o) => o.value === min)) $("min-sim").value = min;
+  $("dedupe").checked = params.get("dedupe") === "true";
+  $("clear-filters").hidden = !filterParams().toString();
+}
+
 function rerun() {
+  keepFiltersInAddress();
   if (state.mode === "upload") searchFile(state.file);
   else if (state.mode === "text") searchText(state.text);
   else if (state.mode === "item") similarTo(state.item, state.text);
@@ -317,6 +368,7 @@ async function start() {
   });
   window.addEventListener("hashchange", route);
   $("filters-box").open = window.matchMedia("(min-width: 641px)").matches;
+  $("k").dataset.initial = $("k").value;
 
   try {
     const [health, page] = await Promise.all([api("/api/health"), api("/api/items?limit=0")]);
@@ -324,6 +376,7 @@ async function start() {
     state.words = Boolean(health.text);
     $("words").hidden = !state.words;
     buildFacets(page.facets, page.predicted_labels);
+    filtersFromAddress();
   } catch (err) {
     showError(`The server is not answering: ${err.message}`);
   }
