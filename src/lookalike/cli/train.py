@@ -167,8 +167,8 @@ def _train_text_tower(args: argparse.Namespace, out: Console) -> int:
         if "type_precision@10" in a:
             rows.append((f"{args.type_label} name as query, precision@10 ({a['types']} types; at most "
                          f"{a['max_type_precision@10']:.3f})", "type_precision@10"))
-            rows.append((f"{args.type_label} name as query, precision@min(10, photos of the type)",
-                         "type_capped_precision@10"))
+            rows.append((f"{args.type_label} name as query, precision@10 of what is reachable (at most 1)",
+                         "type_reachable_precision@10"))
         for title, key in rows:
             table.add_row(title, f"{a[key]:.3f}", f"{a['chance_' + key]:.3f}")
         out.print(table)

@@ -214,13 +214,14 @@ def train_text_tower(
             total += loss.item()
             steps += 1
         val_loss = None
-        if len(val_idx) >= 2:
+        if len(val_idx) >= 2:  # every column's texts of the held-out photos, in fixed batches, so epochs compare
             tower.eval()
             with torch.no_grad():
-                parts = [val_idx[b:b + batch] for b in range(0, len(val_idx), batch)]
-                parts = [p for p in parts if len(p) >= 2]
-                val_loss = float(np.average([float(loss_of(p, [first_texts[i] for i in p])) for p in parts],
-                                            weights=[len(p) for p in parts]))
+                parts = [(p, [captions[i][min(c, len(captions[i]) - 1)] for i in p])
+                         for c in range(len(config.text_columns)) for p in
+                         (val_idx[b:b + batch] for b in range(0, len(val_idx), batch)) if len(p) >= 2]
+                val_loss = float(np.average([float(loss_of(p, texts)) for p, texts in parts],
+                                            weights=[len(p) for p, _ in parts]))
         if close_epoch(epoch, history, total / max(1, steps), lr, val_loss, t0, tower, optimizer, stopper, checkpoints,
                        on_epoch):
             break
@@ -257,8 +258,10 @@ def held_out_metrics(encode_text: Callable[[list[str]], np.ndarray], vectors: np
     """Text-to-image and image-to-text recall@1/5/10 of photos (``vectors`` N x D unit rows) and their texts,
     and with ``types`` the precision@10 of each type's name (through ``template``) as a query among them; each
     with its chance level. The keys are ``train clip``'s, plus ``max_type_precision@10`` (the best any ranking can
-    score: a type with 3 photos fills 3 of 10 places) and ``type_capped_precision@10`` (right answers among a
-    type's first min(10, its photos) places: 1.0 for a perfect ranking, chance the type's share, as before)."""
+    score: a type with 3 photos fills 3 of 10 places), ``type_reachable_precision@10`` (a type's right answers in
+    the first 10 over the most it could have there, min(10, its photos): 1.0 for a perfect ranking) and
+    ``type_r_precision@10`` (right answers among a type's first min(10, its photos) places: stricter, a type of
+    one photo must rank it first)."""
     if len(vectors) == 0:
         return {}
     unique = list(dict.fromkeys(texts))
@@ -285,9 +288,11 @@ def held_out_metrics(encode_text: Callable[[list[str]], np.ndarray], vectors: np
             hits = [(labels[top[j]] == n) for j, n in enumerate(names)]
             out["type_precision@10"] = float(np.mean([h.mean() for h in hits]))
             out["max_type_precision@10"] = float(np.mean(cut / k))
-            out["type_capped_precision@10"] = float(np.mean([h[:c].mean() for h, c in zip(hits, cut, strict=True)]))
+            out["type_reachable_precision@10"] = float(np.mean([h.sum() / c for h, c in zip(hits, cut, strict=True)]))
+            out["type_r_precision@10"] = float(np.mean([h[:c].mean() for h, c in zip(hits, cut, strict=True)]))
             out["chance_type_precision@10"] = float(np.mean(counts / len(labels)))
-            out["chance_type_capped_precision@10"] = out["chance_type_precision@10"]
+            out["chance_type_reachable_precision@10"] = float(np.mean(k * counts / len(labels) / cut))
+            out["chance_type_r_precision@10"] = out["chance_type_precision@10"]
             out["types"] = len(names)
     return out
 
