@@ -156,6 +156,19 @@ def test_search_by_words_on_an_added_tower_loads_no_image_model(tower, catalog_c
         np.testing.assert_allclose(vectors[0], catalog.encode_text(["yellow"])[0], atol=1e-6)
 
 
+def test_words_on_an_added_tower_import_no_torch(tower, catalog_copy):
+    import subprocess
+    import sys
+
+    with Catalog.open(catalog_copy) as catalog:
+        catalog.add_text_tower(tower)
+    code = ("import sys; from lookalike import Catalog; c = Catalog.open(sys.argv[1]); "
+            "print(len(c.search(text='red rect thing', k=2))); print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code, str(catalog_copy)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["2", "False"]
+
+
 def test_the_rest_api_searches_by_words_with_an_added_tower(tower, catalog_copy):
     from fastapi.testclient import TestClient
 
