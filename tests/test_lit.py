@@ -169,6 +169,17 @@ def test_words_on_an_added_tower_import_no_torch(tower, catalog_copy):
     assert res.stdout.split() == ["2", "False"]
 
 
+def test_tag_labels_items_with_an_added_tower(tower, catalog_copy):
+    from lookalike.analysis.tag import tag_catalog
+
+    with Catalog.open(catalog_copy) as catalog:
+        catalog.add_text_tower(tower)
+        report = tag_catalog(catalog, "kind", ["rect", "ellipse", "stripes"], ["{}"], against="shape",
+                             options=EncodeOptions(device="cpu", precision="fp32", workers=0, progress=False))
+        assert report.items == 12 and report.rule == "softmax"
+        assert report.evaluation.accuracy > 1 / 3  # trained on these shapes' words: better than a guess
+
+
 def test_the_rest_api_searches_by_words_with_an_added_tower(tower, catalog_copy):
     from fastapi.testclient import TestClient
 

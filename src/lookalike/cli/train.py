@@ -154,8 +154,9 @@ def _train_text_tower(args: argparse.Namespace, out: Console) -> int:
                               on_epoch=_epoch_printer(args, options.epochs))
     h = result.history
     stop = " (stopped early)" if h.stopped_early else ""
-    out.print(f"{result.model_path}: text tower for {data.image.name} ({data.image.dim}-d) from {len(data.ids)} "
-              f"photos; kept epoch {h.best_epoch + 1}{stop}", highlight=False)
+    out.print(f"{result.model_path}: text tower for {data.image.name} ({data.image.dim}-d) from "
+              f"{result.metrics['with_text']} of {len(data.ids)} photos (those with a text); kept epoch "
+              f"{h.best_epoch + 1}{stop}", highlight=False)
     a = result.metrics.get("after")
     if a:
         table = Table(title=f"held-out: {a['photos']} photos, {a['queries']} texts of {args.text_column[0]}",

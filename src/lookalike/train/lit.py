@@ -246,8 +246,8 @@ def train_text_tower(
     types = data.labels[config.type_label] if config.type_label else None
     after = held_out_metrics(text_tower.encode, data.vectors[val_idx], [first_texts[i] for i in val_idx],
                              [types[i] for i in val_idx] if types else None, config.type_template)
-    metrics = {"after": after, "held_out": len(val_idx), "texts": list(config.text_columns),
-               "type_label": config.type_label}
+    metrics = {"after": after, "with_text": len(positions), "held_out": len(val_idx),
+               "texts": list(config.text_columns), "type_label": config.type_label}
     meta.training["metrics"] = metrics
     save_model(out, tower.state_dict(), meta)
     return TrainResult(model_path=out, history=history, metrics=metrics, device="cpu", precision="fp32")
