@@ -126,6 +126,8 @@ def test_the_command_line_flow(shop, catalog_copy, tmp_path, capsys):
     before = stored_vectors(catalog_copy)
     assert main(["text", "add", str(out), "--catalog", str(catalog_copy)]) == 0
     assert "no vector embedded again" in capsys.readouterr().out
+    assert main(["status", "--catalog", str(catalog_copy)]) == 0
+    assert "text tower (LiT) for timm:test_resnet" in capsys.readouterr().out
     assert stored_vectors(catalog_copy) == before
     assert main(["search", "--text", "green ellipse", "--catalog", str(catalog_copy), "-k", "2", "--json"]) == 0
     assert capsys.readouterr().out.count('"id"') == 2

@@ -142,6 +142,9 @@ def _train_text_tower(args: argparse.Namespace, out: Console) -> int:
     config = LitConfig(text_columns=tuple(args.text_column), stratify=args.stratify, type_label=args.type_label,
                        type_template=args.type_template)
     if _is_catalog(args.source):
+        if args.weights is not None:
+            raise LookalikeError(f"{args.source} is a catalog: its stored vectors are used as they are; drop "
+                                 f"--weights {args.weights}")
         with Catalog.open(args.source) as catalog:
             if args.image_model is not None and canonical_name(args.image_model) != catalog.config.embedder.name:
                 raise LookalikeError(f"{args.source} holds {catalog.config.embedder.name} vectors, not "

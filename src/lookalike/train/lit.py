@@ -131,6 +131,8 @@ class BagTower(torch.nn.Module):
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
 
     def forward(self, flat: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """``flat`` int64 T (every text's n-gram rows), ``offsets`` int64 N (where each text starts) -> N x dim
+        float32 unit vectors."""
         x = self.embedding(flat, offsets)
         if self.hidden is not None:
             x = self.act(self.hidden(x))
