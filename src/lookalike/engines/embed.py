@@ -84,7 +84,8 @@ class Encoder:
     None), ``openvino`` (the CPU; ``model`` an ``openvino_runtime.OpenVinoModel`` in fp32, bf16 or int8) or
     ``numpy`` for model-free embedders (``device`` is ``HostDevice("cpu")``, PyTorch is never imported).
     ``int8`` is a model quantised on a catalog's photos (``Catalog`` passes its own); OpenVINO's ``auto``
-    precision uses it when it passed its gate.
+    precision uses it when it passed its gate. ``text_tower`` is a LiT text tower trained against this image model
+    (``models.texttower``; ``Catalog`` passes the one added to it): ``encode_text`` then uses it, in NumPy.
 
     Raises:
         LookalikeError: unknown or absent device, runtime or precision, batch size below 1.
