@@ -134,7 +134,8 @@ def tag_catalog(catalog, column: str, classes: Sequence[str], templates: Sequenc
     encoder = catalog.encoder(options)
     embedder = encoder.embedder
     targets = class_vectors(encoder, classes, templates)
-    scale, bias = embedder.logit_scale, embedder.logit_bias
+    tower = encoder.text_tower  # a LiT tower: its own learned temperature, CLIP's softmax
+    scale, bias = (tower.logit_scale, None) if tower is not None else (embedder.logit_scale, embedder.logit_bias)
     keys_out, best_out, score_out = [], [], []
     for keys, vectors in store.iter_vectors(catalog.config.embedder.dim, batch=BLOCK):
         best, score = scores(vectors.astype(np.float32) @ targets.T, scale, bias)

@@ -86,9 +86,8 @@ def evaluate_words(catalog, kind: str, column: str, k: int = 10, *, template: st
     if not query_labels:
         raise QueryError(f"no item has a value of {column!r} to make text queries from")
     catalog.check_text(prompts[:1])
-    encoder = catalog.encoder(options or EncodeOptions(progress=False))
     unique = list(dict.fromkeys(prompts))
-    vectors = encoder.encode_text(unique)
+    vectors = catalog.encode_text(unique, options or EncodeOptions(progress=False))
     position = {p: i for i, p in enumerate(unique)}
     queries = vectors[[position[p] for p in prompts]]
     rows = []

@@ -92,7 +92,7 @@ def health(svc: Service) -> Health:
     return Health(status="ok", version=__version__, items=svc.size(),
                           model=svc.catalog.config.embedder.describe(), device=str(encoder.device),
                           runtime=encoder.runtime, precision=encoder.precision,
-                          writable=svc.settings.admin_token is not None, text=svc.catalog.config.embedder.text)
+                          writable=svc.settings.admin_token is not None, text=svc.catalog.has_text)
 
 
 SIMILAR_TEXT_HELP = "more like this, but with these words (a catalog whose model has a text tower)"

@@ -6,6 +6,7 @@ A catalog is a folder (SQLite) or a ``postgresql://`` URL. Layout of a folder ``
     catalog.sqlite   items, labels, failures and vectors; the source of truth
     index/           the FAISS index, derived and rebuilt when stale
     openvino/        int8 models quantised on this catalog's photos (OpenVINO runtime), named by their key
+    text-tower.lkm   a text tower trained against the catalog's image model (LiT), when one was added
 
 A database catalog holds the same in its schema (the config in ``meta``, uploaded images in ``uploads``); each
 process keeps ``index/``, ``analysis/`` and ``openvino/`` in a cache folder of its own (``location.py``).
@@ -36,7 +37,14 @@ from tqdm import tqdm
 
 from ..core import storage
 from ..core.config import CatalogConfig, EmbedderInfo, EncodeOptions
-from ..core.errors import CatalogError, ItemExistsError, QueryError, StoreUnavailableError, UnknownItemError
+from ..core.errors import (
+    CatalogError,
+    ItemExistsError,
+    ModelFileError,
+    QueryError,
+    StoreUnavailableError,
+    UnknownItemError,
+)
 from ..core.images import IMAGE_EXTENSIONS, ImageInput, content_hash, decode
 from ..core.sources import SourceItem, is_folder_source, read_source, source_name
 from ..engines.embed import EncodedBatch, Encoder, Engine, FileTask, encode_files, resolve_network_runtime
@@ -44,6 +52,7 @@ from ..engines.openvino_runtime import AUTO_MIN_PHOTOS, MIN_PHOTOS, Int8Model, d
 from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
 from ..models.base import RANDOM_WEIGHTS, Embedder
 from ..models.registry import DEFAULT_MODEL, canonical_name, create_embedder, no_text_tower
+from ..models.texttower import TextTower, load_text_tower
 from ..store import ItemRecord, SQLiteStore, Store, StoredItem, is_database_url, open_store, parse_database_url
 from ..store.base import UPLOAD_PREFIX, Watch
 from .consistency import index_disagrees
@@ -67,6 +76,7 @@ CONFIG_FILE = "catalog.json"
 DB_FILE = "catalog.sqlite"
 INDEX_DIR = "index"
 OPENVINO_DIR = "openvino"  # int8 models calibrated on this catalog's own photos
+TEXT_TOWER_FILE = "text-tower.lkm"  # a LiT text tower added with `lookalike text add` (a copy of the file)
 UPLOADS_DIR = "uploads"  # images added one by one (REST API); named by content, so no id can steer a path
 MAX_ID_LENGTH = 200
 MAX_TEXT_CHARS = 1000  # words in one query (the REST API's limit too)
@@ -192,6 +202,7 @@ class Catalog:
         self._checked_at = 0.0
         self._labels_generation = -1
         self._label_counts: tuple[tuple[int, int], dict[str, dict[str, int]]] | None = None
+        self._text_tower: TextTower | None = None
 
     # -- life cycle --------------------------------------------------------------------------------
 
@@ -430,7 +441,7 @@ class Catalog:
     def encoder(self, options: EncodeOptions | None = None) -> Encoder:
         """The catalog's model on the chosen runtime; on OpenVINO with its own int8 model, when it has one."""
         if self._encoder is None or (options is not None and options != self._encoder.options):
-            self._encoder = Encoder(self.embedder, options, int8=self.int8_model())
+            self._encoder = Encoder(self.embedder, options, int8=self.int8_model(), text_tower=self.text_tower)
         return self._encoder
 
     def int8_model(self) -> Int8Model | None:
@@ -1001,16 +1012,95 @@ class Catalog:
         return [QueryPart("image", v, negative, _describe(im)) for v, im in zip(vectors, images, strict=True)]
 
     def text_parts(self, texts: Sequence[str], negative: bool = False) -> list[QueryPart]:
-        """Words embedded by the catalog model's text tower as query parts.
+        """Words embedded by the catalog's text tower as query parts.
 
         Raises:
-            NoTextModelError: the catalog's model embeds photos only.
+            NoTextModelError: the catalog's model embeds photos only and no text tower was added.
         """
         if not texts:
             return []
         self.check_text(texts)
-        vectors = self.encoder().encode_text(list(texts))
+        vectors = self.encode_text(list(texts))
         return [QueryPart("text", v, negative, t) for v, t in zip(vectors, texts, strict=True)]
+
+    def encode_text(self, texts: Sequence[str], options: EncodeOptions | None = None) -> np.ndarray:
+        """Texts -> N x D float32 unit vectors in the space of the stored vectors: the added text tower (LiT, in
+        NumPy: the image model is not loaded), else the catalog model's own.
+
+        Raises:
+            NoTextModelError: neither exists. ModelFileError: the added tower's file is missing or changed.
+        """
+        self.check_text(texts)
+        if self.text_tower is not None:
+            return self.text_tower.encode(list(texts))
+        return self.encoder(options).encode_text(list(texts))
+
+    @property
+    def has_text(self) -> bool:
+        """Can the catalog be searched by words: its model has a text tower, or a LiT text tower was added."""
+        return bool(self.config.embedder.text or self.config.extra.get("text_tower"))
+
+    @property
+    def text_tower(self) -> TextTower | None:
+        """The text tower added with ``add_text_tower`` (None: none), loaded on first use and checked against
+        the digest recorded when it was added.
+
+        Raises:
+            ModelFileError: its file is gone or has changed since.
+        """
+        record = self.config.extra.get("text_tower")
+        if not record:
+            return None
+        if self._text_tower is None:
+            path = self.folder / record["file"] if record.get("file") else Path(record["path"])
+            if not path.is_file():
+                raise ModelFileError(f"{self.name}: its text tower {path} is gone; add it again with "
+                                     f"`lookalike text add TOWER.lkm --catalog {self.name}`")
+            tower = load_text_tower(path)
+            if tower.digest != record["digest"]:
+                raise ModelFileError(f"{self.name}: its text tower {path} changed since it was added "
+                                     f"(file:{tower.digest} != file:{record['digest']}); add it again with "
+                                     "`lookalike text add`")
+            tower.check_fits(self.name, self.config.embedder)
+            self._text_tower = tower
+        return self._text_tower
+
+    def add_text_tower(self, path: str | Path) -> TextTower:
+        """Give the catalog search by words with a text tower trained against its image model (LiT, ``train clip
+        --image-model NAME --lock-image``); no vector is embedded again. A folder catalog keeps a copy of the file
+        (``text-tower.lkm``), a database catalog its absolute path; both record its digest. Replaces a tower
+        added before.
+
+        Raises:
+            ModelFileError: not a text tower, or trained against another image model, other weights or another
+                dimension (one line naming both).
+        """
+        tower = load_text_tower(path)
+        tower.check_fits(self.name, self.config.embedder)
+        record = {"digest": tower.digest, "image_model": tower.image.name, "image_weights": tower.image.weights,
+                  "added": dt.datetime.now(dt.timezone.utc).isoformat(), "source": str(Path(path).resolve()),
+                  "metrics": tower.meta.training.get("metrics", {}).get("after", {})}
+        if self.uploads_in_store:
+            record["path"] = str(Path(path).resolve())
+        else:
+            tmp = self.path / (TEXT_TOWER_FILE + ".tmp")
+            shutil.copyfile(path, tmp)
+            tmp.replace(self.path / TEXT_TOWER_FILE)
+            record["file"] = TEXT_TOWER_FILE
+        self._record(text_tower=record)
+        self._text_tower, self._encoder = None, None
+        return self.text_tower
+
+    def remove_text_tower(self) -> bool:
+        """Drop the added text tower (the model's own, if any, is searched again); returns whether there was one."""
+        record = self.config.extra.get("text_tower")
+        if not record:
+            return False
+        self._record(text_tower=None)
+        if record.get("file") and not self.uploads_in_store:
+            (self.path / record["file"]).unlink(missing_ok=True)
+        self._text_tower, self._encoder = None, None
+        return True
 
     def check_text(self, texts: Sequence[str]) -> None:
         """Refuse words the catalog cannot search by, before any model is loaded.
@@ -1019,7 +1109,7 @@ class Catalog:
             NoTextModelError: the catalog's model embeds photos only (the message names models with a text tower).
             QueryError: empty words.
         """
-        if texts and not self.config.embedder.text:
+        if texts and not self.has_text:
             raise no_text_tower(self.config.embedder.name)
         if any(not str(t).strip() for t in texts):
             raise QueryError("empty words in the query; write what to look for, e.g. --text 'red summer dress'")
@@ -1258,7 +1348,8 @@ class Catalog:
             path=self.name, embedder=self.config.embedder, items=counts["ok"], failed=counts["failed"],
             labels=self.store.label_names(), index=index.describe(),
             failures=self.store.failures(failures), index_detail=self._index_detail(index),
-            runtime={key: self.config.extra[key] for key in ("runtime", "int8") if key in self.config.extra},
+            runtime={key: self.config.extra[key] for key in ("runtime", "int8", "text_tower")
+                     if self.config.extra.get(key)},
         )
 
     def _index_detail(self, index: VectorIndex) -> dict:

@@ -15,7 +15,7 @@ import sys
 
 from ..core.errors import LookalikeError
 from ..core.version import __version__
-from . import analysis, catalog, figures, search, serve, train
+from . import analysis, catalog, figures, search, serve, text, train
 from .common import EXIT_USAGE, parent_parsers
 
 
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     analysis.add_parsers(sub, parents)  # evaluate, cluster, duplicates, recommend
     figures.add_parsers(sub, parents)  # plot, report
     train.add_parsers(sub, parents)  # pack, train, classify
+    text.add_parsers(sub, parents)  # text add|remove (LiT towers)
     return parser
 
 

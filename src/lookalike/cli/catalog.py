@@ -126,7 +126,7 @@ def cmd_copy(args: argparse.Namespace, out: Console) -> int:
 
 
 def runtime_lines(runtime: dict) -> list[str]:
-    """What embedded the catalog's vectors and the int8 gate's figure, for ``status``."""
+    """What embedded the catalog's vectors, the int8 gate's figure and an added text tower, for ``status``."""
     lines = []
     last = runtime.get("runtime")
     if last:
@@ -138,6 +138,12 @@ def runtime_lines(runtime: dict) -> list[str]:
         verdict = "passed" if gate["recall"] >= gate["threshold"] else "failed"
         lines.append(f"int8     recall@{gate['k']} vs fp32 {gate['recall']:.3f} on {where}: {verdict} the "
                      f"{gate['threshold']:.2f} gate (calibrated on {gate['calibration']} photos; {gate['model']})")
+    tower = runtime.get("text_tower")
+    if tower:
+        figure = tower.get("metrics", {}).get("t2i_recall@10")
+        held = f"; held-out text->image recall@10 {figure:.3f}" if figure is not None else ""
+        lines.append(f"words    text tower (LiT) for {tower['image_model']}, file:{tower['digest']} from "
+                     f"{tower['source']}{held}")
     return lines
 
 

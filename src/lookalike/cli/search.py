@@ -17,8 +17,9 @@ def cmd_search(args: argparse.Namespace, out: Console) -> int:
 
     with Catalog.open(args.catalog) as catalog:
         catalog.check_values(args.where)  # a value no item has is told, with the values that exist
-        if args.image or args.not_image or args.text or args.not_text:
-            catalog.encoder(encode_options(args))
+        if args.image or args.not_image or ((args.text or args.not_text) and catalog.config.extra.get("text_tower")
+                                            is None):
+            catalog.encoder(encode_options(args))  # an added text tower needs no image model for words
         matches = catalog.search(args.image, k=args.k, where=args.where, dedupe=args.dedupe, text=args.text,
                                  items=args.item or (), not_items=args.not_item or (), not_text=args.not_text,
                                  not_images=args.not_image, weights=args.weight, min_similarity=args.min_similarity)

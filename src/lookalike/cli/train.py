@@ -84,6 +84,8 @@ def cmd_train_clip(args: argparse.Namespace, out: Console) -> int:
 
     from ..train.clip import RECALL_KS, TINY, ClipTrainConfig, base_model, image_size, train_clip
 
+    if args.image_model is not None or (args.lock_image and _is_catalog(args.source)):
+        return _train_text_tower(args, out)
     tiny = args.base == TINY
     options = _train_options(args, default_batch=64, default_epochs=10, default_lr=5e-4 if tiny else 1e-5)
     config = ClipTrainConfig(text_columns=tuple(args.text_column), stratify=args.stratify, type_label=args.type_label,
@@ -110,6 +112,73 @@ def cmd_train_clip(args: argparse.Namespace, out: Console) -> int:
         for title, key in rows:
             table.add_row(title, f"{b[key]:.3f}", f"{a[key]:.3f}", f"{b['chance_' + key]:.3f}")
         out.print(table)
+    return 0
+
+
+def _is_catalog(source: str) -> bool:
+    from ..catalog.catalog import Catalog
+
+    return not source.endswith((".pack", ".csv")) and Catalog.exists(source)
+
+
+def _train_text_tower(args: argparse.Namespace, out: Console) -> int:
+    """``train clip --image-model NAME --lock-image`` (or a catalog as SOURCE): LiT, a text tower only."""
+    from rich.table import Table
+
+    from ..catalog.catalog import Catalog
+    from ..models.registry import canonical_name
+    from ..train.clip import RECALL_KS
+    from ..train.lit import LitConfig, catalog_data, source_data, train_text_tower
+
+    if not args.lock_image:
+        raise LookalikeError(f"--image-model {args.image_model} trains a text tower against a locked image model; "
+                             "add --lock-image")
+    if args.base != "tiny":
+        raise LookalikeError(f"--base {args.base} and --image-model are two ways to train: drop --base for a text "
+                             "tower (LiT), or --image-model to fine-tune a text+image model")
+    if args.source.endswith(".pack"):
+        raise LookalikeError(f"{args.source}: a pack holds letterboxed photos, not the vectors a catalog stores; "
+                             "give the manifest (or folder) or a catalog built with the image model as SOURCE")
+    options = _train_options(args, default_batch=128, default_epochs=400, default_lr=2e-3, default_patience=30)
+    config = LitConfig(text_columns=tuple(args.text_column), stratify=args.stratify, type_label=args.type_label,
+                       type_template=args.type_template)
+    if _is_catalog(args.source):
+        if args.weights is not None:
+            raise LookalikeError(f"{args.source} is a catalog: its stored vectors are used as they are; drop "
+                                 f"--weights {args.weights}")
+        with Catalog.open(args.source) as catalog:
+            if args.image_model is not None and canonical_name(args.image_model) != catalog.config.embedder.name:
+                raise LookalikeError(f"{args.source} holds {catalog.config.embedder.name} vectors, not "
+                                     f"{args.image_model}; drop --image-model to train against its vectors")
+            data = catalog_data(catalog)
+    else:
+        source, images = _source(args)
+        data = source_data(source, images, args.image_model, args.weights, encode_options(args))
+    result = train_text_tower(data, args.out, config=config, options=options,
+                              on_epoch=_epoch_printer(args, options.epochs))
+    h = result.history
+    stop = " (stopped early)" if h.stopped_early else ""
+    out.print(f"{result.model_path}: text tower for {data.image.name} ({data.image.dim}-d) from "
+              f"{result.metrics['with_text']} of {len(data.ids)} photos (those with a text); kept epoch "
+              f"{h.best_epoch + 1}{stop}", highlight=False)
+    a = result.metrics.get("after")
+    if a:
+        table = Table(title=f"held-out: {a['photos']} photos, {a['queries']} texts of {args.text_column[0]}",
+                      title_justify="left")
+        for col in ("metric", "text tower", "chance"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        rows = [(f"text->image recall@{k}", f"t2i_recall@{k}") for k in RECALL_KS]
+        rows += [(f"image->text recall@{k}", f"i2t_recall@{k}") for k in RECALL_KS]
+        if "type_precision@10" in a:
+            rows.append((f"{args.type_label} name as query, precision@10 ({a['types']} types; at most "
+                         f"{a['max_type_precision@10']:.3f})", "type_precision@10"))
+            rows.append((f"{args.type_label} name as query, precision@10 of what is reachable (at most 1)",
+                         "type_reachable_precision@10"))
+        for title, key in rows:
+            table.add_row(title, f"{a[key]:.3f}", f"{a['chance_' + key]:.3f}")
+        out.print(table)
+    out.print(f"next: lookalike text add {result.model_path} --catalog CATALOG (a catalog indexed with --model "
+              f"{data.image.name})", highlight=False)
     return 0
 
 
@@ -178,12 +247,14 @@ def _training_pack(args: argparse.Namespace, default_size: int):
         yield Pack.open(Path(tmp) / "train.pack")
 
 
-def _train_options(args: argparse.Namespace, default_batch: int, default_epochs: int, default_lr: float):
+def _train_options(args: argparse.Namespace, default_batch: int, default_epochs: int, default_lr: float,
+                   default_patience: int = 5):
     from ..train.common import TrainOptions
 
     return TrainOptions(
         epochs=args.epochs or default_epochs, batch_size=args.batch_size or default_batch, lr=args.lr or default_lr,
-        val_fraction=args.val, patience=args.patience, device=args.device, precision=args.precision,
+        val_fraction=args.val, patience=default_patience if args.patience is None else args.patience,
+        device=args.device, precision=args.precision,
         seed=args.seed, resume=args.resume,
     )
 
@@ -243,8 +314,9 @@ def add_parsers(sub, parents: Parents) -> None:
     train.add_argument("--epochs", type=positive_int, default=None, help="most epochs to run")
     train.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
     train.add_argument("--val", type=float, default=0.15, help="share held out for validation (default 0.15)")
-    train.add_argument("--patience", type=non_negative_int, default=5,
-                       help="stop after this many epochs without a better validation loss (0: never; default 5)")
+    train.add_argument("--patience", type=non_negative_int, default=None,
+                       help="stop after this many epochs without a better validation loss (0: never; default 5, "
+                       "30 for a text tower)")
     train.add_argument("--seed", type=non_negative_int, default=0,
                        help="seed: same seed and device, same model (default 0)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
@@ -299,7 +371,8 @@ def add_parsers(sub, parents: Parents) -> None:
                          "or more text columns (titles, article types, colours), with a held-out split; prints "
                          "text-to-image and image-to-text recall@1/5/10 on the held-out photos before and after. The "
                          ".lkm written is a text+image embedder: index, search --text, tag, serve.")
-    q.add_argument("source", help="a manifest (e.g. styles.csv with --images), a folder with --labels, or a .pack")
+    q.add_argument("source", help="a manifest (e.g. styles.csv with --images), a folder with --labels, or a .pack; "
+                   "with --lock-image also a catalog (its stored vectors and labels)")
     q.add_argument("--text-column", action="append", required=True, metavar="COLUMN",
                    help="a text column to learn (e.g. productDisplayName); repeat to add more (articleType, "
                    "baseColour): each epoch draws one of an item's texts")
@@ -311,7 +384,11 @@ def add_parsers(sub, parents: Parents) -> None:
     q.add_argument("--type-label", default=None, metavar="LABEL", help="also score each value of this label, as "
                    "words, as a query among the held-out photos (precision@10 before and after)")
     q.add_argument("--type-template", default="{}", help="prompt for --type-label values (default '{}')")
-    q.add_argument("--lock-image", action="store_true", help="train the text tower only (image tower frozen)")
+    q.add_argument("--lock-image", action="store_true", help="train the text tower only (image tower frozen); with "
+                   "--image-model, or a catalog as SOURCE: LiT, a text tower for that image model's catalogs")
+    q.add_argument("--image-model", default=None, metavar="NAME", help="train a text tower (LiT: bag of n-grams, "
+                   "CLIP's loss) against this locked image model of the registry (mobilenetv2, resnet50, timm:...), "
+                   "on the vectors `index` stores; --weights are its weights; add it with `lookalike text add`")
     q.add_argument("--color-jitter", action=argparse.BooleanOptionalAction, default=False,
                    help="colour jitter of the photos (default off: texts name colours)")
     q.set_defaults(func=cmd_train_clip)

@@ -42,6 +42,7 @@ from .files import (
 
 if TYPE_CHECKING:
     from ..models.base import Embedder
+    from ..models.texttower import TextTower
     from .openvino_runtime import Int8Model
 
 log = logging.getLogger(__name__)
@@ -83,16 +84,18 @@ class Encoder:
     None), ``openvino`` (the CPU; ``model`` an ``openvino_runtime.OpenVinoModel`` in fp32, bf16 or int8) or
     ``numpy`` for model-free embedders (``device`` is ``HostDevice("cpu")``, PyTorch is never imported).
     ``int8`` is a model quantised on a catalog's photos (``Catalog`` passes its own); OpenVINO's ``auto``
-    precision uses it when it passed its gate.
+    precision uses it when it passed its gate. ``text_tower`` is a LiT text tower trained against this image model
+    (``models.texttower``; ``Catalog`` passes the one added to it): ``encode_text`` then uses it, in NumPy.
 
     Raises:
         LookalikeError: unknown or absent device, runtime or precision, batch size below 1.
     """
 
     def __init__(self, embedder: Embedder, options: EncodeOptions | None = None, *, int8: Int8Model | None = None,
-                 cache_dir: Path | None = None):
+                 cache_dir: Path | None = None, text_tower: TextTower | None = None):
         self.options = options or EncodeOptions()
         self.embedder = embedder
+        self.text_tower = text_tower  # a LiT tower trained against this image model: words without the model's own
         self.model: Any = None
         self.text_model: Any = None  # the text tower, placed on the device when words are first embedded
         self.model_dtype: Any = None  # the dtype inputs are cast to when the whole model was cast (else autocast)
@@ -164,7 +167,7 @@ class Encoder:
 
     @property
     def has_text(self) -> bool:
-        return bool(getattr(self.embedder, "has_text", False))
+        return self.text_tower is not None or bool(getattr(self.embedder, "has_text", False))
 
     def encode_text(self, texts: str | Sequence[str]) -> np.ndarray:
         """One text -> a D vector; a list -> an N x D matrix: the model's text tower, unit length, in the space of
@@ -180,6 +183,9 @@ class Encoder:
             raise no_text_tower(self.embedder.info.name)
         single = isinstance(texts, str)
         items = [texts] if single else [str(t) for t in texts]
+        if self.text_tower is not None:  # NumPy, whatever runs the image model
+            out = self.text_tower.encode(items)
+            return out[0] if single else out
         if self.runtime == "openvino":
             from .openvino_runtime import embed_texts
         else:

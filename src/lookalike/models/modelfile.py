@@ -2,7 +2,7 @@
 
 The safetensors header's ``__metadata__`` (string to string) carries one key, ``lookalike``, a JSON document::
 
-    {"format": "lookalike-model", "version": 1, "kind": "autoencoder" | "finetune" | "clip",
+    {"format": "lookalike-model", "version": 1, "kind": "autoencoder" | "finetune" | "clip" | "text-tower",
      "arch": {...}, "preprocess": {"size", "mean", "std", "fill"}, "embedding": {"mode", "dim", "modes"},
      "classes": {column: [names]}, "training": {data, labels, epochs, metrics, ...}, "created": ISO time}
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 FORMAT = "lookalike-model"
 VERSION = 1
 SUFFIX = ".lkm"
-KINDS = ("autoencoder", "finetune", "clip")
+KINDS = ("autoencoder", "finetune", "clip", "text-tower")
 MODE_SEPARATOR = "#"
 
 
@@ -95,7 +95,7 @@ def read_meta(path: str | Path) -> ModelFile:
     if not path.is_file():
         raise ModelFileError(f"model file {path} not found; train one with `lookalike train ... --out {path}`")
     try:
-        with safe_open(str(path), framework="pt") as fh:
+        with safe_open(str(path), framework="numpy") as fh:
             metadata = fh.metadata() or {}
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for bad headers
         raise ModelFileError(f"{path}: not a lookalike model file (unreadable safetensors header: "

@@ -121,7 +121,10 @@ def no_text_tower(name: str) -> NoTextModelError:
     """The one-line refusal for words asked of a model that embeds photos only."""
     return NoTextModelError(
         f"{name} embeds photos only and cannot search by words; build the catalog with a text+image model: "
-        f"{', '.join(text_models())}, open_clip:<arch>/<tag>, hf-hub:<repo>, or a model from `lookalike train clip`"
+        f"{', '.join(text_models())}, open_clip:<arch>/<tag>, hf-hub:<repo>, or a model from `lookalike train clip`; "
+        f"or keep its vectors and add a text tower trained against it (LiT): `lookalike train clip SOURCE "
+        f"--image-model {name} --lock-image --text-column COLUMN --out tower.lkm`, then `lookalike text add tower.lkm "
+        "--catalog CATALOG`"
     )
 
 

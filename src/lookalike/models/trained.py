@@ -93,6 +93,10 @@ def load_trained(name: str):
     path_text, _, mode = name.partition(MODE_SEPARATOR)
     path = Path(path_text).expanduser()
     meta, state = load_model_file(path)
+    if meta.kind == "text-tower":
+        image = meta.arch.get("image_model", {}).get("name", "?")
+        raise ModelFileError(f"{path} is a text tower trained against {image}, not an image model; add it to a "
+                             f"catalog built with {image}: lookalike text add {path} --catalog CATALOG")
     if meta.kind == "clip":
         from .openclip import load_clip_file
 
