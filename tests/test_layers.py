@@ -96,6 +96,25 @@ def test_no_module_imports_another_modules_private_names():
     assert not wrong, "\n".join(wrong)
 
 
+def test_the_cpu_is_probed_in_one_place_and_every_caller_asks_it_there():
+    """``core/cpu.py`` alone reads the CPU's features, and callers look them up through the module
+    (``cpu.has_native_bf16()``): a copy of the probe, or its name imported elsewhere, is a second name that a test
+    pinning the CPU does not replace (issue 24: a copy in ``engines/embed.py`` made an int8 test fail on AVX2)."""
+    modules = _modules()
+    probe = "lookalike.core.cpu"
+    wrong = []
+    for name, path in modules.items():
+        text = path.read_text(encoding="utf-8")
+        if name != probe:
+            wrong += [f"{path.relative_to(SRC.parent)}: reads {what} itself; call {probe} instead"
+                      for what in ("/proc/cpuinfo", "avx512", "amx_bf16", "platform.machine", "sysctl")
+                      if what in text]
+        wrong += [f"{path.relative_to(SRC.parent)}:{line}: imports {', '.join(names)} from {probe}; import the module "
+                  "and call cpu.NAME()" for target, names, line in _imports(name, path, set(modules))
+                  if target == probe and names]
+    assert probe in modules and not wrong, "\n".join(wrong)
+
+
 def _run_counting_imports(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run ``lookalike ARGS`` in a fresh interpreter; return the result and which heavy libraries it loaded."""
     code = ("import atexit, json, sys\n"

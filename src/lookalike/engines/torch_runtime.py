@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core import cpu
 from ..core.errors import LookalikeError
-from .files import EncodedBatch, FileReader, FileResult, WorkerPlan, cpu_has_native_bf16, plan_workers
+from .files import EncodedBatch, FileReader, FileResult, WorkerPlan, plan_workers
 from .files import default_batch_size as default_batch_size_for
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         raise LookalikeError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
+    if device.type == "cpu" and cpu.has_native_bf16():
         return torch.bfloat16
     return None
 
