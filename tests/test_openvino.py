@@ -430,6 +430,21 @@ def test_a_model_given_fewer_threads_than_cores_does_not_pin_them(tmp_path, tiny
     assert encoder.encode(make_image(tmp_path / "x.jpg")).shape == (tiny_embedder.dim,)
 
 
+def test_the_exit_hook_is_registered_once_however_many_models_come_and_go(monkeypatch):
+    """Each registration was one more full garbage collection when the process exits."""
+    import atexit
+    import gc
+
+    from lookalike.engines import openvino_runtime as ovr
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: registered.append(fn))
+    for _ in range(3):
+        ovr.OpenVinoModel(Path("unused.xml"), "fp32")
+        gc.collect()  # the model is gone: the live set empties, unless another test's model is still alive
+    assert registered in ([], [ovr._release_all])  # once per process: here, or by an earlier test
+
+
 def test_lookalike_runtime_sets_the_default_runtime_of_index_and_a_bad_value_is_one_line(tmp_path, monkeypatch,
                                                                                           capsys):
     from lookalike.cli import main

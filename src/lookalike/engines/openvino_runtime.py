@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import gc
 import hashlib
 import json
@@ -385,6 +386,14 @@ def _release_all() -> None:
     gc.collect()
 
 
+@functools.cache
+def _release_all_at_exit() -> None:
+    """Register ``_release_all`` once per process. Registered again whenever the live set had emptied, a process
+    that made models over and over (the test suite: about 30 times in test_openvino.py alone) ran as many full
+    garbage collections at exit, 0.3 s each on a large heap."""
+    atexit.register(_release_all)
+
+
 class OpenVinoModel:
     """A converted model compiled for the CPU in one precision; the latency copy (one stream, every core)
     and the throughput copy (one stream per core) are compiled when first used."""
@@ -399,8 +408,7 @@ class OpenVinoModel:
         self._throughput: Any = None
         self.streams = 1
         self.threads = cores()  # fewer where several models share the cores (a Ray actor's CPUs)
-        if not _LIVE:
-            atexit.register(_release_all)
+        _release_all_at_exit()
         _LIVE.add(self)
 
     def release(self) -> None:
