@@ -21,6 +21,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Models converted to OpenVINO (the CPU default on x86) are cached for the tests apart from the user's own.
 os.environ.setdefault("LOOKALIKE_OPENVINO_CACHE",
                       str(Path(tempfile.gettempdir()) / f"lookalike-tests-openvino-{os.getuid()}"))
+# OpenMP threads (PyTorch's, FAISS's) that wait sleep at once instead of spinning: where other work shares the cores
+# (2 cores, another engineer's run beside this one), spinning threads took the cores from the threads they waited
+# for, and tests ran 4x slower (test_index.py at load 7: 58 s spinning, 14 s passive). Set before either library
+# loads; the processes the tests start inherit it. The answers do not depend on it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # No test reads the host CPU's features (lookalike.core.cpu): unless a test pins another CPU (the ``native_bf16``
 # fixture), every test, and every command-line run and Ray worker it starts, sees a CPU without native bf16
 # (AVX2: most laptops and CI runners), where ``auto`` runs PyTorch in fp32. ``LOOKALIKE_CPU_BF16=1 pytest`` runs
