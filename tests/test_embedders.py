@@ -220,8 +220,11 @@ def test_gpu_vectors_agree_with_cpu_vectors(tiny_embedder, tmp_path):
 
 
 @pytest.mark.parametrize("native_bf16", [True], ids=["native-bf16-cpu"], indirect=True)
-@pytest.mark.parametrize("runtime", ["torch", "openvino"])
-@pytest.mark.parametrize("model", [TINY_MODEL, "timm:test_vit.r160_in1k", "timm:mobilenetv3_small_100"])
+@pytest.mark.parametrize(("model", "runtime"), [
+    (model, runtime) if model == TINY_MODEL or runtime == "torch"
+    else pytest.param(model, runtime, marks=pytest.mark.slow)  # a conversion of its own: 5-10 s on 2 cores
+    for runtime in ("torch", "openvino")
+    for model in (TINY_MODEL, "timm:test_vit.r160_in1k", "timm:mobilenetv3_small_100")])
 def test_bf16_vectors_stay_close_to_fp32_whatever_the_architecture(model, runtime, tmp_path, native_bf16):
     """PyTorch: CNNs get BatchNorm folded and one cast to bf16; models with other norms keep autocast.
     OpenVINO: every architecture converts, and its bf16 hint stays as close (the CPU pinned as one with native

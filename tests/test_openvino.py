@@ -52,11 +52,21 @@ def test_conversion_is_cached_and_a_second_encoder_does_not_convert(tmp_path, ti
     assert not list((tmp_path / "cache").glob(".converting-*"))
 
 
-@pytest.mark.parametrize("damage", ["model.bin cut short", "model.xml overwritten", "source.json gone"])
+@pytest.mark.parametrize("damage", ["model.bin cut short",
+                                    pytest.param("model.xml overwritten", marks=pytest.mark.slow),
+                                    pytest.param("source.json gone", marks=pytest.mark.slow)])
 def test_a_damaged_converted_model_in_the_cache_is_converted_again(tmp_path, tiny_embedder, damage, caplog):
     """A cache entry that is not as it was written (a truncated copy, a full disk, a hand edit) is never
     compiled: it is converted again, with a one-line warning, and gives the same vectors."""
+    import shutil
+
+    from lookalike.engines import openvino_runtime as ovr
+
     photos = varied_photos(tmp_path / "photos", 4)
+    # This test's cache starts as a copy of the suite's converted model (converted once per session at most):
+    # the conversion under test is the one after the damage.
+    shared = ovr.converted(tiny_embedder).parent
+    shutil.copytree(shared, tmp_path / "cache" / shared.name)
     first = Encoder(tiny_embedder, FP32_OV, cache_dir=tmp_path / "cache")
     before = first.encode(photos)
     folder = first.model.xml.parent
@@ -163,6 +173,7 @@ def test_precisions_the_runtime_cannot_run_are_refused_in_one_line(tiny_embedder
         Encoder(tiny_embedder, EncodeOptions(device="cpu", runtime="openvino", precision="int8"))
 
 
+@pytest.mark.slow
 def test_a_trained_model_file_runs_on_openvino_too(tmp_path):
     """Any embedder with a torch ``model`` converts: here a ``.lkm`` autoencoder (letterbox input)."""
     import torch
@@ -229,7 +240,7 @@ def test_forced_int8_is_calibrated_on_the_catalog_reports_its_recall_and_is_sear
     assert json.loads(capsys.readouterr().out)["runtime"]["int8"]["recall"] == gate["recall"]
 
 
-@pytest.mark.parametrize("change", ["a new photo", "a photo rewritten"])
+@pytest.mark.parametrize("change", ["a new photo", pytest.param("a photo rewritten", marks=pytest.mark.slow)])
 def test_a_damaged_int8_model_is_made_again_on_the_next_run_and_the_old_files_go(tmp_path, tiny_embedder,
                                                                                   caplog, change):
     """The catalog records the sizes of its int8 model's files; one cut short is not compiled (the catalog
@@ -387,6 +398,7 @@ def test_serve_uses_the_catalogs_int8_model(tmp_path, tiny_embedder):
         assert r.status_code == 200 and r.json()["results"][0]["id"] == "p007"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("native_bf16", [True], ids=["native-bf16-cpu"], indirect=True)
 def test_both_towers_of_a_text_model_run_on_openvino_converted_once(tmp_path, tiny_clip, monkeypatch, native_bf16):
     """An open_clip model: photos and words on OpenVINO give PyTorch fp32's vectors; each tower is converted
@@ -433,15 +445,14 @@ def test_a_model_given_fewer_threads_than_cores_does_not_pin_them(tmp_path, tiny
 def test_the_exit_hook_is_registered_once_however_many_models_come_and_go(monkeypatch):
     """Each registration was one more full garbage collection when the process exits."""
     import atexit
-    import gc
 
     from lookalike.engines import openvino_runtime as ovr
 
     registered = []
     monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: registered.append(fn))
     for _ in range(3):
-        ovr.OpenVinoModel(Path("unused.xml"), "fp32")
-        gc.collect()  # the model is gone: the live set empties, unless another test's model is still alive
+        ovr.OpenVinoModel(Path("unused.xml"), "fp32")  # gone at once: the live set empties (unless another
+        # test's model is still alive)
     assert registered in ([], [ovr._release_all])  # once per process: here, or by an earlier test
 
 
@@ -468,6 +479,7 @@ def test_lookalike_runtime_sets_the_default_runtime_of_index_and_a_bad_value_is_
     assert len(err.splitlines()) == 1 and "LOOKALIKE_RUNTIME='onnx' is not a runtime" in err
 
 
+@pytest.mark.slow
 def test_processes_converting_the_same_model_at_once_convert_it_once(tmp_path, tiny_embedder, monkeypatch):
     """Ray actors on one node start together: the first converts, the others wait on the lock and read its
     result (threads here: each takes the file lock through its own open file, as processes do)."""
