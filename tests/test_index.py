@@ -184,7 +184,7 @@ def test_flat_float32_answers_are_exact_even_where_float16_cannot_tell_items_apa
     assert small.needs_rebuild()
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", pytest.param("ivfpq", marks=pytest.mark.slow)])
 def test_incremental_updates_match_a_fresh_build(data, kind):
     keys, vectors = data
     rng = np.random.default_rng(5)
@@ -245,7 +245,7 @@ def test_filtered_search_returns_exactly_the_matching_items(data, tuned, kind, v
     assert set(found[found >= 0].tolist()) == set(few.tolist()) and (found[:, 3:] == -1).all()
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", pytest.param("ivfpq", marks=pytest.mark.slow)])
 def test_saved_index_loads_and_answers_the_same(data, kind, tmp_path):
     keys, vectors = data
     index = VectorIndex.build(keys, vectors, plan_for(kind))

@@ -32,6 +32,7 @@ def varied_photos(folder: Path, n: int) -> list[Path]:
     return out
 
 
+@pytest.mark.slow
 def test_conversion_is_cached_and_a_second_encoder_does_not_convert(tmp_path, tiny_embedder, monkeypatch):
     import openvino
 
@@ -52,9 +53,8 @@ def test_conversion_is_cached_and_a_second_encoder_does_not_convert(tmp_path, ti
     assert not list((tmp_path / "cache").glob(".converting-*"))
 
 
-@pytest.mark.parametrize("damage", ["model.bin cut short",
-                                    pytest.param("model.xml overwritten", marks=pytest.mark.slow),
-                                    pytest.param("source.json gone", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["model.bin cut short", "model.xml overwritten", "source.json gone"])
 def test_a_damaged_converted_model_in_the_cache_is_converted_again(tmp_path, tiny_embedder, damage, caplog):
     """A cache entry that is not as it was written (a truncated copy, a full disk, a hand edit) is never
     compiled: it is converted again, with a one-line warning, and gives the same vectors."""
@@ -240,7 +240,8 @@ def test_forced_int8_is_calibrated_on_the_catalog_reports_its_recall_and_is_sear
     assert json.loads(capsys.readouterr().out)["runtime"]["int8"]["recall"] == gate["recall"]
 
 
-@pytest.mark.parametrize("change", ["a new photo", pytest.param("a photo rewritten", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("change", ["a new photo", "a photo rewritten"])
 def test_a_damaged_int8_model_is_made_again_on_the_next_run_and_the_old_files_go(tmp_path, tiny_embedder,
                                                                                   caplog, change):
     """The catalog records the sizes of its int8 model's files; one cut short is not compiled (the catalog
@@ -383,6 +384,7 @@ def test_serve_embeds_uploads_with_the_chosen_runtime(shop, runtime, monkeypatch
         assert first["id"] == "green-ellipse" and first["similarity"] > 0.999
 
 
+@pytest.mark.slow
 def test_serve_uses_the_catalogs_int8_model(tmp_path, tiny_embedder):
     from fastapi.testclient import TestClient
 
