@@ -4,6 +4,7 @@ no module borrows another's private names, and light commands start without the 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -34,9 +35,15 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+@functools.cache
+def _parsed(path: Path) -> ast.Module:
+    """Each module parsed once for the tests of this file that read them all."""
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
 def _imports(name: str, path: Path, known: set[str]) -> list[tuple[str, list[str], int]]:
     """(imported module, names taken from it, line) for every import outside ``if TYPE_CHECKING:``."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = _parsed(path)
     skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
             for b in node.body for n in ast.walk(b)}
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
