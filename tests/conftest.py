@@ -21,6 +21,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Models converted to OpenVINO (the CPU default on x86) are cached for the tests apart from the user's own.
 os.environ.setdefault("LOOKALIKE_OPENVINO_CACHE",
                       str(Path(tempfile.gettempdir()) / f"lookalike-tests-openvino-{os.getuid()}"))
+# OpenMP threads (PyTorch's, FAISS's) that wait sleep at once instead of spinning: where other work shares the cores
+# (2 cores, another engineer's run beside this one), spinning threads took the cores from the threads they waited
+# for, and tests ran 4x slower (test_index.py at load 7: 58 s spinning, 14 s passive). Set before either library
+# loads; the processes the tests start inherit it. The answers do not depend on it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# No test reads the host CPU's features (lookalike.core.cpu): unless a test pins another CPU (the ``native_bf16``
+# fixture), every test, and every command-line run and Ray worker it starts, sees a CPU without native bf16
+# (AVX2: most laptops and CI runners), where ``auto`` runs PyTorch in fp32. ``LOOKALIKE_CPU_BF16=1 pytest`` runs
+# the suite as on a CPU with AVX512-BF16 or AMX (OpenVINO bf16 by ``auto``), on any x86 machine.
+os.environ.setdefault("LOOKALIKE_CPU_BF16", "0")
 
 
 def make_image(path: Path, color=(200, 30, 30), size=(96, 128), shape: str = "rect", fmt: str | None = None,
@@ -54,6 +64,18 @@ def _lookalike_logger_as_it_was():
     logger.handlers[:] = handlers
     logger.setLevel(level)
     logger.propagate = propagate
+
+
+@pytest.fixture(params=[True, False], ids=["native-bf16-cpu", "no-bf16-cpu"])
+def native_bf16(request, monkeypatch) -> bool:
+    """Run a test on both kinds of x86 CPU: with native bf16 units (AVX512-BF16 or AMX) and without (AVX2).
+    Pins the one probe, ``lookalike.core.cpu``, in this process and for the processes the test starts."""
+    from lookalike.core import cpu
+
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: request.param)
+    monkeypatch.setattr(cpu, "is_x86", lambda: True)
+    monkeypatch.setenv(cpu.BF16_ENV, "1" if request.param else "0")
+    return request.param
 
 
 @pytest.fixture(scope="session")

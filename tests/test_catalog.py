@@ -293,7 +293,11 @@ def test_a_killed_embedding_worker_is_one_clear_error_and_keeps_the_catalog(tmp_
 
 
 def test_an_error_inside_an_embedding_worker_stays_itself(tmp_path, photo_dir, tiny_embedder, monkeypatch):
-    """Only a worker that died gets the out-of-memory hint; a bug raised in a worker is shown as it is."""
+    """Only a worker that died gets the out-of-memory hint; a bug raised in a worker is shown as it is. The
+    workers are stopped by the time the error arrives, not later by the garbage collector (which waited 5 s
+    per worker)."""
+    import multiprocessing
+
     from lookalike.engines import torch_runtime as embed_module
 
     def breaks(self, b):
@@ -301,6 +305,8 @@ def test_an_error_inside_an_embedding_worker_stays_itself(tmp_path, photo_dir, t
 
     monkeypatch.setattr(embed_module.EmbeddedBatches, "__getitem__", breaks)
     options = EncodeOptions(workers=2, batch_size=2, progress=False, precision="bf16", device="cpu", runtime="torch")
+    before = set(multiprocessing.active_children())
     with Catalog.create(tmp_path / "e.lk", TINY_MODEL, embedder=tiny_embedder) as cat:
         with pytest.raises(RuntimeError, match="model exploded"):
             cat.add(photo_dir, options=options)
+        assert set(multiprocessing.active_children()) - before == set()

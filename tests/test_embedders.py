@@ -219,11 +219,16 @@ def test_gpu_vectors_agree_with_cpu_vectors(tiny_embedder, tmp_path):
     assert cos.min() > 0.99
 
 
-@pytest.mark.parametrize("runtime", ["torch", "openvino"])
-@pytest.mark.parametrize("model", [TINY_MODEL, "timm:test_vit.r160_in1k", "timm:mobilenetv3_small_100"])
-def test_bf16_vectors_stay_close_to_fp32_whatever_the_architecture(model, runtime, tmp_path):
+@pytest.mark.parametrize("native_bf16", [True], ids=["native-bf16-cpu"], indirect=True)
+@pytest.mark.parametrize(("model", "runtime"), [
+    (model, runtime) if model == TINY_MODEL or runtime == "torch"
+    else pytest.param(model, runtime, marks=pytest.mark.slow)  # a conversion of its own: 5-10 s on 2 cores
+    for runtime in ("torch", "openvino")
+    for model in (TINY_MODEL, "timm:test_vit.r160_in1k", "timm:mobilenetv3_small_100")])
+def test_bf16_vectors_stay_close_to_fp32_whatever_the_architecture(model, runtime, tmp_path, native_bf16):
     """PyTorch: CNNs get BatchNorm folded and one cast to bf16; models with other norms keep autocast.
-    OpenVINO: every architecture converts, and its bf16 hint stays as close."""
+    OpenVINO: every architecture converts, and its bf16 hint stays as close (the CPU pinned as one with native
+    bf16, since OpenVINO on any other runs bf16 as fp32: the hint is what is checked, emulated where need be)."""
     from lookalike.core.config import EncodeOptions
     from lookalike.engines.embed import Encoder
 
@@ -234,10 +239,27 @@ def test_bf16_vectors_stay_close_to_fp32_whatever_the_architecture(model, runtim
                                                                            runtime="torch"))
     bf16 = Encoder(create_embedder(model, weights="random"), EncodeOptions(device="cpu", precision="bf16",
                                                                            runtime=runtime))
-    assert bf16.runtime == runtime
+    assert bf16.runtime == runtime and (runtime == "torch" or bf16.model.hint == "bf16")
     a, b = fp32.encode(paths), bf16.encode(paths)
     assert a.shape == b.shape == (4, fp32.embedder.dim)
     assert (a * b).sum(axis=1).min() > 0.99
+
+
+def test_the_cpu_probe_reads_the_cpus_flags_unless_lookalike_cpu_bf16_pins_it(monkeypatch):
+    from lookalike.core import cpu
+    from lookalike.core.errors import LookalikeError
+
+    monkeypatch.setenv(cpu.BF16_ENV, "1")
+    assert cpu.has_native_bf16() is True
+    monkeypatch.setenv(cpu.BF16_ENV, "0")
+    assert cpu.has_native_bf16() is False
+    monkeypatch.setenv(cpu.BF16_ENV, "yes")
+    with pytest.raises(LookalikeError, match="LOOKALIKE_CPU_BF16='yes': use 1"):
+        cpu.has_native_bf16()
+    monkeypatch.delenv(cpu.BF16_ENV)
+    info = Path("/proc/cpuinfo")
+    flags = info.read_text() if info.is_file() else ""
+    assert cpu.has_native_bf16() is ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 def test_colour_histogram_is_the_square_root_of_the_non_white_pixel_frequencies():

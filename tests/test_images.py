@@ -299,10 +299,10 @@ def test_bad_files_through_load_image_name_the_path(tmp_path, case):
 def test_huge_header_is_refused_quickly_before_decoding():
     data = huge_png_header(50000, 50000)
     assert len(data) < 200
-    start = time.perf_counter()
+    start = time.process_time()  # this process's CPU time: what the decoding costs, not how busy the machine is
     with pytest.raises(ImageError) as info:
         decode(data)
-    assert time.perf_counter() - start < 0.5  # from the header alone: no 2.5 GB buffer was allocated
+    assert time.process_time() - start < 0.5  # from the header alone: no 2.5 GB buffer was allocated
     message = str(info.value)
     assert "50000x50000" in message and "2500 MP" in message and "100 MP limit" in message
     assert "--max-pixels" in message

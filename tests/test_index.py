@@ -23,6 +23,22 @@ def data():
     return keys, vectors
 
 
+@pytest.fixture(scope="module")
+def tuned(data):
+    """``tuned(kind)``: an index of every row of ``data`` built and tuned (0.95 on 200 rows) once per kind, for the
+    tests that only search it (IVF-PQ's training is the costliest step of this file)."""
+    keys, vectors = data
+    built: dict[str, VectorIndex] = {}
+
+    def get(kind: str) -> VectorIndex:
+        if kind not in built:
+            built[kind] = VectorIndex.build(keys, vectors, plan_for(kind))
+            tune(built[kind], 0.95, sample=200)
+        return built[kind]
+
+    return get
+
+
 def exact(vectors: np.ndarray, keys: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     order = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :k]
     return keys[order]
@@ -168,7 +184,7 @@ def test_flat_float32_answers_are_exact_even_where_float16_cannot_tell_items_apa
     assert small.needs_rebuild()
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", pytest.param("ivfpq", marks=pytest.mark.slow)])
 def test_incremental_updates_match_a_fresh_build(data, kind):
     keys, vectors = data
     rng = np.random.default_rng(5)
@@ -208,12 +224,11 @@ def test_incremental_updates_match_a_fresh_build(data, kind):
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
 @pytest.mark.parametrize("via_faiss", [False, True])
-def test_filtered_search_returns_exactly_the_matching_items(data, kind, via_faiss, monkeypatch):
+def test_filtered_search_returns_exactly_the_matching_items(data, tuned, kind, via_faiss, monkeypatch):
     keys, vectors = data
     if via_faiss:  # large filters go through FAISS selectors; a short answer falls back to exact search
         monkeypatch.setattr(vector_index, "EXACT_SUBSET_MAX", 10)
-    index = VectorIndex.build(keys, vectors, plan_for(kind))
-    tune(index, 0.95, sample=200)
+    index = tuned(kind)
     rng = np.random.default_rng(8)
     for size in (15, 40, 900):
         allowed = np.sort(rng.choice(keys, size, replace=False))
@@ -230,7 +245,7 @@ def test_filtered_search_returns_exactly_the_matching_items(data, kind, via_fais
     assert set(found[found >= 0].tolist()) == set(few.tolist()) and (found[:, 3:] == -1).all()
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", pytest.param("ivfpq", marks=pytest.mark.slow)])
 def test_saved_index_loads_and_answers_the_same(data, kind, tmp_path):
     keys, vectors = data
     index = VectorIndex.build(keys, vectors, plan_for(kind))

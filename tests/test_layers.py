@@ -4,6 +4,7 @@ no module borrows another's private names, and light commands start without the 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -34,9 +35,15 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+@functools.cache
+def _parsed(path: Path) -> ast.Module:
+    """Each module parsed once for the tests of this file that read them all."""
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
 def _imports(name: str, path: Path, known: set[str]) -> list[tuple[str, list[str], int]]:
     """(imported module, names taken from it, line) for every import outside ``if TYPE_CHECKING:``."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = _parsed(path)
     skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
             for b in node.body for n in ast.walk(b)}
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -94,6 +101,25 @@ def test_no_module_imports_another_modules_private_names():
              for name, path in modules.items() for target, names, line in _imports(name, path, set(modules))
              if target != name and (private := [n for n in names if n.startswith("_") and not n.startswith("__")])]
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_cpu_is_probed_in_one_place_and_every_caller_asks_it_there():
+    """``core/cpu.py`` alone reads the CPU's features, and callers look them up through the module
+    (``cpu.has_native_bf16()``): a copy of the probe, or its name imported elsewhere, is a second name that a test
+    pinning the CPU does not replace (issue 24: a copy in ``engines/embed.py`` made an int8 test fail on AVX2)."""
+    modules = _modules()
+    probe = "lookalike.core.cpu"
+    wrong = []
+    for name, path in modules.items():
+        text = path.read_text(encoding="utf-8")
+        if name != probe:
+            wrong += [f"{path.relative_to(SRC.parent)}: reads {what} itself; call {probe} instead"
+                      for what in ("/proc/cpuinfo", "avx512", "amx_bf16", "platform.machine", "sysctl")
+                      if what in text]
+        wrong += [f"{path.relative_to(SRC.parent)}:{line}: imports {', '.join(names)} from {probe}; import the module "
+                  "and call cpu.NAME()" for target, names, line in _imports(name, path, set(modules))
+                  if target == probe and names]
+    assert probe in modules and not wrong, "\n".join(wrong)
 
 
 def _run_counting_imports(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, list[str]]:

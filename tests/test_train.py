@@ -285,6 +285,7 @@ def test_model_file_errors_are_one_line_in_the_cli(tmp_path, capsys):
 # -- fine-tuning ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_finetuning_on_planted_classes_beats_the_untrained_model(finetuned, toy, tmp_path):
     """New photos, never seen in training, searched among the training photos: shape retrieval is better with
     the fine-tuned embedder than with the same network untrained."""
@@ -310,6 +311,7 @@ def test_finetuning_on_planted_classes_beats_the_untrained_model(finetuned, toy,
     assert scores["fine-tuned"] > scores["untrained"] + 0.15, scores
 
 
+@pytest.mark.slow
 def test_finetuned_model_records_what_made_it(finetuned):
     from lookalike.models.modelfile import read_meta
 
@@ -323,6 +325,7 @@ def test_finetuned_model_records_what_made_it(finetuned):
     assert t["colour_jitter"] is True
 
 
+@pytest.mark.slow
 def test_classify_cli_prints_top_labels(finetuned, toy, capsys):
     from lookalike.cli import main
 

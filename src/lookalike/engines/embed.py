@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ..core import cpu
 from ..core.config import EncodeOptions
 from ..core.errors import LookalikeError
 from ..core.images import ImageInput, load_image
@@ -33,7 +34,6 @@ from .files import (
     FileTask,
     WorkerPlan,
     cores,
-    cpu_has_native_bf16,
     default_batch_size,
     default_workers,
     plan_workers,
@@ -221,7 +221,7 @@ def resolve_network_runtime(options: EncodeOptions) -> tuple[Any, str, bool]:
     from . import torch_runtime as rt
 
     device = rt.resolve_device(options.device)
-    native_bf16 = cpu_has_native_bf16()
+    native_bf16 = cpu.has_native_bf16()
     runtime = ovr.resolve_runtime(options.runtime, device.type, native_bf16)
     if runtime != "openvino" and options.precision == "int8":
         raise LookalikeError("--precision int8 runs on OpenVINO: add --runtime openvino (a CPU run on x86), or "

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import gc
 import hashlib
 import json
 import logging
 import os
-import platform
 import re
 import shutil
 import tempfile
@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..core import cpu
 from ..core.errors import LookalikeError
 from ..core.storage import as_location
-from .files import EncodedBatch, FileReader, FileTask, cores, cpu_has_native_bf16, default_workers, stack_results
+from .files import EncodedBatch, FileReader, FileTask, cores, default_workers, stack_results
 
 if TYPE_CHECKING:
     from ..models.base import Embedder
@@ -83,10 +84,6 @@ def openvino_available() -> bool:
     return True
 
 
-def is_x86() -> bool:
-    return platform.machine().lower() in ("x86_64", "amd64", "x86", "i686")
-
-
 def resolve_runtime(runtime: str, device_type: str, native_bf16: bool) -> str:
     """``torch`` or ``openvino`` for a network model on ``device_type``.
 
@@ -98,7 +95,7 @@ def resolve_runtime(runtime: str, device_type: str, native_bf16: bool) -> str:
         LookalikeError: unknown name; OpenVINO asked for on a GPU, or not installed.
     """
     if runtime in (None, "", "auto"):
-        if device_type == "cpu" and is_x86() and native_bf16 and openvino_available():
+        if device_type == "cpu" and cpu.is_x86() and native_bf16 and openvino_available():
             return "openvino"
         return "torch"
     if runtime == "torch":
@@ -389,12 +386,20 @@ def _release_all() -> None:
     gc.collect()
 
 
+@functools.cache
+def _release_all_at_exit() -> None:
+    """Register ``_release_all`` once per process. Registered again whenever the live set had emptied, a process
+    that made models over and over (the test suite: about 30 times in test_openvino.py alone) ran as many full
+    garbage collections at exit, 0.3 s each on a large heap."""
+    atexit.register(_release_all)
+
+
 class OpenVinoModel:
     """A converted model compiled for the CPU in one precision; the latency copy (one stream, every core)
     and the throughput copy (one stream per core) are compiled when first used."""
 
     def __init__(self, xml: Path, precision: str, native_bf16: bool | None = None):
-        native_bf16 = cpu_has_native_bf16() if native_bf16 is None else native_bf16
+        native_bf16 = cpu.has_native_bf16() if native_bf16 is None else native_bf16
         self.xml, self.precision = xml, precision
         # An int8 model still runs its unquantised operations in the hint's precision.
         self.hint = "f32" if precision == "fp32" or not native_bf16 else "bf16"
@@ -403,8 +408,7 @@ class OpenVinoModel:
         self._throughput: Any = None
         self.streams = 1
         self.threads = cores()  # fewer where several models share the cores (a Ray actor's CPUs)
-        if not _LIVE:
-            atexit.register(_release_all)
+        _release_all_at_exit()
         _LIVE.add(self)
 
     def release(self) -> None:

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core import cpu
 from ..core.errors import LookalikeError
-from .files import EncodedBatch, FileReader, FileResult, WorkerPlan, cpu_has_native_bf16, plan_workers
+from .files import EncodedBatch, FileReader, FileResult, WorkerPlan, plan_workers
 from .files import default_batch_size as default_batch_size_for
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         raise LookalikeError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
+    if device.type == "cpu" and cpu.has_native_bf16():
         return torch.bfloat16
     return None
 
@@ -196,8 +197,8 @@ def encode_files_torch(encoder: Encoder, tasks: list[FileTask]) -> Iterator[Enco
             prefetch_factor=2,
             multiprocessing_context="fork",
         )
-        with _worker_deaths_explained(plan):
-            yield from loader
+        with _worker_deaths_explained(plan), _workers_stopped(iter(loader)) as batches:
+            yield from batches
         return
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -208,10 +209,23 @@ def encode_files_torch(encoder: Encoder, tasks: list[FileTask]) -> Iterator[Enco
         prefetch_factor=4 if plan.workers else None,
         pin_memory=encoder.device.type == "cuda",
     )
-    with _worker_deaths_explained(plan):
-        for embedded, arrays, others in loader:
+    with _worker_deaths_explained(plan), _workers_stopped(iter(loader)) as batches:
+        for embedded, arrays, others in batches:
             vectors = embed_batch(encoder, arrays) if arrays is not None else None
             yield EncodedBatch(embedded=embedded, vectors=vectors, others=others)
+
+
+@contextlib.contextmanager
+def _workers_stopped(batches: Iterator) -> Iterator[Iterator]:
+    """Stop a DataLoader iterator's worker processes as soon as the loop over it ends, also on an error or an
+    abandoned generator: left to the garbage collector, an iterator kept alive by the error's traceback stopped
+    its workers only when collected, and that shutdown waited out a 5 s join timeout per worker."""
+    try:
+        yield batches
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # absent with no workers (num_workers=0)
+        if shutdown is not None:
+            shutdown()
 
 
 def _as_is(batch: EncodedBatch) -> EncodedBatch:
