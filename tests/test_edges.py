@@ -75,6 +75,7 @@ def _read_only_mount(folder: Path) -> tuple[str, ...] | None:
     return prefix if probe.returncode != 0 and b"Read-only" in probe.stderr else None
 
 
+@pytest.mark.slow
 def test_a_catalog_on_a_read_only_mount_serves_status_search_and_similar(tmp_path):
     shop = build(tmp_path)
     shutil.rmtree(shop / "index")  # the FAISS cache cannot be written there either
@@ -341,6 +342,7 @@ def test_words_cut_to_the_context_are_said_with_the_token_count(tiny_clip, caplo
     assert len(cut) == 1 and f"{context} of 102 tokens used" in cut[0]
 
 
+@pytest.mark.slow
 def test_the_command_line_caps_words_as_the_api_does(word_shop, clip_hub):
     env_home = {"HF_HOME": str(clip_hub)}
     res = subprocess.run([sys.executable, "-m", "lookalike.cli", "search", "--text", "red " * 300, "--catalog",
