@@ -33,7 +33,7 @@ from .common import (
     augment,
     checkpoint_path,
     load_checkpoint,
-    lr_factor,
+    set_epoch_lr,
     setup_device,
     split_indices,
     to_float,
@@ -106,9 +106,7 @@ def train_autoencoder(
     for epoch in range(start, options.epochs):
         generator.manual_seed(options.seed + epoch + 1)
         t0 = time.perf_counter()
-        lr = options.lr * lr_factor(epoch, options.epochs, options.warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_epoch_lr(optimizer, options, epoch)
         model.train()
         order = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
         total, seen = 0.0, 0

@@ -39,10 +39,10 @@ from .common import (
     checkpoint_path,
     close_epoch,
     load_checkpoint,
-    lr_factor,
     normalise,
+    set_epoch_lr,
     setup_device,
-    split_indices,
+    text_split,
     to_float,
 )
 from .pack import Pack
@@ -146,19 +146,9 @@ def train_clip(
     options = options or TrainOptions(epochs=10, lr=5e-4, batch_size=64)
     out = Path(out)
     pack = pack if isinstance(pack, Pack) else Pack.open(pack)
-    if not config.text_columns:
-        raise TrainingError("train clip needs at least one --text-column (e.g. productDisplayName)")
-    captions = captions_of(pack, config.text_columns)
-    positions = np.array([i for i, c in enumerate(captions) if c], dtype=np.int64)
-    if len(positions) < 4:
-        raise TrainingError(f"{pack.path}: {len(positions)} photos have a text in {', '.join(config.text_columns)}; "
-                            "train clip needs at least 4")
-    for label in (config.stratify, config.type_label):
-        if label is not None and label not in pack.labels:
-            raise TrainingError(f"{pack.path}: no label column {label!r} (columns: {', '.join(pack.labels)})")
-    strata = [pack.labels[config.stratify][i] for i in positions] if config.stratify else None
-    train_pos, val_pos = split_indices(len(positions), options.val_fraction, options.seed, strata)
-    train_idx, val_idx = positions[train_pos], positions[val_pos]
+    captions = captions_of(pack, config.text_columns) if config.text_columns else []
+    train_idx, val_idx = text_split(pack.path, captions, pack.labels, config.text_columns, config.stratify,
+                                    config.type_label, options)
 
     device, precision = setup_device(options)
     embedder = base if isinstance(base, OpenClipEmbedder) else base_model(base, weights)
@@ -195,9 +185,7 @@ def train_clip(
         generator.manual_seed(options.seed + epoch + 1)
         rng = np.random.default_rng(options.seed + epoch + 1)
         t0 = time.perf_counter()
-        lr = options.lr * lr_factor(epoch, options.epochs, options.warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_epoch_lr(optimizer, options, epoch)
         clip.train()
         if config.lock_image:
             clip.visual.eval()
@@ -230,7 +218,8 @@ def train_clip(
         preprocess={"resize": "letterbox", "size": size, "fill": FILL, "mean": mean, "std": std},
         embedding={"mode": "clip", "modes": {"clip": int(recipe.model_cfg["embed_dim"])}},
         training={
-            "data": str(pack.path), "images": len(positions), "train": len(train_idx), "validation": len(val_idx),
+            "data": str(pack.path), "images": len(train_idx) + len(val_idx), "train": len(train_idx),
+            "validation": len(val_idx),
             "base": base_name, "base_weights": embedder.info.weights, "config": {
                 **config.__dict__, "text_columns": list(config.text_columns)},
             "options": options.__dict__, "history": history.to_dict(), "device": str(device),

@@ -9,6 +9,7 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,38 @@ def split_indices(n: int, fraction: float, seed: int, strata: list[str | None] |
         raise TrainingError(f"{n} images are too few to hold out {fraction:.0%} for validation; add images or "
                             "pass --val 0")
     return train, held_arr
+
+
+def text_split(source: str | Path, captions: list[list[str]], labels: Mapping[str, Sequence[str | None]],
+               text_columns: Sequence[str], stratify: str | None, type_label: str | None, options: TrainOptions
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Training and held-out positions (int64) of the items with at least one text, for the text+image loops
+    (``train clip`` and its LiT text tower): held out by ``split_indices``, stratified by ``stratify``.
+
+    Raises:
+        TrainingError: no text column, fewer than 4 items with a text, or an unknown label column.
+    """
+    if not text_columns:
+        raise TrainingError("train clip needs at least one --text-column (e.g. productDisplayName)")
+    positions = np.array([i for i, c in enumerate(captions) if c], dtype=np.int64)
+    if len(positions) < 4:
+        raise TrainingError(f"{source}: {len(positions)} photos have a text in {', '.join(text_columns)}; "
+                            "train clip needs at least 4")
+    for label in (stratify, type_label):
+        if label is not None and label not in labels:
+            raise TrainingError(f"{source}: no label column {label!r} (columns: {', '.join(sorted(labels))})")
+    strata = [labels[stratify][i] for i in positions] if stratify else None
+    train_pos, val_pos = split_indices(len(positions), options.val_fraction, options.seed, strata)
+    return positions[train_pos], positions[val_pos]
+
+
+def set_epoch_lr(optimizer: torch.optim.Optimizer, options: TrainOptions, epoch: int) -> float:
+    """Set every parameter group's rate for ``epoch`` (``lr_factor`` times the base rate, times the group's own
+    ``scale`` where it has one) and return the base rate of the epoch, for the history."""
+    lr = options.lr * lr_factor(epoch, options.epochs, options.warmup)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("scale", 1.0)
+    return lr
 
 
 def lr_factor(epoch: int, total: int, warmup: int) -> float:

@@ -39,8 +39,8 @@ from .common import (
     class_counts,
     close_epoch,
     load_checkpoint,
-    lr_factor,
     normalise,
+    set_epoch_lr,
     setup_device,
     split_indices,
     to_float,
@@ -245,9 +245,7 @@ def train_finetune(
         generator.manual_seed(options.seed + epoch + 1)
         rng = np.random.default_rng(options.seed + epoch + 1)
         t0 = time.perf_counter()
-        lr = options.lr * lr_factor(epoch, options.epochs, options.warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["scale"]
+        lr = set_epoch_lr(optimizer, options, epoch)
         _train_mode(net, opened, config.unfreeze == "all", freeze_bn)
         total = 0.0
         for batch in balanced_batches(train_codes[:, 0], options.batch_size, config.per_class, n_batches, rng):

@@ -36,7 +36,7 @@ from ..core.errors import TrainingError
 from ..models.modelfile import ModelFile, save_model
 from ..models.texttower import KIND, NgramTokenizer, TextTower, Vocabulary
 from .clip import RECALL_KS, contrastive_loss
-from .common import EarlyStopping, History, TrainOptions, close_epoch, lr_factor, split_indices
+from .common import EarlyStopping, History, TrainOptions, close_epoch, set_epoch_lr, text_split
 
 log = logging.getLogger(__name__)
 
@@ -159,19 +159,9 @@ def train_text_tower(
     config = config or LitConfig()
     options = options or TrainOptions(epochs=300, lr=2e-3, batch_size=128, patience=30)
     out = Path(out)
-    if not config.text_columns:
-        raise TrainingError("train clip needs at least one --text-column (e.g. productDisplayName)")
-    captions = data.captions(config.text_columns)
-    positions = np.array([i for i, c in enumerate(captions) if c], dtype=np.int64)
-    if len(positions) < 4:
-        raise TrainingError(f"{data.source}: {len(positions)} photos have a text in {', '.join(config.text_columns)}; "
-                            "train clip needs at least 4")
-    for label in (config.stratify, config.type_label):
-        if label is not None and label not in data.labels:
-            raise TrainingError(f"{data.source}: no label column {label!r} (columns: {', '.join(sorted(data.labels))})")
-    strata = [data.labels[config.stratify][i] for i in positions] if config.stratify else None
-    train_pos, val_pos = split_indices(len(positions), options.val_fraction, options.seed, strata)
-    train_idx, val_idx = positions[train_pos], positions[val_pos]
+    captions = data.captions(config.text_columns) if config.text_columns else []
+    train_idx, val_idx = text_split(data.source, captions, data.labels, config.text_columns, config.stratify,
+                                    config.type_label, options)
 
     torch.manual_seed(options.seed)
     tokenizer = NgramTokenizer(tuple(config.char_ngrams), config.word_pairs)
@@ -199,9 +189,7 @@ def train_text_tower(
     for epoch in range(options.epochs):
         rng = np.random.default_rng(options.seed + epoch + 1)
         t0 = time.perf_counter()
-        lr = options.lr * lr_factor(epoch, options.epochs, options.warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_epoch_lr(optimizer, options, epoch)
         tower.train()
         order = rng.permutation(train_idx)
         total, steps = 0.0, 0
@@ -237,7 +225,8 @@ def train_text_tower(
         preprocess={},
         embedding={"mode": "text", "modes": {"text": dim}},
         training={
-            "data": data.source, "images": len(positions), "train": len(train_idx), "validation": len(val_idx),
+            "data": data.source, "images": len(train_idx) + len(val_idx), "train": len(train_idx),
+            "validation": len(val_idx),
             "config": {**config.__dict__, "text_columns": list(config.text_columns)},
             "options": options.__dict__, "history": history.to_dict(), "device": "cpu", "precision": "fp32",
             "loss": "clip",
@@ -248,7 +237,7 @@ def train_text_tower(
     types = data.labels[config.type_label] if config.type_label else None
     after = held_out_metrics(text_tower.encode, data.vectors[val_idx], [first_texts[i] for i in val_idx],
                              [types[i] for i in val_idx] if types else None, config.type_template)
-    metrics = {"after": after, "with_text": len(positions), "held_out": len(val_idx),
+    metrics = {"after": after, "with_text": len(train_idx) + len(val_idx), "held_out": len(val_idx),
                "texts": list(config.text_columns), "type_label": config.type_label}
     meta.training["metrics"] = metrics
     save_model(out, tower.state_dict(), meta)
