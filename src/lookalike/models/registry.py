@@ -211,4 +211,4 @@ def create_embedder(name: str = DEFAULT_MODEL, weights: str | None = None) -> Em
     from .timm import create_timm_embedder
 
     return create_timm_embedder(canonical_name(name), spec.timm_name, pool=spec.pool, weights=weights,
-                                source=source, builtin=spec.builtin)
+                                source=source, builtin=spec.builtin, hub_checked=bool(spec.hub))

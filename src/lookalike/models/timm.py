@@ -65,12 +65,14 @@ class TimmEmbedder:
 
 
 def create_timm_embedder(name: str, timm_name: str, *, pool: str | None, weights: str | None,
-                         source: TimmSource | None = None, builtin: bool = False) -> TimmEmbedder:
+                         source: TimmSource | None = None, builtin: bool = False,
+                         hub_checked: bool = False) -> TimmEmbedder:
     """Create the backbone with its weights; see ``registry.create_embedder``.
 
     ``source``: a ``local-dir:``/``hf-hub:`` model already checked by ``timm_sources.locate``: timm builds it
     from its config.json (architecture, ``model_args``, ``pretrained_cfg``) and folder, with no network.
     ``builtin``: the source is the model shipped in the package (weights id ``builtin:<digest>``).
+    ``hub_checked``: the registry already made sure the hub weights are cached or reachable (its named models).
     """
     import timm
 
@@ -97,7 +99,8 @@ def create_timm_embedder(name: str, timm_name: str, *, pool: str | None, weights
                 weights_id = f"{kind}:{repo}{source.digest()}"
             timm_name = source.architecture
         elif weights is None:
-            _check_hub_reachable(name, timm_name)
+            if not hub_checked:
+                _check_hub_reachable(name, timm_name)
             model = timm.create_model(timm_name, pretrained=True, **kwargs)
             source_id = model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("url") or timm_name
             weights_id = f"hf-hub:{source_id}"
