@@ -288,8 +288,8 @@ def test_an_exact_copy_of_the_query_photo_is_always_found(tmp_path, photo_dir, m
         query = photo_dir / "green-ellipse.jpg"
         real = cat.nearest
 
-        def missing_the_copy(vector, k, allowed, exclude, items=False):
-            return [m for m in real(vector, k + 1, allowed, exclude, items) if m.id != "green-ellipse"][:k]
+        def missing_the_copy(vector, k, allowed, exclude, items=False, **kw):
+            return [m for m in real(vector, k + 1, allowed, exclude, items, **kw) if m.id != "green-ellipse"][:k]
 
         monkeypatch.setattr(cat, "nearest", missing_the_copy)
         top = cat.search(query, k=3)

@@ -19,6 +19,7 @@ from lookalike.cli import main
 from lookalike.core.config import CatalogConfig, EmbedderInfo
 from lookalike.core.errors import OutputError
 from lookalike.store import ItemRecord, SQLiteStore
+from lookalike.store.products import ProductRecord
 
 
 def vector_catalog(path: Path, vectors: np.ndarray, hashes: list[str] | None = None,
@@ -30,7 +31,9 @@ def vector_catalog(path: Path, vectors: np.ndarray, hashes: list[str] | None = N
     store = SQLiteStore(path / DB_FILE)
     store.write([ItemRecord(id=f"i{i}", path=f"/shop/i{i}.jpg", size=1, mtime_ns=1,
                             sha256=hashes[i] if hashes else f"h{i}", status="ok", width=100 + i, height=100,
-                            vector=v, labels=labels[i] if labels else None) for i, v in enumerate(vectors)])
+                            vector=v) for i, v in enumerate(vectors)],
+                [ProductRecord(f"i{i}", (f"i{i}",), {f"i{i}": labels[i] if labels else {}})
+                 for i in range(len(vectors))])
     store.close()
     info = EmbedderInfo(name="synthetic", timm_name="none", weights="none:test", dim=vectors.shape[1], pool="none")
     CatalogConfig(embedder=info).save(path / CONFIG_FILE)

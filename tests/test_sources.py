@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_image
+from lookalike.core import manifests
 from lookalike.core.errors import SourceError
 from lookalike.core.sources import SourceItem, read_source
 
@@ -599,13 +600,11 @@ def test_a_row_matching_two_files_loosely_is_skipped_with_a_warning(tmp_path, co
 
 
 def test_the_folder_is_listed_once_not_per_row(tmp_path, monkeypatch):
-    import lookalike.core.sources as sources
-
     for n in range(20):
         image(tmp_path / "images" / f"P{n}.jpg")
     calls = []
-    real = sources.scan_folder
-    monkeypatch.setattr(sources, "scan_folder", lambda folder: calls.append(folder) or real(folder))
+    real = manifests.scan_folder
+    monkeypatch.setattr(manifests, "scan_folder", lambda folder: calls.append(folder) or real(folder))
     rows = "".join(f"p{n},x\n" for n in range(20))  # every row needs the loose lookup
     listing = read_source(write(tmp_path / "m.csv", "id,colour\n" + rows))
     assert len(calls) == 1 and len(listing.items) == 20 and listing.warnings == []
@@ -628,9 +627,9 @@ def test_a_manifest_with_a_one_megabyte_field_is_read_whole(tmp_path):
 
 
 def test_a_field_over_the_bound_names_the_manifest_the_line_and_the_limit(tmp_path, monkeypatch):
-    from lookalike.core import sources
 
-    monkeypatch.setattr(sources, "MAX_FIELD_CHARS", 1000)
+
+    monkeypatch.setattr(manifests, "MAX_FIELD_CHARS", 1000)
     image(tmp_path / "images" / "a1.jpg")
     manifest = write(tmp_path / "m.csv", f'id,description\na1,short\n\na2,"{"x" * 2000}"\n')
     limit = csv.field_size_limit()

@@ -12,6 +12,7 @@ import pytest
 from conftest import random_unit
 from lookalike.core.errors import CatalogError, StoreUnavailableError
 from lookalike.store import ItemRecord, Store, open_store, parse_database_url
+from lookalike.store.products import ProductRecord
 
 DIM = 8
 
@@ -23,9 +24,21 @@ def store(store_location):
     s.close()
 
 
+_LABELS: dict[str, dict[str, str]] = {}  # labels given to ok(), written by put() with the photo's product
+
+
 def ok(item_id: str, vector, labels=None, sha=None, path=None) -> ItemRecord:
+    if labels is not None:
+        _LABELS[item_id] = labels
     return ItemRecord(id=item_id, path=path or f"/photos/{item_id}.jpg", size=100, mtime_ns=1, sha256=sha or item_id,
-                      status="ok", width=40, height=30, vector=np.asarray(vector, np.float32), labels=labels)
+                      status="ok", width=40, height=30, vector=np.asarray(vector, np.float32))
+
+
+def put(store, records) -> None:
+    """Write photos, each the one photo of a product with its id (a catalog's default), with ok()'s labels."""
+    records = list(records)
+    store.write(records, [ProductRecord(r.id, (r.id,), {r.id: _LABELS.pop(r.id)} if r.id in _LABELS else None)
+                          for r in records])
 
 
 def failed(item_id: str, reason: str = "not an image") -> ItemRecord:
@@ -35,14 +48,15 @@ def failed(item_id: str, reason: str = "not an image") -> ItemRecord:
 
 def test_both_backends_implement_the_whole_interface(store):
     assert isinstance(store, Store)
-    assert store.generations() == (0, 0) and store.counts() == {"ok": 0, "failed": 0} and store.is_empty()
+    assert store.generations() == (0, 0) and store.is_empty()
+    assert store.counts() == {"ok": 0, "failed": 0, "products": 0}
 
 
 def test_items_vectors_labels_and_failures_round_trip(store):
     vecs = random_unit(3, DIM)
-    store.write([ok("a", vecs[0], {"colour": "red", "shape": "rect"}), ok("b", vecs[1], {"colour": "red"}),
+    put(store, [ok("a", vecs[0], {"colour": "red", "shape": "rect"}), ok("b", vecs[1], {"colour": "red"}),
                  ok("c", vecs[2], {"colour": "blue"}), failed("bad")])
-    assert store.counts() == {"ok": 3, "failed": 1}
+    assert store.counts() == {"ok": 3, "failed": 1, "products": 3}
     assert store.failures() == [("bad", "/photos/bad.jpg", "not an image")]
     items = store.items()
     assert set(items) == {"a", "b", "c", "bad"} and items["a"].status == "ok" and items["bad"].reason
@@ -67,20 +81,21 @@ def test_items_vectors_labels_and_failures_round_trip(store):
 
 def test_generations_and_the_change_log_say_what_changed(store):
     vecs = random_unit(4, DIM, seed=1)
-    store.write([ok("a", vecs[0]), ok("b", vecs[1])])
+    put(store, [ok("a", vecs[0]), ok("b", vecs[1])])
     assert store.generations() == (1, 0)
     keys = {i: r.key for i, r in store.items().items()}
-    store.write([ok("b", vecs[2]), ok("c", vecs[3])])  # b replaced, c new
+    put(store, [ok("b", vecs[2]), ok("c", vecs[3])])  # b replaced, c new
     assert store.generation() == 2
     since, mat = store.vectors(DIM, since=1)
     assert since.tolist() == [keys["b"], store.item("c").key]
     np.testing.assert_array_equal(mat[0], vecs[2])
-    store.write([failed("a")])  # a's vector goes away: logged as removed
+    put(store, [failed("a")])  # a's vector goes away: logged as removed
     store.delete(["c"])
     assert store.generation() == 4
     assert sorted(store.removed_since(2).tolist()) == sorted([keys["a"], since[1]])
     assert store.removed_since(4).tolist() == []
-    store.set_labels({"b": {"colour": "green"}})  # labels alone: the vector index stays valid
+    # labels alone: the vector index stays valid
+    store.set_products([ProductRecord("b", ("b",), {"b": {"colour": "green"}})], relink=False)
     assert store.generations() == (4, 1)
     assert store.labels() == {keys["b"]: {"colour": "green"}}
     store.touch([("b", "/moved/b.jpg", 7, 8)])
@@ -89,21 +104,21 @@ def test_generations_and_the_change_log_say_what_changed(store):
 
 def test_a_batch_is_one_transaction(store):
     vecs = random_unit(2, DIM, seed=2)
-    store.write([ok("a", vecs[0])])
+    put(store, [ok("a", vecs[0])])
 
     def records():
         yield ok("b", vecs[1])
         raise RuntimeError("killed mid-batch")
 
     with pytest.raises(RuntimeError):
-        store.write(records())
+        put(store, records())
     assert set(store.items()) == {"a"} and store.generation() == 1  # b never happened
 
 
 def test_clusters_meta_uploads_and_float16(store):
     vecs = random_unit(2, DIM, seed=3)
     store.vector_dtype = np.dtype(np.float16)
-    store.write([ok("a", vecs[0]), ok("b", vecs[1], path="upload:abc.jpg")])
+    put(store, [ok("a", vecs[0]), ok("b", vecs[1], path="upload:abc.jpg")])
     keys, mat = store.vectors(DIM)
     assert mat.dtype == np.float32 and np.allclose(mat, vecs, atol=1e-3)
     store.set_clusters(keys, np.array([1, 0]), {"n": 2, "generation": 1})
@@ -122,7 +137,7 @@ def test_clusters_meta_uploads_and_float16(store):
 
 def test_predicted_labels_filter_and_count_beside_the_sources_and_go_away_alone(store):
     vecs = random_unit(3, DIM)
-    store.write([ok("a", vecs[0], {"colour": "red"}), ok("b", vecs[1], {"colour": "blue"}), ok("c", vecs[2])])
+    put(store, [ok("a", vecs[0], {"colour": "red"}), ok("b", vecs[1], {"colour": "blue"}), ok("c", vecs[2])])
     keys = [store.item(i).key for i in "abc"]
     labels_gen = store.generations()[1]
     store.set_predicted("style", np.array(keys), ["casual", "formal", "casual"], np.array([0.9, 0.6, 0.7]),
@@ -149,7 +164,7 @@ def test_two_writers_at_once_lose_nothing(store_location):
     def writer(s, start):
         try:
             for i in range(start, start + 40, 4):
-                s.write([ok(f"i{j}", vecs[j]) for j in range(i, i + 4)])
+                put(s, [ok(f"i{j}", vecs[j]) for j in range(i, i + 4)])
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -175,13 +190,14 @@ def test_two_writers_at_once_lose_nothing(store_location):
 def test_copying_rows_keeps_keys(store_location, tmp_path):
     src = open_store(tmp_path / "src.sqlite", create=True)
     vecs = random_unit(3, DIM, seed=5)
-    src.write([ok("a", vecs[0], {"c": "1"}), ok("b", vecs[1]), ok("c", vecs[2])])
+    put(src, [ok("a", vecs[0], {"c": "1"}), ok("b", vecs[1]), ok("c", vecs[2])])
     src.delete(["b"])
     dst = open_store(store_location, create=True)
-    dst.import_rows(items=src.item_rows(), labels=src.label_rows(), vectors=src.raw_vectors(),
+    dst.import_rows(items=src.item_rows(), products=src.product_rows(), product_photos=src.product_photo_rows(),
+                    labels=src.label_rows(), vectors=src.raw_vectors(),
                     meta={"generation": str(src.generation())})
     assert dst.items()["c"].key == src.items()["c"].key and dst.generation() == 2
-    dst.write([ok("d", vecs[1])])  # new keys continue after the copied ones
+    put(dst, [ok("d", vecs[1])])  # new keys continue after the copied ones
     assert dst.item("d").key > dst.item("c").key
     np.testing.assert_array_equal(dst.vectors(DIM)[1][:2], src.vectors(DIM)[1])
     src.close()
@@ -227,7 +243,7 @@ def test_a_role_with_rights_on_its_schema_only_is_enough(pg_server):
         admin.execute("CREATE SCHEMA shop_only AUTHORIZATION shop_only")
     url = pg_server.url.replace("postgres@", "shop_only@") + "?schema=shop_only"
     store = open_store(url, create=True)
-    store.write([ok("a", random_unit(1, DIM)[0])])
+    put(store, [ok("a", random_unit(1, DIM)[0])])
     assert store.counts()["ok"] == 1
     store.close()
     with pytest.raises(CatalogError, match="permission denied"):  # another schema is refused, in one line
@@ -242,7 +258,7 @@ def test_a_listener_hears_another_processes_write(pg_url):
     try:
         assert heard.wait(5)  # the first call: listening started
         heard.clear()
-        writer.write([ok("a", random_unit(1, DIM)[0])])
+        put(writer, [ok("a", random_unit(1, DIM)[0])])
         assert heard.wait(1.0)
     finally:
         watch.close()

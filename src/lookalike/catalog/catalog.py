@@ -55,9 +55,20 @@ from ..models.registry import DEFAULT_MODEL, canonical_name, create_embedder, no
 from ..models.texttower import TextTower, load_text_tower
 from ..store import ItemRecord, SQLiteStore, Store, StoredItem, is_database_url, open_store, parse_database_url
 from ..store.base import UPLOAD_PREFIX, Watch
+from ..store.products import ProductRecord
 from .consistency import index_disagrees
 from .dedupe import nearest_distinct
 from .location import database_cache
+from .products import (
+    ProductTable,
+    changed_products,
+    check_by,
+    matching_variants,
+    merge_best,
+    plan_photos,
+    plan_products,
+    product_centroid,
+)
 from .query import (
     Match,
     QueryPart,
@@ -98,6 +109,8 @@ class IndexReport:
     notes: list[str] = field(default_factory=list)  # one line each, e.g. the int8 gate's verdict
     engine: str = "local"  # what embedded: "local" (this machine's encoder) or "ray"
     engine_detail: dict = field(default_factory=dict)  # the Ray engine's actors, nodes and rates
+    products: int = 0  # products the source lists
+    photos: int = 0  # distinct photo files the source lists
 
     @property
     def images_per_second(self) -> float:
@@ -119,7 +132,8 @@ class IndexReport:
             d = self.engine_detail
             where = (f" on {self.engine} ({d['actors_used']} actor{'s' * (d['actors_used'] != 1)}, "
                      f"{d['nodes_used']} node{'s' * (d['nodes_used'] != 1)})")
-        return ", ".join(parts) + f" in {self.seconds:.1f} s{rate}{where}"
+        grouped = f" ({self.products} products of {self.photos} photos)" if self.products != self.photos else ""
+        return ", ".join(parts) + f" in {self.seconds:.1f} s{rate}{where}{grouped}"
 
 
 @dataclass(frozen=True)
@@ -131,9 +145,11 @@ class CatalogItem:
     labels: dict[str, str]
     sha256: str | None = None
     predicted: dict[str, float] = field(default_factory=dict)  # labels from `lookalike tag`: name -> probability
+    photos: list[str] = field(default_factory=list)  # every photo's path, ``path`` first
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "path": self.path, "labels": self.labels, "predicted": self.predicted}
+        return {"id": self.id, "path": self.path, "labels": self.labels, "predicted": self.predicted,
+                "photos": self.photos or [self.path]}
 
 
 @dataclass
@@ -149,11 +165,14 @@ class CatalogStatus:
     runtime: dict = field(default_factory=dict)  # the last indexing run's runtime and precision, the int8 gate
     missing: int = 0  # searchable items whose photo file is gone (deleted or moved since indexing)
     missing_examples: list[tuple[str, str]] = field(default_factory=list)  # (id, path) of the first few
+    products: int = 0  # products with at least one embedded photo (``items`` is the same number)
+    photos: int = 0  # embedded photos (each file once, however many products show it)
 
     def to_dict(self) -> dict:
         return {
             "path": self.path, "model": self.embedder.describe(), "embedder": self.embedder.__dict__,
-            "items": self.items, "failed": self.failed, "missing": self.missing,
+            "items": self.items, "products": self.products, "photos": self.photos, "failed": self.failed,
+            "missing": self.missing,
             "missing_examples": [{"id": i, "path": p} for i, p in self.missing_examples],
             "labels": self.labels, "index": self.index,
             "index_detail": self.index_detail, "runtime": self.runtime,
@@ -199,6 +218,7 @@ class Catalog:
         self._index: VectorIndex | None = None
         self._index_generation = -1
         self._meta: ItemTable | None = None
+        self._products: ProductTable | None = None
         self._checked_at = 0.0
         self._labels_generation = -1
         self._label_counts: tuple[tuple[int, int], dict[str, dict[str, int]]] | None = None
@@ -528,32 +548,39 @@ class Catalog:
 
     def add(self, source: str | Path, images: str | Path | None = None, *, prune: bool = False,
             options: EncodeOptions | None = None,
-            on_batch: Callable[[int], None] | None = None, engine: Engine | None = None) -> IndexReport:
-        """Embed every new or changed image of a folder or manifest; keep the rest.
+            on_batch: Callable[[int], None] | None = None, engine: Engine | None = None,
+            product_column: str | None = None, product_per_folder: bool = False) -> IndexReport:
+        """Embed every new or changed photo of a folder or manifest; keep the rest.
 
-        Each batch is committed on its own, so an interrupted run keeps what it finished and the next run
-        resumes. Unreadable files are recorded with their reason and retried only once they change.
-        ``engine`` embeds elsewhere (``engines.ray_engine.RayEngine``: a Ray cluster); this process still
-        lists, skips and commits, the same way as for the local encoder.
+        Each photo (file) is decoded and embedded once, however many rows or products name it
+        (``catalog.products``); each row or file is a product of its own unless ``product_column`` groups a
+        manifest's rows or ``product_per_folder`` a folder's leaf folders. Each batch is committed on its own with
+        the products its photos show, so an interrupted run keeps what it finished and the next run resumes.
+        Unreadable files are recorded with their reason and retried only once they change. ``engine`` embeds
+        elsewhere (``engines.ray_engine.RayEngine``: a Ray cluster); this process still lists, skips and commits,
+        the same way as for the local encoder.
 
         Raises:
-            SourceError: the source cannot be read.
+            SourceError: the source cannot be read, or the product options do not fit it.
         """
         self.check_writable()
         options = options or EncodeOptions()
         started = time.perf_counter()
-        listing = read_source(source, images)
+        listing = read_source(source, images, product_column=product_column, product_per_folder=product_per_folder)
         report = IndexReport(warnings=list(listing.warnings), skipped=dict(listing.skipped), notes=list(listing.notes))
         if not listing.items:
             report.warnings.append(f"{source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         stored = self.store.items()
-        listed = assign_item_ids(listing.items, stored, source, report.warnings)
+        listed = assign_item_ids(plan_photos(listing.items), stored, source, report.warnings)
         for warning in report.warnings:
             log.warning(warning)
-        stored_labels = self.store.labels()
+        products = plan_products(listing.items, {str(item.path): item.id for item in listed})
+        by_photo: dict[str, list[ProductRecord]] = {}
+        for record in products:
+            for photo in record.photos:
+                by_photo.setdefault(photo, []).append(record)
         todo: list[tuple[SourceItem, FileTask, int, int]] = []
         touch: list[tuple[str, str, int, int]] = []
-        relabel: dict[str, dict[str, str]] = {}
         for item in listed:
             if item.size is not None:  # the listing's stat (a folder) or the object store's (a prefix)
                 size, mtime = item.size, item.mtime_ns or 0
@@ -573,21 +600,22 @@ class Catalog:
                     report.unchanged += 1
                 else:
                     report.failed_before += 1
-                if item.labels and stored_labels.get(old.key, {}) != item.labels:
-                    relabel[item.id] = item.labels
                 continue
             known = old.sha256 if old is not None and old.status == "ok" else None
             todo.append((item, FileTask(item.path, known, ref=len(todo)), size, mtime))
-        if relabel:
-            self.store.set_labels(relabel)
         if todo:
             note = self.calibrate_int8(options, [item.path for item, _, _, _ in todo])
             if note:
                 report.notes.append(note)
                 log.info(note)
-            self._embed(todo, options, report, touch, on_batch, engine)
+            self._embed(todo, options, report, touch, on_batch, engine, by_photo)
         if touch:
             self.store.touch(touch)
+        stored_photos, stored_variants = self.store.product_state()
+        changed = changed_products(products, stored_photos, stored_variants)
+        if changed:
+            self.store.set_products(changed, relink=any(stored_photos.get(p.id) != p.photos for p in changed))
+        report.products, report.photos = len(products), len(listed)
         if prune:
             listed_paths = {str(item.path) for item in listed}
             gone = [i for i, row in self.store.items().items()
@@ -599,7 +627,8 @@ class Catalog:
         return report
 
     def _embed(self, todo, options: EncodeOptions, report: IndexReport, touch: list,
-               on_batch: Callable[[int], None] | None, engine: Engine | None) -> None:
+               on_batch: Callable[[int], None] | None, engine: Engine | None,
+               by_photo: Mapping[str, list[ProductRecord]]) -> None:
         """Embed ``todo`` with the local encoder or ``engine`` (Ray), then commit what comes back, batch by
         batch, through the one commit loop both engines share; record the runtime and precision that wrote
         the vectors."""
@@ -613,7 +642,7 @@ class Catalog:
             batches = engine.encode_files(self.embedder, options, tasks, int8=self.int8_model())
             report.engine = engine.name
         try:
-            self._commit(batches, todo, options, report, touch, on_batch)
+            self._commit(batches, todo, options, report, touch, on_batch, by_photo)
         finally:
             close = getattr(batches, "close", None)
             if close is not None:
@@ -633,9 +662,11 @@ class Catalog:
             self._record(runtime=record)
 
     def _commit(self, batches: Iterable[EncodedBatch], todo, options: EncodeOptions, report: IndexReport,
-                touch: list, on_batch: Callable[[int], None] | None) -> None:
-        """Write each finished batch in its own transaction: embedded items with their vectors, failures with
-        their reasons; unchanged content only touches size and mtime. Batches may come in any order."""
+                touch: list, on_batch: Callable[[int], None] | None,
+                by_photo: Mapping[str, list[ProductRecord]]) -> None:
+        """Write each finished batch in its own transaction: embedded photos with their vectors, failures with
+        their reasons, and the products those photos show; unchanged content only touches size and mtime.
+        Batches may come in any order."""
         by_ref = {task.ref: (item, size, mtime) for item, task, size, mtime in todo}
         show = options.progress and sys.stderr.isatty()
         with tqdm(total=len(todo), unit="img", desc="indexing", disable=not show, dynamic_ncols=True) as bar:
@@ -645,8 +676,7 @@ class Catalog:
                     item, size, mtime = by_ref[result.task.ref]
                     records.append(ItemRecord(
                         id=item.id, path=str(item.path), size=size, mtime_ns=mtime, sha256=result.sha256,
-                        status="ok", width=result.width, height=result.height, vector=batch.vectors[i],
-                        labels=item.labels))
+                        status="ok", width=result.width, height=result.height, vector=batch.vectors[i]))
                 for result in batch.others:
                     item, size, mtime = by_ref[result.task.ref]
                     if result.unchanged:
@@ -656,11 +686,12 @@ class Catalog:
                     log.warning("skipped %s: %s", item.path, result.error)
                     records.append(ItemRecord(
                         id=item.id, path=str(item.path), size=size, mtime_ns=mtime, sha256=result.sha256,
-                        status="failed", reason=result.error, labels=item.labels))
+                        status="failed", reason=result.error))
                     report.failed += 1
                 report.indexed += len(batch.embedded)
                 if records:
-                    self.store.write(records)
+                    shown = {id(p): p for rec in records for p in by_photo.get(rec.id, ())}
+                    self.store.write(records, list(shown.values()))
                 bar.update(len(batch.embedded) + len(batch.others))
                 if on_batch is not None:
                     on_batch(report.indexed)
@@ -684,7 +715,7 @@ class Catalog:
         image = decode(data, max_pixels=self.encoder().options.max_pixels, name=f"upload {item_id}")  # raises first
         if vector is None:
             vector = self.encoder().encode(image)
-        if self.store.item(item_id) is not None:
+        if self.store.item(item_id) is not None or self.store.product(item_id) is not None:
             raise ItemExistsError(f"item {item_id!r} is already in the catalog; delete it first or choose another id")
         fmt = (_opened_format(data) or "png").lower()
         name = f"{sha[:32]}.{'jpg' if fmt == 'jpeg' else fmt}"
@@ -697,33 +728,33 @@ class Catalog:
             path, size, mtime_ns = str(target), stat.st_size, stat.st_mtime_ns
         self.store.write([ItemRecord(
             id=item_id, path=path, size=size, mtime_ns=mtime_ns, sha256=sha, status="ok",
-            width=image.width, height=image.height, vector=np.asarray(vector, dtype=np.float32),
-            labels=dict(labels or {}))])
+            width=image.width, height=image.height, vector=np.asarray(vector, dtype=np.float32))],
+            [ProductRecord(id=item_id, photos=(item_id,), variants={item_id: dict(labels or {})})])
         self._refresh_index(save=True)
         return self.item(item_id)
 
     def remove(self, ids: list[str]) -> int:
-        """Drop items by id; returns how many were removed. Uploaded files no other item uses are deleted;
-        files of an indexed folder are left alone (index that folder again and they come back).
+        """Drop products by id, with those of their photos no other product shows; returns how many products
+        were removed. Uploaded files no other photo uses are deleted; files of an indexed folder are left alone
+        (index that folder again and they come back).
 
         Raises:
             UnknownItemError: an id is not in the catalog (nothing is removed).
         """
-        known = self.store.items()
-        missing = [i for i in ids if i not in known]
+        missing = [i for i in ids if self.store.product(i) is None]
         if missing:
             raise UnknownItemError(f"unknown item id {missing[0]!r}; `lookalike status` lists the catalog")
-        removed = self.store.delete(ids)
+        removed, paths = self.store.delete_products(ids)
         uploads = (self.path / UPLOADS_DIR).resolve() if not self.uploads_in_store else None
         still_used = {row.path for row in self.store.items().values()}
-        stored = [known[i].path[len(UPLOAD_PREFIX):] for i in ids if known[i].path.startswith(UPLOAD_PREFIX)]
+        stored = [p[len(UPLOAD_PREFIX):] for p in paths if p.startswith(UPLOAD_PREFIX)]
         if stored:
             self.store.delete_uploads(stored)  # those no other item shows
             for name in stored:
                 if UPLOAD_PREFIX + name not in still_used:
                     (self.folder / UPLOADS_DIR / name).unlink(missing_ok=True)
-        for item_id in ids:
-            path = Path(known[item_id].path)
+        for photo_path in paths:
+            path = Path(photo_path)
             if uploads is not None and path.parent.resolve() == uploads and str(path) not in still_used:
                 path.unlink(missing_ok=True)
         self._refresh_index(save=True)
@@ -838,7 +869,7 @@ class Catalog:
                 if save:
                     raise
                 log.info("could not save the index (%s)", exc)
-        self._index, self._index_generation, self._meta = index, generation, None
+        self._index, self._index_generation, self._meta, self._products = index, generation, None, None
 
     def index_options(self) -> IndexOptions:
         """The index settings chosen with ``lookalike index --index/--memory/--recall`` (or defaults)."""
@@ -887,36 +918,61 @@ class Catalog:
             self._meta = ItemTable(self.store.ok_items())
         return self._meta
 
+    @property
+    def products(self) -> ProductTable:
+        """The products of the embedded photos: ids, photos per product, products per photo (kept until the
+        catalog changes)."""
+        self._refresh_index(save=False)
+        if self._products is None:
+            self._products = ProductTable(self.store.products(), self.store.product_photos())
+        return self._products
+
     def __len__(self) -> int:
-        return self.index.size
+        """How many products can be found (those with at least one embedded photo)."""
+        return len(self.products)
 
     def ids(self) -> list[str]:
-        return list(self.table.id_by_key.values())
+        """The ids of the products that can be found, in the order they were added."""
+        return list(self.products.id_by_key.values())
 
     def labels(self, item_id: str) -> dict[str, str]:
-        """The labels of a catalog item (empty when its source had none)."""
+        """The labels of a product (empty when its source had none); a label whose variants differ has its
+        values joined (``"L | M | S"``)."""
         key = self._key(item_id)
         return self.table.labels_for([key], self.store)[key]
 
-    def vector(self, item_id: str) -> np.ndarray:
-        """The stored vector of an item.
+    def photo_vectors(self, item_id: str) -> np.ndarray:
+        """The stored vectors of a product's photos, P x D float32, in the product's photo order.
 
         Raises:
-            QueryError: unknown id, or the item failed to embed.
+            UnknownItemError: unknown id, or none of its photos could be embedded.
         """
-        return self.index.vector(self._key(item_id))
+        index = self.index
+        return np.stack([np.asarray(index.vector(int(k)), np.float32)
+                         for k in self.products.photos_of[self._key(item_id)]])
+
+    def vector(self, item_id: str) -> np.ndarray:
+        """A product's vector (float32, D, unit length): its photo's, or the renormalised mean of its photos'
+        (the centroid that analyses such as clusters and maps use for a product).
+
+        Raises:
+            UnknownItemError: unknown id, or none of its photos could be embedded.
+        """
+        return product_centroid(self.photo_vectors(item_id))
 
     def item(self, item_id: str) -> CatalogItem:
-        """One embedded item: id, path and labels.
+        """One product: id, its first photo's path, labels, and every photo's path.
 
         Raises:
-            UnknownItemError: no embedded item has this id.
+            UnknownItemError: no product with an embedded photo has this id.
         """
         key = self._key(item_id)
-        table = self.table
-        return CatalogItem(id=table.id_by_key[key], path=table.path_by_key[key],
-                           labels=table.labels_for([key], self.store)[key], sha256=table.hash_by_key.get(key),
-                           predicted=table.predicted_for([key], self.store).get(key, {}))
+        table, photos = self.table, self.products.photos_of[key]
+        first = int(photos[0])
+        return CatalogItem(id=self.products.id_by_key[key], path=table.path_by_key[first],
+                           labels=table.labels_for([key], self.store)[key], sha256=table.hash_by_key.get(first),
+                           predicted=table.predicted_for([key], self.store).get(key, {}),
+                           photos=[table.path_by_key[int(p)] for p in photos])
 
     def browse(self, offset: int = 0, limit: int = 50, where: Where = None) -> tuple[int, list[CatalogItem]]:
         """A page of the catalog in the order items were added, and how many items match ``where``.
@@ -927,15 +983,19 @@ class Catalog:
         if offset < 0 or limit < 0:
             raise QueryError(f"offset and limit must be 0 or more, got offset={offset}, limit={limit}")
         allowed = self.allowed(where)
-        table = self.table
-        keys = sorted(table.id_by_key) if allowed is None else sorted(
-            k for k in allowed.tolist() if k in table.id_by_key)
+        table, products = self.table, self.products
+        keys = sorted(products.id_by_key) if allowed is None else sorted(
+            k for k in allowed.tolist() if k in products.id_by_key)
         page = keys[offset:offset + limit]
         labels = table.labels_for(page, self.store)
         predicted = table.predicted_for(page, self.store)
-        return len(keys), [CatalogItem(id=table.id_by_key[k], path=table.path_by_key[k], labels=labels[k],
-                                       sha256=table.hash_by_key.get(k), predicted=predicted.get(k, {}))
-                           for k in page]
+        out = []
+        for k in page:
+            photos = [int(p) for p in products.photos_of[k]]
+            out.append(CatalogItem(id=products.id_by_key[k], path=table.path_by_key[photos[0]], labels=labels[k],
+                                   sha256=table.hash_by_key.get(photos[0]), predicted=predicted.get(k, {}),
+                                   photos=[table.path_by_key[p] for p in photos]))
+        return len(keys), out
 
     def facets(self, where: Where = None, max_values: int = 50) -> dict[str, dict[str, int]]:
         """Label values and their item counts, for filtering by label; values most frequent first.
@@ -966,13 +1026,14 @@ class Catalog:
                not_items: Sequence[str] = (), not_text: str | Sequence[str] | None = None,
                not_images: ImageInput | Sequence[ImageInput] | None = None,
                weights: QueryWeights | Mapping[str, float] | Sequence[str] | None = None,
-               min_similarity: float | None = None) -> list[Match]:
-        """The k catalog items most like a query: a photo (a path, bytes or a PIL image), words (``text``, for a
-        catalog whose model has a text tower), catalog ``items``, or any mix of them, each also as something
-        to avoid (``not_images``, ``not_text``, ``not_items``). A mix is one vector (``query.combine``: a
+               min_similarity: float | None = None, by: str = "product") -> list[Match]:
+        """The k catalog products (``by="photo"``: photos) most like a query: a photo (a path, bytes or a PIL
+        image), words (``text``, for a catalog whose model has a text tower), catalog ``items``, or any mix of
+        them, each also as something to avoid (``not_images``, ``not_text``, ``not_items``). A mix is one vector (``query.combine``: a
         weighted sum of unit vectors, renormalised; ``weights`` per kind). Items named in the query and their
         exact copies are never results. ``dedupe``: one item per near-duplicate group (see ``duplicates``);
-        ``min_similarity``: leave out results less similar to the query.
+        ``min_similarity``: leave out results less similar to the query. A product scores the best of its
+        photos (``Match.photo`` names it, ``Match.photos`` counts them).
 
         Raises:
             ImageError: a query image cannot be read.
@@ -987,18 +1048,19 @@ class Catalog:
         self.check_text(texts + avoid_texts)
         if not (images or texts or items):
             raise QueryError("nothing to search for: give a photo, words (text) or catalog items")
+        check_by(by)
         allowed = self.allowed(where)
         if len(images) == 1 and not (texts or items or avoid_images or avoid_texts or not_items):
             vector = self.encoder().encode(images[0])
             if dedupe:
-                return above(nearest_distinct(self, vector, k, allowed, exclude=set()), min_similarity)
-            matches = self._with_exact_copies(self.nearest(vector, k, allowed, exclude=set()), images[0], vector, k,
-                                              allowed)
+                return above(nearest_distinct(self, vector, k, allowed, exclude=set(), by=by), min_similarity)
+            matches = self._with_exact_copies(self.nearest(vector, k, allowed, exclude=set(), by=by,
+                                                           where=where), images[0], vector, k, allowed, by)
             return above(matches, min_similarity)
         parts = [*self.image_parts(images), *self.image_parts(avoid_images, negative=True),
                  *self.text_parts(texts), *self.text_parts(avoid_texts, negative=True)]
         return self.search_parts(parts, k, where, dedupe, items=items, not_items=not_items, weights=weights,
-                                 min_similarity=min_similarity)
+                                 min_similarity=min_similarity, by=by)
 
     def image_parts(self, images: Sequence[ImageInput], negative: bool = False) -> list[QueryPart]:
         """Photos embedded as query parts.
@@ -1121,7 +1183,7 @@ class Catalog:
     def search_parts(self, parts: Sequence[QueryPart], k: int = 10, where: Where = None, dedupe: bool = False, *,
                      items: Sequence[str] = (), not_items: Sequence[str] = (),
                      weights: QueryWeights | Mapping[str, float] | Sequence[str] | None = None,
-                     min_similarity: float | None = None) -> list[Match]:
+                     min_similarity: float | None = None, by: str = "product") -> list[Match]:
         """``search`` for parts already embedded (the server embeds photos and words on its model thread), plus
         catalog items by id, for or against; never returns the items named, or their exact copies.
 
@@ -1129,48 +1191,63 @@ class Catalog:
             QueryError: bad ``k``, ``where`` or ``weights``; an unknown item; nothing to look for.
         """
         check_k(k)
+        check_by(by)
         allowed = self.allowed(where)
         parts = list(parts)
         exclude: set[int] = set()
+        named: set[int] = set()
         first_item: int | None = None
         for negative, ids in ((False, items), (True, not_items)):
             for item_id in ids:
                 key = self._key(str(item_id))
-                first_item = key if first_item is None and not negative else first_item
-                parts.append(QueryPart("item", self.index.vector(key), negative, str(item_id)))
-                exclude |= self.table.same_content(key)
+                photos = self.products.photos_of[key]
+                first_item = int(photos[0]) if first_item is None and not negative else first_item
+                parts.append(QueryPart("item", self.vector(str(item_id)), negative, str(item_id)))
+                named.add(key)
+                for photo in photos.tolist():
+                    exclude |= self.table.same_content(photo)
         vector = combine(parts, QueryWeights.parse(weights))
-        return above(self._answer(vector, k, allowed, exclude, dedupe, first_item), min_similarity)
+        return above(self._answer(vector, k, allowed, exclude, dedupe, first_item, named, by, where), min_similarity)
 
     def _answer(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int], dedupe: bool,
-                query_key: int | None = None) -> list[Match]:
+                query_key: int | None = None, exclude_products: set[int] | frozenset[int] = frozenset(),
+                by: str = "product", where: Where = None) -> list[Match]:
         if dedupe:
-            return nearest_distinct(self, vector, k, allowed, exclude, query_key=query_key)
-        return self.nearest(vector, k, allowed, exclude=exclude)
+            return nearest_distinct(self, vector, k, allowed, exclude, query_key=query_key,
+                                    exclude_products=exclude_products, by=by)
+        return self.nearest(vector, k, allowed, exclude=exclude, exclude_products=exclude_products, by=by,
+                            where=where)
 
     def _with_exact_copies(self, matches: list[Match], image: ImageInput, vector: np.ndarray, k: int,
-                           allowed: np.ndarray | None) -> list[Match]:
-        """An item whose file is byte for byte the query photo always comes back, whatever an approximate
-        index missed."""
+                           allowed: np.ndarray | None, by: str = "product") -> list[Match]:
+        """A product with a photo whose file is byte for byte the query photo always comes back, whatever an
+        approximate index missed."""
         data = image if isinstance(image, bytes) else None
         if isinstance(image, (str, Path)):
             try:
                 data = Path(image).read_bytes()
             except OSError:
                 data = None
-        table = self.table
+        table, products = self.table, self.products
         copies = table.keys_by_hash.get(content_hash(data), set()) if data is not None else set()
-        if allowed is not None and copies:
-            copies = copies & set(allowed.tolist())
-        missing = sorted(copies - {table.key_by_id[m.id] for m in matches})
-        if not missing:
+        if not copies:
             return matches
-        labels = table.labels_for(missing, self.store)
-        predicted = table.predicted_for(missing, self.store)
-        sims = [float(np.dot(self.index.vector(key), vector)) for key in missing]
-        extra = [Match(rank=0, id=table.id_by_key[key], path=table.path_by_key[key], predicted=predicted.get(key, {}),
-                       similarity=sim, distance=distance_from_similarity(sim), labels=labels[key])
-                 for key, sim in zip(missing, sims, strict=True)]
+        allowed_set = set(allowed.tolist()) if allowed is not None else None
+        shown = {m.id for m in matches}
+        extra = []
+        for photo in sorted(copies):
+            sim = float(np.dot(self.index.vector(photo), vector))
+            if by == "photo":
+                owners = [p for p in products.products_of.get(photo, ()) if allowed_set is None or p in allowed_set]
+                if owners and table.id_by_key[photo] not in shown:
+                    extra += self._matches([(owners[0], photo, sim)], by=by)
+                continue
+            hits = [(p, photo, sim) for p in products.products_of.get(photo, ())
+                    if (allowed_set is None or p in allowed_set) and products.id_by_key.get(p) not in shown]
+            extra += self._matches(hits)
+            shown |= {m.id for m in extra}
+        if not extra:
+            return matches
         ranked = sorted([*extra, *matches], key=lambda m: -m.similarity)[:k]
         return [dataclasses.replace(m, rank=rank) for rank, m in enumerate(ranked, start=1)]
 
@@ -1179,14 +1256,16 @@ class Catalog:
         check_k(k)
         if dedupe:
             return nearest_distinct(self, np.asarray(vector, dtype=np.float32), k, self.allowed(where), set())
-        return self.nearest(np.asarray(vector, dtype=np.float32), k, self.allowed(where), exclude=set())
+        return self.nearest(np.asarray(vector, dtype=np.float32), k, self.allowed(where), exclude=set(), where=where)
 
     def similar(self, item_id: str, k: int = 10, where: Where = None, same_cluster: bool = False,
                 dedupe: bool = False, *, text: str | Sequence[str] | None = None,
                 not_text: str | Sequence[str] | None = None,
                 weights: QueryWeights | Mapping[str, float] | Sequence[str] | None = None,
-                min_similarity: float | None = None) -> list[Match]:
-        """"More like this": the k items most like a catalog item, without itself or its exact copies.
+                min_similarity: float | None = None, by: str = "product") -> list[Match]:
+        """"More like this": the k products most like a catalog product, never itself, and never by its own
+        photos or their exact copies. A product of several photos queries with all of them: another product
+        scores its best (query photo, photo) pair.
 
         ``same_cluster`` keeps to the item's k-means cluster (``lookalike cluster``), as the autoencoder
         seed recommended; it combines with ``where`` (both must hold). ``dedupe`` shows one item per
@@ -1198,6 +1277,7 @@ class Catalog:
             QueryError: unknown id, bad ``k`` or ``where``; ``same_cluster`` without clusters for the item.
         """
         check_k(k)
+        check_by(by)
         texts, avoid_texts = _listed(text), _listed(not_text)
         self.check_text(texts + avoid_texts)
         weights = QueryWeights.parse(weights)
@@ -1206,15 +1286,22 @@ class Catalog:
         if same_cluster:
             members = self._cluster_members(item_id, key)
             allowed = members if allowed is None else np.intersect1d(allowed, members)
-        exclude = self.table.same_content(key)
+        photos = [int(p) for p in self.products.photos_of[key]]
+        exclude: set[int] = set()
+        for photo in photos:
+            exclude |= self.table.same_content(photo)
+        itself = {key}
         if texts or avoid_texts:
-            parts = [QueryPart("item", self.index.vector(key), False, str(item_id)), *self.text_parts(texts),
+            parts = [QueryPart("item", self.vector(item_id), False, str(item_id)), *self.text_parts(texts),
                      *self.text_parts(avoid_texts, negative=True)]
-            return above(self._answer(combine(parts, weights), k, allowed, exclude, dedupe, key), min_similarity)
+            return above(self._answer(combine(parts, weights), k, allowed, exclude, dedupe, photos[0], itself, by,
+                                      where), min_similarity)
         if dedupe:
-            return above(nearest_distinct(self, self.index.vector(key), k, allowed, exclude, query_key=key),
-                         min_similarity)
-        return above(self.nearest(self.index.vector(key), k, allowed, exclude=exclude, items=True), min_similarity)
+            return above(nearest_distinct(self, self.index.vector(photos[0]), k, allowed, exclude,
+                                          query_key=photos[0], exclude_products=itself, by=by), min_similarity)
+        lists = [self.nearest(self.index.vector(photo), k, allowed, exclude=exclude, items=True,
+                              exclude_products=itself, by=by, where=where) for photo in photos]
+        return above(merge_best(lists, k), min_similarity)
 
     def forget_labels(self) -> None:
         """Drop cached labels and counts now (after this process rewrote labels, e.g. ``lookalike tag``); other
@@ -1238,10 +1325,10 @@ class Catalog:
         return removed
 
     def clusters(self) -> dict[str, int]:
-        """Item id -> k-means cluster, as stored by ``lookalike cluster`` (empty before clustering)."""
+        """Product id -> k-means cluster, as stored by ``lookalike cluster`` (empty before clustering)."""
         by_key = self.store.clusters()
-        table = self.table
-        return {table.id_by_key[key]: c for key, c in by_key.items() if key in table.id_by_key}
+        ids = self.products.id_by_key
+        return {ids[key]: c for key, c in by_key.items() if key in ids}
 
     def _cluster_members(self, item_id: str, key: int) -> np.ndarray:
         cluster = self.store.cluster_of(key)
@@ -1254,12 +1341,18 @@ class Catalog:
         return self.store.keys_in_cluster(cluster)
 
     def _key(self, item_id: str) -> int:
-        key = self.table.key_by_id.get(str(item_id))
+        """The key of a product that can be found.
+
+        Raises:
+            UnknownItemError: no such product, or none of its photos could be embedded (the reason is named).
+        """
+        key = self.products.key_by_id.get(str(item_id))
         if key is None:
-            row = self.store.item(str(item_id))
-            if row is not None and row.status == "failed":
-                raise UnknownItemError(
-                    f"item {item_id!r} could not be embedded ({row.reason}); fix the file and re-index")
+            if self.store.product(str(item_id)) is not None:
+                failed = self.store.failures_of_product(str(item_id))
+                reason = f" ({failed[0]})" if failed else ""
+                raise UnknownItemError(f"item {item_id!r} could not be embedded{reason}; fix the file and "
+                                       "re-index")
             raise UnknownItemError(f"unknown item id {item_id!r}; `lookalike status` shows the catalog")
         return key
 
@@ -1308,35 +1401,67 @@ class Catalog:
         return self.store.keys_where(terms) if terms else None
 
     def nearest(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int],
-                 items: bool = False) -> list[Match]:
-        """The k best matches of a unit ``vector`` (float32, D) among ``allowed`` keys (None: all), leaving out
-        the keys in ``exclude``; ``items``: the query is a catalog item (use the index's item setting)."""
+                items: bool = False, *, exclude_products: set[int] | frozenset[int] = frozenset(),
+                by: str = "product", where: Where = None) -> list[Match]:
+        """The k best products (``by="photo"``: photos) for a unit ``vector`` (float32, D) among the products
+        keyed in ``allowed`` (None: all), leaving out the photo keys in ``exclude`` and the product keys in
+        ``exclude_products``; ``items``: the query is a catalog item (use the index's item setting). A product
+        ranks by its best photo (``catalog.products``); ``where`` names the variants that matched."""
+        products, index = self.products, self.index
+        allowed_set = None
+        photos_allowed = None
         if allowed is not None:
+            allowed_set = set(allowed.tolist()) - set(exclude_products)
+            photos_allowed = products.photo_keys(allowed_set)
             if exclude:
-                allowed = allowed[~np.isin(allowed, list(exclude))]
-            if len(allowed) == 0:
+                photos_allowed = photos_allowed[~np.isin(photos_allowed, list(exclude))]
+            if len(photos_allowed) == 0:
                 return []
-            exclude = set()
-        index = self.index
-        sims, keys = index.search(vector, k + len(exclude), allowed,
-                                  settings=index.item_settings if items else None)
-        picked: list[tuple[int, float]] = []
-        seen: set[int] = set()
-        for key, sim in zip(keys[0].tolist(), sims[0].tolist(), strict=True):
-            if key < 0 or key in exclude or key in seen:
-                continue
-            seen.add(key)
-            picked.append((key, sim))
-            if len(picked) == k:
+        settings = index.item_settings if items else None
+        total = index.size
+        fetch = k + len(exclude) + (0 if products.one_to_one else 2 * k)
+        while True:
+            sims, keys = index.search(vector, fetch, photos_allowed, settings=settings)
+            hits = [(key, sim) for key, sim in zip(keys[0].tolist(), sims[0].tolist(), strict=True)
+                    if key >= 0 and key not in exclude]
+            if by == "photo":
+                picked = []
+                for key, sim in hits:
+                    owners = products.products_of.get(key, ())
+                    if owners and all(o in exclude_products for o in owners):
+                        continue
+                    if allowed_set is not None and not any(o in allowed_set for o in owners):
+                        continue
+                    picked.append((owners[0] if owners else -1, key, sim))
+                    if len(picked) == k:
+                        break
+            else:
+                picked = products.group([h[0] for h in hits], [h[1] for h in hits], k, allowed_set,
+                                        exclude_products)
+            if len(picked) >= k or fetch >= total:
                 break
-        table = self.table
-        labels = table.labels_for([key for key, _ in picked], self.store)
-        predicted = table.predicted_for([key for key, _ in picked], self.store)
-        return [
-            Match(rank=rank, id=table.id_by_key[key], path=table.path_by_key[key], similarity=float(sim),
-                  distance=distance_from_similarity(sim), labels=labels.get(key, {}), predicted=predicted.get(key, {}))
-            for rank, (key, sim) in enumerate(picked, start=1)
-        ]
+            fetch = min(total, fetch * 4)
+        return self._matches(picked, by=by, where=where)
+
+    def _matches(self, picked: Sequence[tuple[int, int, float]], by: str = "product", where: Where = None,
+                 start: int = 1) -> list[Match]:
+        """Result rows for (product key, photo key, similarity) triples, ranked from ``start``."""
+        table, products = self.table, self.products
+        product_keys = [p for p, _, _ in picked]
+        labels = table.labels_for(product_keys, self.store)
+        predicted = table.predicted_for(product_keys, self.store)
+        terms = parse_where(where) if where else {}
+        variants = (matching_variants(self.store.variants_for(product_keys), terms) if terms else {})
+        out = []
+        for rank, (product, photo, sim) in enumerate(picked, start=start):
+            photos = products.photos_of.get(product)
+            out.append(Match(
+                rank=rank, id=table.id_by_key[photo] if by == "photo" else products.id_by_key[product],
+                path=table.path_by_key[photo], similarity=float(sim), distance=distance_from_similarity(sim),
+                labels=labels.get(product, {}), predicted=predicted.get(product, {}),
+                photo=table.id_by_key[photo], photos=len(photos) if photos is not None else 1,
+                product=products.id_by_key.get(product, ""), variants=variants.get(product, [])))
+        return out
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -1344,8 +1469,9 @@ class Catalog:
         counts = self.store.counts()
         index = self.index
         gone = [(item_id, path) for _, item_id, path, _ in self.store.ok_items() if photo_gone(path)]
-        return CatalogStatus(missing=len(gone), missing_examples=gone[:5],
-            path=self.name, embedder=self.config.embedder, items=counts["ok"], failed=counts["failed"],
+        return CatalogStatus(missing=len(gone), missing_examples=gone[:5], products=counts["products"],
+            photos=counts["ok"],
+            path=self.name, embedder=self.config.embedder, items=counts["products"], failed=counts["failed"],
             labels=self.store.label_names(), index=index.describe(),
             failures=self.store.failures(failures), index_detail=self._index_detail(index),
             runtime={key: self.config.extra[key] for key in ("runtime", "int8", "text_tower")

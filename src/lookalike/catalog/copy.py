@@ -153,6 +153,10 @@ def _copy_rows(src: Catalog, dst: Store, report: CopyReport, uploads_in_store: b
             out.append(tuple(row))
         dst.import_rows(items=out)
         after = int(rows[-1][0])
+    dst.import_rows(products=src.store.product_rows())
+    links = src.store.product_photo_rows()
+    for start in range(0, len(links), 20_000):
+        dst.import_rows(product_photos=links[start:start + 20_000])
     labels = src.store.label_rows()
     for start in range(0, len(labels), 20_000):
         dst.import_rows(labels=labels[start:start + 20_000])

@@ -59,17 +59,18 @@ def saved_groups(catalog) -> tuple[dict, dict[int, int]] | None:
 
 
 def nearest_distinct(catalog, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int],
-                     query_key: int | None = None) -> list[Match]:
-    """Like ``catalog.nearest``, but one item per near-duplicate group, still k results when enough
-    groups exist (fetches more until it has them). With ``query_key`` (``similar``) the query's own group
-    is left out too: a near-copy of the item is not "another" item."""
+                     query_key: int | None = None, exclude_products: set[int] | frozenset[int] = frozenset(),
+                     by: str = "product") -> list[Match]:
+    """Like ``catalog.nearest``, but one result per near-duplicate group of the photos they were found by,
+    still k results when enough groups exist (fetches more until it has them). With ``query_key`` (a photo
+    key: ``similar``) the query's own group is left out too: a near-copy of the item is not "another" item."""
     saved = saved_groups(catalog)
     groups = saved[1] if saved is not None else None
     table = catalog.table
     size = len(catalog)
     fetch = 3 * k + len(exclude)
     while True:
-        matches = catalog.nearest(vector, fetch, allowed, exclude)
+        matches = catalog.nearest(vector, fetch, allowed, exclude, exclude_products=exclude_products, by=by)
         picked = _collapse(catalog, table, matches, groups, vector, query_key, k)
         if len(picked) >= k or len(matches) < fetch or fetch >= size:
             break
@@ -85,7 +86,7 @@ def _collapse(catalog, table, matches: list[Match], groups: dict[int, int] | Non
         sha = table.hash_by_key.get(key)
         return ("h", sha) if sha else ("k", key)
 
-    keys = [table.key_by_id[m.id] for m in matches]
+    keys = [table.key_by_id[m.photo] for m in matches]
     if groups is not None:
         seen = {group_of(query_key)} if query_key is not None else set()
         picked = []

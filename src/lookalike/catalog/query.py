@@ -28,6 +28,10 @@ class Match:
     distance: float
     labels: dict[str, str] = field(default_factory=dict)
     predicted: dict[str, float] = field(default_factory=dict)  # labels from `lookalike tag`: name -> probability
+    photo: str = ""  # the photo that matched (the product's best one)
+    photos: int = 1  # how many photos the product has
+    product: str = ""  # the product the photo belongs to (== id for product results)
+    variants: list[str] = field(default_factory=list)  # with a filter: the product's variants that match it
 
     def __post_init__(self) -> None:
         # Float rounding can put the cosine of unit vectors a hair outside [-1, 1]; never show 1.0000013.

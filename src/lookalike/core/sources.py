@@ -1,78 +1,63 @@
-"""What to index: every image under a folder, or the rows of a CSV manifest with their labels.
-
-A manifest row names an image by ``id`` (the Kaggle ``styles.csv`` layout: id 15970 means
-``images/15970.jpg``) or by a ``path``/``file``/``filename``/``image`` column; every other column becomes
-a label. Images in the folder that no row names are still indexed, unlabelled, as a shop's catalog
-often has photos its spreadsheet lags behind.
-
-Manifests are read as people save them: comma, tab, semicolon or pipe separated (sniffed), UTF-8 with or
-without a byte-order mark, UTF-16 or Windows-1252, any line ends. A row finds its file by exact name first,
-then by the name a person would call the same: ignoring case, Unicode composition, ``.jpeg``/``.jpg``,
-backslashes, ``./`` and ``file://``; a row that so matches two files is skipped with a warning.
+"""What to index: every image under a folder (local or an object-store prefix), or the rows of a CSV manifest
+with their labels (``manifests``), grouped into products.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import dataclasses
 import logging
-import os
-import stat
-import unicodedata
-from collections import Counter, defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections import Counter
 from pathlib import Path, PurePosixPath
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from .errors import SourceError
 from .images import IMAGE_EXTENSIONS, missing_decoder
-from .storage import Location, is_url, list_objects, local_path
+from .listing import (
+    FolderScan,
+    SourceItem,
+    SourceListing,
+    file_ids,
+    find_images,
+    folder_listing,
+    relative_ids,
+    scan_folder,
+    undecodable_counts,
+    undecodable_lines,
+)
+from .manifests import ID_COLUMNS, MAX_FIELD_CHARS, PATH_COLUMNS, manifest_items
+from .storage import is_url, list_objects, local_path
+
+__all__ = ["ID_COLUMNS", "MAX_FIELD_CHARS", "PATH_COLUMNS", "FolderScan", "SourceItem", "SourceListing", "file_ids",
+           "find_images", "is_folder_source", "read_source", "relative_ids", "scan_folder", "source_name"]
 
 log = logging.getLogger(__name__)
 
-PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath")
-ID_COLUMNS = ("id", "item_id", "sku", "product_id")
-# The longest manifest field read (a pasted product description): csv's own limit is 128 KiB, and a manifest
-# with one longer field was refused whole; the bound keeps a file with a missing quote from becoming one field.
-MAX_FIELD_CHARS = 16 * 2**20
 
-
-@dataclass(frozen=True)
-class SourceItem:
-    """One image to index: the id users will search by, where its file is (a local path, or an object's
-    URL), and its labels. Objects carry the size and modification time their listing gave (None: ask the
-    file system)."""
-
-    id: str
-    path: Location
-    labels: dict[str, str] = field(default_factory=dict)
-    size: int | None = None
-    mtime_ns: int | None = None
-
-
-@dataclass
-class SourceListing:
-    items: list[SourceItem]
-    warnings: list[str] = field(default_factory=list)
-    skipped: Counter[str] = field(default_factory=Counter)  # files passed over, by short reason (the summary's)
-    notes: list[str] = field(default_factory=list)  # what a user should hear without -v (one line each)
-
-
-def read_source(source: str | Path, images: str | Path | None = None) -> SourceListing:
-    """List the images of a folder or a CSV manifest, local or (a folder only) in an object store.
+def read_source(source: str | Path, images: str | Path | None = None, *, product_column: str | None = None,
+                product_per_folder: bool = False) -> SourceListing:
+    """List the photos of a folder or a CSV manifest, local or (a folder only) in an object store.
 
     ``file://`` URLs are local paths. Other URLs (``s3://bucket/photos/``, ``gs://``, ``memory://``: any
     fsspec protocol) name a prefix, listed recursively as a folder is.
 
+    Products: by default a row (or a file) is one product with one photo. ``product_column`` names a manifest
+    column whose equal values group rows into one product (the rows become its variants); a path cell may list
+    several photos of a row, ``|``-separated. ``product_per_folder`` makes each leaf folder of a folder source
+    one product, its id the folder's path (files directly in the source folder stay products of their own).
+
     Raises:
-        SourceError: the source does not exist, or a manifest has no id or path column.
+        SourceError: the source does not exist, a manifest has no id or path column, ``product_column`` is not
+            one of its columns, or ``product_per_folder`` is given for a manifest.
     """
+    if product_per_folder and product_column is not None:
+        raise SourceError("--product-per-folder is for a folder source, --product-column for a manifest; give one")
     if is_url(source):
         local = local_path(str(source))
         if local is None:
-            return _object_listing(str(source), images)
+            if product_column is not None:
+                raise SourceError("--product-column is for a CSV manifest; an object-store prefix is listed as a "
+                                  "folder (use --product-per-folder)")
+            return _per_folder(_object_listing(str(source), images), product_per_folder)
         source = local
     if images is not None and is_url(images):
         local = local_path(str(images))
@@ -86,152 +71,34 @@ def read_source(source: str | Path, images: str | Path | None = None) -> SourceL
     if source.is_dir():
         if images is not None:
             raise SourceError("--images is only for a CSV manifest; a folder source is scanned as is")
-        return _folder_listing(source)
+        if product_column is not None:
+            raise SourceError(f"--product-column is for a CSV manifest; {source} is a folder (use "
+                              "--product-per-folder to make each leaf folder one product)")
+        return _per_folder(folder_listing(source), product_per_folder)
     if source.suffix.lower() in (".csv", ".tsv", ".txt"):
-        return _manifest_items(source, Path(images) if images is not None else None)
+        if product_per_folder:
+            raise SourceError(f"--product-per-folder is for a folder source; {source} is a manifest (use "
+                              "--product-column NAME to group its rows into products)")
+        return manifest_items(source, Path(images) if images is not None else None, product_column)
     raise SourceError(f"{source}: not a folder or a .csv manifest")
 
 
-@dataclass
-class FolderScan:
-    """What a folder holds for indexing, and what was passed over (said in one warning line).
-
-    ``images[i]`` is a file as listed (under the folder), ``resolved[i]`` the file it is (symbolic links
-    followed), ``relative[i]`` its POSIX path under the folder, ``stats[i]`` its (size in bytes, mtime in ns).
-    """
-
-    images: list[Path]
-    resolved: list[Path] = field(default_factory=list)
-    relative: list[str] = field(default_factory=list)
-    stats: list[tuple[int, int]] = field(default_factory=list)
-    broken_links: list[Path] = field(default_factory=list)  # symbolic links to nothing
-    linked_folders: list[Path] = field(default_factory=list)  # symbolic links to folders: not followed
-    repeated: list[Path] = field(default_factory=list)  # links to a file already listed: one file, one item
-    undecodable: list[tuple[Path, str]] = field(default_factory=list)  # images this install cannot read, and why
-    others: Counter[str] = field(default_factory=Counter)  # files that are not images by name, by extension
-
-
-def scan_folder(folder: Path) -> FolderScan:
-    """Image files under ``folder``, recursively, in a stable order (``sorted(folder.rglob("*"))``'s: by path
-    parts). Hidden files and folders are skipped; a symbolic link to an image is followed (the item is the
-    file it points to, listed once however many links lead to it); links to folders are not followed (no
-    loops, no catalog reaching outside the folder unasked: index such a folder by its own path); broken
-    links are counted; folders that cannot be read are passed over. Images of a format this install cannot
-    read (HEIC without pillow-heif) and files that are not images by name are counted, not listed.
-
-    One ``os.scandir`` per folder and one ``stat`` per file (the file type comes with the listing; a file's
-    real path is its folder's plus its name, as no linked folder is entered): a driver lists millions of files.
-    """
-    scan = FolderScan(images=[])
-    seen: set[str] = set()
-    root = Path(folder)
-
-    def walk(listed: str, real: str, rel: str) -> None:
-        try:
-            with os.scandir(listed) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except (PermissionError, NotADirectoryError, FileNotFoundError):
-            return
-        for entry in entries:
-            name = entry.name
-            if name.startswith("."):
-                continue
-            image = os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-            try:
-                if entry.is_symlink():
-                    try:
-                        st = entry.stat()
-                    except OSError:  # to nothing (or a loop)
-                        if image:
-                            scan.broken_links.append(Path(entry.path))
-                        continue
-                    if stat.S_ISDIR(st.st_mode):
-                        scan.linked_folders.append(Path(entry.path))
-                        continue
-                    if not image or not stat.S_ISREG(st.st_mode):
-                        continue
-                    target = os.path.realpath(entry.path)
-                elif entry.is_dir(follow_symlinks=False):
-                    walk(entry.path, os.path.join(real, name), f"{rel}{name}/")
-                    continue
-                elif image and entry.is_file(follow_symlinks=False):
-                    st = entry.stat(follow_symlinks=False)
-                    target = os.path.join(real, name)
-                else:
-                    if entry.is_file(follow_symlinks=False):
-                        scan.others[os.path.splitext(name)[1].lower()] += 1
-                    continue
-            except OSError:  # gone since the folder was listed
-                continue
-            if target in seen:
-                scan.repeated.append(Path(entry.path))
-                continue
-            seen.add(target)
-            reason = missing_decoder(name)
-            if reason is not None:
-                scan.undecodable.append((Path(entry.path), reason))
-                continue
-            scan.images.append(Path(entry.path))
-            scan.resolved.append(Path(target))
-            scan.relative.append(rel + name)
-            scan.stats.append((st.st_size, st.st_mtime_ns))
-
-    walk(str(root), os.path.realpath(root), "")
-    return scan
-
-
-def find_images(folder: Path) -> list[Path]:
-    """Image files under ``folder``, recursively, in a stable order (see ``scan_folder``)."""
-    return scan_folder(folder).images
-
-
-def _folder_listing(folder: Path) -> SourceListing:
-    scan = scan_folder(folder)
-    items = [SourceItem(id=item_id, path=path, size=size, mtime_ns=mtime)
-             for path, item_id, (size, mtime) in zip(scan.resolved, _relative_ids(scan.relative), scan.stats,
-                                                     strict=True)]
-    skipped = _undecodable_counts(scan.undecodable)
-    if scan.broken_links:
-        skipped["broken links"] = len(scan.broken_links)
-    if scan.others:
-        skipped["not images"] = sum(scan.others.values())
-    passed = [f"{len(scan.broken_links)} broken links" if scan.broken_links else "",
-              f"{len(scan.linked_folders)} linked folders (not followed; index them by their own path)"
-              if scan.linked_folders else "",
-              f"{len(scan.repeated)} more links to files already listed" if scan.repeated else ""]
-    passed += _undecodable_lines(scan.undecodable)
-    if scan.others:
-        n = sum(scan.others.values())
-        passed.append(f"{_count(n, 'file')} that {'is not an image' if n == 1 else 'are not images'} by name "
-                      f"({_extensions(scan.others)})")
-    passed = [p for p in passed if p]
-    warnings = []
-    if passed:
-        example = (scan.broken_links or scan.linked_folders or scan.repeated or [p for p, _ in scan.undecodable]
-                   or [None])[0]
-        shown = f", e.g. {example}" if example is not None else ""
-        warnings.append(f"{folder}: skipped {', '.join(passed)}{shown}")
-    return SourceListing(items=items, warnings=warnings, skipped=skipped)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' * (n != 1)}"
-
-
-def _extensions(counts: Counter[str]) -> str:
-    shown = [f"{n} {ext or 'without extension'}" for ext, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))[:4]]
-    more = len(counts) - len(shown)
-    return ", ".join(shown) + (f" and {more} more kinds" if more > 0 else "")
-
-
-def _undecodable_counts(undecodable: list[tuple[object, str]]) -> Counter[str]:
-    """Short reasons for the summary: 'reading HEIC needs pillow-heif' (the hint's part before the colon)."""
-    return Counter(reason.split(":")[0] for _, reason in undecodable)
-
-
-def _undecodable_lines(undecodable: list[tuple[object, str]]) -> list[str]:
-    by_reason = Counter(reason for _, reason in undecodable)
-    return [f"{_count(n, 'photo')} this install cannot read ({reason})" for reason, n in by_reason.items()]
+def _per_folder(listing: SourceListing, product_per_folder: bool) -> SourceListing:
+    """Each file of a leaf folder made a photo of the product named by the folder's path (``shirts/a`` belongs
+    to ``shirts``), in file-name order."""
+    if not product_per_folder:
+        return listing
+    items = []
+    positions: Counter[str] = Counter()
+    for item in listing.items:
+        folder = PurePosixPath(item.id).parent.as_posix()
+        if folder == ".":
+            items.append(item)
+            continue
+        items.append(dataclasses.replace(item, product=folder, position=positions[folder]))
+        positions[folder] += 1
+    listing.items = items
+    return listing
 
 
 def _object_listing(url: str, images: str | Path | None) -> SourceListing:
@@ -249,9 +116,9 @@ def _object_listing(url: str, images: str | Path | None) -> SourceListing:
     counts = Counter(stems)
     items = [SourceItem(id=stem if counts[stem] == 1 else o.relative, path=o.url, size=o.size, mtime_ns=o.mtime_ns)
              for o, stem in zip(objects, stems, strict=True)]
-    warnings = ([f"{url}: skipped {', '.join(_undecodable_lines(undecodable))}, e.g. {undecodable[0][0].url}"]
+    warnings = ([f"{url}: skipped {', '.join(undecodable_lines(undecodable))}, e.g. {undecodable[0][0].url}"]
                 if undecodable else [])
-    return SourceListing(items=items, warnings=warnings, skipped=_undecodable_counts(undecodable))
+    return SourceListing(items=items, warnings=warnings, skipped=undecodable_counts(undecodable))
 
 
 def source_name(source: str | Path) -> str:
@@ -268,415 +135,3 @@ def is_folder_source(source: str | Path) -> bool:
         local = local_path(str(source))
         return True if local is None else local.is_dir()
     return Path(source).is_dir()
-
-
-def _file_ids(paths: list[Path], root: Path, taken: set[str] = frozenset()) -> list[str]:
-    """Ids for files under ``root``: "shirts/a.jpg" is "shirts/a", unless another file of the list has that
-    stem (a.jpg and a.png) or the id is already ``taken``; then the file keeps its suffix."""
-    return _relative_ids([p.relative_to(root).as_posix() for p in paths], taken)
-
-
-def _relative_ids(relative: list[str], taken: set[str] = frozenset()) -> list[str]:
-    """``_file_ids`` of POSIX paths relative to the folder."""
-    stems = [os.path.splitext(rel)[0] for rel in relative]
-    counts = Counter(stems)
-    return [stem if counts[stem] == 1 and stem not in taken else rel
-            for rel, stem in zip(relative, stems, strict=True)]
-
-
-def _manifest_items(manifest: Path, images: Path | None) -> SourceListing:
-    if images is None:
-        images = manifest.parent / "images" if (manifest.parent / "images").is_dir() else manifest.parent
-    if not images.is_dir():
-        raise SourceError(f"{images}: image folder not found; pass --images DIR for manifest {manifest.name}")
-    text, warnings = _read_text(manifest)
-    with _field_limit(MAX_FIELD_CHARS):
-        dialect = _sniff(text)
-        records = _records(manifest, text, dialect)
-    if not records:
-        raise SourceError(f"{manifest}: manifest is empty; it needs a header row with an id or path column")
-    header = [h.strip() for h in records[0][1]]
-    path_col, id_col = _id_and_path_columns(header)
-    if path_col is None and id_col is None:
-        raise SourceError(_no_id_column_message(manifest, header, text, dialect.delimiter))
-    label_cols = [i for i in range(len(header)) if i not in (path_col, id_col) and header[i]]
-    scan = scan_folder(images)
-    found = scan.images
-    undecodable = dict(scan.undecodable)  # found by a row, a file this install cannot read says why
-    index = _NameIndex(images, found + list(undecodable))
-    rows: list[tuple[int, str | None, Path, dict[str, str]]] = []  # line, id (None: from the file), file, labels
-    missing = ambiguous = 0
-    skipped: list[tuple[Path, str]] = []
-    for line_no, row in records[1:]:
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) > len(header):
-            # Kaggle's styles.csv has unquoted commas in its last column: keep them there.
-            row = row[: len(header) - 1] + [dialect.delimiter.join(row[len(header) - 1 :])]
-        elif len(row) < len(header):
-            row = row + [""] * (len(header) - len(row))
-        ref, path, rivals = _row_file(row, path_col, id_col, index, manifest.parent)
-        if rivals:
-            ambiguous += 1
-            if ambiguous <= 5:
-                names = " and ".join(f"'{_shown(p, images)}'" for p in rivals[:3])
-                warnings.append(f"{manifest.name} line {line_no}: '{ref}' matches {names} alike in {images} "
-                                "(names that differ only in case, accents or extension spelling); row skipped: "
-                                "rename one file or spell the row exactly")
-            continue
-        if path is None:
-            missing += 1
-            if missing <= 5:
-                warnings.append(f"{manifest.name} line {line_no}: no image found for '{ref}' in {images}")
-            continue
-        if path in undecodable:
-            skipped.append((path, undecodable[path]))
-            if len(skipped) <= 5:
-                warnings.append(f"{manifest.name} line {line_no}: '{ref}' is {_shown(path, images)}, skipped: "
-                                f"{undecodable[path]}")
-            continue
-        item_id = row[id_col].strip() if id_col is not None else None
-        labels = {header[i]: row[i].strip() for i in label_cols if row[i].strip()}
-        rows.append((line_no, item_id, path, labels))
-    if ambiguous > 5:
-        warnings.append(f"{manifest.name}: {ambiguous} rows in all match more than one image in {images}")
-    if missing > 5:
-        warnings.append(f"{manifest.name}: {missing} rows in all name an image that is not in {images}")
-    items = [SourceItem(id=item_id, path=path.resolve(), labels=labels)
-             for item_id, (_, _, path, labels) in zip(_row_ids(rows, index), rows, strict=True)]
-    _refuse_duplicate_ids(manifest, [(item.id, line) for item, (line, *_) in zip(items, rows, strict=True)])
-    claimed = {item.path for item in items}
-    unclaimed = [path for path in found if path.resolve() not in claimed]
-    ids = _file_ids(unclaimed, images, taken={item.id for item in items})
-    items.extend(SourceItem(id=item_id, path=path.resolve()) for path, item_id in zip(unclaimed, ids, strict=True))
-    notes = []
-    if unclaimed:
-        log.info("%d images in %s have no row in %s; indexed unlabelled", len(unclaimed), images, manifest.name)
-        notes.append(f"{len(unclaimed)} of {len(found)} photos in {images} had no row in {manifest.name}; indexed "
-                     "unlabelled, under their file names")
-    named = {path for path, _ in skipped}
-    skipped += [(path, reason) for path, reason in undecodable.items() if path not in named]
-    if len(skipped) > 5 or len(skipped) > len(named):
-        warnings.append(f"{manifest.name}: skipped {', '.join(_undecodable_lines(skipped))} in {images}")
-    clash = sorted(item_id for item_id, n in Counter(item.id for item in items).items() if n > 1)
-    if clash:  # a row's id spelled like the id an image without a row gets ("a.jpg"): rare, but never merged
-        raise SourceError(f"{manifest}: ids {clash[:5]} of rows are also the ids of images without a row; "
-                          "rename those rows' ids or give the images rows")
-    return SourceListing(items=items, warnings=warnings, skipped=_undecodable_counts(skipped), notes=notes)
-
-
-# --- reading the text: encoding and delimiter ----------------------------------------------------------------
-
-DELIMITERS = ",\t;|"  # csv.Sniffer's order of preference
-_DELIMITER_NAMES = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
-
-
-def _read_text(manifest: Path) -> tuple[str, list[str]]:
-    """The manifest's text: UTF-8 (with or without a byte-order mark), UTF-16 with a mark (Excel's "Unicode
-    text"), else Windows-1252 (Excel's "CSV" on a European Windows) with a warning."""
-    try:
-        raw = manifest.read_bytes()
-    except OSError as exc:
-        raise SourceError(f"{manifest}: cannot read manifest ({exc.strerror})") from exc
-    if raw.startswith(b"PK\x03\x04"):
-        raise SourceError(f"{manifest}: this is a spreadsheet workbook (.xlsx), not CSV text; "
-                          "save it as CSV (UTF-8) and pass that file")
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        encoding = "utf-16"
-    else:
-        encoding = "utf-8-sig"
-    try:
-        return raw.decode(encoding), []
-    except UnicodeDecodeError as exc:
-        if encoding == "utf-16":
-            raise SourceError(f"{manifest}: cannot read manifest as UTF-16 ({exc.reason}); "
-                              "save it as CSV (UTF-8)") from exc
-    try:
-        text = raw.decode("cp1252")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    return text, [f"{manifest.name} is not UTF-8; read as Windows-1252: if names look wrong, save it as "
-                  "CSV (UTF-8)"]
-
-
-class _Dialect(csv.Dialect):
-    delimiter = ","
-    quotechar = '"'
-    doublequote = True
-    skipinitialspace = False
-    lineterminator = "\r\n"
-    quoting = csv.QUOTE_MINIMAL
-    strict = False
-
-
-def _sniff(text: str) -> type[csv.Dialect]:
-    """The delimiter, one of ``,<tab>;|``: of those that ``csv.Sniffer`` finds splitting the first 64 KiB
-    consistently (quoted fields skipped over), the first that gives the header an id or path column, else
-    the first. When none is consistent (one column, Kaggle's ragged last column) the header alone decides:
-    the delimiter that yields an id or path column, else the one it holds most of, else a comma. Quotes are
-    always ``"`` (a spreadsheet's), never a guessed apostrophe."""
-    sample = text[: 1 << 16]
-    if len(text) > len(sample) and "\n" in sample:
-        sample = sample[: sample.rindex("\n") + 1]  # whole lines only
-    first = next((line for line in sample.splitlines() if line.strip()), "")
-    working = [d for d in DELIMITERS if any(c is not None for c in _id_and_path_columns(_split(first, d)))]
-    sniffed: dict[str, bool] = {}
-    for chunk in (sample, first):
-        for d in DELIMITERS:
-            try:
-                sniffed[d] = bool(csv.Sniffer().sniff(chunk, delimiters=d).skipinitialspace)
-            except csv.Error:
-                continue
-        if sniffed:
-            break
-    if sniffed:
-        delimiter = next((d for d in sniffed if d in working), next(iter(sniffed)))
-    elif working:
-        delimiter = working[0]
-    else:
-        delimiter = max(DELIMITERS, key=lambda d: len(_split(first, d)))  # ties: the first, a comma
-    skip = sniffed.get(delimiter, False)
-    return type("SniffedDialect", (_Dialect,), {"delimiter": delimiter, "skipinitialspace": skip})
-
-
-def _split(line: str, delimiter: str) -> list[str]:
-    try:
-        return [cell.strip() for cell in next(csv.reader([line], _Dialect, delimiter=delimiter), [])]
-    except csv.Error:
-        return [line]
-
-
-@contextmanager
-def _field_limit(chars: int) -> Iterator[None]:
-    """csv's field limit (one setting for the whole process) raised while a manifest is read, then restored."""
-    before = csv.field_size_limit(chars)
-    try:
-        yield
-    finally:
-        csv.field_size_limit(before)
-
-
-def _records(manifest: Path, text: str, dialect: type[csv.Dialect]) -> list[tuple[int, list[str]]]:
-    """Rows with the line each starts on (a quoted field may hold line breaks); blank lines count."""
-    reader = csv.reader(io.StringIO(text, newline=""), dialect)
-    records: list[tuple[int, list[str]]] = []
-    start = 1
-    try:
-        for row in reader:
-            records.append((start, row))
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        if "field limit" in str(exc):
-            raise SourceError(f"{manifest} line {start}: a field is longer than the {csv.field_size_limit()} "
-                              "characters a manifest field may hold (often a quote left open); close the quote or "
-                              "shorten the field") from exc
-        raise SourceError(f"{manifest} line {reader.line_num}: cannot read manifest ({exc})") from exc
-    while records and not any(cell.strip() for cell in records[0][1]):
-        records.pop(0)  # blank lines before the header
-    return records
-
-
-def _column_key(name: str) -> str:
-    return "".join(ch for ch in name.strip().lower() if ch not in " _-")
-
-
-_PATH_KEYS = [_column_key(c) for c in PATH_COLUMNS]
-_ID_KEYS = [_column_key(c) for c in ID_COLUMNS]
-
-
-def _id_and_path_columns(header: list[str]) -> tuple[int | None, int | None]:
-    """Positions of the path and id columns; names match ignoring case, spaces, ``_`` and ``-``
-    ("Image Path", "file_name", "Product-ID")."""
-    keys = [_column_key(h) for h in header]
-    path_col = next((keys.index(k) for k in _PATH_KEYS if k in keys), None)
-    id_col = next((keys.index(k) for k in _ID_KEYS if k in keys), None)
-    return path_col, id_col
-
-
-def _no_id_column_message(manifest: Path, header: list[str], text: str, delimiter: str) -> str:
-    """Say which delimiter was used, and which one would have found an id or path column."""
-    used = _DELIMITER_NAMES[delimiter]
-    message = f"{manifest}: no id or path column in header {header[:8]} (read as {used}-separated)"
-    line = next((line for line in text.splitlines() if line.strip()), "")
-    for other in DELIMITERS:
-        columns = _split(line, other)
-        if other != delimiter and any(c is not None for c in _id_and_path_columns(columns)):
-            return (f"{message}; split on {_DELIMITER_NAMES[other]} the header would be {columns[:8]}, but the rows "
-                    f"are {used}-separated: save the manifest with one delimiter throughout")
-    return f"{message}; name one of {', '.join(ID_COLUMNS + PATH_COLUMNS)}"
-
-
-# --- matching rows to files ---------------------------------------------------------------------------------
-
-_SAME_FORMAT = {".jpeg": ".jpg", ".tiff": ".tif"}
-
-
-def _loose(name: str) -> str:
-    """A name as a person reads it: case, Unicode composition (macOS writes "café" decomposed) and the
-    spelling of the extension (.jpeg/.jpg, .tiff/.tif) ignored."""
-    key = unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
-    stem, dot, suffix = key.rpartition(".")
-    if dot and "/" not in suffix:
-        key = stem + _SAME_FORMAT.get("." + suffix, "." + suffix)
-    return key
-
-
-def _clean(ref: str) -> str:
-    """A path as written anywhere: ``file://`` URLs, Windows backslashes, surrounding spaces."""
-    ref = ref.strip()
-    if ref.lower().startswith("file://"):
-        parts = urlsplit(ref)
-        if parts.netloc in ("", "localhost"):
-            ref = unquote(parts.path)
-    if os.sep == "/":
-        ref = ref.replace("\\", "/")
-    return ref
-
-
-class _NameIndex:
-    """The image folder's files by name, built once: exact relative paths and stems first, then the same
-    names compared loosely (``_loose``)."""
-
-    def __init__(self, root: Path, files: list[Path]):
-        self.root = root
-        self.root_key = _loose(os.path.abspath(root).replace(os.sep, "/"))
-        self.exact: dict[str, Path] = {}
-        self.ids: dict[Path, str] = {}  # file -> the id a folder source gives it
-        self.stems: dict[str, Path] = {}  # 'sub/15970' -> its first file (15970.jpg before 15970.png)
-        self.loose: dict[str, list[Path]] = defaultdict(list)
-        self.loose_stems: dict[str, dict[str, Path]] = defaultdict(dict)  # loose stem -> exact stem -> file
-        for path in files:
-            rel = path.relative_to(root)
-            stem = rel.with_suffix("").as_posix()
-            self.exact[rel.as_posix()] = path
-            self.ids[path] = stem
-            self.stems.setdefault(stem, path)
-            self.loose[_loose(rel.as_posix())].append(path)
-            self.loose_stems[_loose(stem)].setdefault(stem, path)
-
-    def _relative_key(self, path: Path) -> str | None:
-        """``path`` below the image folder as a loose key, or None; the folders' own names compare loosely too."""
-        key = _loose(os.path.abspath(path).replace(os.sep, "/"))
-        prefix = self.root_key.rstrip("/") + "/"
-        return key[len(prefix):] if key.startswith(prefix) else None
-
-    def by_path(self, ref: str, base: Path) -> tuple[Path | None, list[Path]]:
-        """The file a path cell names: exactly (from the image folder, then ``base``), then loosely."""
-        spellings = [Path(s) for s in dict.fromkeys((ref.strip(), _clean(ref)))]
-        for path in spellings:
-            if not path.is_absolute() and path.as_posix() in self.exact:
-                return self.exact[path.as_posix()], []
-        candidates: dict[str, Path] = {}
-        for path in spellings:
-            for full in [path] if path.is_absolute() else [self.root / path, base / path]:
-                candidates.setdefault(os.path.normpath(full), full)
-        for path in candidates.values():
-            if path.is_file():
-                return self._on_disk(path), []
-        keys = [_loose(path.as_posix()) for path in spellings if not path.is_absolute() and ".." not in path.parts]
-        keys += [self._relative_key(path) for path in candidates.values()]  # from ``base``, absolute, or with ..
-        for key in keys:
-            if key is not None and key in self.loose:
-                return _one(self.loose[key])
-        return None, []
-
-    def by_id(self, ref: str) -> tuple[Path | None, list[Path]]:
-        """The file an id names: ``<id>.<any image extension>``, or the id as a file name."""
-        ref = _clean(ref)
-        stem = Path(ref).as_posix() if ref else ref
-        if stem in self.stems:
-            return self.stems[stem], []
-        if stem in self.exact:
-            return self.exact[stem], []
-        twins = self.loose_stems.get(_loose(stem), {})
-        if len(twins) == 1:
-            return next(iter(twins.values())), []
-        if twins:
-            return None, list(twins.values())
-        return _one(self.loose.get(_loose(stem), []))
-
-    def _on_disk(self, path: Path) -> Path:
-        # On a case-insensitive disk "Shoes/A.JPG" opens shoes/a.jpg: use the listing's spelling, so the file
-        # is not also listed as a second, unlabelled item.
-        try:
-            rel = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(self.root))).as_posix()
-        except ValueError:  # another drive (Windows)
-            return path
-        if rel in self.exact:
-            return self.exact[rel]
-        matches = self.loose.get(self._relative_key(path) or "", [])
-        return matches[0] if len(matches) == 1 else path
-
-
-def _one(matches: list[Path]) -> tuple[Path | None, list[Path]]:
-    return (matches[0], []) if len(matches) == 1 else (None, matches)
-
-
-def _row_file(row: list[str], path_col: int | None, id_col: int | None, index: _NameIndex,
-              base: Path) -> tuple[str, Path | None, list[Path]]:
-    """What the row names, its file (or None), and the files it matches equally well when it is ambiguous."""
-    if path_col is not None and row[path_col].strip():
-        return row[path_col].strip(), *index.by_path(row[path_col], base)
-    if id_col is not None and row[id_col].strip():
-        return row[id_col].strip(), *index.by_id(row[id_col])
-    ref = row[path_col] if path_col is not None else row[id_col]
-    return ref.strip(), None, []
-
-
-def _row_ids(rows: list[tuple[int, str | None, Path, dict[str, str]]], index: _NameIndex) -> list[str]:
-    """Each row's id: its id cell, else its file's id as a folder source gives it ("shirts/a"), keeping the
-    suffix when two different files of the manifest share a stem (a.jpg and a.png)."""
-    def file_key(path: Path) -> Path:  # one file spelled two ways (outside the folder) counts once
-        return path if path in index.ids else path.resolve()
-
-    derived: dict[Path, str] = {}
-    for _, item_id, path, _ in rows:
-        if item_id is None:
-            derived.setdefault(file_key(path), index.ids.get(path) or _stem_id(path, index.root))
-    files_per_id = Counter(derived.values())
-    out = []
-    for _, item_id, path, _ in rows:
-        if item_id is None:
-            item_id = derived[file_key(path)]
-            if files_per_id[item_id] > 1:
-                item_id = _stem_id(path, index.root, keep_suffix=True)
-        out.append(item_id)
-    return out
-
-
-def _refuse_duplicate_ids(manifest: Path, id_lines: list[tuple[str, int]]) -> None:
-    lines: dict[str, list[int]] = defaultdict(list)
-    for item_id, line in id_lines:
-        lines[item_id].append(line)
-    repeated = [(item_id, found) for item_id, found in lines.items() if len(found) > 1]
-    if not repeated:
-        return
-    shown = "; ".join(f"id '{item_id}' on lines {_line_list(found)}" for item_id, found in repeated[:5])
-    more = f"; and {len(repeated) - 5} more" if len(repeated) > 5 else ""
-    raise SourceError(f"{manifest}: {len(repeated)} ids appear more than once ({shown}{more}); ids must be "
-                      "unique: merge or renumber those rows")
-
-
-def _line_list(lines: list[int]) -> str:
-    shown = [str(n) for n in lines[:4]] + ([f"{len(lines) - 4} more"] if len(lines) > 4 else [])
-    return " and ".join(shown) if len(shown) == 2 else ", ".join(shown[:-1]) + " and " + shown[-1]
-
-
-def _shown(path: Path, images: Path) -> str:
-    try:
-        return path.relative_to(images).as_posix()
-    except ValueError:
-        return str(path)
-
-
-def _stem_id(path: Path, images: Path, keep_suffix: bool = False) -> str:
-    # A row's path may be spelled from the manifest's folder, or absolutely, while ``images`` is spelled
-    # the other way: compare like with like before falling back to the bare file name.
-    for file, root in ((path, images), (Path(os.path.abspath(path)), Path(os.path.abspath(images))),
-                       (path.resolve(), images.resolve())):
-        try:
-            rel = file.relative_to(root)
-        except ValueError:
-            continue
-        return rel.as_posix() if keep_suffix else rel.with_suffix("").as_posix()
-    return path.name if keep_suffix else path.stem

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .products import ProductRecord, drop_orphans, merge_labels, write_products
+
 ITEM_COLUMNS = ("key", "id", "path", "size", "mtime_ns", "sha256", "status", "reason", "width", "height", "updated")
 UPLOAD_PREFIX = "upload:"  # items.path of an image kept in the store's ``uploads`` table, not in a file
 
@@ -44,7 +46,6 @@ class ItemRecord:
     width: int | None = None
     height: int | None = None
     vector: np.ndarray | None = None
-    labels: Mapping[str, str] | None = None  # None keeps the labels already stored
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,10 @@ class Store(ABC):
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def write(self, records: Iterable[ItemRecord]) -> None:
-        """Insert or update items, their vectors and labels, all or nothing. A few statements per batch, not a
-        few per item: over a network every statement is a round trip."""
+    def write(self, records: Iterable[ItemRecord], products: Sequence[ProductRecord] = ()) -> None:
+        """Insert or update photos (``items``) and their vectors, then the ``products`` that show them (linked to
+        those of their photos that are stored), all or nothing. A few statements per batch, not a few per item:
+        over a network every statement is a round trip."""
         now = time.time()
         with self._begin() as cur:
             gen = _next_generation(cur)
@@ -148,11 +150,10 @@ class Store(ABC):
                 gone = cur.execute(f"DELETE FROM vectors WHERE key IN ({_marks(chunk)}) RETURNING key",
                                    chunk).fetchall()
                 _insert_rows(cur, "INSERT INTO removed (key, gen) VALUES {}", [(int(k), gen) for (k,) in gone])
-            relabel = {keys[rec.id]: rec.labels for rec in by_id.values() if rec.labels is not None}
-            for chunk in _chunks(list(relabel), 900):
-                cur.execute(f"DELETE FROM labels WHERE key IN ({_marks(chunk)})", chunk)
-            _insert_rows(cur, "INSERT INTO labels (key, name, value) VALUES {}",
-                         [(key, str(n), str(v)) for key, labels in relabel.items() for n, v in labels.items()])
+            if products:
+                write_products(cur, products, _chunks, _marks, _insert_rows)
+                if any(p.variants is not None for p in products):
+                    _bump(cur, "labels_generation")
             _bump(cur)
 
     def touch(self, updates: Iterable[tuple[str, str, int, int]]) -> None:
@@ -161,13 +162,19 @@ class Store(ABC):
         with self._begin() as cur:
             cur.executemany("UPDATE items SET path = ?, size = ?, mtime_ns = ? WHERE id = ?", rows)
 
-    def set_labels(self, labels_by_id: Mapping[str, Mapping[str, str]]) -> None:
-        with self._begin() as cur:
-            for item_id, labels in labels_by_id.items():
-                row = cur.execute("SELECT key FROM items WHERE id = ?", (item_id,)).fetchone()
-                if row:
-                    _write_labels(cur, row[0], labels)
-            _bump(cur, "labels_generation")  # the vector index stays valid
+    def set_products(self, products: Sequence[ProductRecord], relink: bool = True) -> None:
+        """Insert or update products: their photo links and (where given) their variants' labels, in chunks of
+        one transaction each; then drop products left without photos. The vector index stays valid; with
+        ``relink`` (which photos make which product changed) readers reload their product tables, without it
+        (labels alone changed) only their label caches."""
+        products = list(products)
+        for start in range(0, len(products), 5000):
+            with self._begin() as cur:
+                write_products(cur, products[start:start + 5000], _chunks, _marks, _insert_rows)
+                drop_orphans(cur)
+                _bump(cur, "labels_generation")
+                if relink:
+                    _bump(cur)
 
     def set_clusters(self, keys: np.ndarray, clusters: np.ndarray, info: Mapping[str, object]) -> None:
         """Replace every cluster assignment at once, with what made them (n, generation, ...) in meta."""
@@ -200,6 +207,7 @@ class Store(ABC):
         return int(count)
 
     def delete(self, ids: Iterable[str]) -> int:
+        """Delete photos by id (``items.id``), and the products left without a photo; returns how many photos."""
         ids = list(ids)
         with self._begin() as cur:
             gen = _next_generation(cur)
@@ -208,8 +216,32 @@ class Store(ABC):
                 if row:
                     cur.execute("INSERT INTO removed (key, gen) VALUES (?, ?)", (row[0], gen))
                     cur.execute("DELETE FROM items WHERE key = ?", (row[0],))
+            drop_orphans(cur)
             _bump(cur)
         return len(ids)
+
+    def delete_products(self, ids: Iterable[str]) -> tuple[int, list[str]]:
+        """Delete products by id, and those of their photos no other product shows; returns (products deleted,
+        paths of the photos deleted)."""
+        ids = list(ids)
+        with self._begin() as cur:
+            gen = _next_generation(cur)
+            keys = [int(r[0]) for chunk in _chunks(ids, 900) for r in
+                    cur.execute(f"SELECT key FROM products WHERE id IN ({_marks(chunk)})", chunk).fetchall()]
+            photos = {int(r[0]) for chunk in _chunks(keys, 900) for r in cur.execute(
+                f"SELECT photo FROM product_photos WHERE product IN ({_marks(chunk)})", chunk).fetchall()}
+            for chunk in _chunks(keys, 900):
+                cur.execute(f"DELETE FROM products WHERE key IN ({_marks(chunk)})", chunk)
+            shown = {int(r[0]) for chunk in _chunks(sorted(photos), 900) for r in cur.execute(
+                f"SELECT photo FROM product_photos WHERE photo IN ({_marks(chunk)})", chunk).fetchall()}
+            gone = sorted(photos - shown)
+            paths = [r[0] for chunk in _chunks(gone, 900) for r in
+                     cur.execute(f"SELECT path FROM items WHERE key IN ({_marks(chunk)})", chunk).fetchall()]
+            _insert_rows(cur, "INSERT INTO removed (key, gen) VALUES {}", [(k, gen) for k in gone])
+            for chunk in _chunks(gone, 900):
+                cur.execute(f"DELETE FROM items WHERE key IN ({_marks(chunk)})", chunk)
+            _bump(cur)
+        return len(keys), paths
 
     def set_meta(self, name: str, value: object) -> None:
         text = value if isinstance(value, str) else json.dumps(value)
@@ -251,19 +283,55 @@ class Store(ABC):
         return StoredItem(*row) if row else None
 
     def labels(self) -> dict[int, dict[str, str]]:
-        out: dict[int, dict[str, str]] = {}
-        for key, name, value in self._rows("SELECT key, name, value FROM all_labels"):
-            out.setdefault(key, {})[name] = value
-        return out
+        """Product key -> label name -> value; a label whose variants differ has its values joined
+        (``products.joined``: ``"L | M | S"``)."""
+        return merge_labels(self._rows("SELECT key, name, value FROM all_labels"))
 
     def labels_for(self, keys: Iterable[int]) -> dict[int, dict[str, str]]:
+        """``labels`` of the given product keys (every key present, empty where it has none)."""
         keys = [int(k) for k in keys]
         out: dict[int, dict[str, str]] = {k: {} for k in keys}
         for chunk in _chunks(keys, 900):
-            for key, name, value in self._rows(
-                    f"SELECT key, name, value FROM all_labels WHERE key IN ({_marks(chunk)})", chunk):
-                out[key][name] = value
+            out.update(merge_labels(self._rows(
+                f"SELECT key, name, value FROM all_labels WHERE key IN ({_marks(chunk)})", chunk)))
         return out
+
+    def variants_for(self, keys: Iterable[int]) -> dict[int, dict[str, dict[str, str]]]:
+        """Product key -> variant id -> its own labels (the manifest rows a product was made of)."""
+        keys = [int(k) for k in keys]
+        out: dict[int, dict[str, dict[str, str]]] = {}
+        for chunk in _chunks(keys, 900):
+            for key, variant, name, value in self._rows(
+                    f"SELECT key, variant, name, value FROM labels WHERE key IN ({_marks(chunk)})", chunk):
+                out.setdefault(int(key), {}).setdefault(variant, {})[name] = value
+        return out
+
+    def products(self) -> list[tuple[int, str]]:
+        """(key, id) of every product, in key order."""
+        return [(int(k), i) for k, i in self._rows("SELECT key, id FROM products ORDER BY key")]
+
+    def product(self, product_id: str) -> int | None:
+        row = self._one("SELECT key FROM products WHERE id = ?", (product_id,))
+        return int(row[0]) if row else None
+
+    def product_state(self) -> tuple[dict[str, tuple[str, ...]], dict[str, dict[str, dict[str, str]]]]:
+        """What ``add`` compares a listing with: product id -> its photos' ids in order, and product id ->
+        variant id -> labels."""
+        photos: dict[str, list[str]] = {}
+        for pid, photo in self._rows("SELECT p.id, i.id FROM product_photos pp JOIN products p ON p.key = pp.product "
+                                     "JOIN items i ON i.key = pp.photo ORDER BY p.id, pp.position"):
+            photos.setdefault(pid, []).append(photo)
+        variants: dict[str, dict[str, dict[str, str]]] = {}
+        for pid, variant, name, value in self._rows(
+                "SELECT p.id, l.variant, l.name, l.value FROM labels l JOIN products p ON p.key = l.key"):
+            variants.setdefault(pid, {}).setdefault(variant, {})[name] = value
+        return {pid: tuple(ids) for pid, ids in photos.items()}, variants
+
+    def product_photos(self) -> list[tuple[int, int, int]]:
+        """(product key, photo key, position) of every link to an embedded photo, by product and position."""
+        return [(int(p), int(f), int(n)) for p, f, n in self._rows(
+            "SELECT pp.product, pp.photo, pp.position FROM product_photos pp JOIN items i ON i.key = pp.photo "
+            "WHERE i.status = 'ok' ORDER BY pp.product, pp.position")]
 
     def vectors(self, dim: int, dtype: str | np.dtype = np.float32, since: int | None = None,
                 chunk: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
@@ -333,8 +401,11 @@ class Store(ABC):
         return out
 
     def label_values(self, name: str) -> list[tuple[int, str]]:
-        """(key, value) of every item carrying label ``name``; one label of a large catalog, not all of them."""
-        return [tuple(r) for r in self._rows("SELECT key, value FROM all_labels WHERE name = ?", (name,))]
+        """(product key, value) of every product carrying label ``name``, several values joined; one label of a
+        large catalog, not all of them."""
+        merged = merge_labels((k, name, v) for k, v in self._rows(
+            "SELECT key, value FROM all_labels WHERE name = ?", (name,)))
+        return [(key, labels[name]) for key, labels in sorted(merged.items())]
 
     def ok_items(self) -> list[tuple[int, str, str, str | None]]:
         """(key, id, path, sha256) of every embedded item."""
@@ -342,14 +413,15 @@ class Store(ABC):
         return [tuple(r) for r in rows]
 
     def keys_where(self, where: Mapping[str, str]) -> np.ndarray:
+        """Keys of the products (int64, sorted) that have, for every term, a variant with that value."""
         sql = " INTERSECT ".join("SELECT key FROM all_labels WHERE name = ? AND value = ?" for _ in where)
         args = [x for pair in where.items() for x in pair]
         return np.array(sorted(r[0] for r in self._rows(sql, args)), dtype=np.int64)
 
     def label_counts(self, where: Mapping[str, str] | None = None) -> dict[str, dict[str, int]]:
-        """How many embedded items carry each label value, among those matching ``where``."""
-        sql = ("SELECT l.name, l.value, COUNT(*) FROM all_labels l JOIN items i ON i.key = l.key "
-               "WHERE i.status = 'ok'")
+        """How many products with an embedded photo carry each label value, among those matching ``where``."""
+        sql = ("SELECT l.name, l.value, COUNT(DISTINCT l.key) FROM all_labels l WHERE l.key IN "
+               "(SELECT pp.product FROM product_photos pp JOIN items i ON i.key = pp.photo WHERE i.status = 'ok')")
         args: list[str] = []
         if where:
             sql += " AND l.key IN (" + " INTERSECT ".join(
@@ -403,9 +475,18 @@ class Store(ABC):
                 out.setdefault(key, {})[name] = float(score)
         return out
 
+    def failures_of_product(self, product_id: str) -> list[str]:
+        """The reasons its photos failed, for a product none of whose photos could be embedded."""
+        return [r[0] for r in self._rows(
+            "SELECT i.reason FROM product_photos pp JOIN products p ON p.key = pp.product JOIN items i "
+            "ON i.key = pp.photo WHERE p.id = ? AND i.status = 'failed' ORDER BY pp.position", (product_id,))]
+
     def counts(self) -> dict[str, int]:
+        """Photos embedded (``ok``) and failed, and ``products`` with at least one embedded photo."""
         rows = dict(self._rows("SELECT status, COUNT(*) FROM items GROUP BY status"))
-        return {"ok": int(rows.get("ok", 0)), "failed": int(rows.get("failed", 0))}
+        products = self._one("SELECT COUNT(DISTINCT pp.product) FROM product_photos pp JOIN items i "
+                             "ON i.key = pp.photo WHERE i.status = 'ok'")[0]
+        return {"ok": int(rows.get("ok", 0)), "failed": int(rows.get("failed", 0)), "products": int(products)}
 
     def failures(self, limit: int | None = None) -> list[tuple[str, str, str]]:
         sql = "SELECT id, path, reason FROM items WHERE status = 'failed' ORDER BY id"
@@ -434,13 +515,21 @@ class Store(ABC):
         return [(int(k), bytes(v), int(g)) for k, v, g in self._rows(
             "SELECT key, vector, gen FROM vectors WHERE key > ? ORDER BY key LIMIT ?", (after, batch), binary=True)]
 
-    def label_rows(self) -> list[tuple[int, str, str]]:
-        return [tuple(r) for r in self._rows("SELECT key, name, value FROM labels ORDER BY key, name")]
+    def label_rows(self) -> list[tuple[int, str, str, str]]:
+        return [tuple(r) for r in self._rows(
+            "SELECT key, variant, name, value FROM labels ORDER BY key, variant, name")]
+
+    def product_rows(self) -> list[tuple[int, str]]:
+        return self.products()
+
+    def product_photo_rows(self) -> list[tuple[int, int, int]]:
+        return [tuple(r) for r in self._rows(
+            "SELECT product, photo, position FROM product_photos ORDER BY product, photo")]
 
     def table_counts(self) -> dict[str, int]:
         """Rows of every table that holds catalog data (embedded and failed items apart): what a copy must match."""
         counts = self.counts()
-        for table in ("labels", "vectors", "clusters", "uploads"):
+        for table in ("products", "product_photos", "labels", "vectors", "clusters", "uploads"):
             counts[table] = int(self._one(f"SELECT COUNT(*) FROM {table}")[0])
         return counts
 
@@ -458,14 +547,20 @@ class Store(ABC):
         return self._one("SELECT (SELECT COUNT(*) FROM items) + (SELECT COUNT(*) FROM uploads)")[0] == 0
 
     def import_rows(self, items: list[tuple] = (), labels: list[tuple] = (), vectors: list[tuple] = (),
-                    clusters: list[tuple] = (), meta: Mapping[str, str] | None = None) -> None:
+                    clusters: list[tuple] = (), meta: Mapping[str, str] | None = None,
+                    products: list[tuple] = (), product_photos: list[tuple] = ()) -> None:
         """Write rows read from another store, keys kept, in one transaction (``lookalike copy``)."""
         with self._begin() as cur:
             if items:
                 cur.executemany(f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) VALUES "
                                 f"({_marks(ITEM_COLUMNS)})", items)
+            if products:
+                cur.executemany("INSERT INTO products (key, id) VALUES (?, ?)", products)
+            if product_photos:
+                cur.executemany("INSERT INTO product_photos (product, photo, position) VALUES (?, ?, ?)",
+                                product_photos)
             if labels:
-                cur.executemany("INSERT INTO labels (key, name, value) VALUES (?, ?, ?)", labels)
+                cur.executemany("INSERT INTO labels (key, variant, name, value) VALUES (?, ?, ?, ?)", labels)
             if vectors:
                 cur.executemany("INSERT INTO vectors (key, vector, gen) VALUES (?, ?, ?)", vectors)
             if clusters:
@@ -497,13 +592,6 @@ def _insert_rows(cur: Cursor, sql: str, rows: list[tuple], per_statement: int = 
     for chunk in _chunks(rows, per_statement):
         marks = "(" + ", ".join("?" * len(chunk[0])) + ")"
         cur.execute(sql.format(", ".join([marks] * len(chunk))), [x for row in chunk for x in row])
-
-
-def _write_labels(cur: Cursor, key: int, labels: Mapping[str, str]) -> None:
-    cur.execute("DELETE FROM labels WHERE key = ?", (key,))
-    rows = [(key, str(n), str(v)) for n, v in labels.items()]
-    if rows:
-        cur.executemany("INSERT INTO labels (key, name, value) VALUES (?, ?, ?)", rows)
 
 
 def _put_meta(cur: Cursor, name: str, text: str) -> None:

@@ -30,12 +30,13 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..core.errors import CatalogError, StoreUnavailableError
+from . import products
 from .base import Store, Watch
 from .urls import DatabaseURL, parse_database_url
 
 log = logging.getLogger(__name__)
 
-FORMAT = "1"
+FORMAT = products.FORMAT
 CONNECT_TIMEOUT_S = 5  # a database that does not answer is reported, not waited on
 POOL_TIMEOUT_S = 2.0  # the longest a call waits for a pooled connection before it is told "unavailable"
 PROBE_INTERVAL_S = 0.5  # while the database is down, one call this often tries it; the others fail at once
@@ -58,13 +59,6 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_sha256 ON items (sha256);
 CREATE INDEX IF NOT EXISTS items_path ON items (path);
-CREATE TABLE IF NOT EXISTS labels (
-    key   BIGINT NOT NULL REFERENCES items (key) ON DELETE CASCADE,
-    name  TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (key, name)
-);
-CREATE INDEX IF NOT EXISTS labels_name_value ON labels (name, value);
 CREATE TABLE IF NOT EXISTS vectors (
     key    BIGINT PRIMARY KEY REFERENCES items (key) ON DELETE CASCADE,
     vector BYTEA NOT NULL,
@@ -77,28 +71,15 @@ CREATE TABLE IF NOT EXISTS removed (
     gen BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS removed_gen ON removed (gen);
-CREATE TABLE IF NOT EXISTS clusters (
-    key     BIGINT PRIMARY KEY REFERENCES items (key) ON DELETE CASCADE,
-    cluster INTEGER NOT NULL
-);
--- zero-shot labels (`lookalike tag`): derived like clusters, kept apart from the source's labels, read with them
--- through the all_labels view (filters, facets, results), each with the model's probability.
-CREATE TABLE IF NOT EXISTS predicted (
-    key   BIGINT NOT NULL REFERENCES items (key) ON DELETE CASCADE,
-    name  TEXT NOT NULL,
-    value TEXT NOT NULL,
-    score DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (key, name)
-);
-CREATE INDEX IF NOT EXISTS predicted_name_value ON predicted (name, value);
-CREATE OR REPLACE VIEW all_labels AS
-    SELECT key, name, value FROM labels UNION ALL SELECT key, name, value FROM predicted;
 CREATE TABLE IF NOT EXISTS uploads (name TEXT PRIMARY KEY, data BYTEA NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT INTO meta (name, value) VALUES ('generation', '0') ON CONFLICT DO NOTHING;
 INSERT INTO meta (name, value) VALUES ('labels_generation', '0') ON CONFLICT DO NOTHING;
 """
-TABLES = ("items", "labels", "predicted", "vectors", "removed", "clusters", "uploads", "meta")
+# products, their photos and labels, clusters and zero-shot labels: ``store/products.py``
+SCHEMA += products.POSTGRES_TABLES
+TABLES = ("items", "products", "product_photos", "labels", "predicted", "vectors", "removed", "clusters", "uploads",
+          "meta")
 
 
 class PostgresStore(Store):
@@ -163,19 +144,37 @@ class PostgresStore(Store):
                                    f"`lookalike index SOURCE --catalog {self.location}`")
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
         self._configure(conn)
+        if self._has_meta(conn):
+            self._upgrade(conn)
         if create:
             with conn.transaction():
                 conn.execute(SCHEMA)
                 conn.execute("INSERT INTO meta (name, value) VALUES ('store_format', %s) ON CONFLICT DO NOTHING",
                              (FORMAT,))
-        has_meta = conn.execute("SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = 'meta'",
-                                (self.schema,)).fetchone()
-        if not has_meta:
+        if not self._has_meta(conn):
             raise CatalogError(f"{self.location}: no catalog here (schema {self.schema!r} has no catalog tables); "
                                f"build one with `lookalike index SOURCE --catalog {self.location}`")
         version = conn.execute("SELECT value FROM meta WHERE name = 'store_format'").fetchone()
         if version and version[0] != FORMAT:
             raise CatalogError(f"{self.location}: store format {version[0]} is newer than this lookalike; upgrade it")
+
+    def _has_meta(self, conn: psycopg.Connection) -> bool:
+        return conn.execute("SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = 'meta'",
+                            (self.schema,)).fetchone() is not None
+
+    def _upgrade(self, conn: psycopg.Connection) -> None:
+        """A catalog written by an earlier release (format 1) is upgraded in place, all or nothing, once: the
+        first process to lock the generation row does it, the others find it done."""
+        version = conn.execute("SELECT value FROM meta WHERE name = 'store_format'").fetchone()
+        if not version or version[0] != "1":
+            return
+        with conn.transaction():
+            conn.execute("SELECT value FROM meta WHERE name = 'generation' FOR UPDATE")
+            still = conn.execute("SELECT value FROM meta WHERE name = 'store_format'").fetchone()
+            if still and still[0] == "1":
+                conn.execute(products.POSTGRES_UPGRADE)
+                conn.execute(products.POSTGRES_TABLES)
+                conn.execute("UPDATE meta SET value = %s WHERE name = 'store_format'", (FORMAT,))
 
     def _configure(self, conn: psycopg.Connection) -> None:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
@@ -232,8 +231,9 @@ class PostgresStore(Store):
             cur.execute("SELECT pg_notify(%s, '')", (self.channel,))  # delivered to listeners at commit
 
     def _after_import(self, cur: _Cursor) -> None:
-        cur.execute("SELECT setval(pg_get_serial_sequence('items', 'key'), "
-                    "GREATEST((SELECT COALESCE(MAX(key), 0) FROM items), 1))")
+        for table in ("items", "products"):
+            cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'key'), "
+                        f"GREATEST((SELECT COALESCE(MAX(key), 0) FROM {table}), 1))")
 
     # -- replicas ------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import CatalogError
+from . import products
 from .base import ItemRecord, Store, StoredItem
 
 __all__ = ["ItemRecord", "SQLiteStore", "StoredItem"]
@@ -36,13 +37,6 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_sha256 ON items (sha256);
 CREATE INDEX IF NOT EXISTS items_path ON items (path);
-CREATE TABLE IF NOT EXISTS labels (
-    key   INTEGER NOT NULL REFERENCES items (key) ON DELETE CASCADE,
-    name  TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (key, name)
-);
-CREATE INDEX IF NOT EXISTS labels_name_value ON labels (name, value);
 CREATE TABLE IF NOT EXISTS vectors (
     key    INTEGER PRIMARY KEY REFERENCES items (key) ON DELETE CASCADE,
     vector BLOB NOT NULL,  -- float32, or float16 in large catalogs (told apart by length)
@@ -54,31 +48,17 @@ CREATE TABLE IF NOT EXISTS removed (
     gen INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS removed_gen ON removed (gen);
--- k-means clusters of the vectors (`lookalike cluster`): derived data, kept apart from the source's labels
--- so re-indexing a manifest never erases them and a label can never collide with them.
-CREATE TABLE IF NOT EXISTS clusters (
-    key     INTEGER PRIMARY KEY REFERENCES items (key) ON DELETE CASCADE,
-    cluster INTEGER NOT NULL
-);
 -- images added as bytes, when they must live in the store rather than in the catalog folder (copies of a
 -- PostgreSQL catalog); a folder catalog keeps its uploads under uploads/
--- zero-shot labels (`lookalike tag`): derived like clusters, kept apart from the source's labels, read with them
--- through the all_labels view (filters, facets, results), each with the model's probability.
-CREATE TABLE IF NOT EXISTS predicted (
-    key   INTEGER NOT NULL REFERENCES items (key) ON DELETE CASCADE,
-    name  TEXT NOT NULL,
-    value TEXT NOT NULL,
-    score REAL NOT NULL,
-    PRIMARY KEY (key, name)
-);
-CREATE INDEX IF NOT EXISTS predicted_name_value ON predicted (name, value);
-CREATE VIEW IF NOT EXISTS all_labels AS
-    SELECT key, name, value FROM labels UNION ALL SELECT key, name, value FROM predicted;
 CREATE TABLE IF NOT EXISTS uploads (name TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('generation', '0');         -- items or vectors changed
 INSERT OR IGNORE INTO meta (name, value) VALUES ('labels_generation', '0');  -- labels alone changed
 """
+# products, their photos and labels, k-means clusters and zero-shot labels (``store/products.py``): clusters and
+# predictions are derived data, kept apart from the source's labels (re-indexing never erases them, a label
+# never collides with them); predictions are read with the labels through the all_labels view.
+SCHEMA += products.SQLITE_TABLES
 
 
 def writable(path: Path) -> bool:
@@ -115,7 +95,9 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=10000")
+            _upgrade(conn)
             conn.executescript(SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('store_format', ?)", (products.FORMAT,))
             columns = {r[1] for r in conn.execute("PRAGMA table_info(vectors)")}
             if "gen" not in columns:  # a catalog from before the change log: its vectors count as generation 0
                 conn.execute("ALTER TABLE vectors ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
@@ -146,6 +128,42 @@ class SQLiteStore(Store):
         return _Transaction(self.conn)
 
 
+def _format(conn: sqlite3.Connection) -> str | None:
+    """The store format of an existing file (None: a new, empty file); files from before products were format 1."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "meta" not in tables:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE name = 'store_format'").fetchone()
+    if row:
+        return row[0]
+    return products.FORMAT if "products" in tables else "1"
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a file written by an earlier release up to this format, in one transaction (all or nothing);
+    refuse one written by a later release."""
+    found = _format(conn)
+    if found is None or found == products.FORMAT:
+        return
+    if found != "1":
+        raise CatalogError(f"{conn.execute('PRAGMA database_list').fetchone()[2]}: store format {found} is newer "
+                           "than this lookalike; upgrade lookalike")
+    conn.execute("PRAGMA foreign_keys=OFF")  # tables are rebuilt under their children
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in products.SQLITE_UPGRADE.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('store_format', ?)", (products.FORMAT,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
+
+
 def _open_read_only(path: Path) -> sqlite3.Connection:
     """Open for reading only. A WAL database whose ``-shm`` file cannot be made (a read-only folder after a clean
     close) is opened as immutable: nothing can change it while the folder is read-only."""
@@ -157,6 +175,8 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
         try:
             conn.execute("PRAGMA busy_timeout=10000")
             conn.execute("SELECT count(*) FROM meta").fetchone()
+            if _format(conn) == "1":  # an earlier release's file that cannot be upgraded here: read it as format 2
+                conn.executescript(products.SQLITE_READ_ONLY_VIEWS)
             return conn
         except sqlite3.OperationalError:
             conn.close()
