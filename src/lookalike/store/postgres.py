@@ -30,13 +30,12 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..core.errors import CatalogError, StoreUnavailableError
-from . import products
 from .base import Store, Watch
+from .products import FORMAT, POSTGRES_TABLES, POSTGRES_UPGRADE
 from .urls import DatabaseURL, parse_database_url
 
 log = logging.getLogger(__name__)
 
-FORMAT = products.FORMAT
 CONNECT_TIMEOUT_S = 5  # a database that does not answer is reported, not waited on
 POOL_TIMEOUT_S = 2.0  # the longest a call waits for a pooled connection before it is told "unavailable"
 PROBE_INTERVAL_S = 0.5  # while the database is down, one call this often tries it; the others fail at once
@@ -77,7 +76,7 @@ INSERT INTO meta (name, value) VALUES ('generation', '0') ON CONFLICT DO NOTHING
 INSERT INTO meta (name, value) VALUES ('labels_generation', '0') ON CONFLICT DO NOTHING;
 """
 # products, their photos and labels, clusters and zero-shot labels: ``store/products.py``
-SCHEMA += products.POSTGRES_TABLES
+SCHEMA += POSTGRES_TABLES
 TABLES = ("items", "products", "product_photos", "labels", "predicted", "vectors", "removed", "clusters", "uploads",
           "meta")
 
@@ -172,8 +171,8 @@ class PostgresStore(Store):
             conn.execute("SELECT value FROM meta WHERE name = 'generation' FOR UPDATE")
             still = conn.execute("SELECT value FROM meta WHERE name = 'store_format'").fetchone()
             if still and still[0] == "1":
-                conn.execute(products.POSTGRES_UPGRADE)
-                conn.execute(products.POSTGRES_TABLES)
+                conn.execute(POSTGRES_UPGRADE)
+                conn.execute(POSTGRES_TABLES)
                 conn.execute("UPDATE meta SET value = %s WHERE name = 'store_format'", (FORMAT,))
 
     def _configure(self, conn: psycopg.Connection) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import CatalogError
-from . import products
 from .base import ItemRecord, Store, StoredItem
+from .products import FORMAT, SQLITE_READ_ONLY_VIEWS, SQLITE_TABLES, SQLITE_UPGRADE
 
 __all__ = ["ItemRecord", "SQLiteStore", "StoredItem"]
 
@@ -58,7 +58,7 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('labels_generation', '0');  -- 
 # products, their photos and labels, k-means clusters and zero-shot labels (``store/products.py``): clusters and
 # predictions are derived data, kept apart from the source's labels (re-indexing never erases them, a label
 # never collides with them); predictions are read with the labels through the all_labels view.
-SCHEMA += products.SQLITE_TABLES
+SCHEMA += SQLITE_TABLES
 
 
 def writable(path: Path) -> bool:
@@ -97,7 +97,7 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA busy_timeout=10000")
             _upgrade(conn)
             conn.executescript(SCHEMA)
-            conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('store_format', ?)", (products.FORMAT,))
+            conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('store_format', ?)", (FORMAT,))
             columns = {r[1] for r in conn.execute("PRAGMA table_info(vectors)")}
             if "gen" not in columns:  # a catalog from before the change log: its vectors count as generation 0
                 conn.execute("ALTER TABLE vectors ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
@@ -136,14 +136,14 @@ def _format(conn: sqlite3.Connection) -> str | None:
     row = conn.execute("SELECT value FROM meta WHERE name = 'store_format'").fetchone()
     if row:
         return row[0]
-    return products.FORMAT if "products" in tables else "1"
+    return FORMAT if "products" in tables else "1"
 
 
 def _upgrade(conn: sqlite3.Connection) -> None:
     """Bring a file written by an earlier release up to this format, in one transaction (all or nothing);
     refuse one written by a later release."""
     found = _format(conn)
-    if found is None or found == products.FORMAT:
+    if found is None or found == FORMAT:
         return
     if found != "1":
         raise CatalogError(f"{conn.execute('PRAGMA database_list').fetchone()[2]}: store format {found} is newer "
@@ -152,10 +152,10 @@ def _upgrade(conn: sqlite3.Connection) -> None:
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in products.SQLITE_UPGRADE.split(";"):
+            for statement in SQLITE_UPGRADE.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('store_format', ?)", (products.FORMAT,))
+            conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('store_format', ?)", (FORMAT,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -176,7 +176,7 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
             conn.execute("PRAGMA busy_timeout=10000")
             conn.execute("SELECT count(*) FROM meta").fetchone()
             if _format(conn) == "1":  # an earlier release's file that cannot be upgraded here: read it as format 2
-                conn.executescript(products.SQLITE_READ_ONLY_VIEWS)
+                conn.executescript(SQLITE_READ_ONLY_VIEWS)
             return conn
         except sqlite3.OperationalError:
             conn.close()
