@@ -1031,9 +1031,9 @@ class Catalog:
         image), words (``text``, for a catalog whose model has a text tower), catalog ``items``, or any mix of
         them, each also as something to avoid (``not_images``, ``not_text``, ``not_items``). A mix is one vector
         (``query.combine``: a weighted sum of unit vectors, renormalised; ``weights`` per kind). Items named in
-        the query and their exact copies are never results. ``dedupe``: one item per near-duplicate group (see ``duplicates``);
-        ``min_similarity``: leave out results less similar to the query. A product scores the best of its
-        photos (``Match.photo`` names it, ``Match.photos`` counts them).
+        the query and their exact copies are never results. ``dedupe``: one item per near-duplicate group (see
+        ``duplicates``); ``min_similarity``: leave out results less similar to the query. A product scores the
+        best of its photos (``Match.photo`` names it, ``Match.photos`` counts them).
 
         Raises:
             ImageError: a query image cannot be read.
