@@ -144,10 +144,14 @@ async def similar(request: Request, svc: Service, item_id: str, k: Annotated[int
                              "text": words}, k, where or [], min_similarity, matches, started, dedupe)
 
 
+PhotoParam = Annotated[str | None, Query(max_length=400, description="one of the product's photo ids (a result's "
+                                         "`photo`); default its first photo")]
+
+
 @router.get("/items/{item_id:path}/image", summary="The original image file", response_class=FileResponse,
             responses={200: {"content": {"image/*": {}}}, 304: {"description": "not modified"}})
-def image(request: Request, svc: Service, item_id: str) -> Response:
-    item = svc.item(item_id)
+def image(request: Request, svc: Service, item_id: str, photo: PhotoParam = None) -> Response:
+    item = svc.item(item_id, photo)
     path = svc.image_file(item.path)
     try:
         if isinstance(path, str):  # an object-store item: fetched and passed on
@@ -163,9 +167,9 @@ def image(request: Request, svc: Service, item_id: str) -> Response:
 @router.get("/items/{item_id:path}/thumbnail", summary="A small JPEG of the item, made once and cached",
             response_class=FileResponse, responses={200: {"content": {"image/jpeg": {}}}})
 def thumbnail(request: Request, svc: Service, item_id: str,
-              size: Annotated[int, Query(ge=16, le=1024, description="longest side in pixels")] = DEFAULT_SIZE
-              ) -> Response:
-    item = svc.item(item_id)
+              size: Annotated[int, Query(ge=16, le=1024, description="longest side in pixels")] = DEFAULT_SIZE,
+              photo: PhotoParam = None) -> Response:
+    item = svc.item(item_id, photo)
     try:
         path = svc.thumbnail(item, size)
     except ImageError as exc:  # the original changed since indexing: say so without the server's paths
@@ -238,9 +242,11 @@ def _parse_labels(text: str | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
-def _urls(request: Request, item_id: str, sha256: str | None) -> tuple[str, str]:
+def _urls(request: Request, item_id: str, sha256: str | None, photo: str | None = None) -> tuple[str, str]:
     base = f"{request.scope.get('root_path', '')}/api/items/{quote(item_id, safe='')}"
     version = f"v={sha256[:12]}" if sha256 else ""
+    if photo is not None and photo != item_id:  # the product's photo that matched, not its first
+        version += f"&photo={quote(photo, safe='')}"
     return f"{base}/image?{version}", f"{base}/thumbnail?{version}"
 
 
@@ -256,10 +262,11 @@ def _result(request: Request, query: dict, k: int, where: list[str], min_similar
     revalidating it on every request (a third of a /similar request's time) buys nothing."""
     results = []
     for match, sha256 in matches:
-        image_url, thumbnail_url = _urls(request, match.id, sha256)
+        image_url, thumbnail_url = _urls(request, match.id, sha256, match.photo or None)
         results.append({"id": match.id, "labels": match.labels, "predicted": match.predicted, "image_url": image_url,
                         "thumbnail_url": thumbnail_url, "rank": match.rank, "similarity": match.similarity,
-                        "distance": match.distance, "missing": match.missing})
+                        "distance": match.distance, "missing": match.missing, "photo": match.photo,
+                        "photos": match.photos, "variants": match.variants})
     return JSONResponse({"query": query, "k": k, "where": parse_where(where), "min_similarity": min_similarity,
                          "dedupe": dedupe, "results": results, "took_ms": _ms(started)})
 

@@ -21,6 +21,10 @@ class MatchItem(Item):
     distance: float = Field(description="euclidean distance between the unit vectors, sqrt(2 - 2 similarity)")
     missing: bool = Field(False, description="the item's photo is gone from the server (deleted or moved since "
                           "indexing): its image and thumbnail answer 404 until it is re-indexed or pruned")
+    photo: str = Field("", description="the product's photo that matched best (its image_url shows it)")
+    photos: int = Field(1, description="how many photos the product has")
+    variants: list[str] = Field(default_factory=list, description="with a filter: the product's variants (rows) "
+                                "that match it")
 
 
 class Query(BaseModel):

@@ -148,12 +148,12 @@ class CatalogService:
     def _versioned(self, find: Callable[..., list[Match]], args: tuple, min_similarity: float | None
                    ) -> list[Versioned]:
         matches = _above(find(*args), min_similarity)
-        return [(m, self.catalog.item(m.id).sha256) for m in matches]
+        return [(m, self.catalog.item(m.id, m.photo or None).sha256) for m in matches]
 
     # -- browsing ----------------------------------------------------------------------------------
 
-    def item(self, item_id: str) -> CatalogItem:
-        return self._call(self.catalog.item, item_id)
+    def item(self, item_id: str, photo: str | None = None) -> CatalogItem:
+        return self._call(self.catalog.item, item_id, photo)
 
     def browse(self, offset: int, limit: int, where: Where) -> tuple[int, list[CatalogItem], dict, list[str]]:
         """A page of items, the label facets, and which labels were predicted (``lookalike tag``)."""

@@ -960,15 +960,20 @@ class Catalog:
         """
         return product_centroid(self.photo_vectors(item_id))
 
-    def item(self, item_id: str) -> CatalogItem:
-        """One product: id, its first photo's path, labels, and every photo's path.
+    def item(self, item_id: str, photo: str | None = None) -> CatalogItem:
+        """One product: id, its first photo's path (or ``photo``'s, one of its photo ids: ``Match.photo``),
+        labels, and every photo's path.
 
         Raises:
-            UnknownItemError: no product with an embedded photo has this id.
+            UnknownItemError: no product with an embedded photo has this id, or ``photo`` is not one of its photos.
         """
         key = self._key(item_id)
         table, photos = self.table, self.products.photos_of[key]
         first = int(photos[0])
+        if photo is not None and photo != table.id_by_key.get(first):
+            first = table.key_by_id.get(str(photo), -1)
+            if first not in set(photos.tolist()):
+                raise UnknownItemError(f"item {item_id!r} has no photo {str(photo)[:80]!r}")
         return CatalogItem(id=self.products.id_by_key[key], path=table.path_by_key[first],
                            labels=table.labels_for([key], self.store)[key], sha256=table.hash_by_key.get(first),
                            predicted=table.predicted_for([key], self.store).get(key, {}),

@@ -51,18 +51,26 @@ def plan_products(items: Sequence[SourceItem], photo_ids: Mapping[str, str]) -> 
     """Group a listing's rows into products, once the catalog has given each photo path its id.
 
     A row of a named product (``SourceItem.product``: a manifest's product column, a leaf folder) belongs to
-    it; any other row is the product of its first photo (id = that photo's id, as a file was an item before
-    products existed, so re-indexing with another id scheme never doubles a product, and rows that name the
-    same photo are one product with several variants). A product's variants are its rows (variant id = row id,
+    it; a row of several photos is a product with the row's id; a row of one photo is that photo's product (id =
+    the photo's id, as a file was an item before products existed, so re-indexing with another id scheme never
+    doubles a product, and rows that name the same photo are one product with several variants). A product's variants are its rows (variant id = row id,
     with the row's labels); its photos every file its rows name, by place in the row, then path.
     """
-    by_product: dict[str, list[SourceItem]] = {}
-    row_first = ""  # a row's photos come one after another, its first at position 0
+    rows: list[list[SourceItem]] = []  # a row's photos come one after another, its first at position 0
     for item in items:
-        if item.position == 0:
-            row_first = str(item.path)
-        pid = item.product if item.product is not None else photo_ids.get(row_first, item.id)
-        by_product.setdefault(pid, []).append(item)
+        if item.position == 0 or not rows:
+            rows.append([])
+        rows[-1].append(item)
+    by_product: dict[str, list[SourceItem]] = {}
+    for row in rows:
+        first = row[0]
+        if first.product is not None:
+            pid = first.product
+        elif len(row) == 1:
+            pid = photo_ids.get(str(first.path), first.id)
+        else:
+            pid = first.id
+        by_product.setdefault(pid, []).extend(row)
     out = []
     for pid in sorted(by_product):
         rows = by_product[pid]

@@ -28,7 +28,8 @@ def cmd_index(args: argparse.Namespace, out: Console) -> int:
             if args.index is not None or args.memory is not None or args.recall is not None:
                 catalog.configure_index(kind=args.index, memory=args.memory, recall=args.recall)
             report = catalog.add(args.source, images=args.images, prune=args.prune, options=encode_options(args),
-                                 engine=engine)
+                                 engine=engine, product_column=args.product_column,
+                                 product_per_folder=args.product_per_folder)
         except BaseException:
             if new:  # a first run that failed before its first batch leaves nothing behind
                 with contextlib.suppress(LookalikeError):  # the database may be what failed
@@ -89,7 +90,8 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
     out.print(f"model    {status.embedder.describe()}")
     gone = (f", {status.missing} photo{'s' * (status.missing != 1)} missing (deleted or moved since indexing; "
             "`index SOURCE --prune` drops them)") if status.missing else ""
-    out.print(f"items    {status.items} searchable, {status.failed} failed{gone}")
+    photos = f" ({status.photos} photos)" if status.photos != status.products else ""
+    out.print(f"items    {status.items} searchable{photos}, {status.failed} failed{gone}")
     for item_id, path in status.missing_examples:
         out.print(f"         missing: {item_id}  {path}")
     if status.missing > len(status.missing_examples):
@@ -229,6 +231,13 @@ def add_parsers(sub, parents: Parents) -> None:
     p.add_argument("--weights", default=None, help="local .safetensors/.pth weights instead of the hub; "
                    "'random' for timing runs")
     p.add_argument("--prune", action="store_true", help="drop items whose files are gone")
+    p.add_argument("--product-column", default=None, metavar="NAME",
+                   help="a manifest column whose equal values make one product of several rows (its variants: "
+                        "sizes, colours); labels that differ between them become several values. Default: each "
+                        "row is a product (rows naming the same photo are one product with several variants)")
+    p.add_argument("--product-per-folder", action="store_true",
+                   help="a folder source: each leaf folder is one product with its files as photos (id: the "
+                        "folder's path)")
     p.add_argument("--index", default=None, choices=["auto", "flat", "hnsw", "ivfpq"],
                    help="index kind (default auto: exact up to 50k items, HNSW up to 2M, then IVF-PQ); kept")
     p.add_argument("--memory", default=None, metavar="SIZE",

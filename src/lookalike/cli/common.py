@@ -247,6 +247,10 @@ def show_matches(matches: list[Match], args: argparse.Namespace, out: Console, t
         if not labels:
             labels = ", ".join(f"{k}={v}" for k, v in list(m.labels.items())[:3])
         path = f"(photo missing) {m.path}" if m.missing else m.path
+        if m.photos > 1:
+            path = f"{path} (1 of {m.photos} photos)"
+        if m.variants:
+            labels = f"{labels}; variants {', '.join(m.variants[:5])}" + (" ..." if len(m.variants) > 5 else "")
         table.add_row(str(m.rank), m.id, f"{m.similarity:.3f}", f"{m.distance:.3f}", labels, path)
     out.print(table)
 

@@ -22,8 +22,9 @@ def cmd_search(args: argparse.Namespace, out: Console) -> int:
             catalog.encoder(encode_options(args))  # an added text tower needs no image model for words
         matches = catalog.search(args.image, k=args.k, where=args.where, dedupe=args.dedupe, text=args.text,
                                  items=args.item or (), not_items=args.not_item or (), not_text=args.not_text,
-                                 not_images=args.not_image, weights=args.weight, min_similarity=args.min_similarity)
-        show_matches(matches, args, out, title=f"items most like {_describe(args)}")
+                                 not_images=args.not_image, weights=args.weight, min_similarity=args.min_similarity,
+                                 by=args.by)
+        show_matches(matches, args, out, title=f"{args.by}s most like {_describe(args)}")
     return 0
 
 
@@ -44,9 +45,9 @@ def cmd_similar(args: argparse.Namespace, out: Console) -> int:
             catalog.encoder(encode_options(args))
         matches = catalog.similar(args.item_id, k=args.k, where=args.where, same_cluster=args.same_cluster,
                                   dedupe=args.dedupe, text=args.text, not_text=args.not_text, weights=args.weight,
-                                  min_similarity=args.min_similarity)
+                                  min_similarity=args.min_similarity, by=args.by)
         but = "".join(f', but "{t}"' for t in args.text or []) + "".join(f', not "{t}"' for t in args.not_text or [])
-        show_matches(matches, args, out, title=f"items most like catalog item {args.item_id}{but}")
+        show_matches(matches, args, out, title=f"{args.by}s most like catalog item {args.item_id}{but}")
     return 0
 
 
@@ -67,6 +68,9 @@ def _query_parts(p: argparse.ArgumentParser, items: bool) -> None:
                        help="less like this catalog item; repeat for several")
         p.add_argument("--not-image", action="append", default=None, metavar="PHOTO", help="less like this photo")
     p.add_argument("--weight", action="append", default=None, metavar="KIND=W", help=WEIGHT_HELP)
+    p.add_argument("--by", choices=["product", "photo"], default="product",
+                   help="product (default): one result per product, at its best-matching photo; photo: every "
+                        "photo on its own, as catalogs of one photo per item always were")
     p.add_argument("--min-similarity", type=similarity, default=None, metavar="S",
                    help="leave out results less similar to the query (cosine, e.g. 0.25 for words)")
 
