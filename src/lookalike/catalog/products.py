@@ -53,8 +53,9 @@ def plan_products(items: Sequence[SourceItem], photo_ids: Mapping[str, str]) -> 
     A row of a named product (``SourceItem.product``: a manifest's product column, a leaf folder) belongs to
     it; a row of several photos is a product with the row's id; a row of one photo is that photo's product (id =
     the photo's id, as a file was an item before products existed, so re-indexing with another id scheme never
-    doubles a product, and rows that name the same photo are one product with several variants). A product's variants are its rows (variant id = row id,
-    with the row's labels); its photos every file its rows name, by place in the row, then path.
+    doubles a product, and rows that name the same photo are one product with several variants). A product's
+    variants are its rows (variant id = row id, with the row's labels); its photos every file its rows name, by
+    place in the row, then path.
     """
     rows: list[list[SourceItem]] = []  # a row's photos come one after another, its first at position 0
     for item in items:
