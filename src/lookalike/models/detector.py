@@ -65,9 +65,10 @@ def _fix(name: str) -> str:
             f"folder written by save_pretrained; environment: {DETECTOR_ENV}); or search a region with --box")
 
 
-def locate(name: str | None = None) -> Path | str:
+def locate(name: str | None = None, network: bool = True) -> Path | str:
     """Where the detector's files are, checked before PyTorch is imported: a local folder, a hub repo's cached
-    snapshot folder, or (online, not cached) the repo id, which ``load_detector`` downloads.
+    snapshot folder, or (online, not cached) the repo id, which ``load_detector`` downloads. ``network=False``:
+    a repo not cached is refused without a look at the hub.
 
     Raises:
         ModelUnavailableError: a folder without config.json or weights; a repo not cached while offline
@@ -89,7 +90,7 @@ def locate(name: str | None = None) -> Path | str:
     config, weights = cached_file(name, (CONFIG_FILE,)), cached_file(name, WEIGHT_FILES)
     if config is not None and weights is not None and Path(config).parent == Path(weights).parent:
         return Path(config).parent
-    if hub_offline():
+    if hub_offline() or not network:
         raise ModelUnavailableError(f"cannot load the detector {name}: HF_HUB_OFFLINE is set and its weights are "
                                     f"not in the hub cache. {_fix(name)}")
     try:
@@ -98,6 +99,15 @@ def locate(name: str | None = None) -> Path | str:
         raise ModelUnavailableError(f"cannot load the detector {name}: the hub is unreachable and its weights are "
                                     f"not in the cache. {_fix(name)}") from None
     return name
+
+
+def detector_ready(name: str | None = None) -> bool:
+    """Whether the detector's files are on this machine (a folder, or the hub cache); never asks the network."""
+    try:
+        locate(name, network=False)
+    except ModelUnavailableError:
+        return False
+    return True
 
 
 class Detector:
