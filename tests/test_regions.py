@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_image
 from lookalike.core.errors import QueryError
 from lookalike.core.images import load_image
 from lookalike.core.regions import MIN_REGION_SIDE, Box, crop_region, parse_box

@@ -129,6 +129,9 @@ class Detector:
             except Exception as exc:  # noqa: BLE001 - network, authentication, no such repo: one line
                 raise ModelUnavailableError(f"cannot load the detector {self.name}: {_first_line(exc)}. "
                                             f"{_fix(self.name)}") from exc
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a bar per load of a model that loads in a second: noise on the terminal
         try:
             self.processor = AutoProcessor.from_pretrained(str(source))
             self.model = AutoModelForZeroShotObjectDetection.from_pretrained(str(source)).eval()
@@ -162,7 +165,7 @@ class Detector:
             outputs = self.model(**inputs.to(self.device))
             found = self.processor.post_process_grounded_object_detection(
                 outputs, threshold=threshold, target_sizes=[(height, width)], text_labels=[list(words)])[0]
-        boxes, scores = found["boxes"].float().cpu(), found["scores"].float().cpu()
+        boxes, scores = found["boxes"].float().cpu().clone(), found["scores"].float().cpu()
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         keep = nms(boxes, scores, nms_iou).tolist()
