@@ -5,6 +5,7 @@ and the REST API, and one line naming the detector when its weights are not here
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,83 @@ def test_rest_box_needs_a_photo_and_detect_needs_its_detector(monkeypatch, tmp_p
         assert "LOOKALIKE_DETECTOR" in r.json()["detail"]
         r = c.post("/api/search", data={"text": "red", "box": "0,0,1,1"})
         assert r.status_code == 422 and "needs the photo" in r.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def look_server(look_catalog, owl_hub):
+    from test_serve import serve_catalog
+
+    env = {"HF_HOME": str(owl_hub), "LOOKALIKE_DETECTOR": TINY_OWL_REPO, "LOOKALIKE_DEVICE": "cpu"}
+    yield from serve_catalog(look_catalog / "shop.lk", env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_drag_a_region_and_click_found_items_in_a_real_browser(look_server, look_catalog):
+    """Upload an outfit, drag a rectangle over its left (red) half: the red items; the right half: the blue
+    ones. Find the items: one box per item found over the photo; a click on a box lists its results."""
+    from test_serve import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=20_000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        try:
+            page.goto(look_server + "/")
+            expect(page.get_by_test_id("summary")).to_contain_text("6 items")
+            page.get_by_test_id("file").set_input_files(str(look_catalog / "outfit.png"))
+            cards = page.locator("[data-testid=results] button.card")
+            expect(page.get_by_test_id("results-title")).to_contain_text("most like your photo")
+            photo = page.get_by_test_id("query-image")
+            expect(photo).to_be_visible()
+            expect(page.get_by_test_id("detect")).to_be_visible()
+
+            def drag(x0: float, y0: float, x1: float, y1: float) -> dict:
+                frame = photo.bounding_box()
+                with page.expect_response(lambda r: r.url.endswith("/api/search")) as sent:
+                    page.mouse.move(frame["x"] + x0 * frame["width"], frame["y"] + y0 * frame["height"])
+                    page.mouse.down()
+                    page.mouse.move(frame["x"] + x1 * frame["width"], frame["y"] + y1 * frame["height"], steps=5)
+                    page.mouse.up()
+                return sent.value.json()["query"]
+
+            query = drag(0.05, 0.1, 0.45, 0.9)
+            assert query["kind"] == "region" and query["size"] == [240, 120]
+            assert abs(query["box"][0] - 12) <= 2 and abs(query["box"][2] - 108) <= 2, query  # 0.05 and 0.45 of 240
+            expect(page.get_by_test_id("results-title")).to_contain_text("part of your photo you marked")
+            expect(page.get_by_test_id("drawn-box")).to_be_visible()
+            expect(cards.first).to_have_attribute("data-id", re.compile("^red-"))
+            drag(0.95, 0.9, 0.55, 0.1)  # any direction
+            expect(cards.first).to_have_attribute("data-id", re.compile("^blue-"))
+            page.screenshot(path=str(ARTIFACTS / "serve-region.png"), full_page=True)
+            page.mouse.click(photo.bounding_box()["x"] + 5, photo.bounding_box()["y"] + 5)  # a click is no region
+            expect(page.get_by_test_id("drawn-box")).to_have_count(1)
+
+            with page.expect_response(lambda r: r.url.endswith("/api/detect")) as answer:
+                page.get_by_test_id("detect").click()
+            groups = answer.value.json()["groups"]
+            boxes = page.get_by_test_id("found-box")
+            expect(boxes).to_have_count(len(groups))
+            assert groups, "the tiny detector finds patch boxes at its default threshold"
+            expect(boxes.first).to_have_attribute("aria-pressed", "true")
+            last = len(groups) - 1
+            boxes.nth(last).click()
+            expect(boxes.nth(last)).to_have_attribute("aria-pressed", "true")
+            expect(page.get_by_test_id("results-title")).to_contain_text(f"look like the {groups[last]['label']}")
+            expect(cards).to_have_count(len(groups[last]["results"]))
+            assert [cards.nth(i).get_attribute("data-id") for i in range(cards.count())] == [
+                r["id"] for r in groups[last]["results"]]
+            page.screenshot(path=str(ARTIFACTS / "serve-look.png"), full_page=True)
+            assert not problems, problems
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "look-failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
