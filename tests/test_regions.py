@@ -134,3 +134,42 @@ def test_search_box_on_the_command_line(outfit_catalog, capsys):
         assert message in err and err.count("\n") == 1, err
     assert main(["search", "--catalog", str(catalog.path), "--box", "0,0,1,1", "--item", "red-rect"]) == 2
     assert "needs the photo" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_model_a_box_over_each_part_of_an_outfit_finds_that_parts_type(tmp_path):
+    """The built-in ImageNet MobileNetV2 over the shipped photos, less three (a T-shirt, a handbag, heels), which
+    are put side by side as a shopper's "outfit" photo: the whole photo finds mostly handbags; a box over each
+    third finds that part's type first, and mostly its kind (topwear, bags, shoes) in the top 5."""
+    import csv
+
+    from lookalike import Catalog, EncodeOptions
+    from lookalike.catalog.look import search_region
+
+    demo = Path(__file__).resolve().parents[1] / "src" / "lookalike" / "demo_data"
+    rows = list(csv.DictReader((demo / "styles.csv").open()))
+    parts = {"1164": "Tshirts", "1597": "Handbags", "2610": "Heels"}
+    manifest = tmp_path / "manifest" / "rest.csv"
+    manifest.parent.mkdir()
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", *rows[0]])
+        writer.writeheader()
+        for row in rows:
+            if row["id"] not in parts:
+                writer.writerow({"path": str(demo / f"{row['id']}.jpg"), **row})
+    kinds = {row["id"]: row["subCategory"] for row in rows}
+    outfit = Image.new("RGB", (900, 400), "white")
+    for i, item in enumerate(parts):
+        outfit.paste(load_image(demo / f"{item}.jpg").resize((300, 400)), (300 * i, 0))
+    query = tmp_path / "outfit.jpg"  # not under the manifest's folder, whose photos without a row are indexed too
+    outfit.save(query, quality=90)
+    with Catalog.create(tmp_path / "demo.lk", "mobilenetv2") as catalog:
+        catalog.add(manifest, options=EncodeOptions(workers=0, progress=False))
+        assert len(catalog) == len(rows) - len(parts)
+        whole = [m.labels["articleType"] for m in catalog.search(query, k=5)]
+        for i, (item, kind) in enumerate(parts.items()):
+            region, size = search_region(catalog, query, f"{i / 3},0,{(i + 1) / 3},1", k=5)
+            found = [m.labels["articleType"] for m in region.matches]
+            assert size == (900, 400) and found[0] == kind, (kind, found, whole)
+            assert sum(m.labels["subCategory"] == kinds[item] for m in region.matches) >= 3, (kind, found)
+    assert whole.count("Handbags") >= 3 and "Tshirts" not in whole[:1]
