@@ -323,3 +323,43 @@ def word_shop(tmp_path_factory, tiny_clip) -> Path:
     return root
 
 
+
+
+TINY_OWL_REPO = "lookalike-test/tiny-owlv2"
+
+
+def save_tiny_owl(folder: Path, seed: int = 0) -> Path:
+    """A seeded random OWLv2 (transformers' ``Owlv2ForObjectDetection``: 32-pixel images in 4x4 patches, two
+    layers a tower) and its processor (a byte-level CLIP tokenizer with no merges), saved with save_pretrained
+    as a hub repo holds them. The box head's last layer is zeroed, so each patch predicts its own square
+    (OWLv2's box bias): boxes a quarter of the padded photo's side, at known places."""
+    import torch
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    chars = sorted(ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16, pad_token="!")
+    tower = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = Owlv2Config(text_config={**tower, "vocab_size": len(vocab), "max_position_embeddings": 16,
+                                      "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
+                                      "pad_token_id": vocab["!"]},
+                         vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=32)
+    torch.manual_seed(seed)
+    model = Owlv2ForObjectDetection(config).eval()
+    with torch.no_grad():
+        model.box_head.dense2.weight.zero_()
+        model.box_head.dense2.bias.zero_()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}),
+                   tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def owl_hub(tmp_path_factory) -> Path:
+    """An HF_HOME whose hub cache holds ``lookalike-test/tiny-owlv2`` (``save_tiny_owl``)."""
+    home = tmp_path_factory.mktemp("hf-owl")
+    save_tiny_owl(hub_snapshot(home, TINY_OWL_REPO))
+    return home

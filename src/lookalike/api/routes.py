@@ -19,9 +19,10 @@ from ..core import storage
 from ..core.errors import ImageError
 from ..core.images import image_media_type
 from ..core.version import __version__
+from ..models.detector import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, MAX_WORDS, detector_name
 from .limits import too_large_message
 from .multipart import body_problem
-from .schemas import Deleted, Health, Item, ItemPage, Predicted, SearchResult
+from .schemas import Deleted, DetectResult, Health, Item, ItemPage, Predicted, SearchResult
 from .service import CatalogService
 from .settings import env_name
 from .thumbnails import DEFAULT_SIZE
@@ -92,9 +93,17 @@ def health(svc: Service) -> Health:
     return Health(status="ok", version=__version__, items=svc.size(),
                           model=svc.catalog.config.embedder.describe(), device=str(encoder.device),
                           runtime=encoder.runtime, precision=encoder.precision,
-                          writable=svc.settings.admin_token is not None, text=svc.catalog.has_text)
+                          writable=svc.settings.admin_token is not None, text=svc.catalog.has_text,
+                  detect=svc.can_detect)
 
 
+BOX_HELP = ("search this region of the photo: x0,y0,x1,y1 as fractions of its width and height when all four lie "
+            "in [0, 1] (e.g. 0.1,0.2,0.6,0.9), else pixels of the upright photo")
+WORDS_HELP = ("what to look for in the photo, one word or phrase per field (repeat the field); default: the "
+              "values of the catalog's category label (articleType, category, ...)")
+LABEL_HELP = "without words: look for the values of this catalog label"
+MAX_BOXES = 20
+MAX_WORD_CHARS = 100
 SIMILAR_TEXT_HELP = "more like this, but with these words (a catalog whose model has a text tower)"
 TEXT_HELP = ("words to look for (a catalog whose model has a text tower); with a photo: this photo, but with "
              "these words")
@@ -107,19 +116,58 @@ def search(request: Request, svc: Service,
            text: Annotated[str | None, Form(max_length=MAX_TEXT_CHARS, description=TEXT_HELP)] = None,
            k: Annotated[int, Form(ge=1)] = 10, where: Annotated[list[str] | None, Form()] = None,
            min_similarity: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
-           dedupe: Annotated[bool, Form(description=DEDUPE_HELP)] = False) -> Response:
+           dedupe: Annotated[bool, Form(description=DEDUPE_HELP)] = False,
+           box: Annotated[str | None, Form(max_length=200, description=BOX_HELP)] = None) -> Response:
     started = time.perf_counter()
-    _check_form(request, "image", "text", "k", "where", "min_similarity", "dedupe")
+    _check_form(request, "image", "text", "k", "where", "min_similarity", "dedupe", "box")
     if image is None and (text is None or not text.strip()):
         raise HTTPException(422, body_problem(request.scope) or "send a photo (image), words (text), or both")
+    if image is None and box is not None:
+        raise HTTPException(422, "box: a region needs the photo it is part of; send it as image")
     _check_k(request, k)
     data = _read_upload(request, image) if image is not None else None
     where = where or []
-    matches = svc.search(data, k, where, min_similarity, dedupe, text=text)
+    region: dict = {}
+    if box is not None and data is not None:
+        matches, resolved, size = svc.search_region(data, box, k, where, min_similarity, dedupe, text=text)
+        region = {"box": resolved.as_list(), "size": list(size)}
+    else:
+        matches = svc.search(data, k, where, min_similarity, dedupe, text=text)
     words = text if text and text.strip() else None
-    kind = "+".join(([] if data is None else ["upload"]) + ([] if words is None else ["text"]))
+    kind = "+".join(([] if data is None else ["region" if region else "upload"]) + ([] if words is None else ["text"]))
     return _result(request, {"kind": kind, "id": None, "filename": image.filename if image is not None else None,
-                             "text": words}, k, where, min_similarity, matches, started, dedupe)
+                             "text": words, **region}, k, where, min_similarity, matches, started, dedupe)
+
+
+@router.post("/detect", response_model=DetectResult,
+             summary="Shop the look: the items a detector finds in a photo, each with the catalog items most like it")
+def detect(request: Request, svc: Service, image: Annotated[UploadFile, File(description="a shopper's photo")],
+           words: Annotated[list[str] | None, Form(description=WORDS_HELP)] = None,
+           label: Annotated[str | None, Form(max_length=200, description=LABEL_HELP)] = None,
+           k: Annotated[int, Form(ge=1)] = 10, where: Annotated[list[str] | None, Form()] = None,
+           min_similarity: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
+           dedupe: Annotated[bool, Form(description=DEDUPE_HELP)] = False,
+           min_score: Annotated[float, Form(ge=0.0, lt=1.0, description="keep items the detector scores above "
+                                            "this")] = DEFAULT_THRESHOLD,
+           max_boxes: Annotated[int, Form(ge=1, le=MAX_BOXES)] = DEFAULT_MAX_BOXES) -> Response:
+    started = time.perf_counter()
+    _check_form(request, "image", "words", "label", "k", "where", "min_similarity", "dedupe", "min_score", "max_boxes")
+    _check_k(request, k)
+    words = [w for w in words or [] if w.strip()]
+    if len(words) > MAX_WORDS or any(len(w) > MAX_WORD_CHARS for w in words):
+        raise HTTPException(422, f"words: at most {MAX_WORDS} words of at most {MAX_WORD_CHARS} characters each")
+    if not svc.can_detect:
+        raise HTTPException(503, f"shop the look is not available on this server: its detector "
+                                 f"{detector_name(svc.settings.detector)} is not installed (server setting "
+                                 f"{env_name('detector')} picks another)")
+    data = _read_upload(request, image)
+    where = where or []
+    look, results = svc.detect(data, words or None, label, k, where, min_similarity, dedupe, min_score, max_boxes)
+    groups = [{"label": region.label, "score": round(region.score or 0.0, 4), "box": region.box.as_list(),
+               "results": _matches(request, found)} for region, found in zip(look.regions, results, strict=True)]
+    return JSONResponse({"filename": image.filename, "size": list(look.size), "detector": look.detector,
+                         "words": look.words, "words_from": look.words_from, "k": k, "where": parse_where(where),
+                         "groups": groups, "took_ms": _ms(started)})
 
 
 @router.get("/items", response_model=ItemPage, summary="Browse the catalog, with label facets")
@@ -260,6 +308,11 @@ def _result(request: Request, query: dict, k: int, where: list[str], min_similar
             matches: list[tuple[Match, str | None]], started: float, dedupe: bool = False) -> JSONResponse:
     """A SearchResult built as plain JSON: the shape is fixed here and documented by the response model, so
     revalidating it on every request (a third of a /similar request's time) buys nothing."""
+    return JSONResponse({"query": query, "k": k, "where": parse_where(where), "min_similarity": min_similarity,
+                         "dedupe": dedupe, "results": _matches(request, matches), "took_ms": _ms(started)})
+
+
+def _matches(request: Request, matches: list[tuple[Match, str | None]]) -> list[dict]:
     results = []
     for match, sha256 in matches:
         image_url, thumbnail_url = _urls(request, match.id, sha256, match.photo or None)
@@ -267,8 +320,7 @@ def _result(request: Request, query: dict, k: int, where: list[str], min_similar
                         "thumbnail_url": thumbnail_url, "rank": match.rank, "similarity": match.similarity,
                         "distance": match.distance, "missing": match.missing, "photo": match.photo,
                         "photos": match.photos, "variants": match.variants})
-    return JSONResponse({"query": query, "k": k, "where": parse_where(where), "min_similarity": min_similarity,
-                         "dedupe": dedupe, "results": results, "took_ms": _ms(started)})
+    return results
 
 
 def _file(request: Request, path, media_type: str, etag: str | None) -> Response:

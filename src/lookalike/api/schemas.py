@@ -28,10 +28,14 @@ class MatchItem(Item):
 
 
 class Query(BaseModel):
-    kind: str = Field(description="'upload', 'text', 'upload+text', 'item' or 'item+text'")
+    kind: str = Field(description="'upload', 'region', 'text', 'upload+text', 'region+text', 'item' or 'item+text'")
     id: str | None = Field(default=None, description="the catalog item searched from (kind 'item')")
     filename: str | None = None
     text: str | None = Field(default=None, description="the words searched for, if any")
+    box: list[int] | None = Field(default=None, description="the region searched, [x0, y0, x1, y1] in pixels of "
+                                  "the upright photo (a `box` was sent)")
+    size: list[int] | None = Field(default=None, description="the uploaded photo's upright [width, height], when "
+                                   "a region was searched")
 
 
 class SearchResult(BaseModel):
@@ -42,6 +46,26 @@ class SearchResult(BaseModel):
     dedupe: bool = Field(False, description="one item per near-duplicate group")
     results: list[MatchItem]
     took_ms: float = Field(description="time spent answering, from request to response")
+
+
+class Group(BaseModel):
+    label: str = Field(description="the word the detector matched this item with")
+    score: float = Field(description="the detector's score, in [0, 1]")
+    box: list[int] = Field(description="[x0, y0, x1, y1] in pixels of the upright photo")
+    results: list[MatchItem] = Field(description="the catalog items most like this region, best first")
+
+
+class DetectResult(BaseModel):
+    filename: str | None = None
+    size: list[int] = Field(description="the photo's upright [width, height]: what the boxes' pixels refer to")
+    detector: str = Field(description="the zero-shot detector that found the items")
+    words: list[str] = Field(description="the words it looked for")
+    words_from: str | None = Field(default=None, description="the catalog label the words are the values of, when "
+                                   "none were sent")
+    k: int
+    where: dict[str, str]
+    groups: list[Group] = Field(description="one per item found, best score first")
+    took_ms: float
 
 
 class ItemPage(BaseModel):
@@ -66,6 +90,8 @@ class Health(BaseModel):
     precision: str
     writable: bool = Field(description="whether POST/DELETE /api/items are enabled (an admin token is set)")
     text: bool = Field(False, description="whether the model understands words (search and similar take `text`)")
+    detect: bool = Field(False, description="whether POST /api/detect (shop the look) can run: its detector's "
+                         "weights are on the server")
 
 
 class Predicted(BaseModel):

@@ -20,10 +20,19 @@ from PIL import Image
 
 from ..catalog import Catalog
 from ..catalog.catalog import CatalogItem
+from ..catalog.look import Look, Region, detect_items, detection_words
 from ..catalog.query import Match, QueryPart, Where, check_k
 from ..core.config import EncodeOptions
 from ..core.errors import LookalikeError, QueryError
 from ..core.images import decode
+from ..core.regions import Box, crop, crop_region, parse_box
+from ..models.detector import (
+    DEFAULT_MAX_BOXES,
+    DEFAULT_NMS_IOU,
+    DEFAULT_THRESHOLD,
+    detector_name,
+    detector_ready,
+)
 from .batcher import EmbedBatcher
 from .settings import ServeSettings
 from .thumbnails import ThumbnailCache
@@ -56,6 +65,8 @@ class CatalogService:
             self._catalog_thread.shutdown()
             raise
         self.encoder = self.batcher.encoder
+        self._detect_thread = ThreadPoolExecutor(1, thread_name_prefix="lookalike-detect")
+        self._can_detect: bool | None = None
         self.thumbnails = ThumbnailCache(settings.thumbnail_cache or self.catalog.folder / "thumbnails")
         # Warm up so the first user does not pay for lazy initialisation (oneDNN kernels, CUDA context).
         self.batcher.embed(self.encoder.prepare(Image.new("RGB", (64, 64), "white")))
@@ -86,6 +97,7 @@ class CatalogService:
         self.batcher.close()
         self._call(self.catalog.close)
         self._catalog_thread.shutdown()
+        self._detect_thread.shutdown()
 
     def _call(self, fn: Callable[..., T], *args) -> T:
         """Run a catalog call on the catalog thread and wait for it."""
@@ -115,13 +127,66 @@ class CatalogService:
             raise QueryError("send a photo (image), words (text), or both")
         self._call(self.catalog.check_where, where)  # a bad filter fails before the model runs
         self.catalog.check_text(texts)
+        return self._search(None if data is None else self.embed(data), texts, k, where, min_similarity, dedupe)
+
+    def search_region(self, data: bytes, box: str, k: int, where: Where, min_similarity: float | None,
+                      dedupe: bool = False, text: str | None = None) -> tuple[list[Versioned], Box, tuple[int, int]]:
+        """``search`` for a region of the uploaded photo (``core.regions``: fractions or pixels of the upright
+        photo): (results, the box in pixels, the photo's upright size). The region is searched as a picture
+        of its own, so the exact-copy rule of a whole photo does not apply.
+
+        Raises:
+            QueryError: a malformed, empty, outside or too small box; see ``search``.
+        """
+        check_k(k)
+        texts = [text] if text is not None and text.strip() else []
+        spec = parse_box(box)
+        self._call(self.catalog.check_where, where)
+        self.catalog.check_text(texts)
+        photo = self._decode(data)
+        region, resolved = crop_region(photo, spec)
+        vector = self.batcher.embed(self.encoder.prepare(region))
+        return self._search(vector, texts, k, where, min_similarity, dedupe), resolved, photo.size
+
+    def detect(self, data: bytes, words: list[str] | None, label: str | None, k: int, where: Where,
+               min_similarity: float | None, dedupe: bool = False, threshold: float = DEFAULT_THRESHOLD,
+               max_boxes: int = DEFAULT_MAX_BOXES) -> tuple[Look, list[list[Versioned]]]:
+        """Shop the look: the items the server's detector finds in the photo (``catalog.look``), each region
+        searched; (what was found, each region's results with their content hashes).
+
+        Raises:
+            ModelUnavailableError: the detector is not on this server. QueryError: no words and no category
+                label, bad options or filter.
+        """
+        check_k(k)
+        self._call(self.catalog.check_where, where)
+        wanted, source = self._call(detection_words, self.catalog, words, label)
+        photo = self._decode(data)
+        found = self._detect_thread.submit(detect_items, photo, wanted, self.settings.detector, self.settings.device,
+                                           threshold, DEFAULT_NMS_IOU, max_boxes).result()
+        vectors = [self.batcher.embed(self.encoder.prepare(crop(photo, d.box))) for d in found]
+        results = [self._search(v, [], k, where, min_similarity, dedupe) for v in vectors]
+        regions = [Region(d.box, [m for m, _ in r], d.label, d.score) for d, r in zip(found, results, strict=True)]
+        return Look(photo.size, detector_name(self.settings.detector), wanted, regions, source), results
+
+    @property
+    def can_detect(self) -> bool:
+        """Whether the detector's files are on this server (checked once)."""
+        if self._can_detect is None:
+            self._can_detect = detector_ready(self.settings.detector)
+        return self._can_detect
+
+    def _decode(self, data: bytes) -> Image.Image:
+        return decode(data, max_pixels=self.settings.max_pixels, name="the uploaded photo")
+
+    def _search(self, vector: np.ndarray | None, texts: list[str], k: int, where: Where,
+                min_similarity: float | None, dedupe: bool) -> list[Versioned]:
         if not texts:
-            vector = self.embed(data)
             return self._call(self._versioned, functools.partial(self.catalog.search_vector, dedupe=dedupe),
                               (vector, k, where), min_similarity)
         parts = self._text_parts(texts)
-        if data is not None:
-            parts.insert(0, QueryPart("image", self.embed(data), False, "upload"))
+        if vector is not None:
+            parts.insert(0, QueryPart("image", vector, False, "upload"))
         return self._call(self._versioned, functools.partial(self.catalog.search_parts, dedupe=dedupe),
                           (parts, k, where), min_similarity)
 

@@ -33,6 +33,9 @@ class ServeSettings(BaseSettings):
                               "a browser (CORS), e.g. https://shop.example; default none")
     body_timeout: float = Field(default=30.0, gt=0, description="seconds a request body may pause before the "
                                 "connection is answered 408 and closed")
+    detector: str | None = Field(default=None, description="the zero-shot detector of POST /api/detect (shop the "
+                                 "look): a hub repo or a save_pretrained folder; default "
+                                 "google/owlv2-base-patch16-ensemble")
     thumbnail_cache: Path | None = Field(default=None, description="default: <catalog>/thumbnails, or for a "
                                          "database catalog thumbnails/ in this process's cache folder")
 

@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING
 
 from .common import Parents, encode_options, int_at_least, show_matches, similarity
+from .look import add_region_options, check_region_args, cmd_region, wants_region
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -15,8 +16,13 @@ if TYPE_CHECKING:
 def cmd_search(args: argparse.Namespace, out: Console) -> int:
     from ..catalog.catalog import Catalog
 
+    if wants_region(args):
+        check_region_args(args)
     with Catalog.open(args.catalog) as catalog:
         catalog.check_values(args.where)  # a value no item has is told, with the values that exist
+        if wants_region(args):
+            catalog.encoder(encode_options(args))
+            return cmd_region(catalog, args, out)
         if args.image or args.not_image or ((args.text or args.not_text) and catalog.config.extra.get("text_tower")
                                             is None):
             catalog.encoder(encode_options(args))  # an added text tower needs no image model for words
@@ -114,6 +120,7 @@ def add_parsers(sub, parents: Parents) -> None:
                        "or any mix of them, each also as something to avoid (--not-image, --not-text, --not-item).")
     p.add_argument("image", nargs="?", default=None, help="the query photo (optional with --text or --item)")
     _query_parts(p, items=True)
+    add_region_options(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("similar", parents=[common, run, catalog_arg, query], help="more like a catalog item",

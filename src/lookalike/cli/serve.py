@@ -23,7 +23,7 @@ def cmd_serve(args: argparse.Namespace, out: Console) -> int:
     from ..core.errors import LookalikeError
 
     overrides: dict = {"catalog": args.catalog}
-    for name in ("device", "runtime", "precision"):
+    for name in ("device", "runtime", "precision", "detector"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.admin_token is not None:
@@ -77,4 +77,7 @@ def add_parsers(sub, parents: Parents) -> None:
     p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16", "int8"],
                    help="auto (default: int8 when the catalog's int8 model passed its gate, else bf16 or fp32); "
                         "or LOOKALIKE_PRECISION")
+    p.add_argument("--detector", default=None, metavar="NAME",
+                   help="the detector of shop the look (POST /api/detect): a hub repo or a save_pretrained folder "
+                        "(default google/owlv2-base-patch16-ensemble); or LOOKALIKE_DETECTOR")
     p.set_defaults(func=cmd_serve)

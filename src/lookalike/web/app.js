@@ -3,7 +3,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { mode: "start", file: null, item: null, text: "", offset: 0, facets: {}, words: false };
+const state = { mode: "start", file: null, item: null, text: "", offset: 0, facets: {}, words: false, detect: false,
+                box: null, groups: null, group: 0 };
 const PAGE = 48;
 const SHOWN_LABELS = ["articleType", "baseColour", "gender", "season", "usage"];
 
@@ -170,16 +171,17 @@ async function searchText(words) {
 async function searchFile(file) {
   showError("");
   if (!file) return;
-  state.mode = "upload"; state.file = file; state.item = null; state.text = "";
+  state.mode = "upload"; state.file = file; state.item = null; state.text = ""; state.box = null; state.groups = null;
   if (location.hash) history.pushState(null, "", location.pathname + location.search);
   const preview = $("query-img");
   if (preview.dataset.url) URL.revokeObjectURL(preview.dataset.url);
   preview.dataset.url = URL.createObjectURL(file);
   preview.hidden = true;  // shown once the browser could draw it: never a broken-image icon
-  preview.onload = () => { preview.hidden = false; };
-  preview.onerror = () => { preview.hidden = true; };
+  preview.onload = () => { fit(preview); preview.hidden = false; $("photo-frame").hidden = false; showPhotoTools(); };
+  preview.onerror = () => { preview.hidden = true; $("photo-frame").hidden = true; };
   preview.src = preview.dataset.url;
   preview.alt = `your photo ${file.name || ""}`;
+  clearRegions();
   showQueryItem(null);
   $("more").hidden = true;
   title("Searching…");
@@ -204,6 +206,147 @@ function hidePreview() {
   const preview = $("query-img");
   preview.hidden = true;
   preview.removeAttribute("src");
+  $("photo-frame").hidden = true;
+  $("photo-tools").hidden = true;
+  clearRegions();
+}
+
+// -- part of the photo: a rectangle the shopper drags, or the items a detector finds ("shop the look") ---------
+
+// The photo at the largest size the panel allows, small photos enlarged too, its proportions kept: the frame is
+// exactly the picture, so a point on it is a fraction of the photo.
+function fit(img) {
+  const room = Math.max(120, $("drop").clientWidth - 40);
+  const scale = Math.min(room / img.naturalWidth, 280 / img.naturalHeight);
+  img.style.width = `${Math.round(img.naturalWidth * scale)}px`;
+  img.style.height = `${Math.round(img.naturalHeight * scale)}px`;
+}
+
+function clearRegions() { $("regions").replaceChildren(); }
+
+function showPhotoTools() {
+  $("photo-tools").hidden = false;
+  $("detect").hidden = !state.detect;
+  $("whole").hidden = state.mode === "upload";
+}
+
+function photoForm(extra) {
+  const form = new FormData();
+  form.append("image", state.file, state.file.name || "pasted-image");
+  searchOptions().forEach((value, key) => form.append(key, value));
+  Object.entries(extra).forEach(([key, value]) => [].concat(value).forEach((v) => form.append(key, v)));
+  return form;
+}
+
+function place(node, box) {  // box: fractions [x0, y0, x1, y1] of the photo as shown
+  node.style.left = `${box[0] * 100}%`; node.style.top = `${box[1] * 100}%`;
+  node.style.width = `${(box[2] - box[0]) * 100}%`; node.style.height = `${(box[3] - box[1]) * 100}%`;
+}
+
+async function searchRegion(box) {
+  showError("");
+  state.mode = "region"; state.box = box; state.groups = null;
+  showPhotoTools();
+  clearRegions();
+  const drawn = document.createElement("div");
+  drawn.className = "drawn";
+  drawn.dataset.testid = "drawn-box";
+  place(drawn, box);
+  $("regions").appendChild(drawn);
+  title("Searching…");
+  try {
+    const answer = await api("/api/search", { method: "POST", body: photoForm({ box: box.join(",") }) });
+    showItems(answer.results);
+    title(answer.results.length
+      ? `${answer.results.length} items most like the part of your photo you marked (${Math.round(answer.took_ms)} ms)`
+      : "No items match these filters.");
+  } catch (err) {
+    $("results").replaceChildren();
+    title("That part of the photo could not be searched.");
+    showError(err.message);
+  }
+}
+
+async function detectItems() {
+  showError("");
+  state.mode = "look"; state.box = null;
+  showPhotoTools();
+  clearRegions();
+  title("Looking for the items in your photo…");
+  try {
+    const answer = await api("/api/detect", { method: "POST", body: photoForm({}) });
+    state.groups = answer.groups;
+    const [width, height] = answer.size;
+    answer.groups.forEach((group, i) => {
+      const box = document.createElement("button");
+      box.type = "button";
+      box.className = "found";
+      box.dataset.testid = "found-box";
+      box.dataset.label = group.label;
+      const percent = Math.round(group.score * 100);
+      box.setAttribute("aria-label", `${group.label} (${percent}%): show items like it`);
+      box.innerHTML = "<span></span>";
+      box.querySelector("span").textContent = `${group.label} ${percent}%`;
+      place(box, [group.box[0] / width, group.box[1] / height, group.box[2] / width, group.box[3] / height]);
+      box.addEventListener("click", (e) => { e.stopPropagation(); showGroup(i); });
+      $("regions").appendChild(box);
+    });
+    if (answer.groups.length) showGroup(0);
+    else {
+      $("results").replaceChildren();
+      title("No items were found in your photo; drag over an item to search it.");
+    }
+  } catch (err) {
+    $("results").replaceChildren();
+    title("The items in that photo could not be found.");
+    showError(err.message);
+  }
+}
+
+function showGroup(i) {
+  state.group = i;
+  const group = state.groups[i];
+  document.querySelectorAll("#regions .found").forEach((node, j) => {
+    node.classList.toggle("selected", i === j);
+    node.setAttribute("aria-pressed", String(i === j));
+  });
+  showItems(group.results);
+  title(`${state.groups.length} items found in your photo. ${group.results.length} look like the ` +
+        `${group.label} (${Math.round(group.score * 100)}%):`);
+}
+
+function dragToSearch() {
+  const layer = $("regions");
+  let start = null, drawn = null;
+  const at = (e) => {
+    const r = layer.getBoundingClientRect();
+    return [Math.min(1, Math.max(0, (e.clientX - r.left) / r.width)),
+            Math.min(1, Math.max(0, (e.clientY - r.top) / r.height))];
+  };
+  const corners = (a, b) => [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[0], b[0]), Math.max(a[1], b[1])];
+  layer.addEventListener("click", (e) => e.stopPropagation());  // the drop zone's click opens the file picker
+  layer.addEventListener("pointerdown", (e) => {
+    if (e.target.closest(".found") || e.button !== 0) return;
+    e.preventDefault();
+    layer.setPointerCapture(e.pointerId);
+    start = at(e);
+    drawn = document.createElement("div");
+    drawn.className = "drawn";
+    layer.appendChild(drawn);
+  });
+  layer.addEventListener("pointermove", (e) => { if (start) place(drawn, corners(start, at(e))); });
+  const finish = (e) => {
+    if (!start) return;
+    const box = corners(start, at(e)).map((v) => Math.round(v * 10000) / 10000);
+    const r = layer.getBoundingClientRect();
+    start = null;
+    drawn.remove();
+    // A click or a tiny rectangle is not a region: under 8 screen pixels either way it is ignored.
+    if ((box[2] - box[0]) * r.width < 8 || (box[3] - box[1]) * r.height < 8) return;
+    searchRegion(box);
+  };
+  layer.addEventListener("pointerup", finish);
+  layer.addEventListener("pointercancel", () => { if (drawn) drawn.remove(); start = null; });
 }
 
 async function similarTo(id, words) {
@@ -286,6 +429,8 @@ function filtersFromAddress() {
 function rerun() {
   keepFiltersInAddress();
   if (state.mode === "upload") searchFile(state.file);
+  else if (state.mode === "region") searchRegion(state.box);
+  else if (state.mode === "look") detectItems();
   else if (state.mode === "text") searchText(state.text);
   else if (state.mode === "item") similarTo(state.item, state.text);
   else browse(false);
@@ -358,6 +503,9 @@ async function start() {
     e.preventDefault();
     if (state.item !== null) go(itemHash(state.item, $("refine-text").value.trim()));
   });
+  dragToSearch();
+  $("detect").addEventListener("click", detectItems);
+  $("whole").addEventListener("click", () => searchFile(state.file));
   $("k").addEventListener("change", rerun);
   $("min-sim").addEventListener("change", rerun);
   $("dedupe").addEventListener("change", rerun);
@@ -374,6 +522,7 @@ async function start() {
     const [health, page] = await Promise.all([api("/api/health"), api("/api/items?limit=0")]);
     $("summary").textContent = `${health.items} items · ${health.model.split(" ")[0]} on ${health.device}`;
     state.words = Boolean(health.text);
+    state.detect = Boolean(health.detect);
     $("words").hidden = !state.words;
     buildFacets(page.facets, page.predicted_labels);
     filtersFromAddress();
