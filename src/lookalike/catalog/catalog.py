@@ -61,7 +61,7 @@ from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
 from ..models.base import RANDOM_WEIGHTS, Embedder
 from ..models.handcrafted import HANDCRAFTED
 from ..models.preprocess import ReplayedEmbedder
-from ..models.registry import DEFAULT_MODEL, canonical_name, create_embedder, no_text_tower
+from ..models.registry import DEFAULT_MODEL, canonical_name, create_embedder, no_text_tower, weights_unchanged
 from ..models.texttower import TextTower, load_text_tower
 from ..store import ItemRecord, SQLiteStore, Store, StoredItem, is_database_url, open_store, parse_database_url
 from ..store.base import UPLOAD_PREFIX, Watch
@@ -466,8 +466,8 @@ class Catalog:
         from ..engines.openvino_runtime import cached_conversion
 
         found = cached_conversion(info)
-        if found is None:
-            return None
+        if found is None or not weights_unchanged(info, self.config.extra.get("weights_path")):
+            return None  # not converted here yet, or its files changed: loading the model says so in one line
         log.debug("%s: the converted model %s with its recorded preprocessing (no PyTorch)", self.name, found[0])
         return ReplayedEmbedder(info, found[1], found[0])
 

@@ -90,15 +90,16 @@ def openvino_available() -> bool:
 def resolve_runtime(runtime: str, device_type: str, native_bf16: bool) -> str:
     """``torch`` or ``openvino`` for a network model on ``device_type``.
 
-    ``auto`` picks OpenVINO only where the index benchmark measured it faster than PyTorch: an x86 CPU with
-    native bf16 units (AVX512-BF16 or AMX) and the package installed; PyTorch everywhere else (GPUs, Apple,
-    ARM, older x86 CPUs, where nothing was measured).
+    ``auto`` picks OpenVINO where ``benchmarks/index_throughput.py`` measured it faster than PyTorch: on x86
+    CPUs, with native bf16 units (AVX512-BF16 or AMX; it runs bf16) and without (AVX2; it runs fp32, or int8
+    behind its gate), when the package is installed; PyTorch everywhere else (GPUs, Apple, ARM, where
+    nothing was measured).
 
     Raises:
         LookalikeError: unknown name; OpenVINO asked for on a GPU, or not installed.
     """
     if runtime in (None, "", "auto"):
-        if device_type == "cpu" and cpu.is_x86() and native_bf16 and openvino_available():
+        if device_type == "cpu" and cpu.is_x86() and openvino_available():
             return "openvino"
         return "torch"
     if runtime == "torch":
