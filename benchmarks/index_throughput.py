@@ -85,10 +85,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BASELINE_SIZE = (224, 224)
 TARGET_INDEX_RATIO = 3.0
-RUNTIME_RUNS = {"torch-bf16": ("torch", "bf16"), "torch-fp32": ("torch", "fp32"),
+RUNTIME_RUNS = {"auto": ("auto", "auto"), "torch-bf16": ("torch", "bf16"), "torch-fp32": ("torch", "fp32"),
                 "openvino-fp32": ("openvino", "fp32"), "openvino-bf16": ("openvino", "bf16"),
                 "openvino-int8": ("openvino", "int8")}
-DEFAULT_RUNTIMES = ("torch-bf16", "openvino-bf16", "openvino-int8")
+DEFAULT_RUNTIMES = ("auto", "torch-bf16", "openvino-bf16", "openvino-int8")
+AUTO_TARGET = TARGET_INDEX_RATIO  # `lookalike index` with its defaults, x the seed loop, on every kind of CPU
 RUNTIME_TARGETS = {"openvino-bf16": 3.5, "openvino-int8": 5.0}  # x the seed loop, on the 2-core machine
 TARGET_QUERY_RATIO = 5.0
 MIN_RECALL = 0.98
@@ -463,6 +464,7 @@ class RuntimeRun:
     one_time_s: float = 0.0  # conversion (if not cached) + int8 calibration and gate, before the clock
     gate: str = ""
     recall_vs_fp32: float | None = None
+    chosen: str = ""  # what the run reported it ran, e.g. "openvino int8 on cpu" (what auto picked)
 
     @property
     def rate(self) -> float:
@@ -487,11 +489,11 @@ def compare_runtimes(names: list[str], indexed: Path, files: list[Path], options
         catalog = catalogs[run.name] = Catalog.create(workdir / f"{run.name}.lk", model=MODEL, weights=WEIGHTS)
         opts = replace(options, runtime=run.runtime, precision=run.precision)
         started = time.perf_counter()
-        if run.runtime == "openvino":
+        if run.runtime in ("openvino", "auto"):
             converted(catalog.embedder)
-        if run.precision == "int8":
+        if run.precision in ("int8", "auto"):  # auto: what `lookalike index` does first (int8 behind its gate)
             run.gate = catalog.calibrate_int8(opts, files) or ""
-            say(f"{run.name:14} {run.gate}")
+            say(f"{run.name:14} {run.gate or 'no int8 (not on OpenVINO, or too few photos)'}")
         encoder = catalog.encoder(opts)
         if encoder.runtime == "openvino":
             encoder.model.throughput()  # compiled before the clock, as PyTorch's model is placed before it
@@ -515,6 +517,7 @@ def compare_runtimes(names: list[str], indexed: Path, files: list[Path], options
             seconds = time.perf_counter() - started
             run.images = report.indexed
             run.rates.append(report.indexed / seconds)
+            run.chosen = report.runtime
             say(f"round {r + 1}  {run.name:14} {report.indexed} images in {seconds:.2f} s = {run.rates[-1]:.1f} "
                 f"img/s ({report.runtime}, load {os.getloadavg()[0]:.1f})")
     with Catalog.create(workdir / "fp32-reference.lk", model=MODEL, weights=WEIGHTS) as reference:
@@ -534,10 +537,11 @@ def compare_runtimes(names: list[str], indexed: Path, files: list[Path], options
             f"{1.0:11.2f} {'-':>17}")
     for run in runs:
         ratio = _ratio(run.rate, baseline_rate)
-        target = RUNTIME_TARGETS.get(run.name)
+        target = AUTO_TARGET if run.name == "auto" else RUNTIME_TARGETS.get(run.name)
         verdict = f" (target >= {target:g}x {_verdict(ratio, target)})" if target and ratio else ""
+        picked = f" [{run.chosen}]" if run.name == "auto" else ""
         say(f"{run.name:14} {run.rate:12.1f} {', '.join(f'{x:.1f}' for x in run.rates):>18} "
-            f"{(ratio or 0):11.2f} {run.recall_vs_fp32:17.3f}{verdict}")
+            f"{(ratio or 0):11.2f} {run.recall_vs_fp32:17.3f}{verdict}{picked}")
     return {"seed_loop": {"rates": baseline_rates, "images": len(subset)},
             "runtimes": [{**asdict(run), "best": run.rate, "x_seed_loop": _ratio(run.rate, baseline_rate)}
                          for run in runs]}

@@ -23,4 +23,7 @@ def describe_machine() -> str:
             if ("amx_bf16" in flags or "avx512_bf16" in flags) else "no"
     except OSError:
         bf16 = "unknown"
-    return f"cpu: {model or platform.processor() or 'unknown'}, {os.cpu_count()} cores, bf16 units {bf16}"
+    caps = [f"{name}={os.environ[name]}" for name in ("ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA", "LOOKALIKE_CPU_BF16")
+            if os.environ.get(name)]
+    emulated = f"; emulating another CPU: {' '.join(caps)}" if caps else ""
+    return f"cpu: {model or platform.processor() or 'unknown'}, {os.cpu_count()} cores, bf16 units {bf16}{emulated}"

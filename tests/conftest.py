@@ -28,8 +28,9 @@ os.environ.setdefault("LOOKALIKE_OPENVINO_CACHE",
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # No test reads the host CPU's features (lookalike.core.cpu): unless a test pins another CPU (the ``native_bf16``
 # fixture), every test, and every command-line run and Ray worker it starts, sees a CPU without native bf16
-# (AVX2: most laptops and CI runners), where ``auto`` runs PyTorch in fp32. ``LOOKALIKE_CPU_BF16=1 pytest`` runs
-# the suite as on a CPU with AVX512-BF16 or AMX (OpenVINO bf16 by ``auto``), on any x86 machine.
+# (AVX2: most laptops and CI runners), where ``auto`` runs OpenVINO in fp32 on x86 (PyTorch elsewhere).
+# ``LOOKALIKE_CPU_BF16=1 pytest`` runs the suite as on a CPU with AVX512-BF16 or AMX (OpenVINO bf16 by ``auto``),
+# on any x86 machine.
 os.environ.setdefault("LOOKALIKE_CPU_BF16", "0")
 
 

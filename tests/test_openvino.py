@@ -113,7 +113,8 @@ def test_openvino_files_pipeline_keeps_order_batches_and_failures(tmp_path, tiny
         np.testing.assert_allclose(vectors, Encoder(tiny_embedder, FP32_TORCH).encode(photos), atol=2e-5)
 
 
-def test_auto_picks_openvino_on_x86_cpus_with_bf16_and_pytorch_elsewhere(tiny_embedder, monkeypatch):
+def test_auto_picks_openvino_on_x86_cpus_with_or_without_bf16_and_pytorch_elsewhere(tiny_embedder, monkeypatch):
+    """Measured faster on both kinds of x86 CPU (README, Speed): bf16 units and AVX2 only."""
     from lookalike.core import cpu
     from lookalike.engines import openvino_runtime as ovr
 
@@ -121,8 +122,10 @@ def test_auto_picks_openvino_on_x86_cpus_with_bf16_and_pytorch_elsewhere(tiny_em
     monkeypatch.setattr(cpu, "is_x86", lambda: False)
     assert ovr.resolve_runtime("auto", "cpu", True) == "torch"
     monkeypatch.setattr(cpu, "is_x86", lambda: True)
-    assert ovr.resolve_runtime("auto", "cpu", False) == "torch"  # not measured there: PyTorch stays
+    assert ovr.resolve_runtime("auto", "cpu", False) == "openvino"
     assert ovr.resolve_runtime("auto", "cpu", True) == "openvino"
+    monkeypatch.setattr(ovr, "openvino_available", lambda: False)
+    assert ovr.resolve_runtime("auto", "cpu", True) == "torch"
     with pytest.raises(LookalikeError, match="runs on the CPU"):
         ovr.resolve_runtime("openvino", "cuda", True)
     with pytest.raises(LookalikeError, match="unknown runtime"):
@@ -131,7 +134,7 @@ def test_auto_picks_openvino_on_x86_cpus_with_bf16_and_pytorch_elsewhere(tiny_em
 
 def test_auto_chooses_the_runtime_and_precision_for_the_cpu_it_runs_on(native_bf16):
     """The probe decides, through one name: a CPU with native bf16 runs OpenVINO in bf16; one without (AVX2)
-    runs PyTorch in fp32, since bf16 emulated is slower than fp32 there. Either runtime, asked for, takes the
+    runs OpenVINO in fp32, since bf16 emulated is slower than fp32 there. Either runtime, asked for, takes the
     CPU's precision."""
     import torch
 
@@ -140,7 +143,7 @@ def test_auto_chooses_the_runtime_and_precision_for_the_cpu_it_runs_on(native_bf
     from lookalike.engines.embed import resolve_network_runtime
 
     device, runtime, native = resolve_network_runtime(EncodeOptions(device="cpu"))
-    assert (device.type, runtime, native) == ("cpu", "openvino" if native_bf16 else "torch", native_bf16)
+    assert (device.type, runtime, native) == ("cpu", "openvino", native_bf16)
     assert resolve_network_runtime(EncodeOptions(device="cpu", runtime="openvino"))[1] == "openvino"
     assert resolve_network_runtime(EncodeOptions(device="cpu", runtime="torch"))[1] == "torch"
     assert ovr.resolve_precision("auto", native, None) == ("bf16" if native_bf16 else "fp32")
@@ -289,10 +292,9 @@ def test_auto_uses_int8_only_when_its_gate_passes_and_says_so(tmp_path, tiny_emb
             assert note.startswith(f"int8 not used, {fallback} instead: ") and "fails the 1.01 gate" in note
         # Search and serve read the same verdict from the catalog: OpenVINO's auto picks what indexing picked.
         assert catalog.encoder(EncodeOptions(device="cpu", runtime="openvino")).precision == chosen
-        # The runtime's own auto: OpenVINO with that verdict on a CPU with native bf16; PyTorch in fp32 on one
-        # without (OpenVINO was not measured faster there), whose queries the gate's recall keeps comparable.
+        # The runtime's own auto: OpenVINO with that verdict on both kinds of CPU.
         auto = catalog.encoder(EncodeOptions(device="cpu"))
-        assert (auto.runtime, auto.precision) == (("openvino", chosen) if native_bf16 else ("torch", "fp32"))
+        assert (auto.runtime, auto.precision) == ("openvino", chosen)
 
 
 def test_forced_int8_on_too_few_photos_is_refused_in_one_line_and_embeds_nothing(tmp_path, tiny_embedder):

@@ -47,11 +47,21 @@ from ..core.errors import (
 )
 from ..core.images import IMAGE_EXTENSIONS, ImageInput, content_hash, decode
 from ..core.sources import SourceItem, is_folder_source, read_source, source_name
-from ..engines.embed import EncodedBatch, Encoder, Engine, FileTask, encode_files, resolve_network_runtime
+from ..engines.embed import (
+    EncodedBatch,
+    Encoder,
+    Engine,
+    FileTask,
+    encode_files,
+    openvino_without_torch,
+    resolve_network_runtime,
+)
 from ..engines.openvino_runtime import AUTO_MIN_PHOTOS, MIN_PHOTOS, Int8Model, draw_sample
 from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
 from ..models.base import RANDOM_WEIGHTS, Embedder
-from ..models.registry import DEFAULT_MODEL, canonical_name, create_embedder, no_text_tower
+from ..models.handcrafted import HANDCRAFTED
+from ..models.preprocess import ReplayedEmbedder
+from ..models.registry import DEFAULT_MODEL, canonical_name, create_embedder, no_text_tower, weights_unchanged
 from ..models.texttower import TextTower, load_text_tower
 from ..store import ItemRecord, SQLiteStore, Store, StoredItem, is_database_url, open_store, parse_database_url
 from ..store.base import UPLOAD_PREFIX, Watch
@@ -461,8 +471,25 @@ class Catalog:
     def encoder(self, options: EncodeOptions | None = None) -> Encoder:
         """The catalog's model on the chosen runtime; on OpenVINO with its own int8 model, when it has one."""
         if self._encoder is None or (options is not None and options != self._encoder.options):
-            self._encoder = Encoder(self.embedder, options, int8=self.int8_model(), text_tower=self.text_tower)
+            embedder = self._embedder or self._replayed(options or EncodeOptions()) or self.embedder
+            self._encoder = Encoder(embedder, options, int8=self.int8_model(), text_tower=self.text_tower)
         return self._encoder
+
+    def _replayed(self, options: EncodeOptions) -> ReplayedEmbedder | None:
+        """The catalog's model as its cached OpenVINO file and recorded preprocessing, when OpenVINO runs it
+        under ``options`` and both are cached: a search, ``serve`` or ``tag`` then loads no PyTorch or timm.
+        None for model-free embedders, text+image models (their tokenizer and text tower are PyTorch's) and
+        models not converted here yet."""
+        info = self.config.embedder
+        if info.name in HANDCRAFTED or info.text or not openvino_without_torch(options):
+            return None
+        from ..engines.openvino_runtime import cached_conversion
+
+        found = cached_conversion(info)
+        if found is None or not weights_unchanged(info, self.config.extra.get("weights_path")):
+            return None  # not converted here yet, or its files changed: loading the model says so in one line
+        log.debug("%s: the converted model %s with its recorded preprocessing (no PyTorch)", self.name, found[0])
+        return ReplayedEmbedder(info, found[1], found[0])
 
     def int8_model(self) -> Int8Model | None:
         """The int8 model quantised on this catalog's photos and its gate figure (None: none made yet)."""

@@ -156,8 +156,8 @@ def _run_options(inference: bool) -> argparse.ArgumentParser:
     if inference:
         run.add_argument("--runtime", default=os.environ.get(RUNTIME_ENV) or "auto",
                          choices=["auto", "torch", "openvino"],
-                         help="what runs a network model: auto (OpenVINO on x86 CPUs with native bf16, where it "
-                              "was measured faster; PyTorch elsewhere), torch, openvino (CPU only); default "
+                         help="what runs a network model: auto (OpenVINO on x86 CPUs, where it was measured faster; "
+                              "PyTorch elsewhere), torch, openvino (CPU only); default "
                               f"${RUNTIME_ENV}, else auto")
         run.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                          help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32; on OpenVINO int8 when a "

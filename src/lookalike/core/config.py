@@ -69,7 +69,7 @@ class EncodeOptions:
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (GPUs) | int8 (OpenVINO, calibrated on a catalog's photos)
-    runtime: str = "auto"  # auto | torch | openvino: what runs a network model (auto: OpenVINO on x86 CPUs with bf16)
+    runtime: str = "auto"  # auto | torch | openvino: what runs a network model (auto: OpenVINO on x86 CPUs)
     batch_size: int | None = None  # None: chosen from the device
     workers: int | None = None  # decoding processes; None: from the CPU count, 0: decode inline
     max_pixels: int = DEFAULT_MAX_PIXELS

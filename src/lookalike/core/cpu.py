@@ -10,6 +10,7 @@ where a virtual machine hides the CPU's flags.
 
 from __future__ import annotations
 
+import glob
 import os
 import platform
 from pathlib import Path
@@ -45,3 +46,15 @@ def has_native_bf16() -> bool:
 def is_x86() -> bool:
     """An x86 CPU (where OpenVINO was measured against PyTorch)."""
     return platform.machine().lower() in ("x86_64", "amd64", "x86", "i686")
+
+
+GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")  # NVIDIA, ROCm (PyTorch's "cuda" too), WSL
+
+
+def accelerator_possible() -> bool:
+    """Might PyTorch's ``auto`` device be a GPU here? Answered without importing PyTorch, erring towards yes:
+    on Linux only when a GPU device file exists (NVIDIA, AMD ROCm, WSL's GPU); elsewhere (macOS has MPS,
+    Windows hides its devices) always yes. A no lets a CPU-only process choose OpenVINO without PyTorch."""
+    if platform.system() != "Linux":
+        return True
+    return any(glob.glob(pattern) for pattern in GPU_DEVICE_FILES)

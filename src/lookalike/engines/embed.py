@@ -101,7 +101,15 @@ class Encoder:
         self.model_dtype: Any = None  # the dtype inputs are cast to when the whole model was cast (else autocast)
         self.dtype: Any = None
         self.int8 = int8
-        if getattr(embedder, "needs_torch", True):
+        converted_xml = getattr(embedder, "converted_xml", None)  # a ReplayedEmbedder: OpenVINO, no PyTorch
+        if converted_xml is not None:
+            from . import openvino_runtime as ovr
+
+            native_bf16 = cpu.has_native_bf16()
+            self.device, self.runtime = HostDevice(), "openvino"
+            self._precision = ovr.resolve_precision(self.options.precision, native_bf16, int8)
+            self.batch_size = self.options.batch_size or default_batch_size("cpu")
+        elif getattr(embedder, "needs_torch", True):
             from . import openvino_runtime as ovr
             from . import torch_runtime as rt
 
@@ -121,7 +129,10 @@ class Encoder:
         if self.runtime == "torch":
             self.model, self.model_dtype = rt.place_model(embedder.model, self.device, self.dtype)
         elif self.runtime == "openvino":
-            xml = int8.path if self._precision == "int8" and int8 is not None else ovr.converted(embedder, cache_dir)
+            if self._precision == "int8" and int8 is not None:
+                xml = int8.path
+            else:
+                xml = converted_xml or ovr.converted(embedder, cache_dir)
             self.model = ovr.OpenVinoModel(xml, self._precision, native_bf16)
 
     @property
@@ -227,6 +238,22 @@ def resolve_network_runtime(options: EncodeOptions) -> tuple[Any, str, bool]:
         raise LookalikeError("--precision int8 runs on OpenVINO: add --runtime openvino (a CPU run on x86), or "
                              "choose bf16 or fp32")
     return device, runtime, native_bf16
+
+
+def openvino_without_torch(options: EncodeOptions) -> bool:
+    """Would a network model run on OpenVINO under ``options`` here, as far as can be told without importing
+    PyTorch? True for ``--device cpu`` or ``auto`` on a machine with no GPU device (``cpu.accelerator_possible``),
+    when ``--runtime`` (``auto`` included) resolves to OpenVINO on the CPU. False whenever in doubt: the caller
+    then loads the model and asks ``resolve_network_runtime``, which gives the same answer the slow way."""
+    from . import openvino_runtime as ovr
+
+    device = options.device or "auto"
+    if device not in ("auto", "cpu") or (device == "auto" and cpu.accelerator_possible()):
+        return False
+    try:
+        return ovr.resolve_runtime(options.runtime, "cpu", cpu.has_native_bf16()) == "openvino"
+    except LookalikeError:
+        return False
 
 
 def encode_files(encoder: Encoder, tasks: Sequence[FileTask]) -> Iterator[EncodedBatch]:

@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import functools
 import gc
+import glob
 import hashlib
 import json
 import logging
@@ -38,9 +39,11 @@ import numpy as np
 from ..core import cpu
 from ..core.errors import LookalikeError
 from ..core.storage import as_location
+from ..models.preprocess import Preprocess
 from .files import EncodedBatch, FileReader, FileTask, cores, default_workers, stack_results
 
 if TYPE_CHECKING:
+    from ..core.config import EmbedderInfo
     from ..models.base import Embedder
     from .embed import Encoder
 
@@ -87,15 +90,16 @@ def openvino_available() -> bool:
 def resolve_runtime(runtime: str, device_type: str, native_bf16: bool) -> str:
     """``torch`` or ``openvino`` for a network model on ``device_type``.
 
-    ``auto`` picks OpenVINO only where the index benchmark measured it faster than PyTorch: an x86 CPU with
-    native bf16 units (AVX512-BF16 or AMX) and the package installed; PyTorch everywhere else (GPUs, Apple,
-    ARM, older x86 CPUs, where nothing was measured).
+    ``auto`` picks OpenVINO where ``benchmarks/index_throughput.py`` measured it faster than PyTorch: on x86
+    CPUs, with native bf16 units (AVX512-BF16 or AMX; it runs bf16) and without (AVX2; it runs fp32, or int8
+    behind its gate), when the package is installed; PyTorch everywhere else (GPUs, Apple, ARM, where
+    nothing was measured).
 
     Raises:
         LookalikeError: unknown name; OpenVINO asked for on a GPU, or not installed.
     """
     if runtime in (None, "", "auto"):
-        if device_type == "cpu" and cpu.is_x86() and native_bf16 and openvino_available():
+        if device_type == "cpu" and cpu.is_x86() and openvino_available():
             return "openvino"
         return "torch"
     if runtime == "torch":
@@ -152,11 +156,15 @@ def input_shape(embedder: Embedder) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def model_key(embedder: Embedder, shape: tuple[int, int], kind: str, extra: str = "") -> str:
+def model_key(embedder: Embedder, shape: tuple[int, ...], kind: str, extra: str = "") -> str:
     """Name + timm model + weights id + pooling + input shape + kind (+ extra): what makes two converted
     models the same; part of the cache file names."""
+    return info_key(embedder.info, shape, kind, extra)
+
+
+def info_key(info: EmbedderInfo, shape: tuple[int, ...], kind: str, extra: str = "") -> str:
+    """``model_key`` from what a catalog records of its model (``EmbedderInfo``): no model needed."""
     ov = require_openvino()
-    info = embedder.info
     text = json.dumps({"name": info.name, "timm": info.timm_name, "weights": info.weights, "dim": info.dim,
                        "pool": info.pool, "shape": list(shape), "kind": kind, "extra": extra,
                        "openvino": ov.__version__.split("-")[0], "format": CONVERSION_FORMAT}, sort_keys=True)
@@ -179,11 +187,56 @@ def converted(embedder: Embedder, cache_dir: Path | None = None) -> Path:
     Raises:
         LookalikeError: the cache folder is not writable, or the model cannot be converted.
     """
-    import torch
-
     shape = input_shape(embedder)
-    return _convert(embedder, "fp32", shape, lambda: _features_module(embedder),
-                    torch.zeros((2, *shape, 3), dtype=torch.uint8), (-1, *shape, 3), cache_dir)
+    xml = _convert(embedder, "fp32", shape, lambda: _features_module(embedder),
+                   lambda torch: torch.zeros((2, *shape, 3), dtype=torch.uint8), (-1, *shape, 3), cache_dir)
+    _record_preprocess(xml.parent, Preprocess.of(embedder))
+    return xml
+
+
+def _record_preprocess(folder: Path, preprocess: Preprocess | None) -> None:
+    """Add the model's preprocessing to a converted model's ``source.json`` (models converted before it was
+    recorded get it on their next use), atomically, so ``cached_conversion`` can replay it without PyTorch."""
+    if preprocess is None:
+        return
+    source = folder / "source.json"
+    try:
+        record = json.loads(source.read_text())
+        if record.get("preprocess") == preprocess.to_dict():
+            return
+        record["preprocess"] = preprocess.to_dict()
+        tmp = folder / f".source-{os.getpid()}-{threading.get_ident()}.json"
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(source)
+    except (OSError, ValueError) as exc:  # a read-only cache: the next search loads the model, as before
+        log.info("cannot record the preprocessing in %s (%s)", source, exc)
+
+
+def cached_conversion(info: EmbedderInfo, cache_dir: Path | None = None) -> tuple[Path, Preprocess] | None:
+    """The fp32 OpenVINO file converted from the model ``info`` names, and its recorded preprocessing, when both
+    are in the cache and whole; None otherwise (then the model must be loaded and converted). Imports no PyTorch:
+    what a search on a cached model runs on (``models.preprocess.ReplayedEmbedder``)."""
+    root = cache_dir or default_cache_dir()
+    slug = _slug(info.name)
+    try:
+        sources = sorted(root.glob(f"{glob.escape(slug)}-*/source.json"))
+    except OSError:
+        return None
+    for source in sources:
+        folder = source.parent
+        try:
+            record = json.loads(source.read_text())
+        except (OSError, ValueError):
+            continue
+        preprocess = Preprocess.from_dict(record.get("preprocess") or {})
+        if record.get("kind") != "fp32" or preprocess is None:
+            continue
+        shape = tuple(int(v) for v in record.get("shape", ()))
+        if shape != preprocess.crop or folder.name != f"{slug}-{info_key(info, shape, 'fp32')}":
+            continue  # another model, weights, input shape or OpenVINO version under the same name
+        if cache_damage(folder) is None:
+            return folder / "model.xml", preprocess
+    return None
 
 
 def converted_text(embedder: Embedder, cache_dir: Path | None = None) -> Path:
@@ -194,17 +247,16 @@ def converted_text(embedder: Embedder, cache_dir: Path | None = None) -> Path:
     Raises:
         LookalikeError: the cache folder is not writable, or the tower cannot be converted.
     """
-    import torch
-
     length = int(embedder.tokenize([""]).shape[1])
     return _convert(embedder, "text", (length,), lambda: embedder.text_model.eval(),
-                    torch.zeros((2, length), dtype=torch.long), (-1, length), cache_dir)
+                    lambda torch: torch.zeros((2, length), dtype=torch.long), (-1, length), cache_dir)
 
 
 def _convert(embedder: Embedder, kind: str, shape: tuple[int, ...], module, example, dynamic: tuple[int, ...],
              cache_dir: Path | None) -> Path:
-    """``openvino.convert_model(module(), example_input=example)`` saved as fp32 IR in the cache, once per
-    key (``model_key``): processes that ask at once wait on a lock file for the first one's result."""
+    """``openvino.convert_model(module(), example_input=example(torch))`` saved as fp32 IR in the cache, once per
+    key (``model_key``): processes that ask at once wait on a lock file for the first one's result. PyTorch is
+    imported only to convert, not to find a model converted before."""
     root = cache_dir or default_cache_dir()
     suffix = "" if kind == "fp32" else f"-{kind}"
     folder = root / f"{_slug(embedder.info.name)}-{model_key(embedder, shape, kind)}{suffix}"
@@ -290,7 +342,7 @@ def _convert_unlocked(embedder: Embedder, kind: str, shape: tuple[int, ...], mod
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracing's deprecation and shape notes: the graph is checked by tests
-            model = ov.convert_model(module(), example_input=example, input=[dynamic])
+            model = ov.convert_model(module(), example_input=example(torch), input=[dynamic])
         ov.save_model(model, building / "model.xml", compress_to_fp16=False)
         files = {name: (building / name).stat().st_size for name in MODEL_FILES}
         (building / "source.json").write_text(json.dumps({**asdict(embedder.info), "shape": list(shape),

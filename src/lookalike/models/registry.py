@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 
 from ..core.errors import ModelUnavailableError, NoTextModelError, UnknownModelError
 from .handcrafted import HANDCRAFTED
+from .modelfile import MODE_SEPARATOR, file_digest, is_model_file
 from .modelfile import canonical_name as model_file_name
-from .modelfile import is_model_file
 from .timm_sources import LOCAL_SOURCE, canonical_source, is_timm_source, locate
 
 if TYPE_CHECKING:
+    from ..core.config import EmbedderInfo
     from .base import Embedder
 
 TIMM_PREFIX = "timm:"
@@ -212,3 +213,28 @@ def create_embedder(name: str = DEFAULT_MODEL, weights: str | None = None) -> Em
 
     return create_timm_embedder(canonical_name(name), spec.timm_name, pool=spec.pool, weights=weights,
                                 source=source, builtin=spec.builtin, hub_checked=bool(spec.hub))
+
+
+def weights_unchanged(info: EmbedderInfo, weights_path: str | None = None) -> bool:
+    """Do the files a catalog's model was built from still give its recorded weights id (``info.weights``)?
+    Checked without PyTorch, the way ``create_embedder`` computes the id: the digest of a ``--weights`` file
+    (``weights_path``), of a ``.lkm`` file, or of a model folder's config.json and weights (the built-in model,
+    ``timm:local-dir:``, ``timm:hf-hub:``). Hub weights by name and random weights have no files to check
+    (True). False also when the files cannot be read: loading the model then says why in one line.
+    """
+    name, recorded = info.name, info.weights
+    try:
+        if recorded.startswith("random:"):
+            return True
+        if is_model_file(name):
+            return recorded == f"file:{file_digest(name.split(MODE_SEPARATOR, 1)[0])}"
+        if recorded.startswith("file:"):
+            return weights_path is not None and recorded == f"file:{file_digest(weights_path)}"
+        if name.startswith(TIMM_PREFIX) and not is_timm_source(name[len(TIMM_PREFIX):]):
+            return True  # timm's own hub weights by name: the id names the repo, not a digest
+        spec = resolve(name)
+        if not is_timm_source(spec.timm_name):
+            return True
+        return recorded.endswith(locate(name, spec.timm_name).digest())
+    except (OSError, ModelUnavailableError, UnknownModelError):
+        return False
