@@ -125,3 +125,45 @@ def test_map_and_cluster_overview_draw_products(products_catalog):
     assert f"of {len(PRODUCTS)} items" in fig.axes[0].get_title()
     cluster_catalog(products_catalog, n=3, seed=0)
     clusters_for_catalog(products_catalog, label="colour")
+
+
+@pytest.fixture
+def clip_products(tmp_path: Path, tiny_clip):
+    """The same shop in a catalog of the tiny random CLIP (words and photos in one space)."""
+    from conftest import TINY_CLIP, word_options
+
+    manifest = write_shop(tmp_path / "photos")
+    catalog = Catalog.create(tmp_path / "clip.lk", TINY_CLIP, embedder=tiny_clip)
+    catalog.add(manifest, images=tmp_path / "photos", product_column="style", options=word_options())
+    catalog.encoder(word_options())
+    yield catalog
+    catalog.close()
+
+
+def test_tag_predicts_per_product_from_its_centroid(clip_products):
+    from lookalike.analysis.tag import class_vectors, tag_catalog
+
+    classes = ["casual", "formal", "sports"]
+    report = tag_catalog(clip_products, "style_guess", classes)
+    assert report.items == len(PRODUCTS)
+    targets = class_vectors(clip_products.encoder(), classes, ["a photo of {}"])
+    for pid in PRODUCTS:
+        expected = classes[int(np.argmax(targets @ clip_products.vector(pid)))]
+        assert clip_products.item(pid).labels["style_guess"] == expected
+    facet = clip_products.facets()["style_guess"]
+    assert sum(facet.values()) == len(PRODUCTS)  # counted per product, the shared photo once per product
+    value = clip_products.item("green-2").labels["style_guess"]
+    total, page = clip_products.browse(where=f"style_guess={value}")
+    assert "green-2" in [item.id for item in page] and total == facet[value]
+
+
+def test_lit_rows_are_photos_with_their_products_labels(clip_products):
+    from lookalike.train.lit import catalog_data
+
+    data = catalog_data(clip_products)
+    assert len(data.ids) == 12 and len(set(data.ids)) == 12  # each photo once, the shared one too
+    table = clip_products.table
+    for i, photo_id in enumerate(data.ids):
+        path = Path(table.path_by_key[table.key_by_id[photo_id]]).name
+        colours = {c for c, photos in PRODUCTS.values() if path in photos}
+        assert data.labels["colour"][i] in colours and data.labels["colour"][i] == path.split("-")[0]

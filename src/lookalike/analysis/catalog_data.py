@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,3 +156,24 @@ def colour_histograms(catalog, data: CatalogData) -> tuple[np.ndarray, np.ndarra
     except OSError as exc:  # a read-only catalog is still evaluated
         log.info("colour histograms not cached (%s)", exc)
     return vectors, ok
+
+
+def product_vector_blocks(catalog, block: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(product keys int64, centroid vectors B x D float32) of every product with an embedded photo, in key
+    order, ``block`` products at a time (the photos' vectors read from the store per block)."""
+    from ..catalog.products import product_centroid
+
+    products = catalog.products
+    dim = catalog.config.embedder.dim
+    keys = sorted(products.photos_of)
+    for start in range(0, len(keys), block):
+        chunk = keys[start:start + block]
+        stored = catalog.store.vectors_for(products.photo_keys(chunk).tolist(), dim)
+        out_keys, out_vectors = [], []
+        for key in chunk:
+            found = [stored[int(p)] for p in products.photos_of[key] if int(p) in stored]
+            if found:
+                out_keys.append(key)
+                out_vectors.append(product_centroid(np.stack(found)))
+        if out_keys:
+            yield np.array(out_keys, dtype=np.int64), np.stack(out_vectors).astype(np.float32, copy=False)
