@@ -167,3 +167,40 @@ def test_lit_rows_are_photos_with_their_products_labels(clip_products):
         path = Path(table.path_by_key[table.key_by_id[photo_id]]).name
         colours = {c for c, photos in PRODUCTS.values() if path in photos}
         assert data.labels["colour"][i] in colours and data.labels["colour"][i] == path.split("-")[0]
+
+
+def test_recommend_rows_are_products_never_themselves_and_match_similar(products_catalog, tmp_path):
+    import csv
+
+    from lookalike.analysis.recommend import recommend
+
+    report = recommend(products_catalog, 3, tmp_path / "recs.csv", progress=False, threads=1)
+    rows = list(csv.DictReader(open(tmp_path / "recs.csv", encoding="utf-8")))
+    assert report.items == len(PRODUCTS)
+    by_item: dict[str, list[str]] = {}
+    for row in rows:
+        assert row["item_id"] in PRODUCTS and row["similar_id"] in PRODUCTS
+        assert row["item_id"] != row["similar_id"]
+        by_item.setdefault(row["item_id"], []).append(row["similar_id"])
+    assert sorted(by_item) == sorted(PRODUCTS)
+    for pid, similar in by_item.items():
+        assert len(similar) == len(set(similar)) == 3  # each product once, however many photos found it
+        assert similar == [m.id for m in products_catalog.similar(pid, k=3)]
+    # yellow-1 and yellow-copy show the same photos: neither is found by its own photos' copies
+    assert "yellow-copy" not in by_item["yellow-1"] and "yellow-1" not in by_item["yellow-copy"]
+
+
+def test_recommend_group_by_and_where_read_product_labels(products_catalog, tmp_path):
+    import csv
+
+    from lookalike.analysis.recommend import recommend
+
+    recommend(products_catalog, 3, tmp_path / "recs.csv", where="colour=blue", group_by="colour", progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "recs.csv", encoding="utf-8")))
+    for row in rows:
+        assert row["similar_id"].startswith("blue-") and row["colour"] == "blue"
+    per_item = {}
+    for row in rows:
+        per_item.setdefault(row["item_id"], []).append(row["similar_id"])
+    assert all(len(v) == 1 for v in per_item.values())  # one per colour value
+    assert sorted(per_item) == sorted(PRODUCTS)
