@@ -204,3 +204,28 @@ def test_recommend_group_by_and_where_read_product_labels(products_catalog, tmp_
         per_item.setdefault(row["item_id"], []).append(row["similar_id"])
     assert all(len(v) == 1 for v in per_item.values())  # one per colour value
     assert sorted(per_item) == sorted(PRODUCTS)
+
+
+def test_duplicates_group_products_and_dedupe_still_collapses_results(products_catalog):
+    from lookalike.analysis.duplicates import find_duplicates
+
+    report = find_duplicates(products_catalog, threshold=0.99999, progress=False, threads=1)
+    assert report.items == len(PRODUCTS)
+    groups = {frozenset(g.ids): g for g in report.groups}
+    assert frozenset({"yellow-1", "yellow-copy"}) in groups  # the same photos
+    assert groups[frozenset({"yellow-1", "yellow-copy"})].kind == "exact"
+    assert frozenset({"green-1", "green-2"}) in groups  # they share a photo
+    assert groups[frozenset({"green-1", "green-2"})].kind == "near"
+    assert all(set(g.ids) <= set(PRODUCTS) for g in report.groups)
+    # the saved (photo) groups still collapse search results: one product per group of photos
+    plain = products_catalog.search_vector(products_catalog.vector("yellow-1"), k=9)
+    assert {"yellow-1", "yellow-copy"} <= {m.id for m in plain}
+    deduped = products_catalog.search_vector(products_catalog.vector("yellow-1"), k=9, dedupe=True)
+    assert len({"yellow-1", "yellow-copy"} & {m.id for m in deduped}) == 1
+
+
+def test_duplicates_where_reads_product_labels(products_catalog):
+    from lookalike.analysis.duplicates import find_duplicates
+
+    report = find_duplicates(products_catalog, threshold=0.99999, where="colour=green", progress=False)
+    assert report.items == 2 and [sorted(g.ids) for g in report.groups] == [["green-1", "green-2"]]
