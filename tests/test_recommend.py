@@ -268,24 +268,26 @@ def test_a_folder_out_keeps_the_parts_as_a_partitioned_dataset(random_catalog, t
 def test_ray_blocks_are_cut_as_the_local_blocks_and_an_actors_rows_are_the_local_rows(random_catalog):
     """The pieces of ``recommend --engine ray`` run here, without Ray: the same blocks of queries, and an
     actor's padded rows turned back into exactly the rows ``BlockWork`` gives."""
-    from lookalike.analysis.neighbours import query_blocks
+    from lookalike.analysis.neighbours import PhotoOwners, product_blocks
     from lookalike.analysis.recommend_ray import RecommendActor, rows_of
 
     catalog, _, _ = random_catalog
-    all_keys = np.array(sorted(catalog.table.id_by_key), dtype=np.int64)
+    all_keys = np.array(sorted(catalog.products.photos_of), dtype=np.int64)
     queries = catalog.allowed({"colour": "blue"})
     for wanted, after in ((None, -1), (queries, -1), (queries, 150)):
-        local = [keys for keys, _ in query_blocks(catalog, 32, keys=wanted, after=after)]
+        local = [blk[0] for blk in product_blocks(catalog, 32, keys=wanted, after=after)]
         mine = recommend_module._key_blocks(all_keys, 32, wanted, after)
         assert [b.tolist() for b in mine] == [b.tolist() for b in local]
 
-    content = recommend_module._content_codes(catalog.table, int(all_keys[-1]) + 1)
+    content = recommend_module._content_codes(catalog.table, max(catalog.table.id_by_key) + 1)
     work = recommend_module.BlockWork(k=4, candidates=None, limit=300, first_fetch=5, n_candidates=300,
-                                      content=content, groups=None, labels=None)
+                                      content=content, groups=None, labels=None,
+                                      owners=PhotoOwners(catalog.products.products_of), allowed=None)
     actor = object.__new__(RecommendActor)  # its __init__ only fetches the work from Ray's object store
     actor.work, actor.catalog, actor.index, actor.dim = work, catalog, catalog.index, 16
-    keys, vectors = next(query_blocks(catalog, 32))
-    expected = work(catalog.index, keys, vectors)
+    block = next(product_blocks(catalog, 32))
+    keys = block[0]
+    expected = work(catalog.index, *block)
     out = actor({"block": np.zeros(len(keys), dtype=np.int64), "key": keys})
     got = rows_of(out, 4)
     assert got[0].tolist() == expected[0].tolist() and got[2] == expected[2]

@@ -114,7 +114,7 @@ def cluster_catalog(catalog, n: int | None = None, *, auto: tuple[int, int] | No
     Raises:
         QueryError: neither or both of ``n`` and ``auto``; too few items; unknown ``label``.
     """
-    from .evaluate import load_catalog_data
+    from .catalog_data import load_catalog_data
 
     if (n is None) == (auto is None):
         raise QueryError("give either -n N or --auto (choose n by silhouette)")
@@ -157,7 +157,7 @@ def summarise(vectors: np.ndarray, assignment: np.ndarray, centres: np.ndarray, 
 
 
 def stored_summaries(data, label: str | None = None, samples: int = 6) -> list[ClusterSummary]:
-    """Summaries of the clusters stored in a catalog (``evaluate.CatalogData``); centres are member means.
+    """Summaries of the clusters stored in a catalog (``catalog_data.CatalogData``); centres are member means.
 
     Raises:
         QueryError: the catalog has no clusters yet.

@@ -12,7 +12,14 @@ are linked through other members, as near-copies of one photo usually are). With
 edge can be missed where the index misses a neighbour. Connected components chain: two members of a group
 can be less similar than the threshold when each is close to a third; ``min_similarity`` shows it.
 
-A whole-catalog run saves its groups in ``analysis/duplicates.npz``; ``search``/``similar`` with ``dedupe``
+Products: the pass runs over photos (each photo once, however many products show it); a **group of products**
+is a connected component of products joined when a photo of one is the same photo as, an exact copy of, or a
+near-duplicate of a photo of the other (so sizes of one style that share their photos are one group, kind
+``exact`` when the products' photos have the same contents). Ids in groups are product ids; a member's
+similarity is its centroid's (``Catalog.vector``) to the representative's.
+
+A whole-catalog run saves its photo groups in ``analysis/duplicates.npz`` (photo keys, what result lists are
+collapsed by); ``search``/``similar`` with ``dedupe``
 (``catalog.dedupe``) and ``recommend`` use them to show one item per group.
 """
 
@@ -38,7 +45,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NEIGHBOURS = 20
 MAX_NEIGHBOURS = 1024
-PAIRWISE_LIMIT = 512  # groups up to this size get exact pairwise min/max similarity; larger ones their edges'
+PAIRWISE_LIMIT = 512  # groups up to this size get exact pairwise min/max similarity; larger ones to the representative
 
 
 @dataclass(frozen=True)
@@ -129,14 +136,18 @@ def find_duplicates(catalog, threshold: float = DEFAULT_THRESHOLD, *, neighbours
         raise QueryError(f"threshold must be above 0 and at most 1 (cosine similarity), got {threshold}")
     if neighbours < 1:
         raise QueryError(f"neighbours must be at least 1, got {neighbours}")
-    allowed = catalog.allowed(where)
+    allowed_products = catalog.allowed(where)
     index = catalog.index  # taken once: worker threads never touch the catalog's SQLite connection
-    table = catalog.table
+    table, products = catalog.table, catalog.products
     universe = np.array(sorted(table.id_by_key), dtype=np.int64)
-    if allowed is not None:
+    product_keys = np.array(sorted(products.photos_of), dtype=np.int64)
+    allowed = None
+    if allowed_products is not None:
+        product_keys = np.intersect1d(product_keys, allowed_products)
+        allowed = products.photo_keys(product_keys)
         universe = np.intersect1d(universe, allowed)
-    report = DuplicateReport(threshold=threshold, neighbours=neighbours, items=len(universe))
-    if len(universe) < 2:
+    report = DuplicateReport(threshold=threshold, neighbours=neighbours, items=len(product_keys))
+    if len(product_keys) < 2:
         report.seconds = time.perf_counter() - started
         return report
     limit = min(MAX_NEIGHBOURS + 1, len(universe))
@@ -169,66 +180,75 @@ def find_duplicates(catalog, threshold: float = DEFAULT_THRESHOLD, *, neighbours
     src_k, dst_k, sims = np.concatenate(src), np.concatenate(dst), np.concatenate(sim)
     keep = np.isin(dst_k, universe) & np.isin(src_k, universe)
     src_k, dst_k, sims = src_k[keep], dst_k[keep], sims[keep]
-    report.groups = _groups(catalog, index, table, universe, src_k, dst_k, sims)
+    photo_labels = _components(universe, src_k, dst_k)
+    report.groups = _product_groups(catalog, products, table, universe, photo_labels, product_keys)
     report.seconds = time.perf_counter() - started
     if report.truncated:
         log.warning("%d items have more than %d neighbours above %s; their groups rest on links through other "
                     "members (raise the threshold to split them)", report.truncated, MAX_NEIGHBOURS, threshold)
     if save and where is None:
-        _save(catalog, report, universe)
+        _save(catalog, report, universe, photo_labels)
     return report
 
 
-def _groups(catalog, index, table, universe: np.ndarray, src: np.ndarray, dst: np.ndarray,
-            sims: np.ndarray) -> list[DuplicateGroup]:
-    """Connected components with two or more members, largest first, each with its representative."""
+def _components(universe: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Connected component of each photo of ``universe`` (sorted keys) in the graph of edges src -> dst."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     n = len(universe)
     a, b = np.searchsorted(universe, src), np.searchsorted(universe, dst)
     graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)).tocsr()
-    _, labels = connected_components(graph, directed=True, connection="weak")
+    return connected_components(graph, directed=True, connection="weak")[1]
+
+
+def _product_groups(catalog, products, table, universe: np.ndarray, photo_labels: np.ndarray,
+                    product_keys: np.ndarray) -> list[DuplicateGroup]:
+    """Groups of two or more products joined through their photos' components, largest first, each with its
+    representative (the product whose first photo is largest, then the largest file, then the first added)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from .catalog_data import content_group
+
+    n = len(product_keys)
+    rows, cols = [], []
+    for i, key in enumerate(product_keys.tolist()):
+        photos = [int(p) for p in products.photos_of[key]]
+        at = np.searchsorted(universe, photos)
+        inside = (at < len(universe)) & (universe[np.minimum(at, len(universe) - 1)] == photos)
+        for label in set(photo_labels[at[inside]].tolist()):
+            rows.append(i)
+            cols.append(label)
+    # products x photo components: two products are joined when they touch one component
+    bipartite = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, int(photo_labels.max()) + 1))
+    joined = (bipartite @ bipartite.T).tocsr()
+    _, labels = connected_components(joined, directed=False)
     counts = np.bincount(labels)
-    multi = np.flatnonzero(counts > 1)
-    if len(multi) == 0:
-        return []
-    in_group = np.isin(labels, multi)
-    member_pos = np.flatnonzero(in_group)
-    member_keys = universe[member_pos]
-    sizes = catalog.store.sizes_for(member_keys.tolist())
     by_label: dict[int, list[int]] = {}
-    for pos in member_pos.tolist():
-        by_label.setdefault(int(labels[pos]), []).append(pos)
-    edge_label = labels[a]
-    order = np.argsort(edge_label, kind="stable")
-    edge_bounds = np.searchsorted(edge_label[order], multi, side="left"), np.searchsorted(edge_label[order], multi,
-                                                                                          side="right")
-    edge_range = {int(lab): (lo, hi) for lab, lo, hi in zip(multi, *edge_bounds, strict=True)}
+    for i in np.flatnonzero(counts[labels] > 1).tolist():
+        by_label.setdefault(int(labels[i]), []).append(int(product_keys[i]))
+    if not by_label:
+        return []
+    firsts = {key: int(products.photos_of[key][0]) for keys in by_label.values() for key in keys}
+    sizes = catalog.store.sizes_for(sorted(set(firsts.values())))
     groups = []
-    for label, positions in by_label.items():
-        keys = universe[positions].tolist()
-        size = [_true_size(table.path_by_key[k], sizes.get(k, (0, 0, 0))) for k in keys]
+    for keys in by_label.values():
+        size = [_true_size(table.path_by_key[firsts[k]], sizes.get(firsts[k], (0, 0, 0))) for k in keys]
         rep = max(range(len(keys)), key=lambda i: (size[i][0] * size[i][1], size[i][2], -keys[i]))
-        vecs = np.stack([np.asarray(index.vector(k), dtype=np.float32) for k in keys])
+        ids = [products.id_by_key[k] for k in keys]
+        vecs = np.stack([catalog.vector(pid) for pid in ids])
         to_rep = vecs @ vecs[rep]
-        if len(keys) <= PAIRWISE_LIMIT:
-            pair = vecs @ vecs.T
-            upper = pair[np.triu_indices(len(keys), 1)]
-            lo_sim, hi_sim = float(upper.min()), float(upper.max())
-        else:
-            lo, hi = edge_range[label]
-            linked = sims[order[lo:hi]]
-            lo_sim, hi_sim = float(linked.min()), float(linked.max())
-        hashes = {table.hash_by_key.get(k) for k in keys}
-        kind = "exact" if len(hashes) == 1 and None not in hashes else "near"
-        members = [DuplicateMember(id=table.id_by_key[k], path=table.path_by_key[k],
+        upper = (vecs @ vecs.T)[np.triu_indices(len(keys), 1)] if len(keys) <= PAIRWISE_LIMIT else to_rep
+        contents = {content_group(tuple(table.hash_by_key.get(int(p)) for p in products.photos_of[k])) for k in keys}
+        kind = "exact" if len(contents) == 1 and None not in contents else "near"
+        members = [DuplicateMember(id=ids[i], path=table.path_by_key[firsts[k]],
                                    similarity=round(min(1.0, float(to_rep[i])), 6), width=size[i][0],
                                    height=size[i][1]) for i, k in enumerate(keys)]
-        members.sort(key=lambda m: (m.id != table.id_by_key[keys[rep]], -m.similarity, m.id))
-        groups.append(DuplicateGroup(group=0, kind=kind, representative=table.id_by_key[keys[rep]],
-                                     members=members, min_similarity=round(min(1.0, lo_sim), 6),
-                                     max_similarity=round(min(1.0, hi_sim), 6)))
+        members.sort(key=lambda m: (m.id != ids[rep], -m.similarity, m.id))
+        groups.append(DuplicateGroup(group=0, kind=kind, representative=ids[rep], members=members,
+                                     min_similarity=round(min(1.0, float(upper.min())), 6),
+                                     max_similarity=round(min(1.0, float(upper.max())), 6)))
     groups.sort(key=lambda g: (-len(g.members), g.representative))
     for number, g in enumerate(groups, start=1):
         g.group = number
@@ -249,13 +269,13 @@ def _true_size(path: str, stored: tuple[int, int, int]) -> tuple[int, int, int]:
 # -- saved groups (for --dedupe, see catalog.dedupe) ---------------------------------------------------
 
 
-def _save(catalog, report: DuplicateReport, universe: np.ndarray) -> None:
-    """Member key -> group number, with the threshold and generation that made them."""
-    key_by_id = catalog.table.key_by_id
-    keys = [key_by_id[m.id] for g in report.groups for m in g.members]
-    numbers = [g.group for g in report.groups for _ in g.members]
+def _save(catalog, report: DuplicateReport, universe: np.ndarray, photo_labels: np.ndarray) -> None:
+    """Photo key -> group number (components of two or more photos), with the threshold and generation that
+    made them: result lists collapse on the photos they were found by."""
+    counts = np.bincount(photo_labels)
+    multi = counts[photo_labels] > 1
     info = {"threshold": report.threshold, "generation": catalog.store.generation(), "items": report.items}
-    save_groups(catalog, keys, numbers, info)
+    save_groups(catalog, universe[multi].tolist(), (photo_labels[multi] + 1).tolist(), info)
 
 
 def group_codes(catalog, threshold: float = DEFAULT_THRESHOLD, *, progress: bool | None = None,

@@ -1,9 +1,12 @@
 """How good are the recommendations? Retrieval metrics and a kNN classification report for a catalog.
 
 Every query is answered at once from the stored vectors (blocks of matrix products, exact), not by one
-``similar`` call per item. Definitions, for a query q with label y and k returned neighbours:
+``similar`` call per item. The catalog's items are its **products** (``catalog_data``: one row per product, its
+vector the centroid of its photos'); leave-one-out leaves the whole product out, with every product made of
+the same photos (its content group). Held-out queries (``--queries``) are photos. Definitions, for a query q
+with label y and k returned neighbours:
 
-* candidates: every catalog item except q itself and its exact copies (same content hash) -- the items
+* candidates: every catalog product except q itself and its exact copies (same content group) -- the items
   ``similar`` may return; relevant: the candidates whose label is y (R of them). Candidates without the
   label are never relevant. Queries without the label are not used and are counted as excluded.
 * precision@k = hits / k' where k' = min(k, candidates); recall@k = hits / R; hit rate@k = [hits > 0];
@@ -38,6 +41,7 @@ import numpy as np
 
 from ..core.config import EncodeOptions
 from ..core.errors import QueryError
+from .catalog_data import CatalogData, colour_histograms, load_catalog_data
 
 log = logging.getLogger(__name__)
 
@@ -417,56 +421,6 @@ def _bootstrap(values: np.ndarray, resamples: int, rng: np.random.Generator, sta
 # -- catalogs -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class CatalogData:
-    """A catalog's embedded items in one piece: what every analysis (metrics, plots, clusters) reads."""
-
-    keys: np.ndarray
-    ids: list[str]
-    paths: list[str]
-    sha256: list[str | None]
-    vectors: np.ndarray
-    labels: list[dict[str, str]]
-    clusters: dict[int, int]  # key -> cluster, from `lookalike cluster`
-    label_names: list[str]
-    path: str = "PATH"
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def values(self, label: str) -> list[str | None]:
-        """Each item's value of ``label`` (None where it has none); ``cluster`` reads the stored clusters.
-
-        Raises:
-            QueryError: the catalog has no such label.
-        """
-        if label in self.label_names:
-            return [lab.get(label) for lab in self.labels]
-        if label == "cluster":
-            if not self.clusters:
-                raise QueryError(f"{self.path} has no clusters yet; run `lookalike cluster --catalog {self.path} -n 6`")
-            return [str(self.clusters[key]) if key in self.clusters else None for key in self.keys.tolist()]
-        listing = ", ".join(self.label_names) or "none (index from a CSV manifest to add labels)"
-        raise QueryError(f"unknown label {label!r}; labels in this catalog: {listing}"
-                         + (", cluster" if self.clusters else ""))
-
-
-def load_catalog_data(catalog) -> CatalogData:
-    """Read ids, paths, hashes, vectors, labels and clusters of every embedded item, in key order."""
-    store = catalog.store
-    keys, vectors = store.vectors(catalog.config.embedder.dim)
-    rows = {key: (item_id, path, sha) for key, item_id, path, sha in store.ok_items()}
-    labels = store.labels()
-    present = [i for i, key in enumerate(keys.tolist()) if key in rows]
-    keys, vectors = keys[present], vectors[present]
-    return CatalogData(
-        keys=keys, ids=[rows[k][0] for k in keys.tolist()], paths=[rows[k][1] for k in keys.tolist()],
-        sha256=[rows[k][2] for k in keys.tolist()], vectors=vectors,
-        labels=[labels.get(k, {}) for k in keys.tolist()], clusters=store.clusters(),
-        label_names=store.label_names(), path=catalog.name,
-    )
-
-
 def evaluate_catalog(
     catalog,
     label: str | None,
@@ -500,7 +454,7 @@ def evaluate_catalog(
         raise QueryError("--label is needed: the label whose equal values count as relevant, e.g. articleType")
     base_labels = data.values(label)
     common = {"bootstrap": bootstrap, "seed": seed, "label": label, "base_ids": data.ids,
-              "base_groups": data.sha256}
+              "base_groups": data.content}
     held_out = None
     if queries is not None:
         held_out = _embed_queries(catalog.encoder(options or EncodeOptions(progress=False)), queries, query_images,
@@ -539,7 +493,8 @@ def _embed_queries(encoder, queries: str | Path, query_images: str | Path | None
     for warning in listing.warnings:
         log.warning(warning)
     items = listing.items
-    sha_by_id = dict(zip(data.ids, data.sha256, strict=True))
+    group_by_id = dict(zip(data.ids, data.content, strict=True))
+    group_by_photo = data.group_of_photo()
     vectors = np.zeros((len(items), encoder.embedder.dim), dtype=np.float32)
     sha: list[str | None] = [None] * len(items)
     ok = np.zeros(len(items), dtype=bool)
@@ -550,8 +505,9 @@ def _embed_queries(encoder, queries: str | Path, query_images: str | Path | None
         for result in batch.others:
             log.warning("query %s skipped: %s", result.task.path, result.error)
     keep = np.flatnonzero(ok)
-    # A query that is itself a catalog item (same id) is its own group too, whatever its bytes are now.
-    groups = [sha_by_id.get(items[i].id) or sha[i] for i in keep]
+    # A query that is itself a catalog product (same id) is of its group, whatever its bytes are now; a query
+    # photo that is one of a product's photos is of that product's group (it never finds the product).
+    groups = [group_by_id.get(items[i].id) or group_by_photo.get(sha[i] or "") or sha[i] for i in keep]
     return _Queries(ids=[items[i].id for i in keep], paths=[str(items[i].path) for i in keep],
                     labels=[items[i].labels.get(label) for i in keep], groups=groups, vectors=vectors[keep],
                     unreadable=int((~ok).sum()))
@@ -564,7 +520,7 @@ def _colorhist_row(catalog, data: CatalogData, base_labels, k, held_out: _Querie
     notes = []
     if len(kept) < len(data):
         notes.append(f"{len(data) - len(kept)} catalog photos could not be re-read for the colour histograms")
-    args = dict(common, base_ids=[data.ids[i] for i in kept], base_groups=[data.sha256[i] for i in kept])
+    args = dict(common, base_ids=[data.ids[i] for i in kept], base_groups=[data.content[i] for i in kept])
     if held_out is not None:
         from ..engines.embed import Encoder
         from ..models.handcrafted import ColourHistogramEmbedder
@@ -575,41 +531,6 @@ def _colorhist_row(catalog, data: CatalogData, base_labels, k, held_out: _Querie
                            embedder="colour histogram", **args)
     row.notes[:0] = notes
     return row
-
-
-def colour_histograms(catalog, data: CatalogData) -> tuple[np.ndarray, np.ndarray]:
-    """Colour-histogram vectors of the catalog's photos (re-read from disk), cached in ``analysis/``.
-
-    Returns (vectors N x 512, ok mask); a photo that cannot be read now has ok False.
-    """
-    from ..engines.embed import Encoder, FileTask, encode_files
-    from ..models.handcrafted import HANDCRAFTED_WEIGHTS, ColourHistogramEmbedder
-
-    cache = catalog.folder / "analysis" / "colorhist.npz"
-    stamp = f"{catalog.store.generation()}:{HANDCRAFTED_WEIGHTS}"
-    try:
-        with np.load(cache, allow_pickle=False) as saved:
-            if str(saved["stamp"]) == stamp and np.array_equal(saved["keys"], data.keys):
-                return saved["vectors"], saved["ok"]
-    except (OSError, KeyError, ValueError):
-        pass
-    embedder = ColourHistogramEmbedder()
-    encoder = Encoder(embedder, EncodeOptions(precision="fp32", progress=False))
-    vectors = np.zeros((len(data), embedder.dim), dtype=np.float32)
-    ok = np.zeros(len(data), dtype=bool)
-    tasks = [FileTask(Path(p), ref=i) for i, p in enumerate(data.paths)]
-    for batch in encode_files(encoder, tasks):
-        for row, result in enumerate(batch.embedded):
-            vectors[result.task.ref] = batch.vectors[row]
-            ok[result.task.ref] = True
-    try:
-        cache.parent.mkdir(exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, stamp=np.array(stamp), keys=data.keys, vectors=vectors, ok=ok)
-        tmp.replace(cache)
-    except OSError as exc:  # a read-only catalog is still evaluated
-        log.info("colour histograms not cached (%s)", exc)
-    return vectors, ok
 
 
 def evaluate_catalogs(paths: Sequence[str | Path], label: str, k: int = 10, **kwargs) -> list[Evaluation]:

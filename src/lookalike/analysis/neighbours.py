@@ -72,7 +72,7 @@ def search_until(index, queries: np.ndarray, fetch: int, allowed: np.ndarray | N
     Returns (sims, keys) padded with nan / -1 to the widest fetch: rows that needed more come back longer.
     """
     fetch = max(1, min(fetch, limit))
-    sims, keys = _search(index, queries, fetch, allowed)
+    sims, keys = search_block(index, queries, fetch, allowed)
     sims, keys = np.asarray(sims, dtype=np.float32), np.asarray(keys, dtype=np.int64)
     rows = np.arange(len(queries))
     while fetch < limit:
@@ -82,7 +82,7 @@ def search_until(index, queries: np.ndarray, fetch: int, allowed: np.ndarray | N
         if len(again) == 0:
             break
         fetch = min(limit, fetch * 4)
-        more_sims, more_keys = _search(index, queries[again], fetch, allowed)
+        more_sims, more_keys = search_block(index, queries[again], fetch, allowed)
         width = more_keys.shape[1]
         if width > keys.shape[1]:
             pad = width - keys.shape[1]
@@ -104,9 +104,61 @@ def first_in_row(codes: np.ndarray) -> np.ndarray:
     return out
 
 
-def _search(index, queries: np.ndarray, fetch: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def search_block(index, queries: np.ndarray, fetch: int, allowed: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """The queries of a pass are catalog items: the index's setting tuned for them, where it has one."""
     settings = getattr(index, "item_settings", None)
     if settings is None:
         return index.search(queries, fetch, allowed)
     return index.search(queries, fetch, allowed, settings=settings)
+
+
+# -- products: a pass over products queries with every photo of each product --------------------------------
+
+
+class PhotoOwners:
+    """Photo key -> the keys of the products that show it, as two flat arrays (picklable, so Ray actors get the
+    same table): the owners of photo ``h`` are ``products[start[h]:start[h + 1]]``, in key order."""
+
+    def __init__(self, products_of: dict[int, tuple[int, ...]]):
+        size = (max(products_of) + 2) if products_of else 1
+        counts = np.zeros(size, np.int64)
+        for photo, owners in products_of.items():
+            counts[photo + 1] = len(owners)
+        self.start = np.cumsum(counts)
+        self.products = np.zeros(int(self.start[-1]), np.int64)
+        for photo, owners in products_of.items():
+            self.products[self.start[photo]:self.start[photo + 1]] = owners
+
+    def of(self, photo: int) -> np.ndarray:
+        if photo < 0 or photo + 1 >= len(self.start):
+            return self.products[:0]
+        return self.products[self.start[photo]:self.start[photo + 1]]
+
+
+def product_blocks(catalog, block: int = DEFAULT_BLOCK, keys: np.ndarray | None = None,
+                   after: int = -1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """(product keys, their photos' keys, the photos' vectors P x D float32, each photo row's product
+    position) of the products with an embedded photo, in product key order, ``block`` products at a time;
+    only ``keys`` when given, only keys above ``after`` (a resumed pass)."""
+    all_keys = np.array(sorted(catalog.products.photos_of), dtype=np.int64)
+    all_keys = all_keys[all_keys > after]
+    wanted = None if keys is None else np.unique(np.asarray(keys, dtype=np.int64))
+    for start in range(0, len(all_keys), block):  # cut as query_blocks cuts (then keep the wanted keys)
+        chunk = all_keys[start:start + block]
+        if wanted is not None:
+            chunk = chunk[np.isin(chunk, wanted, assume_unique=True)]
+        if len(chunk):
+            yield product_inputs(catalog, chunk)
+
+
+def product_inputs(catalog, qkeys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``product_blocks``' tuple for one block of product keys (read from this process's catalog)."""
+    products = catalog.products
+    photos = [products.photos_of[int(k)] for k in qkeys.tolist()]
+    owner = np.repeat(np.arange(len(qkeys)), [len(p) for p in photos]).astype(np.int64)
+    photo_keys = np.concatenate(photos).astype(np.int64) if photos else np.zeros(0, np.int64)
+    stored = catalog.store.vectors_for(photo_keys.tolist(), catalog.config.embedder.dim)
+    vectors = np.stack([stored[int(p)] for p in photo_keys]).astype(np.float32, copy=False) if len(photo_keys) \
+        else np.zeros((0, catalog.config.embedder.dim), np.float32)
+    return qkeys, photo_keys, vectors, owner

@@ -1,17 +1,21 @@
-"""Precomputed recommendations for a whole catalog: every item's k most similar items, written to a file.
+"""Precomputed recommendations for a whole catalog: every product's k most similar products, written to a file.
 
-Rows are ``item_id, rank, similar_id, similarity`` (plus the ``group_by`` label of the similar item), in
-item key order, ranks from 1, best first. Formats: Parquet (one row group per part), CSV, JSON lines, chosen
-by ``--format`` or the file extension.
+Rows are ``item_id, rank, similar_id, similarity`` (plus the ``group_by`` label of the similar product), ids
+being product ids, in product key order, ranks from 1, best first. A product queries with every one of its
+photos through the photo index, and another product scores its best (query photo, photo) pair, as
+``Catalog.similar`` ranks them (photo hits grouped into products, each at its best photo). Formats: Parquet
+(one row group per part), CSV, JSON lines, chosen by ``--format`` or the file extension.
 
-Rules, the same for every item:
+Rules, the same for every product:
 
-* an item is never recommended to itself, nor are its exact copies (same content hash);
+* a product is never recommended to itself, nor found by its own photos or their exact copies (same content
+  hash), so a product sharing a photo with it is found by its other photos only;
 * ``where`` restricts the candidates (what may be recommended); every item still gets a row set.
   ``queries_where`` restricts which items get recommendations. They are separate because both uses are
   common: "for every product, similar products in stock" and "only for the women's range";
-* ``dedupe``: one candidate per near-duplicate group (``duplicates.py``), none from the item's own group;
-* ``group_by LABEL``: one candidate per value of that label (e.g. one per ``productDisplayName``: not the
+* ``dedupe``: one candidate per near-duplicate group of the photos they are found by (``duplicates.py``),
+  none found by a photo of the groups of the product's own photos;
+* ``group_by LABEL``: one candidate per value of that (product) label (e.g. one per ``productDisplayName``: not the
   same product in five colours); items without the label are each their own group. The item's own value
   is allowed (another product with the same name may still be a fine recommendation).
 
@@ -45,7 +49,15 @@ import numpy as np
 from ..catalog.query import Where, check_k
 from ..core.errors import OutputError, QueryError
 from .duplicates import DEFAULT_THRESHOLD, group_codes
-from .neighbours import DEFAULT_BLOCK, DEFAULT_THREADS, ordered_map, progress_bar, query_blocks, search_until
+from .neighbours import (
+    DEFAULT_BLOCK,
+    DEFAULT_THREADS,
+    PhotoOwners,
+    ordered_map,
+    product_blocks,
+    progress_bar,
+    search_block,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,20 +120,21 @@ def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where
         labels = ", ".join(catalog.store.label_names()) or "none (index from a manifest to add labels)"
         raise QueryError(f"unknown label {group_by!r} for --group-by; labels in this catalog: {labels}")
     index = catalog.index
-    table = catalog.table
-    all_keys = np.array(sorted(table.id_by_key), dtype=np.int64)
+    table, products = catalog.table, catalog.products
+    all_keys = np.array(sorted(products.photos_of), dtype=np.int64)
     size = int(all_keys[-1]) + 1 if len(all_keys) else 1
+    photo_size = (max(table.id_by_key) + 1) if table.id_by_key else 1
     n_candidates = len(all_keys) if candidates is None else len(np.intersect1d(candidates, all_keys))
     n_queries = len(all_keys) if queries is None else len(np.intersect1d(queries, all_keys))
     if candidates is not None and n_candidates == 0:
         raise QueryError(f"--where {where} matches no item: nothing could be recommended; check the label values "
                          "with `lookalike status` or the web page's facets")
 
-    content = _content_codes(table, size)
+    content = _content_codes(table, photo_size)
     groups = group_codes(catalog, threshold, progress=progress, threads=threads) if dedupe else None
     labels, label_values = _label_codes(catalog, group_by, size) if group_by else (None, None)
     ids = np.empty(size, dtype=object)
-    for key, item_id in table.id_by_key.items():
+    for key, item_id in products.id_by_key.items():
         ids[key] = item_id
 
     options = {"k": k, "format": fmt, "where": catalog.check_where(where), "dedupe": dedupe,
@@ -129,13 +142,16 @@ def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where
                "queries_where": catalog.check_where(queries_where), "generation": catalog.store.generation(),
                "items": len(all_keys)}
     parts = _Parts(out, fmt, options, resume, folder_out)
-    work = BlockWork(k=k, candidates=candidates, limit=min(MAX_FETCH, n_candidates),
-                     first_fetch=k + 1 + (2 * k if dedupe or group_by else 0), n_candidates=n_candidates,
-                     content=content, groups=groups, labels=labels)
+    allowed_photos = None if candidates is None else products.photo_keys(candidates)
+    work = BlockWork(k=k, candidates=allowed_photos, limit=min(MAX_FETCH, len(table.id_by_key)),
+                     first_fetch=k + 1 + (2 * k if dedupe or group_by or not products.one_to_one else 0),
+                     n_candidates=n_candidates, content=content, groups=groups, labels=labels,
+                     owners=PhotoOwners(products.products_of),
+                     allowed=None if candidates is None else np.isin(np.arange(size), candidates))
     report = RecommendReport(path=str(out), format=fmt, items=parts.items, rows=parts.rows, computed=0,
                              resumed=parts.done_key >= 0, short=parts.short, seconds=0.0)
     if engine is None:
-        blocks = query_blocks(catalog, block, keys=queries, after=parts.done_key)
+        blocks = product_blocks(catalog, block, keys=queries, after=parts.done_key)
         results = ordered_map(lambda blk: work(index, *blk), blocks, threads)
     else:
         from .recommend_ray import recommend_on_ray
@@ -159,31 +175,86 @@ def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where
 
 @dataclass
 class BlockWork:
-    """What one block of queries needs besides the index: the rules every item is held to. Picklable, so
-    Ray actors run exactly the work this process would."""
+    """What one block of query products needs besides the index: the rules every product is held to.
+    Picklable, so Ray actors run exactly the work this process would."""
 
     k: int
-    candidates: np.ndarray | None
+    candidates: np.ndarray | None  # photo keys the index may return (those of the allowed products)
     limit: int
     first_fetch: int
     n_candidates: int
-    content: np.ndarray
-    groups: np.ndarray | None
-    labels: np.ndarray | None
+    content: np.ndarray  # dense photo key -> content code
+    groups: np.ndarray | None  # dense photo key -> near-duplicate group
+    labels: np.ndarray | None  # dense product key -> group_by code
+    owners: PhotoOwners
+    allowed: np.ndarray | None  # dense product key -> may be recommended
 
-    def __call__(self, index, qkeys: np.ndarray, qvecs: np.ndarray) -> tuple[np.ndarray, tuple, int]:
-        """(query keys, (item key, rank, similar key, similarity) rows in key and rank order, short items)."""
-        k, content, groups, labels = self.k, self.content, self.groups, self.labels
+    def __call__(self, index, qkeys: np.ndarray, photo_keys: np.ndarray, qvecs: np.ndarray,
+                 owner: np.ndarray) -> tuple[np.ndarray, tuple, int]:
+        """(query product keys, (product key, rank, similar key, similarity) rows in key and rank order, short
+        products), from the block's photos (``photo_keys``, vectors ``qvecs``, ``owner``: each photo row's
+        position in ``qkeys``)."""
+        fetch = max(1, min(self.first_fetch, self.limit))
+        picked: list[list[tuple[int, float]]] = [[] for _ in qkeys]
+        todo = np.arange(len(qkeys))
+        while len(todo):
+            rows = np.flatnonzero(np.isin(owner, todo))
+            sims, keys = search_block(index, qvecs[rows], fetch, self.candidates)
+            more = []
+            for q in todo.tolist():
+                mine = owner[rows] == q
+                picked[q] = self._pick(int(qkeys[q]), photo_keys[rows[mine]], sims[mine], keys[mine])
+                full = keys.shape[1] == fetch and bool((keys[mine, -1] >= 0).any())
+                if len(picked[q]) < self.k and full and fetch < self.limit:
+                    more.append(q)
+            todo = np.array(more, dtype=np.int64)
+            fetch = min(self.limit, fetch * 4)
+        counts = np.array([len(p) for p in picked], dtype=np.int64)
+        item = np.repeat(qkeys, counts)
+        ranks = np.concatenate([np.arange(1, c + 1, dtype=np.int32) for c in counts]) if len(counts) else \
+            np.zeros(0, np.int32)
+        similar = np.array([p for row in picked for p, _ in row], dtype=np.int64)
+        sims_out = np.array([s for row in picked for _, s in row], dtype=np.float32)
+        short_rows = int((counts < min(self.k, self.n_candidates)).sum())
+        return qkeys, (item, ranks, similar, sims_out), short_rows
 
-        def lacking(rows: np.ndarray, sims: np.ndarray, keys: np.ndarray) -> np.ndarray:
-            return _select(qkeys[rows], keys, k, content, groups, labels).sum(axis=1) < k
-
-        sims, keys = search_until(index, qvecs, self.first_fetch, self.candidates, self.limit, lacking)
-        chosen = _select(qkeys, keys, k, content, groups, labels)
-        rows, cols = np.nonzero(chosen)
-        ranks = np.cumsum(chosen, axis=1)[rows, cols].astype(np.int32)
-        short_rows = int((chosen.sum(axis=1) < min(k, self.n_candidates)).sum())
-        return qkeys, (qkeys[rows], ranks, keys[rows, cols], sims[rows, cols].astype(np.float32)), short_rows
+    def _pick(self, product: int, own_photos: np.ndarray, sims: np.ndarray, keys: np.ndarray
+              ) -> list[tuple[int, float]]:
+        """The first k products of one query product's photo hits merged best first: never itself, never by a
+        photo of its own photos' content (or near-duplicate groups), one per group and label value."""
+        flat_keys, flat_sims = keys.ravel(), sims.ravel()
+        order = np.lexsort((flat_keys, -np.nan_to_num(flat_sims, nan=-np.inf)))
+        own_content = set(self.content[own_photos].tolist())
+        own_groups = set(self.groups[own_photos].tolist()) if self.groups is not None else set()
+        seen: set[int] = {product}
+        seen_groups: set[int] = set()
+        seen_labels: set[int] = set()
+        out: list[tuple[int, float]] = []
+        for j in order.tolist():
+            photo = int(flat_keys[j])
+            if photo < 0 or int(self.content[photo]) in own_content:
+                continue
+            group = int(self.groups[photo]) if self.groups is not None else None
+            if group is not None and (group in own_groups or group in seen_groups):
+                continue
+            for other in self.owners.of(photo).tolist():
+                if other in seen or (self.allowed is not None and not self.allowed[other]):
+                    continue
+                if self.labels is not None:
+                    code = int(self.labels[other])
+                    if code in seen_labels:
+                        continue
+                    seen_labels.add(code)
+                seen.add(other)
+                out.append((other, float(flat_sims[j])))
+                if group is not None:
+                    seen_groups.add(group)
+                    break  # one product per near-duplicate group
+                if len(out) == self.k:
+                    return out
+            if len(out) == self.k:
+                return out
+        return out
 
 
 def _key_blocks(all_keys: np.ndarray, block: int, queries: np.ndarray | None, after: int) -> list[np.ndarray]:
@@ -199,26 +270,6 @@ def _key_blocks(all_keys: np.ndarray, block: int, queries: np.ndarray | None, af
         if len(chunk):
             out.append(chunk)
     return out
-
-
-def _select(qkeys: np.ndarray, keys: np.ndarray, k: int, content: np.ndarray, groups: np.ndarray | None,
-            labels: np.ndarray | None) -> np.ndarray:
-    """Which neighbour slots become recommendations: the first k of each row that are not the item or its
-    copies and, with the options, not a second member of a near-duplicate group or label value."""
-    from .neighbours import first_in_row
-
-    valid = keys >= 0
-    safe = np.where(valid, keys, 0)
-    keep = valid & (content[safe] != content[qkeys][:, None])
-    # codes of slots already dropped: distinct negatives, so they never hide a later slot
-    dropped = -1 - np.arange(keys.shape[1], dtype=np.int64)[None, :]
-    if groups is not None:
-        code = groups[safe]
-        keep &= code != groups[qkeys][:, None]
-        keep &= first_in_row(np.where(keep, code, dropped))
-    if labels is not None:
-        keep &= first_in_row(np.where(keep, labels[safe], dropped))
-    return keep & (np.cumsum(keep, axis=1) <= k)
 
 
 def _content_codes(table, size: int) -> np.ndarray:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..engines.ray_engine import RayEngine, actors_for, configure_ray_data, ray_session
+from .neighbours import product_inputs
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def rows_of(cols: dict[str, np.ndarray], k: int) -> tuple:
 
 class RecommendActor:
     """A recommending actor: the catalog opened read-only and its index loaded once; each call runs
-    ``BlockWork`` on each whole block of query keys it was given."""
+    ``BlockWork`` on each whole block of query product keys it was given (their photos read here)."""
 
     def __init__(self, catalog: list, work: list, threads: int):
         import ray
@@ -105,9 +106,7 @@ class RecommendActor:
         blocks = batch["block"]
         for b in dict.fromkeys(blocks.tolist()):  # each block whole, in order
             qkeys = np.asarray(batch["key"][blocks == b], dtype=np.int64)
-            stored = self.catalog.store.vectors_for(qkeys.tolist(), self.dim)
-            qvecs = np.stack([stored[int(key)] for key in qkeys]).astype(np.float32, copy=False)
-            _, (item, _, similar, sims), _ = self.work(self.index, qkeys, qvecs)
+            _, (item, _, similar, sims), _ = self.work(self.index, *product_inputs(self.catalog, qkeys))
             counts = np.bincount(np.searchsorted(qkeys, item), minlength=len(qkeys))
             mask = np.arange(k)[None, :] < counts[:, None]
             padded_keys = np.full((len(qkeys), k), -1, dtype=np.int64)

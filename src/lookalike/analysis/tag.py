@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..core.errors import QueryError
+from .catalog_data import product_vector_blocks
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ def scores(sims: np.ndarray, scale: float, bias: float | None) -> tuple[np.ndarr
 
 def tag_catalog(catalog, column: str, classes: Sequence[str], templates: Sequence[str] = (DEFAULT_TEMPLATE,),
                 *, against: str | None = None, options=None) -> TagReport:
-    """Predict ``column`` for every item of ``catalog`` and store it; with ``against``, evaluate it.
+    """Predict ``column`` for every product of ``catalog`` (from its vector: the centroid of its photos') and
+    store it per product, where filters and facets read it; with ``against``, evaluate it.
 
     Raises:
         NoTextModelError: the catalog's model has no text tower.
@@ -137,7 +139,7 @@ def tag_catalog(catalog, column: str, classes: Sequence[str], templates: Sequenc
     tower = encoder.text_tower  # a LiT tower: its own learned temperature, CLIP's softmax
     scale, bias = (tower.logit_scale, None) if tower is not None else (embedder.logit_scale, embedder.logit_bias)
     keys_out, best_out, score_out = [], [], []
-    for keys, vectors in store.iter_vectors(catalog.config.embedder.dim, batch=BLOCK):
+    for keys, vectors in product_vector_blocks(catalog, BLOCK):  # per product: its photos' centroid
         best, score = scores(vectors.astype(np.float32) @ targets.T, scale, bias)
         keys_out.append(keys)
         best_out.append(best)

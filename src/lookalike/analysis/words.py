@@ -22,7 +22,8 @@ import numpy as np
 
 from ..core.config import EncodeOptions
 from ..core.errors import QueryError
-from .evaluate import CHANCE, Estimate, bootstrap_mean, evaluate_vectors, load_catalog_data
+from .catalog_data import load_catalog_data
+from .evaluate import CHANCE, Estimate, bootstrap_mean, evaluate_vectors
 from .tag import DEFAULT_TEMPLATE
 
 TEXT_FROM = "text-from"

@@ -283,7 +283,7 @@ def grid_for_catalog(catalog, item_ids: Sequence[str], k: int = 5, label: str | 
     rows = []
     for item_id in item_ids:
         matches = catalog.similar(item_id, k=k, where=where, same_cluster=same_cluster)
-        rows.append(GridRow(item_id, catalog.store.item(item_id).path, catalog.labels(item_id), matches))
+        rows.append(GridRow(item_id, catalog.item(item_id).path, catalog.labels(item_id), matches))
     return grid_figure(rows, label=label, k=k, title=f"{catalog.title}: {k} most similar items")
 
 
@@ -291,8 +291,9 @@ def map_for_catalog(catalog, method: str = "pca", colour_by: str | None = None, 
                     seed: int = 0):
     """The catalog's 2D map (``cluster.project_2d``) with ``links`` seeded sample queries joined to their
     k nearest items (``evaluate.nearest``, the item itself and its copies left out)."""
+    from ..analysis.catalog_data import load_catalog_data
     from ..analysis.cluster import project_2d
-    from ..analysis.evaluate import content_group_codes, load_catalog_data, nearest
+    from ..analysis.evaluate import content_group_codes, nearest
 
     data = load_catalog_data(catalog)
     values = data.values(colour_by) if colour_by else [None] * len(data)
@@ -300,7 +301,7 @@ def map_for_catalog(catalog, method: str = "pca", colour_by: str | None = None, 
     pairs: list[tuple[int, list[int]]] = []
     if links:
         queries = np.random.default_rng(seed).permutation(len(data))[:links]
-        groups = content_group_codes(data.sha256, len(data))
+        groups = content_group_codes(data.content, len(data))
         idx, _ = nearest(data.vectors[queries], data.vectors, k, groups[queries], groups)
         pairs = [(int(q), [j for j in row.tolist() if j >= 0]) for q, row in zip(queries, idx, strict=True)]
     title = f"{catalog.title}: {method.upper()} of {len(data)} items ({catalog.config.embedder.name})"
@@ -313,8 +314,8 @@ def clusters_for_catalog(catalog, label: str | None = None, samples: int = 6):
     Raises:
         QueryError: the catalog has no clusters yet.
     """
+    from ..analysis.catalog_data import load_catalog_data
     from ..analysis.cluster import stored_summaries
-    from ..analysis.evaluate import load_catalog_data
 
     data = load_catalog_data(catalog)
     summaries = stored_summaries(data, label, samples)

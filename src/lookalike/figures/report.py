@@ -16,15 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.catalog_data import CatalogData, load_catalog_data
 from ..analysis.cluster import cluster_catalog, project_2d, stored_summaries
 from ..analysis.evaluate import (
     METRIC_NAMES,
     REFERENCES,
-    CatalogData,
     Evaluation,
     evaluate_catalog,
     format_estimate,
-    load_catalog_data,
 )
 from ..catalog.query import Match, distance_from_similarity
 from ..core.version import __version__

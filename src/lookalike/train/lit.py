@@ -83,12 +83,17 @@ class LitData:
 
 
 def catalog_data(catalog: Catalog) -> LitData:
-    """A catalog's stored vectors and labels, exactly as search compares words with them (nothing re-embedded)."""
+    """A catalog's stored photo vectors, each with its product's labels, exactly as search compares words with
+    them (the index holds photos; nothing re-embedded). A photo is one row however many products show it, with
+    the labels of the first of them (lowest key); a photo of no product has none. Ids are photo ids."""
     keys, vectors = catalog.store.vectors(catalog.config.embedder.dim)
     id_of = {key: item_id for key, item_id, _, _ in catalog.store.ok_items()}
-    by_key = catalog.store.labels_for(keys.tolist())
+    owners = catalog.products.products_of
+    owner = {int(k): owners[int(k)][0] for k in keys.tolist() if owners.get(int(k))}
+    by_product = catalog.store.labels_for(sorted(set(owner.values())))  # keyed by product key
+    by_key = {k: by_product.get(product, {}) for k, product in owner.items()}
     names = sorted({n for labels in by_key.values() for n in labels})
-    labels = {n: [by_key[int(k)].get(n) for k in keys] for n in names}
+    labels = {n: [by_key.get(int(k), {}).get(n) for k in keys] for n in names}
     return LitData(image=catalog.config.embedder, ids=[id_of[int(k)] for k in keys], vectors=vectors.astype(np.float32),
                    labels=labels, source=str(catalog.name))
 
