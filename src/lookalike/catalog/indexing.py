@@ -1,0 +1,198 @@
+"""The FAISS index of a catalog and the in-memory tables beside it, kept in step with the store.
+
+A part of ``Catalog`` (``catalog.py``), which inherits it; it reads the catalog's attributes set there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from ..core.errors import (
+    StoreUnavailableError,
+)
+from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
+from ..store import Store
+from .consistency import index_disagrees
+from .products import (
+    ProductTable,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Indexing:
+    """The FAISS index (caught up from the store's change log, rebuilt when its kind must change, tuned to a
+    recall) and the in-memory photo and product tables, dropped whenever the store's generation moves."""
+
+    @property
+    def index(self) -> VectorIndex:
+        self._refresh_index(save=False)
+        assert self._index is not None
+        return self._index
+
+    def _refresh_index(self, save: bool, force_rebuild: bool = False) -> None:
+        """Follow writes by this or another process; between queries, look at most every 0.25 s.
+
+        A stale index catches up from the store's change log (new, replaced and removed vectors) without
+        a rebuild; it is rebuilt from the stored vectors only when there is none, when the catalog's size
+        calls for another kind (``choose_index``), or when the kind says so (HNSW with many removals, IVF
+        lists trained on a quarter of today's items). Only writers (``save``) persist the catch-up.
+        """
+        now = time.monotonic()
+        if self._index is not None and not save and not force_rebuild and now - self._checked_at < 0.25:
+            return
+        self._checked_at = now
+        try:
+            generation, labels_generation = self.store.generations()
+        except StoreUnavailableError:
+            self._checked_at = 0.0  # the next call asks again (and is told at once while it is down)
+            raise
+        if labels_generation != self._labels_generation and self._meta is not None:
+            self._meta.forget_labels()
+        self._labels_generation = labels_generation
+        if self._index is not None and self._index_generation == generation and not force_rebuild:
+            return
+        folder = self.index_dir
+        index, at = self._index, self._index_generation
+        from_disk = False
+        if index is None and folder is not None:
+            loaded = VectorIndex.load(folder)
+            if loaded is not None and loaded[1] <= generation:
+                (index, at), from_disk = loaded, True
+        changed = index is None or at != generation
+        if index is not None and at != generation:
+            keys, vectors = self.store.vectors(self.config.embedder.dim, index.plan.dtype, since=at)
+            index.update(keys, vectors, self.store.removed_since(at))
+        if from_disk and index is not None:  # prove the saved index belongs to this store before trusting it
+            problem = index_disagrees(index, self.store, self.config.embedder.dim)
+            if problem:
+                log.warning("%s does not match the catalog's store (%s); rebuilding it from the stored vectors",
+                            folder, problem)
+                index, force_rebuild = None, True
+        options = self.index_options()
+        count = index.size if index is not None else self.store.counts()["ok"]
+        plan = choose_index(count, self.config.embedder.dim, options.memory, options.kind)
+        rebuild = (force_rebuild or index is None or (index.plan.kind, index.plan.dtype) != (plan.kind, plan.dtype)
+                   or index.needs_rebuild())
+        if rebuild:
+            log.info("building a %s index over %d vectors (%s)", plan.describe(), count, plan.reason)
+            keys, vectors = self.store.vectors(self.config.embedder.dim, plan.dtype)
+            index = VectorIndex.build(keys, vectors, plan)
+            del vectors
+            tune(index, options.recall)
+        self.store.vector_dtype = np.dtype(index.plan.dtype)
+        if (changed or rebuild) and folder is not None:
+            try:
+                if save or rebuild:
+                    index.save(folder, generation)
+            except OSError as exc:  # a read-only catalog still searches
+                if save:
+                    raise
+                log.info("could not save the index (%s)", exc)
+        self._index, self._index_generation, self._meta, self._products = index, generation, None, None
+
+    def index_options(self) -> IndexOptions:
+        """The index settings chosen with ``lookalike index --index/--memory/--recall`` (or defaults)."""
+        return IndexOptions.from_json(self.store.get_meta("index_options"))
+
+    def configure_index(self, kind: str | None = None, memory: str | int | None = None,
+                        recall: float | None = None) -> IndexOptions:
+        """Choose the index kind (auto, flat, hnsw, ivfpq), memory budget and recall target; the index is
+        rebuilt or re-tuned when that changes what it should be.
+
+        Raises:
+            IndexChoiceError: unknown kind, unreadable memory size, recall outside (0, 1].
+        """
+        old = self.index_options()
+        new = old.changed(kind=kind, memory=memory, recall=recall)
+        if new != old:
+            self.store.set_meta("index_options", new.to_json())
+            saved = self.index_dir is not None and (self.index_dir / "stamp.json").exists()
+            if self._index is not None or saved:
+                index = self.index
+                plan = choose_index(index.size, self.config.embedder.dim, new.memory, new.kind)
+                if (plan.kind, plan.dtype) != (index.plan.kind, index.plan.dtype):
+                    self._refresh_index(save=True, force_rebuild=True)
+                elif new.recall != old.recall:
+                    self.tune(new.recall)
+        return new
+
+    def tune(self, recall: float | None = None) -> Quality:
+        """Measure recall@10 against exact search on a sample of items and pick the fastest search setting
+        reaching ``recall`` (default: the catalog's target); saved with the index.
+
+        Raises:
+            CatalogError: the catalog is read-only."""
+        self.check_writable()
+        index = self.index
+        quality = tune(index, recall if recall is not None else self.index_options().recall)
+        if self.index_dir is not None:
+            index.save(self.index_dir, self._index_generation)
+        return quality
+
+    @property
+    def table(self) -> ItemTable:
+        """Id, path and content hash of every embedded item by store key (kept until the catalog changes)."""
+        self._refresh_index(save=False)
+        if self._meta is None:
+            self._meta = ItemTable(self.store.ok_items())
+        return self._meta
+
+    @property
+    def products(self) -> ProductTable:
+        """The products of the embedded photos: ids, photos per product, products per photo (kept until the
+        catalog changes)."""
+        self._refresh_index(save=False)
+        if self._products is None:
+            self._products = ProductTable(self.store.products(), self.store.product_photos())
+        return self._products
+
+
+class ItemTable:
+    """Id, path and content hash of every embedded item, held in memory for fast result rows."""
+
+    def __init__(self, rows: list[tuple[int, str, str, str | None]]):
+        self.id_by_key = {key: item_id for key, item_id, _, _ in rows}
+        self.key_by_id = {item_id: key for key, item_id, _, _ in rows}
+        self.path_by_key = {key: path for key, _, path, _ in rows}
+        self.keys_by_hash: dict[str, set[int]] = {}
+        self.hash_by_key: dict[int, str | None] = {}
+        self._labels: dict[int, dict[str, str]] = {}
+        self._predicted: dict[int, dict[str, float]] = {}
+        self._any_predicted: bool | None = None
+        for key, _, _, sha in rows:
+            self.hash_by_key[key] = sha
+            if sha:
+                self.keys_by_hash.setdefault(sha, set()).add(key)
+
+    def forget_labels(self) -> None:
+        self._labels.clear()
+        self._predicted.clear()
+        self._any_predicted = None
+
+    def predicted_for(self, keys: list[int], store: Store) -> dict[int, dict[str, float]]:
+        """Which of the result rows' labels were predicted (``lookalike tag``), with their probabilities,
+        remembered like labels; no query at all in a catalog without predictions."""
+        if self._any_predicted is None:
+            self._any_predicted = bool(store.predicted_names())
+        if not self._any_predicted:
+            return {}
+        missing = [k for k in keys if k not in self._predicted]
+        if missing:
+            found = store.predicted_scores_for(missing)
+            self._predicted.update({k: found.get(k, {}) for k in missing})
+        return {k: self._predicted[k] for k in keys if self._predicted[k]}
+
+    def labels_for(self, keys: list[int], store: Store) -> dict[int, dict[str, str]]:
+        """Labels of result rows, remembered: popular items come back in many result lists."""
+        missing = [k for k in keys if k not in self._labels]
+        if missing:
+            self._labels.update(store.labels_for(missing))
+        return {k: self._labels[k] for k in keys}
+
+    def same_content(self, key: int) -> set[int]:
+        sha = self.hash_by_key.get(key)
+        return set(self.keys_by_hash.get(sha, {key})) | {key} if sha else {key}
