@@ -61,7 +61,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def screenshots(catalog: Path, report: Path, query: Path, out: Path) -> None:
+def outfit_photo(images: Path, ids: list[str], target: Path) -> Path:
+    """A shopper's "outfit" photo: catalog photos of several kinds pasted side by side (their own files stay in
+    the catalog; the outfit is not), as the region test does."""
+    from PIL import Image
+
+    parts = [Image.open(images / f"{i}.jpg").convert("RGB") for i in ids]
+    height = min(im.height for im in parts)
+    parts = [im.resize((round(im.width * height / im.height), height)) for im in parts]
+    outfit = Image.new("RGB", (sum(im.width for im in parts), height), "white")
+    x = 0
+    for im in parts:
+        outfit.paste(im, (x, 0))
+        x += im.width
+    outfit.save(target)
+    return target
+
+
+def screenshots(catalog: Path, report: Path, query: Path, out: Path, outfit: Path | None = None) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -102,6 +119,21 @@ def screenshots(catalog: Path, report: Path, query: Path, out: Path) -> None:
             expect(phone.get_by_test_id("query-item")).to_be_visible()
             phone.wait_for_load_state("networkidle")
             phone.screenshot(path=str(out / "serve-phone.png"))
+            if outfit is not None:  # drag over the middle third of an outfit photo: its handbag
+                page.goto(url + "/")
+                page.get_by_test_id("file").set_input_files(str(outfit))
+                expect(page.get_by_test_id("results-title")).to_contain_text("most like your photo")
+                photo = page.get_by_test_id("query-image")
+                expect(photo).to_be_visible()
+                frame = photo.bounding_box()
+                with page.expect_response(lambda r: r.url.endswith("/api/search")):
+                    page.mouse.move(frame["x"] + 0.36 * frame["width"], frame["y"] + 0.05 * frame["height"])
+                    page.mouse.down()
+                    page.mouse.move(frame["x"] + 0.64 * frame["width"], frame["y"] + 0.95 * frame["height"], steps=5)
+                    page.mouse.up()
+                expect(page.get_by_test_id("results-title")).to_contain_text("part of your photo you marked")
+                page.wait_for_load_state("networkidle")
+                page.screenshot(path=str(out / "serve-region.png"))
             doc = browser.new_page(viewport={"width": 1100, "height": 1400})
             doc.goto(report.as_uri())
             doc.wait_for_load_state("load")
@@ -138,8 +170,11 @@ def main() -> None:
         lookalike("report", "--catalog", str(catalog), "--label", "articleType", "--method", "tsne",
                   "--out", str(report))
         query = args.photos / "images" / f"{first_of(manifest, 'Backpacks')}.jpg"
-        screenshots(catalog, report, query, args.out)
+        outfit = outfit_photo(args.photos / "images", [first_of(manifest, kind) for kind in
+                                                       ("Tshirts", "Handbags", "Heels")], Path(tmp) / "outfit.jpg")
+        screenshots(catalog, report, query, args.out, outfit)
     for name, width in (("serve.png", 1000), ("serve-item.png", 1000), ("serve-phone.png", None),
+                        ("serve-region.png", 1000),
                         ("report.png", 900), ("grid.png", 1000), ("map.png", 1000), ("clusters.png", 1000)):
         shrink(args.out / name, width)
 
