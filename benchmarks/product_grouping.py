@@ -34,8 +34,8 @@ once however many rows name it, so 10x should cost about the same as 1x.
 
 Run it from the repository root::
 
-    python benchmarks/product_grouping.py                            # 100k photos, 10 s per level: ~15 min on 2 cores
-    python benchmarks/product_grouping.py --photos 20000 --seconds 3 # a quick run
+    python benchmarks/product_grouping.py                            # 100k photos, 3 rounds of 10 s per level: ~6 min
+    python benchmarks/product_grouping.py --photos 20000 --seconds 3 --search-rounds 1   # quick
     python benchmarks/product_grouping.py --skip-search --index-model mobilenetv2   # index rate, the real model
 """
 
@@ -51,6 +51,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from statistics import median
 
 import http_load
 import numpy as np
@@ -255,7 +256,8 @@ def main() -> int:
     ap.add_argument("--per-product", type=int, default=3, help="photos per product in the grouped catalog")
     ap.add_argument("--model", default="pixels", help="the search catalogs' model (embeds the uploads)")
     ap.add_argument("--clients", default="1,4", help="concurrency levels for /api/search")
-    ap.add_argument("--seconds", type=float, default=10.0, help="per catalog and level")
+    ap.add_argument("--seconds", type=float, default=10.0, help="per catalog, level and round")
+    ap.add_argument("--search-rounds", type=int, default=3, help="rounds of the search measurements (median)")
     ap.add_argument("--index-model", default="pixels")
     ap.add_argument("--rounds", type=int, default=3, help="index-rate rounds (best of)")
     ap.add_argument("--skip-search", action="store_true")
@@ -279,34 +281,53 @@ def search_part(args, images: Path, folder: Path) -> None:
     base = seed_vectors(images, args.model, folder)
     vectors = photo_vectors(base, args.photos, args.per_product)
     print(f"\n== search: {args.photos:,} photos, {base.shape[1]}-d ({args.model}), one photo per product against "
-          f"{args.per_product} ==", flush=True)
-    results = {}
-    for name, per in (("one", 1), ("grouped", args.per_product)):
+          f"{args.per_product}; median of {args.search_rounds} rounds, the catalogs in turn each round ==",
+          flush=True)
+    names = {"one": 1, "grouped": args.per_product}
+    for name, per in names.items():
         path = folder / f"{name}.lk"
         started = time.perf_counter()
         write_catalog(path, args.model, vectors, per)
         written = time.perf_counter() - started
-        local = in_process(path, base)
+        local = in_process(path, base)  # builds and saves the index
         print(f"{name}: {local['products']:,} products, {local['photos']:,} photos; store written in {written:.0f} s, "
               f"{local['index']} index built in {local['index_s']:.0f} s; distinct products among the 30 nearest "
               f"photos of a query: {local['distinct products in 30 nearest photos']:.1f}", flush=True)
-        for call in ("search_vector", "nearest by photo"):
-            p50, p99 = local[call]
-            print(f"  {call:17} (no HTTP, k={K}): p50 {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
-        served = serve_and_drive(path, sorted(images.glob("*.jpg")), levels, args.seconds)
-        for r in served:
-            print(f"  /api/search {r['clients']:>2} clients: {r['requests']} requests, {r['errors']} errors, "
-                  f"{r['rps']:.1f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms", flush=True)
-            if r["first_error"]:
-                print(f"    first error: {r['first_error']}")
-        results[name] = (local, served)
-    (one, one_http), (grouped, grouped_http) = results["one"], results["grouped"]
+    calls = ("search_vector", "nearest by photo")
+    local_runs: dict[str, list[dict]] = {name: [] for name in names}
+    http_runs: dict[str, list[list[dict]]] = {name: [] for name in names}
+    for _ in range(args.search_rounds):
+        for name in names:
+            path = folder / f"{name}.lk"
+            local_runs[name].append(in_process(path, base))
+            http_runs[name].append(serve_and_drive(path, sorted(images.glob("*.jpg")), levels, args.seconds))
+            for r in http_runs[name][-1]:
+                if r["first_error"]:
+                    print(f"  {name}, {r['clients']} clients, first error: {r['first_error']}")
+    med = {}
+    for name in names:
+        runs_here = local_runs[name]
+        med[name] = {call: (median(r[call][0] for r in runs_here), median(r[call][1] for r in runs_here))
+                     for call in calls}
+        print(f"\n{name}:")
+        for call in calls:
+            print(f"  {call:17} (no HTTP, k={K}): p50 {med[name][call][0]:.2f} ms, p99 {med[name][call][1]:.2f} ms")
+        for i, clients in enumerate(levels):
+            runs = [rounds[i] for rounds in http_runs[name]]
+            med[name][clients] = {key: median(r[key] for r in runs) for key in ("rps", "p50_ms", "p99_ms")}
+            m = med[name][clients]
+            rates = ", ".join(f"{r['rps']:.0f}" for r in runs)
+            print(f"  /api/search {clients:>2} clients: {sum(r['requests'] for r in runs)} requests, "
+                  f"{sum(r['errors'] for r in runs)} errors, {m['rps']:.1f} req/s, p50 {m['p50_ms']:.2f} ms, "
+                  f"p99 {m['p99_ms']:.2f} ms (req/s per round: {rates})")
+    one, grouped = med["one"], med["grouped"]
     print()
-    for call in ("search_vector", "nearest by photo"):
+    for call in calls:
         print(f"ratio grouped/one, {call} p50 (no HTTP): {grouped[call][0] / one[call][0]:.2f}x")
-    for a, b in zip(one_http, grouped_http, strict=True):
-        print(f"ratio grouped/one, /api/search p50 at {a['clients']} clients: {b['p50_ms'] / a['p50_ms']:.2f}x; "
-              f"req/s {b['rps'] / a['rps']:.2f}x")
+    for clients in levels:
+        g, o = grouped[clients], one[clients]
+        print(f"ratio grouped/one, /api/search at {clients} clients: p50 {g['p50_ms'] / o['p50_ms']:.2f}x, "
+              f"req/s {g['rps'] / o['rps']:.2f}x")
 
 
 def index_part(args, images: Path, folder: Path) -> None:
