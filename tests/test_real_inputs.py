@@ -266,6 +266,7 @@ def test_batch_size_help_agrees_with_the_defaults():
     assert f"{default_batch_size(torch.device('cuda'))} on CUDA" in text and f"{HOST_BATCH_SIZE} for" in text
 
 
+@pytest.mark.slow  # several seconds: runs in .ci/run, not in the quick suite
 def test_an_index_that_misses_its_recall_target_says_so_and_searches_exactly(tmp_path):
     from lookalike.index import IndexPlan, tune
     from lookalike.index.synthetic import clustered_vectors

@@ -104,6 +104,7 @@ def test_a_broken_model_folder_is_one_line_naming_the_file(tmp_path, timm_folder
     assert named in message and "\n" not in message and str(folder) in message
 
 
+@pytest.mark.slow  # several seconds: runs in .ci/run, not in the quick suite
 def test_a_changed_model_folder_is_noticed_by_its_catalog(tmp_path, timm_folder):
     import shutil
 

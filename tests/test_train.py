@@ -183,6 +183,7 @@ def test_autoencoder_refuses_sizes_it_cannot_take(tmp_path, toy):
 # -- model files as embedders ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # several seconds: runs in .ci/run, not in the quick suite
 def test_trained_model_is_an_embedder_that_indexes_and_reopens(autoencoder, toy, tmp_path, monkeypatch):
     from lookalike import Catalog
     from lookalike.core.config import EncodeOptions
@@ -407,6 +408,7 @@ def test_every_training_command_has_help(argv, capsys):
     assert exc.value.code == 0 and "usage:" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # several seconds: runs in .ci/run, not in the quick suite
 def test_cli_pack_then_train_then_index(tmp_path, toy, capsys):
     from lookalike.cli import main
 

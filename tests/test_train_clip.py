@@ -38,6 +38,7 @@ def trained(shop_pack, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # several seconds: runs in .ci/run, not in the quick suite
 def test_the_model_file_is_a_text_and_image_embedder(trained, shop):
     from lookalike.models import create_embedder
     from lookalike.models.modelfile import read_meta
