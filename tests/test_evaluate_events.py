@@ -78,3 +78,37 @@ def test_evaluate_events_without_clicks_says_what_to_do(tmp_path, photo_dir, cap
     assert main(["evaluate", "--events", "--catalog", path]) == 2
     err = capsys.readouterr().err
     assert "no logged search has a click" in err and "POST /api/events" in err
+
+
+@pytest.mark.slow
+def test_click_pairs_feed_finetune_as_positives(tmp_path, photo_dir):
+    """(query item, clicked item) pairs from the events train a tiny model (the contrastive pair term runs and
+    the record counts the pairs)."""
+    from conftest import TINY_MODEL
+    from lookalike.analysis.clicks import click_pairs
+    from lookalike.models.modelfile import read_meta
+    from lookalike.train.common import TrainOptions
+    from lookalike.train.finetune import FinetuneConfig, pair_contrastive, train_finetune
+    from lookalike.train.pack import Pack, pack_source
+
+    path = build(tmp_path / "hist.lk", photo_dir, "colorhist")
+    with Catalog.open(path) as catalog:
+        answers = log_clicks(catalog)
+        pairs = click_pairs(catalog.store)
+    assert ("red-rect", answers[0][0]) in pairs and ("green-ellipse", answers[1][2]) in pairs
+    assert all(a != b for a, b in pairs)
+    rows = ["path,shape"] + [f"{p.name},{p.stem.split('-')[1]}" for p in sorted(photo_dir.glob("*.jpg"))]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    pack_source(tmp_path / "labels.csv", tmp_path / "p.pack", size=32, images=photo_dir)
+    pack = Pack.open(tmp_path / "p.pack")
+    where = {pid: n for n, pid in enumerate(pack.ids)}
+    positions = tuple((where[a], where[b]) for a, b in pairs)
+    train_finetune(pack, tmp_path / "ft.lkm", backbone=TINY_MODEL, weights="random",
+                   config=FinetuneConfig(labels=("shape",), unfreeze="all", dim=8, hidden=16, pairs=positions),
+                   options=TrainOptions(epochs=2, batch_size=8, lr=1e-2, val_fraction=0.3, patience=0))
+    assert read_meta(tmp_path / "ft.lkm").training["config"]["pairs"] == len(positions)
+
+    import torch
+
+    a = torch.eye(4)
+    assert pair_contrastive(a, a) < pair_contrastive(a, a.roll(1, dims=0))  # matching pairs score a lower loss

@@ -88,6 +88,15 @@ def judgements(store: Store) -> dict[str, dict[str, int]]:
     return out
 
 
+def click_pairs(store: Store) -> list[tuple[str, str]]:
+    """(product searched from, product clicked or added to the cart) of every logged "more like this" search:
+    positives for ``train finetune --pairs-from events``; one pair per distinct (query item, clicked item)."""
+    items = {q.id: q.item for q in store.logged_queries(with_events=CLICK_GRADES) if q.kind.startswith("item")}
+    pairs = {(items[e.query_id], e.item) for e in store.events(CLICK_GRADES)
+             if items.get(e.query_id) and items[e.query_id] != e.item}
+    return sorted(pairs)
+
+
 def replay(setting: Setting, query: QueryRecord, k: int, photos: dict[str, int] | None = None) -> list[str] | str:
     """The product ids the setting answers to a logged query, best first; or why it cannot be replayed.
     ``photos``: the catalog's photo keys by SHA-256 (``photo_keys``), for uploads."""
