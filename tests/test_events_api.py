@@ -104,3 +104,48 @@ def test_bad_event_batches_are_refused_in_one_line(labelled_catalog):
             detail = r.json()["detail"]
             assert words in detail and "\n" not in detail
             assert "SECRETFIELD" not in detail and "SSSS" not in detail and "buy" not in detail
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_page_sends_its_impressions_and_clicks(labelled_catalog, photo_dir):
+    """In a real browser: a search shows results (impressions sent), a click on one is sent with its place."""
+    import time
+
+    from test_serve import CHROMIUM, CHROMIUM_ARGS, serve_catalog
+
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    path = labelled_catalog.path
+    labelled_catalog.close()
+    served = serve_catalog(path)
+    url = next(served)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.get_by_test_id("file").set_input_files(str(photo_dir / "blue-ellipse.jpg"))
+            cards = page.locator("[data-testid=results] button.card")
+            expect(page.get_by_test_id("results-title")).to_contain_text("most like your photo", timeout=20_000)
+            shown = cards.count()
+            clicked = cards.nth(1).get_attribute("data-id")
+            with page.expect_response(lambda r: r.url.endswith("/api/events")
+                                      and '"click"' in (r.request.post_data or "")) as answer:
+                cards.nth(1).click()
+            assert answer.value.status == 200, answer.value.text()
+            browser.close()
+        store = store_of(str(path))
+        deadline = time.monotonic() + 10
+        while store.event_counts()["click"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        clicks = list(store.events(["click"]))
+        assert [(e.item, e.position) for e in clicks] == [(clicked, 1)]
+        assert store.event_counts()["impression"] >= shown
+        (query,) = [q for q in store.logged_queries() if q.id == clicks[0].query_id]
+        assert query.kind == "upload" and query.results[1] == clicked
+        store.close()
+    finally:
+        next(served, None)
