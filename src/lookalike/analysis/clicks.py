@@ -30,7 +30,7 @@ import numpy as np
 
 from ..catalog import Catalog
 from ..catalog.query import QueryPart
-from ..core.errors import NoTextModelError, QueryError, UnknownItemError
+from ..core.errors import LookalikeError, NoTextModelError, QueryError, UnknownItemError
 from ..store import Store
 from ..store.events import QueryRecord
 
@@ -131,8 +131,11 @@ def evaluate_clicks(store: Store, settings: Sequence[Setting], k: int = 10) -> C
     Raises:
         QueryError: no logged query has a click or cart event.
     """
-    import ir_measures
-    from ir_measures import RR, R, Success
+    try:
+        import ir_measures
+        from ir_measures import RR, R, Success
+    except ImportError:
+        raise LookalikeError("evaluate --events needs ir-measures: pip install 'lookalike[events]'") from None
     from scipy.stats import ttest_rel
 
     qrels = judgements(store)
@@ -161,7 +164,7 @@ def evaluate_clicks(store: Store, settings: Sequence[Setting], k: int = 10) -> C
     judged = {qid: qrels[qid] for qid in kept}
     per_query: dict[str, dict[str, list[float]]] = {}
     rows = []
-    models = {AS_SERVED: "the answers logged", **{s.name: s.catalog.config.embedder.describe() for s in settings}}
+    models = {AS_SERVED: "the answers logged", **{s.name: s.catalog.config.embedder.name for s in settings}}
     for name, run in runs.items():
         scored = {qid: {pid: float(len(ids) - n) for n, pid in enumerate(ids)} or {"": 0.0}
                   for qid, ids in run.items() if qid in judged}
