@@ -3,6 +3,7 @@ HTTP answers in app.py, the one edge that knows about status codes."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import io
 import json
@@ -11,7 +12,10 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import ValidationError
 
 from ..catalog.catalog import MAX_TEXT_CHARS, CatalogItem
 from ..catalog.query import Match, parse_where, photo_gone
@@ -20,9 +24,20 @@ from ..core.errors import ImageError
 from ..core.images import image_media_type
 from ..core.version import __version__
 from ..models.detector import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, MAX_WORDS, detector_name
+from ..store.events import EventRecord
 from .limits import too_large_message
 from .multipart import body_problem
-from .schemas import Deleted, DetectResult, Health, Item, ItemPage, Predicted, SearchResult
+from .schemas import (
+    Deleted,
+    DetectResult,
+    EventBatch,
+    EventsStored,
+    Health,
+    Item,
+    ItemPage,
+    Predicted,
+    SearchResult,
+)
 from .service import CatalogService
 from .settings import env_name
 from .thumbnails import DEFAULT_SIZE
@@ -135,8 +150,10 @@ def search(request: Request, svc: Service,
         matches = svc.search(data, k, where, min_similarity, dedupe, text=text)
     words = text if text and text.strip() else None
     kind = "+".join(([] if data is None else ["region" if region else "upload"]) + ([] if words is None else ["text"]))
+    query_id = svc.log_answer(kind, k, [m.id for m, _ in matches], where, words=words,
+                              photo=hashlib.sha256(data).hexdigest() if data is not None else None)
     return _result(request, {"kind": kind, "id": None, "filename": image.filename if image is not None else None,
-                             "text": words, **region}, k, where, min_similarity, matches, started, dedupe)
+                             "text": words, **region}, k, where, min_similarity, matches, started, dedupe, query_id)
 
 
 @router.post("/detect", response_model=DetectResult,
@@ -188,8 +205,10 @@ async def similar(request: Request, svc: Service, item_id: str, k: Annotated[int
     started = time.perf_counter()
     matches = await svc.similar(item_id, k, where or [], min_similarity, dedupe, text=text)
     words = text if text and text.strip() else None
-    return _result(request, {"kind": "item+text" if words else "item", "id": item_id, "filename": None,
-                             "text": words}, k, where or [], min_similarity, matches, started, dedupe)
+    kind = "item+text" if words else "item"
+    query_id = svc.log_answer(kind, k, [m.id for m, _ in matches], where or [], item=item_id, words=words)
+    return _result(request, {"kind": kind, "id": item_id, "filename": None, "text": words}, k, where or [],
+                   min_similarity, matches, started, dedupe, query_id)
 
 
 PhotoParam = Annotated[str | None, Query(max_length=400, description="one of the product's photo ids (a result's "
@@ -232,6 +251,60 @@ def thumbnail(request: Request, svc: Service, item_id: str,
 @router.get("/items/{item_id:path}", response_model=Item, summary="One catalog item")
 def item(request: Request, svc: Service, item_id: str) -> Item:
     return _item(request, svc.item(item_id))
+
+
+# -- shoppers' events ----------------------------------------------------------------------------------
+
+
+@router.post("/events", response_model=EventsStored,
+             summary="Impressions, clicks and add-to-cart events of search results, in batches",
+             description="A JSON body `{\"events\": [{\"query_id\", \"kind\", \"item\", \"position\"}, ...]}`: "
+                         "`query_id` is the answer's, `kind` impression, click or cart. At most the server's "
+                         "max_events per request. Events whose query_id this catalog has not logged are counted "
+                         "(`unknown`) and not stored.")
+async def add_events(request: Request, svc: Service) -> EventsStored:
+    settings = request.app.state.settings
+    body = await _read_body(request, settings.max_events_bytes)
+    try:
+        batch = EventBatch.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(_without_client_keys(exc.errors())) from None
+    if len(batch.events) > settings.max_events:
+        raise HTTPException(413, f"events: {len(batch.events)} in one request, over this server's limit of "
+                                 f"{settings.max_events} (server setting {env_name('max_events')}); send them in "
+                                 "several requests")
+    now = time.time()
+    records = [EventRecord(e.query_id, e.kind, e.item, now, e.position) for e in batch.events]
+    stored, unknown = await run_in_threadpool(svc.add_events, records)
+    return EventsStored(stored=stored, unknown=unknown)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    length = request.headers.get("content-length")
+    too_large = HTTPException(413, f"the body is over this server's limit of {limit} bytes for events (server "
+                                   f"setting {env_name('max_events_bytes')}); send fewer events per request")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _without_client_keys(errors: list) -> list[dict]:
+    """Pydantic's errors with ``body`` first, as FastAPI's own; an unknown field's name (the client's text) is
+    not repeated back, nor is any input."""
+    out = []
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        if error.get("type") == "extra_forbidden" and loc:
+            loc[-1] = "(a field)"
+        out.append({"loc": ["body", *loc], "msg": error.get("msg", "invalid value"), "type": error.get("type")})
+    return out
 
 
 # -- write endpoints (admin token) ----------------------------------------------------------------------
@@ -305,11 +378,12 @@ def _item(request: Request, item: CatalogItem) -> Item:
 
 
 def _result(request: Request, query: dict, k: int, where: list[str], min_similarity: float | None,
-            matches: list[tuple[Match, str | None]], started: float, dedupe: bool = False) -> JSONResponse:
+            matches: list[tuple[Match, str | None]], started: float, dedupe: bool, query_id: str) -> JSONResponse:
     """A SearchResult built as plain JSON: the shape is fixed here and documented by the response model, so
     revalidating it on every request (a third of a /similar request's time) buys nothing."""
     return JSONResponse({"query": query, "k": k, "where": parse_where(where), "min_similarity": min_similarity,
-                         "dedupe": dedupe, "results": _matches(request, matches), "took_ms": _ms(started)})
+                         "dedupe": dedupe, "results": _matches(request, matches), "took_ms": _ms(started),
+                         "query_id": query_id})
 
 
 def _matches(request: Request, matches: list[tuple[Match, str | None]]) -> list[dict]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Item(BaseModel):
@@ -46,6 +48,8 @@ class SearchResult(BaseModel):
     dedupe: bool = Field(False, description="one item per near-duplicate group")
     results: list[MatchItem]
     took_ms: float = Field(description="time spent answering, from request to response")
+    query_id: str = Field(description="this answer's id (random): send it back with the impressions, clicks and "
+                          "add-to-cart events of its results (POST /api/events)")
 
 
 class Group(BaseModel):
@@ -104,3 +108,28 @@ class Predicted(BaseModel):
 class Deleted(BaseModel):
     id: str
     deleted: bool
+
+
+QUERY_ID_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
+
+
+class Event(BaseModel):
+    """One thing a shopper did with a result of an answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query_id: str = Field(pattern=QUERY_ID_PATTERN, description="the `query_id` of the answer the result was in")
+    kind: Literal["impression", "click", "cart"] = Field(description="shown, clicked, or added to the cart")
+    item: str = Field(min_length=1, max_length=400, description="the result's product id")
+    position: int | None = Field(default=None, ge=0, le=10_000, description="its 0-based place in the answer")
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[Event] = Field(min_length=1, description="at most the server's max_events per request")
+
+
+class EventsStored(BaseModel):
+    stored: int = Field(description="events stored")
+    unknown: int = Field(description="events whose query_id this catalog has not logged: counted, not stored")

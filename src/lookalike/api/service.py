@@ -20,10 +20,11 @@ from PIL import Image
 
 from ..catalog import Catalog
 from ..catalog.catalog import CatalogItem
+from ..catalog.events import QueryLog, new_query_id, open_event_store
 from ..catalog.look import Look, Region, detect_items, detection_words
-from ..catalog.query import Match, QueryPart, Where, check_k
+from ..catalog.query import Match, QueryPart, Where, check_k, parse_where
 from ..core.config import EncodeOptions
-from ..core.errors import LookalikeError, QueryError
+from ..core.errors import CatalogError, LookalikeError, QueryError
 from ..core.images import decode
 from ..core.regions import Box, crop, crop_region, parse_box
 from ..models.detector import (
@@ -33,6 +34,7 @@ from ..models.detector import (
     detector_name,
     detector_ready,
 )
+from ..store.events import EventRecord
 from .batcher import EmbedBatcher
 from .settings import ServeSettings
 from .thumbnails import ThumbnailCache
@@ -74,6 +76,10 @@ class CatalogService:
         # thread catches up before the next request; without that, requests look every 0.25 s (polling).
         self._refresh_queued = threading.Event()
         self._watch = self.catalog.watch(self._changed)
+        # Answers are logged under their query_id by a writer of their own, off the request path.
+        self.query_log: QueryLog | None = None
+        if settings.log_queries and not self.catalog.store.read_only:
+            self.query_log = QueryLog(open_event_store(self.catalog.address))
 
     def _changed(self) -> None:
         """Called on the listening thread: one catch-up queued on the catalog thread, however many writes."""
@@ -93,6 +99,8 @@ class CatalogService:
             log.info("catching up: %s", exc)
 
     def close(self) -> None:
+        if self.query_log is not None:
+            self.query_log.close()
         self._watch.close()
         self.batcher.close()
         self._call(self.catalog.close)
@@ -214,6 +222,26 @@ class CatalogService:
                    ) -> list[Versioned]:
         matches = _above(find(*args), min_similarity)
         return [(m, self.catalog.item(m.id, m.photo or None).sha256) for m in matches]
+
+    # -- the query log and events -----------------------------------------------------------------
+
+    def log_answer(self, kind: str, k: int, results: list[str], where: Where, item: str | None = None,
+                   photo: str | None = None, words: str | None = None) -> str:
+        """A new query id for an answer, its query queued for the log (``catalog.events.QueryLog``)."""
+        if self.query_log is None:
+            return new_query_id()
+        return self.query_log.log(kind, k, results, parse_where(where), item=item, photo=photo, words=words)
+
+    def add_events(self, events: list[EventRecord]) -> tuple[int, int]:
+        """Store events: (stored, unknown query ids).
+
+        Raises:
+            CatalogError: this server logs no answers (read-only catalog, or logging turned off).
+        """
+        if self.query_log is None:
+            raise CatalogError("this server stores no events: its catalog is read-only or it logs no answers "
+                               "(server setting LOOKALIKE_LOG_QUERIES)")
+        return self.query_log.add_events(events)
 
     # -- browsing ----------------------------------------------------------------------------------
 

@@ -36,6 +36,11 @@ class ServeSettings(BaseSettings):
     detector: str | None = Field(default=None, description="the zero-shot detector of POST /api/detect (shop the "
                                  "look): a hub repo or a save_pretrained folder; default "
                                  "google/owlv2-base-patch16-ensemble")
+    log_queries: bool = Field(default=True, description="log every search answer (what was asked, the product "
+                              "ids answered) in the catalog's store under its query_id, for `lookalike evaluate "
+                              "--events`; POST /api/events needs it")
+    max_events: int = Field(default=500, gt=0, description="most events one POST /api/events may carry")
+    max_events_bytes: int = Field(default=256 * 1024, gt=0, description="largest POST /api/events body")
     thumbnail_cache: Path | None = Field(default=None, description="default: <catalog>/thumbnails, or for a "
                                          "database catalog thumbnails/ in this process's cache folder")
 

@@ -30,6 +30,10 @@ def cmd_evaluate(args: argparse.Namespace, out: Console) -> int:
     from ..analysis.evaluate import REFERENCES, evaluate_catalogs
     from ..core.errors import QueryError
 
+    if args.events:
+        return _evaluate_events(args, out)
+    if args.against:
+        raise QueryError("--against compares settings on logged clicks: use it with --events")
     if not (args.label or args.text_from or args.text_label):
         raise QueryError("say what to judge by: --label LABEL (photos), --text-from COLUMN or --text-label LABEL "
                          "(words)")
@@ -59,6 +63,43 @@ def cmd_evaluate(args: argparse.Namespace, out: Console) -> int:
             for row in rows:
                 if row.embedder not in ("random ranking", "colour histogram"):
                     _per_class_table(row, out)
+    return 0
+
+
+def _evaluate_events(args: argparse.Namespace, out: Console) -> int:
+    """``evaluate --events``: the first --catalog's logged searches and clicks, replayed against it and against
+    every --against catalog (``analysis.clicks``)."""
+    from contextlib import ExitStack
+
+    from rich.table import Table
+
+    from ..analysis.clicks import Setting, evaluate_clicks
+    from ..catalog.catalog import Catalog
+
+    locations = args.catalog or [os.environ[CATALOG_ENV]]
+    with ExitStack() as stack:
+        catalogs = [stack.enter_context(Catalog.open(path)) for path in [*locations, *(args.against or [])]]
+        settings = [Setting("this catalog" if n == 0 else f"against {shown_catalog(str(path))}", catalog)
+                    for n, (path, catalog) in enumerate(zip([*locations, *(args.against or [])], catalogs,
+                                                                strict=True))]
+        report = evaluate_clicks(catalogs[0].store, settings, args.k)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=json_float))
+        return 0
+    k = report.k
+    table = Table(title=f"logged clicks: {report.replayed} of {report.judged} clicked searches replayed, k={k}",
+                  title_justify="left")
+    for col in ("setting", "model", "queries", "click MRR", f"recall@{k}", f"CTR@{k}", "p (MRR vs first)"):
+        table.add_column(col, justify="left" if col in ("setting", "model") else "right", no_wrap=col == "setting")
+    for row in report.rows:
+        table.add_row(row.name, row.model, str(row.queries), f"{row.mrr:.3f}", f"{row.recall:.3f}", f"{row.ctr:.3f}",
+                      "" if row.p_value is None else f"{row.p_value:.3g}")
+    out.print(table)
+    if report.observed_ctr is not None:
+        out.print(f"observed CTR@{k}: {report.clicked_impressions} of {report.impressions} impressions clicked "
+                  f"({report.observed_ctr:.3f})", highlight=False)
+    for why, n in sorted(report.skipped.items()):
+        out.print(f"note: {n} clicked searches not replayed: {why}", highlight=False)
     return 0
 
 
@@ -340,6 +381,12 @@ def add_parsers(sub, parents: Parents) -> None:
                    help="resamples for the 95%% intervals (default 1000; 0: none)")
     p.add_argument("--no-reference", action="store_true", help="leave out the chance and colour-histogram rows")
     p.add_argument("--per-class", action="store_true", help="also print (and put in --json) the per-class table")
+    p.add_argument("--events", action="store_true",
+                   help="replay the searches the server logged and score them by shoppers' clicks and add-to-cart "
+                   "events: click MRR, recall@k, CTR@k, for this catalog and each --against catalog")
+    p.add_argument("--against", action="append", default=None, metavar="CATALOG",
+                   help="with --events: another catalog (e.g. another model's) to replay the same searches "
+                   "against, side by side, with a paired t-test against the first; repeatable")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_evaluate)
 

@@ -4,7 +4,9 @@ when they run)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -12,7 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.errors import LookalikeError
-from .common import Parents, encode_options, int_at_least, non_negative_int, positive_int
+from .common import (
+    CATALOG_ENV,
+    Parents,
+    encode_options,
+    int_at_least,
+    non_negative_int,
+    positive_int,
+    shown_catalog,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -47,6 +57,29 @@ def cmd_train_autoencoder(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def _click_pairs(args: argparse.Namespace, pack, out: Console) -> tuple[tuple[int, int], ...]:
+    """(query, clicked) pairs of the --catalog's logged clicks, as positions of the pack's photos."""
+    from ..analysis.clicks import click_pairs
+    from ..catalog.catalog import Catalog
+    from ..core.errors import TrainingError
+
+    location = args.catalog or os.environ.get(CATALOG_ENV)
+    if not location:
+        raise TrainingError("--pairs-from events reads the clicks a catalog logged: name it with --catalog "
+                            f"(or ${CATALOG_ENV})")
+    with Catalog.open(location) as catalog:
+        pairs = click_pairs(catalog.store)
+    position = {pid: n for n, pid in enumerate(pack.ids)}
+    found = tuple((position[a], position[b]) for a, b in pairs if a in position and b in position)
+    if len(found) < 2:
+        raise TrainingError(f"{shown_catalog(str(location))}: {len(found)} (query, clicked) pairs among the "
+                            f"photos being trained on ({len(pairs)} logged); fine-tuning on clicks needs two or "
+                            "more: serve the catalog and let shoppers' clicks come in (POST /api/events)")
+    out.print(f"click pairs: {len(found)} of {len(pairs)} logged (query, clicked) pairs are among the photos",
+              highlight=False)
+    return found
+
+
 def cmd_train_finetune(args: argparse.Namespace, out: Console) -> int:
     from rich.table import Table
 
@@ -59,6 +92,8 @@ def cmd_train_finetune(args: argparse.Namespace, out: Console) -> int:
                             freeze_bn=args.freeze_bn)
     figures = args.figures or str(Path(args.out).with_suffix("")) + "-figures"
     with _training_pack(args, default_size=224) as pack:
+        if args.pairs_from == "events":
+            config = dataclasses.replace(config, pairs=_click_pairs(args, pack, out), pair_weight=args.pair_weight)
         result = train_finetune(pack, args.out, backbone=args.backbone, weights=args.weights, config=config,
                                 options=options, embedding=args.embedding, figures=figures, k=args.k,
                                 on_epoch=_epoch_printer(args, options.epochs))
@@ -364,6 +399,12 @@ def add_parsers(sub, parents: Parents) -> None:
     q.add_argument("--embedding", default="head", choices=["head", "backbone"],
                    help="what the embedder gives: the trained projection, or the backbone's features")
     q.add_argument("-k", type=positive_int, default=5, help="k of the before/after precision@k and mAP@k (default 5)")
+    q.add_argument("--pairs-from", choices=["events"], default=None,
+                   help="events: (item searched from, item clicked or added to the cart) pairs of the --catalog's "
+                   "logged searches are positives of a contrastive term beside the label losses")
+    q.add_argument("--catalog", default=None, help="with --pairs-from events: the served catalog whose clicks to "
+                   f"use (default ${CATALOG_ENV})")
+    q.add_argument("--pair-weight", type=float, default=1.0, help="weight of the click-pair term (default 1)")
     q.set_defaults(func=cmd_train_finetune)
 
     q = kinds.add_parser("clip", parents=[common, run, train, source_args], help="learn your titles (text+image)",

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .events import EventTables
 from .products import ProductRecord, drop_orphans, merge_labels, write_products
 
 ITEM_COLUMNS = ("key", "id", "path", "size", "mtime_ns", "sha256", "status", "reason", "width", "height", "updated")
@@ -79,8 +80,9 @@ class Watch:
         return None
 
 
-class Store(ABC):
-    """A catalog's source of truth: items, labels, failures, vectors, clusters, the change log, meta, uploads."""
+class Store(EventTables, ABC):
+    """A catalog's source of truth: items, labels, failures, vectors, clusters, the change log, meta, uploads;
+    and the query log and shoppers' events (``events.EventTables``)."""
 
     #: what the store is, for messages: a file path, or a database URL without its password
     location: str

@@ -31,6 +31,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..core.errors import CatalogError, StoreUnavailableError
 from .base import Store, Watch
+from .events import POSTGRES_EVENT_TABLES
 from .products import FORMAT, POSTGRES_TABLES, POSTGRES_UPGRADE
 from .urls import DatabaseURL, parse_database_url
 
@@ -77,8 +78,9 @@ INSERT INTO meta (name, value) VALUES ('labels_generation', '0') ON CONFLICT DO 
 """
 # products, their photos and labels, clusters and zero-shot labels: ``store/products.py``
 SCHEMA += POSTGRES_TABLES
+SCHEMA += POSTGRES_EVENT_TABLES  # the query log and shoppers' events (store/events.py)
 TABLES = ("items", "products", "product_photos", "labels", "predicted", "vectors", "removed", "clusters", "uploads",
-          "meta")
+          "meta", "queries", "events")
 
 
 class PostgresStore(Store):
@@ -156,6 +158,10 @@ class PostgresStore(Store):
         version = conn.execute("SELECT value FROM meta WHERE name = 'store_format'").fetchone()
         if version and version[0] != FORMAT:
             raise CatalogError(f"{self.location}: store format {version[0]} is newer than this lookalike; upgrade it")
+        if conn.execute("SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = 'events'",
+                        (self.schema,)).fetchone() is None:  # a catalog from before the query log
+            with conn.transaction():
+                conn.execute(POSTGRES_EVENT_TABLES)
 
     def _has_meta(self, conn: psycopg.Connection) -> bool:
         return conn.execute("SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = 'meta'",

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..core.errors import CatalogError
 from .base import ItemRecord, Store, StoredItem
+from .events import SQLITE_EVENT_TABLES
 from .products import FORMAT, SQLITE_READ_ONLY_VIEWS, SQLITE_TABLES, SQLITE_UPGRADE
 
 __all__ = ["ItemRecord", "SQLiteStore", "StoredItem"]
@@ -59,6 +60,7 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('labels_generation', '0');  -- 
 # predictions are derived data, kept apart from the source's labels (re-indexing never erases them, a label
 # never collides with them); predictions are read with the labels through the all_labels view.
 SCHEMA += SQLITE_TABLES
+SCHEMA += SQLITE_EVENT_TABLES  # the query log and shoppers' events (store/events.py)
 
 
 def writable(path: Path) -> bool:

@@ -74,6 +74,11 @@ class FinetuneConfig:
     # held-out precision@5 from 0.727 to 0.533 (benchmarks/train_quality.py --pretrained). The affine weights
     # still learn. As detectron2's FrozenBatchNorm2d and timm's freeze_batch_norm_2d do for fine-tuning.
     freeze_bn: bool | None = None
+    # (query, clicked) pairs of pack positions, from shoppers' clicks (``--pairs-from events``): each is a positive
+    # pair of a symmetric InfoNCE term (van den Oord et al. 2018; CLIP's loss over one tower) with the batch's
+    # other pairs as negatives, added with ``pair_weight`` to the label losses at every step
+    pairs: tuple[tuple[int, int], ...] = ()
+    pair_weight: float = 1.0
 
 
 def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -94,6 +99,15 @@ def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: f
         return z.sum() * 0.0
     mean_pos = log_prob.masked_fill(~positives, 0.0).sum(dim=1)[has] / count[has]
     return -mean_pos.mean()
+
+
+def pair_contrastive(za: torch.Tensor, zb: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Symmetric InfoNCE over (a_i, b_i) pairs: a_i should be nearer b_i than any other b_j of the batch, and
+    b_i nearer a_i (van den Oord et al. 2018, as CLIP's loss with one tower)."""
+    za, zb = F.normalize(za.float(), dim=1), F.normalize(zb.float(), dim=1)
+    logits = za @ zb.T / temperature
+    target = torch.arange(len(za), device=za.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 def balanced_batches(labels: np.ndarray, batch_size: int, per_class: int, n_batches: int,
@@ -238,6 +252,9 @@ def train_finetune(
     start = 0
     if options.resume:
         start, _ = load_checkpoint(out, net, optimizer, history, stopper)
+    pairs = np.asarray(config.pairs, dtype=np.int64).reshape(-1, 2) if config.pairs else None
+    if pairs is not None and (pairs.min() < 0 or pairs.max() >= len(pack)):
+        raise TrainingError(f"pairs: pack positions must lie in [0, {len(pack)})")
     generator = torch.Generator()
     n_batches = max(1, int(np.ceil(len(train_idx) / options.batch_size)))
     frozen = not back_params
@@ -262,6 +279,9 @@ def train_finetune(
                 else:
                     z, logits = net(x)
             loss = _loss(z, logits, y, config)
+            if pairs is not None:
+                loss = loss + config.pair_weight * _pair_loss(net, pack, pairs, rng, options.batch_size, frozen,
+                                                              device, precision, mean, std, config.temperature)
             precision.step(loss, optimizer)
             total += loss.item()
         val_loss = _validation_loss(net, pack, val_idx, val_codes, device, precision, mean, std, config,
@@ -288,7 +308,8 @@ def train_finetune(
         training={
             "data": str(pack.path), "images": len(positions), "train": len(train_idx), "validation": len(val_idx),
             "backbone_weights": base.info.weights, "unfrozen": opened, "colour_jitter": colour,
-            "config": {**config.__dict__, "labels": list(config.labels)}, "options": options.__dict__,
+            "config": {**config.__dict__, "labels": list(config.labels), "pairs": len(config.pairs)},
+            "options": options.__dict__,
             "history": history.to_dict(), "device": str(device), "precision": precision.name, "metrics": metrics,
         },
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -320,6 +341,22 @@ def _encode_labels(pack: Pack, config: FinetuneConfig, positions: np.ndarray) ->
         codes[:, j] = [code_of.get(v, -1) if v is not None else -1 for v in values]
         classes.append(names)
     return classes, codes
+
+
+def _pair_loss(net, pack: Pack, pairs: np.ndarray, rng: np.random.Generator, batch_size: int, frozen: bool,
+               device, precision, mean, std, temperature: float) -> torch.Tensor:
+    """``pair_contrastive`` on up to ``batch_size // 2`` pairs drawn at random (no augmentation)."""
+    chosen = pairs[rng.choice(len(pairs), size=min(len(pairs), max(2, batch_size // 2)), replace=False)]
+    x = normalise(to_float(pack.batch(chosen.reshape(-1)), device), mean, std)
+    with precision.autocast():
+        if frozen:
+            with torch.no_grad():
+                feats = net.backbone(x).flatten(1)
+            z = net.head(feats.float())
+        else:
+            z, _ = net(x)
+    z = z.reshape(len(chosen), 2, -1)
+    return pair_contrastive(z[:, 0], z[:, 1], temperature)
 
 
 def _loss(z: torch.Tensor, logits: list[torch.Tensor], y: torch.Tensor, config: FinetuneConfig) -> torch.Tensor:

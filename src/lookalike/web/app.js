@@ -77,7 +77,33 @@ function thumbnail(img, item) {
   img.addEventListener("error", gone, { once: true });
 }
 
-function card(item) {
+// -- what the shopper saw and clicked, sent back for `lookalike evaluate --events` ----------------------
+
+const EVENT_BATCH = 100;  // the server takes a few hundred per request; impressions wait a second to be joined
+const pendingEvents = [];
+let eventTimer = null;
+
+function sendEvent(queryId, kind, item, position) {
+  if (!queryId) return;  // browsing and shop-the-look answers are not logged
+  pendingEvents.push({ query_id: queryId, kind, item, position });
+  if (kind !== "impression" || pendingEvents.length >= EVENT_BATCH) flushEvents();
+  else if (!eventTimer) eventTimer = setTimeout(flushEvents, 1000);
+}
+
+function flushEvents() {
+  clearTimeout(eventTimer);
+  eventTimer = null;
+  while (pendingEvents.length) {
+    const events = pendingEvents.splice(0, EVENT_BATCH);
+    // keepalive: sent even when the click leaves the page; a failure costs the shopper nothing
+    fetch("/api/events", { method: "POST", headers: { "Content-Type": "application/json" },
+                           body: JSON.stringify({ events }), keepalive: true }).catch(() => {});
+  }
+}
+
+addEventListener("pagehide", flushEvents);
+
+function card(item, queryId, position) {
   const node = $("card").content.firstElementChild.cloneNode(true);
   const button = node.querySelector("button");
   const img = node.querySelector("img");
@@ -102,14 +128,20 @@ function card(item) {
     button.setAttribute("aria-label", `${name}. Show items like this`);
   }
   button.dataset.id = item.id;
-  button.addEventListener("click", () => { location.hash = itemHash(item.id); });
+  button.addEventListener("click", () => {
+    sendEvent(queryId, "click", item.id, position);
+    location.hash = itemHash(item.id);
+  });
   return node;
 }
 
-function showItems(items, append) {
+function showItems(items, append, queryId) {
   const list = $("results");
   if (!append) list.replaceChildren();
-  items.forEach((item) => list.appendChild(card(item)));
+  items.forEach((item, n) => {
+    list.appendChild(card(item, queryId, n));
+    sendEvent(queryId, "impression", item.id, n);
+  });
 }
 
 function showQueryItem(item) {
@@ -157,7 +189,7 @@ async function searchText(words) {
   searchOptions().forEach((value, key) => form.append(key, value));
   try {
     const answer = await api("/api/search", { method: "POST", body: form });
-    showItems(answer.results);
+    showItems(answer.results, false, answer.query_id);
     title(answer.results.length
       ? `${answer.results.length} items matching “${words}” (${Math.round(answer.took_ms)} ms)`
       : "No items match these filters.");
@@ -190,7 +222,7 @@ async function searchFile(file) {
   searchOptions().forEach((value, key) => form.append(key, value));
   try {
     const answer = await api("/api/search", { method: "POST", body: form });
-    showItems(answer.results);
+    showItems(answer.results, false, answer.query_id);
     title(answer.results.length
       ? `${answer.results.length} items most like your photo (${Math.round(answer.took_ms)} ms)`
       : "No items match these filters.");
@@ -256,7 +288,7 @@ async function searchRegion(box) {
   title("Searching…");
   try {
     const answer = await api("/api/search", { method: "POST", body: photoForm({ box: box.join(",") }) });
-    showItems(answer.results);
+    showItems(answer.results, false, answer.query_id);
     title(answer.results.length
       ? `${answer.results.length} items most like the part of your photo you marked (${Math.round(answer.took_ms)} ms)`
       : "No items match these filters.");
@@ -365,7 +397,7 @@ async function similarTo(id, words) {
       api(`/api/items/${encodeURIComponent(id)}/similar?${params}`),
     ]);
     showQueryItem(item);
-    showItems(answer.results);
+    showItems(answer.results, false, answer.query_id);
     const what = displayName(item);
     title(answer.results.length
       ? `${answer.results.length} items most like ${what}${words ? `, but “${words}”` : ""} (${Math.round(answer.took_ms)} ms)`
