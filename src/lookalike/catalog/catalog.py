@@ -57,6 +57,7 @@ from .products import (
 from .query import (
     photo_gone,
 )
+from .ranked import Ranked
 from .searching import Searching, above
 from .text import MAX_TEXT_CHARS, TEXT_TOWER_FILE, TextSearch
 
@@ -99,7 +100,7 @@ class CatalogStatus:
         }
 
 
-class Catalog(Ingest, Indexing, Browsing, Searching, TextSearch):
+class Catalog(Ingest, Indexing, Browsing, Searching, Ranked, TextSearch):
     """A searchable catalog of product images, in a folder or a PostgreSQL database. Use ``Catalog.create`` or
     ``Catalog.open``.
 

@@ -167,7 +167,7 @@ def _copy_rows(src: Catalog, dst: Store, report: CopyReport, uploads_in_store: b
     clusters = sorted(src.store.clusters().items())
     generation, labels_generation = src.store.generations()
     meta = {"generation": str(generation), "labels_generation": str(labels_generation)}
-    for name in ("index_options", "clusters"):
+    for name in ("index_options", "clusters", "ranking_rules"):
         value = src.store.get_meta(name)
         if value is not None:
             meta[name] = value

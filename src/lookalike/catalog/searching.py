@@ -22,6 +22,7 @@ from .products import (
     matching_variants,
     merge_best,
 )
+from .ranking import Ranking
 from .query import (
     Match,
     QueryPart,
@@ -45,14 +46,17 @@ class Searching:
                not_items: Sequence[str] = (), not_text: str | Sequence[str] | None = None,
                not_images: ImageInput | Sequence[ImageInput] | None = None,
                weights: QueryWeights | Mapping[str, float] | Sequence[str] | None = None,
-               min_similarity: float | None = None, by: str = "product") -> list[Match]:
+               min_similarity: float | None = None, by: str = "product", ranking: Ranking | None = None,
+               rules: bool = True) -> list[Match]:
         """The k catalog products (``by="photo"``: photos) most like a query: a photo (a path, bytes or a PIL
         image), words (``text``, for a catalog whose model has a text tower), catalog ``items``, or any mix of
         them, each also as something to avoid (``not_images``, ``not_text``, ``not_items``). A mix is one vector
         (``query.combine``: a weighted sum of unit vectors, renormalised; ``weights`` per kind). Items named in
         the query and their exact copies are never results. ``dedupe``: one item per near-duplicate group (see
         ``duplicates``); ``min_similarity``: leave out results less similar to the query. A product scores the
-        best of its photos (``Match.photo`` names it, ``Match.photos`` counts them).
+        best of its photos (``Match.photo`` names it, ``Match.photos`` counts them). ``ranking``: boosts,
+        buries, pins, excludes and diversity (``ranking.py``), on top of the catalog's default rules unless
+        ``rules`` is False; ``Match.rules`` tells what moved each result.
 
         Raises:
             ImageError: a query image cannot be read.
@@ -69,17 +73,22 @@ class Searching:
             raise QueryError("nothing to search for: give a photo, words (text) or catalog items")
         check_by(by)
         allowed = self.allowed(where)
+        ranking = self.ranking_for(ranking, rules)
         if len(images) == 1 and not (texts or items or avoid_images or avoid_texts or not_items):
             vector = self.encoder().encode(images[0])
+            fetch, excluded = self.fetch_count(k, ranking), self.excluded_products(ranking)
             if dedupe:
-                return above(nearest_distinct(self, vector, k, allowed, exclude=set(), by=by), min_similarity)
-            matches = self._with_exact_copies(self.nearest(vector, k, allowed, exclude=set(), by=by,
-                                                           where=where), images[0], vector, k, allowed, by)
-            return above(matches, min_similarity)
+                matches = nearest_distinct(self, vector, fetch, allowed, exclude=set(), by=by,
+                                           exclude_products=excluded)
+            else:
+                matches = self._with_exact_copies(self.nearest(vector, fetch, allowed, exclude=set(), by=by,
+                                                               where=where, exclude_products=excluded),
+                                                  images[0], vector, fetch, allowed, by)
+            return self.finish(above(matches, min_similarity), k, ranking, [vector], by)
         parts = [*self.image_parts(images), *self.image_parts(avoid_images, negative=True),
                  *self.text_parts(texts), *self.text_parts(avoid_texts, negative=True)]
         return self.search_parts(parts, k, where, dedupe, items=items, not_items=not_items, weights=weights,
-                                 min_similarity=min_similarity, by=by)
+                                 min_similarity=min_similarity, by=by, ranking=ranking, rules=False)
 
     def image_parts(self, images: Sequence[ImageInput], negative: bool = False) -> list[QueryPart]:
         """Photos embedded as query parts.
@@ -107,7 +116,8 @@ class Searching:
     def search_parts(self, parts: Sequence[QueryPart], k: int = 10, where: Where = None, dedupe: bool = False, *,
                      items: Sequence[str] = (), not_items: Sequence[str] = (),
                      weights: QueryWeights | Mapping[str, float] | Sequence[str] | None = None,
-                     min_similarity: float | None = None, by: str = "product") -> list[Match]:
+                     min_similarity: float | None = None, by: str = "product", ranking: Ranking | None = None,
+                     rules: bool = True) -> list[Match]:
         """``search`` for parts already embedded (the server embeds photos and words on its model thread), plus
         catalog items by id, for or against; never returns the items named, or their exact copies.
 
@@ -117,6 +127,7 @@ class Searching:
         check_k(k)
         check_by(by)
         allowed = self.allowed(where)
+        ranking = self.ranking_for(ranking, rules)
         parts = list(parts)
         exclude: set[int] = set()
         named: set[int] = set()
@@ -131,7 +142,9 @@ class Searching:
                 for photo in photos.tolist():
                     exclude |= self.table.same_content(photo)
         vector = combine(parts, QueryWeights.parse(weights))
-        return above(self._answer(vector, k, allowed, exclude, dedupe, first_item, named, by, where), min_similarity)
+        matches = self._answer(vector, self.fetch_count(k, ranking), allowed, exclude, dedupe, first_item,
+                               named | self.excluded_products(ranking), by, where)
+        return self.finish(above(matches, min_similarity), k, ranking, [vector], by)
 
     def _answer(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int], dedupe: bool,
                 query_key: int | None = None, exclude_products: set[int] | frozenset[int] = frozenset(),
@@ -186,7 +199,8 @@ class Searching:
                 dedupe: bool = False, *, text: str | Sequence[str] | None = None,
                 not_text: str | Sequence[str] | None = None,
                 weights: QueryWeights | Mapping[str, float] | Sequence[str] | None = None,
-                min_similarity: float | None = None, by: str = "product") -> list[Match]:
+                min_similarity: float | None = None, by: str = "product", ranking: Ranking | None = None,
+                rules: bool = True) -> list[Match]:
         """"More like this": the k products most like a catalog product, never itself, and never by its own
         photos or their exact copies. A product of several photos queries with all of them: another product
         scores its best (query photo, photo) pair.
@@ -195,6 +209,7 @@ class Searching:
         seed recommended; it combines with ``where`` (both must hold). ``dedupe`` shows one item per
         near-duplicate group and leaves out the item's own near-copies (see ``duplicates``). ``text`` (and
         ``not_text``): "more like this, but ..." in words, combined with the item as ``search`` combines parts.
+        ``ranking`` and ``rules``: as for ``search``.
 
         Raises:
             NoTextModelError: words for a catalog whose model embeds photos only.
@@ -214,18 +229,23 @@ class Searching:
         exclude: set[int] = set()
         for photo in photos:
             exclude |= self.table.same_content(photo)
-        itself = {key}
+        ranking = self.ranking_for(ranking, rules)
+        itself = {key} | self.excluded_products(ranking)
+        fetch = self.fetch_count(k, ranking)
         if texts or avoid_texts:
             parts = [QueryPart("item", self.vector(item_id), False, str(item_id)), *self.text_parts(texts),
                      *self.text_parts(avoid_texts, negative=True)]
-            return above(self._answer(combine(parts, weights), k, allowed, exclude, dedupe, photos[0], itself, by,
-                                      where), min_similarity)
+            vector = combine(parts, weights)
+            matches = self._answer(vector, fetch, allowed, exclude, dedupe, photos[0], itself, by, where)
+            return self.finish(above(matches, min_similarity), k, ranking, [vector], by)
+        queries = [self.index.vector(photo) for photo in photos]
         if dedupe:
-            return above(nearest_distinct(self, self.index.vector(photos[0]), k, allowed, exclude,
-                                          query_key=photos[0], exclude_products=itself, by=by), min_similarity)
-        lists = [self.nearest(self.index.vector(photo), k, allowed, exclude=exclude, items=True,
-                              exclude_products=itself, by=by, where=where) for photo in photos]
-        return above(merge_best(lists, k), min_similarity)
+            matches = nearest_distinct(self, queries[0], fetch, allowed, exclude, query_key=photos[0],
+                                       exclude_products=itself, by=by)
+            return self.finish(above(matches, min_similarity), k, ranking, queries[:1], by)
+        lists = [self.nearest(query, fetch, allowed, exclude=exclude, items=True,
+                              exclude_products=itself, by=by, where=where) for query in queries]
+        return self.finish(above(merge_best(lists, fetch), min_similarity), k, ranking, queries, by)
 
     def nearest(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int],
                 items: bool = False, *, exclude_products: set[int] | frozenset[int] = frozenset(),
