@@ -233,8 +233,8 @@ def rerank(matches: Sequence[Match], k: int, ranking: Ranking,
     """The k results of ``ranking`` among candidate ``matches`` (best first), each listing the rules that
     moved it in ``Match.rules``, ranks renumbered from 1. ``vectors``: unit vectors (N x D float32) of the
     matches, for diversity; ``pinned``: Match rows for pinned ids that are not among the candidates (the
-    catalog computes their similarity to the query), by pinned id. Products matching an ``exclude`` rule are dropped here
-    too (the search should already leave them out so that k fill)."""
+    catalog computes their similarity to the query), by pinned id. Products matching an ``exclude`` rule are
+    dropped here too (the search should already leave them out so that k fill)."""
     pins = list(dict.fromkeys(ranking.pin))
     found: dict[str, Match] = {}
     for m in matches:  # a pin names a product: by photo, the product's best photo

@@ -22,7 +22,6 @@ from .products import (
     matching_variants,
     merge_best,
 )
-from .ranking import Ranking
 from .query import (
     Match,
     QueryPart,
@@ -33,6 +32,7 @@ from .query import (
     distance_from_similarity,
     parse_where,
 )
+from .ranking import Ranking
 
 log = logging.getLogger(__name__)
 
