@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,52 @@ def test_rrf_known_answer():
 
 def test_candidates_fetch_more_than_k():
     assert candidates(10) == 50 and candidates(1) == 41 and candidates(100) == 400
+
+
+# -- command line ---------------------------------------------------------------------------------------------
+
+def test_cli_rules_set_show_clear_and_similar(tmp_path, capsys):
+    from lookalike.cli import main
+
+    shop_catalog(tmp_path / "shop.lk").close()
+    where = ["--catalog", str(tmp_path / "shop.lk")]
+    rules = tmp_path / "rules.toml"
+    rules.write_text('# our shop\nboost = ["brand=Acme:0.1"]\nbury = ["stock=out"]\n')
+    assert main(["rules", "set", str(rules), *where]) == 0
+    capsys.readouterr()
+    assert main(["rules", "show", "--json", *where]) == 0
+    assert json.loads(capsys.readouterr().out) == {"boost": ["brand=Acme:0.1"], "bury": ["stock=out"]}
+    assert main(["similar", "q", "-k", "3", "--json", *where]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [m["id"] for m in got] == ["c", "a", "b"] and got[0]["rules"] == ["boost brand=Acme +0.1"]
+    assert main(["similar", "q", "-k", "2", "--json", "--no-rules", "--pin", "e", *where]) == 0
+    assert [m["id"] for m in json.loads(capsys.readouterr().out)] == ["e", "a"]
+    assert main(["similar", "q", "-k", "3", "--exclude", "brand=Other", *where]) == 0
+    assert "rules" not in capsys.readouterr().out.splitlines()[1]  # no rule moved a result: no column
+    assert main(["rules", "clear", *where]) == 0
+    capsys.readouterr()
+    assert main(["rules", "show", *where]) == 0
+    assert "no default rules" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--boost", "brand"], "label=value"),
+    (["--diversity", "3"], "between 0"),
+    (["--pin", "nope"], "unknown item id 'nope'"),
+    (["--bury", "colour=Red"], "unknown label 'colour'"),
+])
+def test_cli_bad_rules_exit_2_with_one_line(tmp_path, capsys, extra, message):
+    from lookalike.cli import main
+
+    shop_catalog(tmp_path / "shop.lk").close()
+    assert main(["similar", "q", "--catalog", str(tmp_path / "shop.lk"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_cli_rules_set_bad_file_exit_2(tmp_path, capsys):
+    from lookalike.cli import main
+
+    shop_catalog(tmp_path / "shop.lk").close()
+    assert main(["rules", "set", str(tmp_path / "missing.toml"), "--catalog", str(tmp_path / "shop.lk")]) == 2
+    assert "missing.toml: cannot read" in capsys.readouterr().err

@@ -15,7 +15,7 @@ import sys
 
 from ..core.errors import LookalikeError
 from ..core.version import __version__
-from . import analysis, catalog, figures, search, serve, text, train
+from . import analysis, catalog, figures, rules, search, serve, text, train
 from .common import EXIT_USAGE, parent_parsers
 
 
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parents = parent_parsers()
     catalog.add_parsers(sub, parents)  # index, tune, status, copy, models, demo
     search.add_parsers(sub, parents)  # search, similar
+    rules.add_parsers(sub, parents)  # rules set|show|clear
     serve.add_parsers(sub, parents)
     analysis.add_parsers(sub, parents)  # evaluate, cluster, duplicates, recommend
     figures.add_parsers(sub, parents)  # plot, report

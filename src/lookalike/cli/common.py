@@ -242,6 +242,9 @@ def show_matches(matches: list[Match], args: argparse.Namespace, out: Console, t
     table.add_column("distance", justify="right")
     table.add_column("labels", overflow="fold")
     table.add_column("path", overflow="fold")
+    ruled = any(m.rules for m in matches)
+    if ruled:
+        table.add_column("rules", overflow="fold")
     for m in matches:
         labels = ", ".join(m.labels.get(k) for k in ("articleType", "baseColour", "gender") if m.labels.get(k))
         if not labels:
@@ -251,7 +254,8 @@ def show_matches(matches: list[Match], args: argparse.Namespace, out: Console, t
             path = f"{path} (1 of {m.photos} photos)"
         if m.variants:
             labels = f"{labels}; variants {', '.join(m.variants[:5])}" + (" ..." if len(m.variants) > 5 else "")
-        table.add_row(str(m.rank), m.id, f"{m.similarity:.3f}", f"{m.distance:.3f}", labels, path)
+        row = [str(m.rank), m.id, f"{m.similarity:.3f}", f"{m.distance:.3f}", labels, path]
+        table.add_row(*row, *(["; ".join(m.rules)] if ruled else []))
     out.print(table)
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .common import Parents, encode_options, int_at_least, show_matches, similarity
 from .look import add_region_options, check_region_args, cmd_region, wants_region
+from .rules import add_ranking_options, ranking_from_args
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -29,7 +30,7 @@ def cmd_search(args: argparse.Namespace, out: Console) -> int:
         matches = catalog.search(args.image, k=args.k, where=args.where, dedupe=args.dedupe, text=args.text,
                                  items=args.item or (), not_items=args.not_item or (), not_text=args.not_text,
                                  not_images=args.not_image, weights=args.weight, min_similarity=args.min_similarity,
-                                 by=args.by)
+                                 by=args.by, ranking=ranking_from_args(args), rules=not args.no_rules)
         show_matches(matches, args, out, title=f"{args.by}s most like {_describe(args)}")
     return 0
 
@@ -51,7 +52,8 @@ def cmd_similar(args: argparse.Namespace, out: Console) -> int:
             catalog.encoder(encode_options(args))
         matches = catalog.similar(args.item_id, k=args.k, where=args.where, same_cluster=args.same_cluster,
                                   dedupe=args.dedupe, text=args.text, not_text=args.not_text, weights=args.weight,
-                                  min_similarity=args.min_similarity, by=args.by)
+                                  min_similarity=args.min_similarity, by=args.by, ranking=ranking_from_args(args),
+                                  rules=not args.no_rules)
         but = "".join(f', but "{t}"' for t in args.text or []) + "".join(f', not "{t}"' for t in args.not_text or [])
         show_matches(matches, args, out, title=f"{args.by}s most like catalog item {args.item_id}{but}")
     return 0
@@ -120,6 +122,7 @@ def add_parsers(sub, parents: Parents) -> None:
                        "or any mix of them, each also as something to avoid (--not-image, --not-text, --not-item).")
     p.add_argument("image", nargs="?", default=None, help="the query photo (optional with --text or --item)")
     _query_parts(p, items=True)
+    add_ranking_options(p, keywords=True)
     add_region_options(p)
     p.set_defaults(func=cmd_search)
 
@@ -130,6 +133,7 @@ def add_parsers(sub, parents: Parents) -> None:
     p.add_argument("--same-cluster", action="store_true",
                    help="only items of the same k-means cluster (run `lookalike cluster` first)")
     _query_parts(p, items=False)
+    add_ranking_options(p)
     p.set_defaults(func=cmd_similar)
 
     p = sub.add_parser("items", parents=[common, catalog_arg], help="list a catalog's items (ids, labels, paths)",
