@@ -11,13 +11,17 @@ import pytest
 from lookalike import Catalog, QueryError
 from lookalike.catalog.catalog import CONFIG_FILE, DB_FILE
 from lookalike.catalog.ranking import Ranking, candidates, mmr, rrf
-from lookalike.core.config import CatalogConfig, EmbedderInfo
+from lookalike.core.config import CatalogConfig
 from lookalike.core.errors import UnknownItemError
 from lookalike.store import ItemRecord, SQLiteStore
+from lookalike.models.registry import create_embedder
 from lookalike.store.products import ProductRecord
 
 
-def _at(cos: float, direction: int, dim: int = 6) -> np.ndarray:
+DIM = 512  # the model-free colorhist model's, so a server can open the catalog
+
+
+def _at(cos: float, direction: int, dim: int = DIM) -> np.ndarray:
     """A unit vector with this cosine to e0, its remainder along axis ``direction``."""
     v = np.zeros(dim, dtype=np.float32)
     v[0], v[direction] = cos, np.sqrt(1 - cos * cos)
@@ -44,7 +48,7 @@ def shop_catalog(path: Path, items=SHOP, variants: dict | None = None) -> Catalo
                             width=10, height=10, vector=v / np.linalg.norm(v)) for i, (v, _) in items.items()],
                 [ProductRecord(i, (i,), (variants or {}).get(i, {i: labels})) for i, (_, labels) in items.items()])
     store.close()
-    info = EmbedderInfo(name="synthetic", timm_name="none", weights="none:test", dim=6, pool="none")
+    info = create_embedder("colorhist").info
     CatalogConfig(embedder=info).save(path / CONFIG_FILE)
     return Catalog.open(path)
 
@@ -222,3 +226,28 @@ def test_cli_rules_set_bad_file_exit_2(tmp_path, capsys):
     shop_catalog(tmp_path / "shop.lk").close()
     assert main(["rules", "set", str(tmp_path / "missing.toml"), "--catalog", str(tmp_path / "shop.lk")]) == 2
     assert "missing.toml: cannot read" in capsys.readouterr().err
+
+
+# -- REST API -------------------------------------------------------------------------------------------------
+
+def test_api_similar_takes_rules_and_says_what_moved(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from lookalike.api import ServeSettings, create_app
+
+    with shop_catalog(tmp_path / "shop.lk") as catalog:
+        catalog.set_rules(Ranking.parse(bury=["stock=out"]))
+    with TestClient(create_app(ServeSettings(catalog=tmp_path / "shop.lk"))) as client:
+        got = client.get("/api/items/q/similar", params={"k": 6}).json()["results"]
+        assert [r["id"] for r in got] == ["a", "b", "c", "f", "e", "d"] and got[-1]["rules"] == ["bury stock=out"]
+        got = client.get("/api/items/q/similar", params={"k": 3, "rules": "false", "boost": "brand=Acme:0.1",
+                                                         "pin": "e"}).json()["results"]
+        assert [r["id"] for r in got] == ["e", "c", "a"]
+        assert got[0]["rules"] == ["pin"] and got[1]["rules"] == ["boost brand=Acme +0.1"]
+        got = client.get("/api/items/q/similar", params={"k": 3, "diversity": 0.5}).json()["results"]
+        assert "b" not in [r["id"] for r in got]
+        bad = client.get("/api/items/q/similar", params={"boost": "brand"})
+        assert bad.status_code == 422 and "label=value" in bad.json()["detail"]
+        assert client.get("/api/items/q/similar", params={"diversity": 2}).status_code == 422
+        bad = client.get("/api/items/q/similar", params={"pin": "x" * 300})
+        assert bad.status_code == 422 and "x" * 100 not in bad.json()["detail"]

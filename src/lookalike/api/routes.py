@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from ..catalog.catalog import MAX_TEXT_CHARS, CatalogItem
 from ..catalog.query import Match, parse_where, photo_gone
+from ..catalog.ranking import Ranking
 from ..core import storage
 from ..core.errors import ImageError
 from ..core.images import image_media_type
@@ -120,6 +121,13 @@ LABEL_HELP = "without words: look for the values of this catalog label"
 MAX_BOXES = 20
 MAX_WORD_CHARS = 100
 SIMILAR_TEXT_HELP = "more like this, but with these words (a catalog whose model has a text tower)"
+RULES_HELP = "apply the catalog's default ranking rules (`lookalike rules show`); false: leave them out"
+BOOST_HELP = "label=value or label=value:W: add W (default 0.1) to those items' similarity; repeat for more"
+BURY_HELP = "label=value: those items go below every other result; repeat for more"
+PIN_HELP = "a product id that comes first; repeat for more (in this order)"
+EXCLUDE_HELP = "label=value: leave those items out; repeat for more"
+DIVERSITY_HELP = "re-rank by maximal marginal relevance: 1 = similarity only, 0 = most varied (e.g. 0.7)"
+RuleList = list[str] | None
 TEXT_HELP = ("words to look for (a catalog whose model has a text tower); with a photo: this photo, but with "
              "these words")
 
@@ -132,9 +140,17 @@ def search(request: Request, svc: Service,
            k: Annotated[int, Form(ge=1)] = 10, where: Annotated[list[str] | None, Form()] = None,
            min_similarity: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
            dedupe: Annotated[bool, Form(description=DEDUPE_HELP)] = False,
-           box: Annotated[str | None, Form(max_length=200, description=BOX_HELP)] = None) -> Response:
+           box: Annotated[str | None, Form(max_length=200, description=BOX_HELP)] = None,
+           boost: Annotated[RuleList, Form(description=BOOST_HELP)] = None,
+           bury: Annotated[RuleList, Form(description=BURY_HELP)] = None,
+           pin: Annotated[RuleList, Form(description=PIN_HELP)] = None,
+           exclude: Annotated[RuleList, Form(description=EXCLUDE_HELP)] = None,
+           diversity: Annotated[float | None, Form(ge=0.0, le=1.0, description=DIVERSITY_HELP)] = None,
+           rules: Annotated[bool, Form(description=RULES_HELP)] = True) -> Response:
     started = time.perf_counter()
-    _check_form(request, "image", "text", "k", "where", "min_similarity", "dedupe", "box")
+    _check_form(request, "image", "text", "k", "where", "min_similarity", "dedupe", "box", "boost", "bury", "pin",
+                "exclude", "diversity", "rules")
+    ranking = _ranking(boost, bury, pin, exclude, diversity)
     if image is None and (text is None or not text.strip()):
         raise HTTPException(422, body_problem(request.scope) or "send a photo (image), words (text), or both")
     if image is None and box is not None:
@@ -147,7 +163,7 @@ def search(request: Request, svc: Service,
         matches, resolved, size = svc.search_region(data, box, k, where, min_similarity, dedupe, text=text)
         region = {"box": resolved.as_list(), "size": list(size)}
     else:
-        matches = svc.search(data, k, where, min_similarity, dedupe, text=text)
+        matches = svc.search(data, k, where, min_similarity, dedupe, text=text, ranking=ranking, rules=rules)
     words = text if text and text.strip() else None
     kind = "+".join(([] if data is None else ["region" if region else "upload"]) + ([] if words is None else ["text"]))
     query_id = svc.log_answer(kind, k, [m.id for m, _ in matches], where, words=words,
@@ -200,10 +216,17 @@ def browse(request: Request, svc: Service, offset: Offset = 0, limit: Annotated[
 async def similar(request: Request, svc: Service, item_id: str, k: Annotated[int, Depends(k_param)],
                   where: WhereParam = None, min_similarity: MinSimilarity = None,
                   dedupe: Annotated[bool, Query(description=DEDUPE_HELP)] = False,
-                  text: Annotated[str | None, Query(max_length=MAX_TEXT_CHARS, description=SIMILAR_TEXT_HELP)] = None
-                  ) -> Response:
+                  text: Annotated[str | None, Query(max_length=MAX_TEXT_CHARS, description=SIMILAR_TEXT_HELP)] = None,
+                  boost: Annotated[RuleList, Query(description=BOOST_HELP)] = None,
+                  bury: Annotated[RuleList, Query(description=BURY_HELP)] = None,
+                  pin: Annotated[RuleList, Query(description=PIN_HELP)] = None,
+                  exclude: Annotated[RuleList, Query(description=EXCLUDE_HELP)] = None,
+                  diversity: Annotated[float | None, Query(ge=0.0, le=1.0, description=DIVERSITY_HELP)] = None,
+                  rules: Annotated[bool, Query(description=RULES_HELP)] = True) -> Response:
     started = time.perf_counter()
-    matches = await svc.similar(item_id, k, where or [], min_similarity, dedupe, text=text)
+    ranking = _ranking(boost, bury, pin, exclude, diversity)
+    matches = await svc.similar(item_id, k, where or [], min_similarity, dedupe, text=text, ranking=ranking,
+                                rules=rules)
     words = text if text and text.strip() else None
     kind = "item+text" if words else "item"
     query_id = svc.log_answer(kind, k, [m.id for m, _ in matches], where or [], item=item_id, words=words)
@@ -393,8 +416,23 @@ def _matches(request: Request, matches: list[tuple[Match, str | None]]) -> list[
         results.append({"id": match.id, "labels": match.labels, "predicted": match.predicted, "image_url": image_url,
                         "thumbnail_url": thumbnail_url, "rank": match.rank, "similarity": match.similarity,
                         "distance": match.distance, "missing": match.missing, "photo": match.photo,
-                        "photos": match.photos, "variants": match.variants})
+                        "photos": match.photos, "variants": match.variants, "rules": match.rules})
     return results
+
+
+MAX_RULES = 50  # rules of each kind in one request
+MAX_RULE_CHARS = 200
+
+
+def _ranking(boost: RuleList, bury: RuleList, pin: RuleList, exclude: RuleList, diversity: float | None
+             ) -> Ranking | None:
+    """A request's rules, bounded in number and size (422 otherwise); None when it gives none."""
+    for name, values in (("boost", boost), ("bury", bury), ("pin", pin), ("exclude", exclude)):
+        if values and (len(values) > MAX_RULES or any(len(v) > MAX_RULE_CHARS for v in values)):
+            raise HTTPException(422, f"{name}: at most {MAX_RULES} rules of at most {MAX_RULE_CHARS} characters")
+    if not (boost or bury or pin or exclude) and diversity is None:
+        return None
+    return Ranking.parse(boost, bury, exclude, pin, diversity)
 
 
 def _file(request: Request, path, media_type: str, etag: str | None) -> Response:

@@ -27,6 +27,8 @@ class MatchItem(Item):
     photos: int = Field(1, description="how many photos the product has")
     variants: list[str] = Field(default_factory=list, description="with a filter: the product's variants (rows) "
                                 "that match it")
+    rules: list[str] = Field(default_factory=list, description="the ranking rules that moved it, e.g. "
+                             "'boost brand=Acme +0.1', 'bury stock=out', 'pin', 'diversity 0.7'")
 
 
 class Query(BaseModel):

@@ -23,6 +23,7 @@ from ..catalog.catalog import CatalogItem
 from ..catalog.events import QueryLog, new_query_id, open_event_store
 from ..catalog.look import Look, Region, detect_items, detection_words
 from ..catalog.query import Match, QueryPart, Where, check_k, parse_where
+from ..catalog.ranking import Ranking
 from ..core.config import EncodeOptions
 from ..core.errors import CatalogError, LookalikeError, QueryError
 from ..core.images import decode
@@ -122,7 +123,7 @@ class CatalogService:
         return self.batcher.embed(data)
 
     def search(self, data: bytes | None, k: int, where: Where, min_similarity: float | None, dedupe: bool = False,
-               text: str | None = None) -> list[Versioned]:
+               text: str | None = None, ranking: Ranking | None = None, rules: bool = True) -> list[Versioned]:
         """The k items most like an uploaded image, words, or both ("this, but ..."), each with its content hash
         (for cacheable URLs). Photo and words are combined as ``Catalog.search`` combines them.
 
@@ -134,8 +135,11 @@ class CatalogService:
         if data is None and not texts:
             raise QueryError("send a photo (image), words (text), or both")
         self._call(self.catalog.check_where, where)  # a bad filter fails before the model runs
+        if ranking is not None:
+            self._call(self.catalog.check_ranking, ranking)
         self.catalog.check_text(texts)
-        return self._search(None if data is None else self.embed(data), texts, k, where, min_similarity, dedupe)
+        return self._search(None if data is None else self.embed(data), texts, k, where, min_similarity, dedupe,
+                            ranking, rules)
 
     def search_region(self, data: bytes, box: str, k: int, where: Where, min_similarity: float | None,
                       dedupe: bool = False, text: str | None = None) -> tuple[list[Versioned], Box, tuple[int, int]]:
@@ -188,14 +192,17 @@ class CatalogService:
         return decode(data, max_pixels=self.settings.max_pixels, name="the uploaded photo")
 
     def _search(self, vector: np.ndarray | None, texts: list[str], k: int, where: Where,
-                min_similarity: float | None, dedupe: bool) -> list[Versioned]:
+                min_similarity: float | None, dedupe: bool, ranking: Ranking | None = None, rules: bool = True
+                ) -> list[Versioned]:
         if not texts:
-            return self._call(self._versioned, functools.partial(self.catalog.search_vector, dedupe=dedupe),
+            return self._call(self._versioned, functools.partial(self.catalog.search_vector, dedupe=dedupe,
+                                                                 ranking=ranking, rules=rules),
                               (vector, k, where), min_similarity)
         parts = self._text_parts(texts)
         if vector is not None:
             parts.insert(0, QueryPart("image", vector, False, "upload"))
-        return self._call(self._versioned, functools.partial(self.catalog.search_parts, dedupe=dedupe),
+        return self._call(self._versioned, functools.partial(self.catalog.search_parts, dedupe=dedupe,
+                                                             ranking=ranking, rules=rules),
                           (parts, k, where), min_similarity)
 
     def _text_parts(self, texts: list[str]) -> list[QueryPart]:
@@ -203,18 +210,21 @@ class CatalogService:
         return [QueryPart("text", v, False, t) for v, t in zip(vectors, texts, strict=True)]
 
     async def similar(self, item_id: str, k: int, where: Where, min_similarity: float | None, dedupe: bool = False,
-                      text: str | None = None) -> list[Versioned]:
+                      text: str | None = None, ranking: Ranking | None = None, rules: bool = True
+                      ) -> list[Versioned]:
         """More like a catalog item (with ``text``: but with those words); awaited on the event loop, so a
         request by id costs one thread hop."""
         if text is not None and text.strip():
             self.catalog.check_text([text])
             loop = asyncio.get_running_loop()
             parts = await loop.run_in_executor(None, self._text_parts, [text])
-            find = functools.partial(self.catalog.search_parts, dedupe=dedupe, items=[item_id])
+            find = functools.partial(self.catalog.search_parts, dedupe=dedupe, items=[item_id], ranking=ranking,
+                                     rules=rules)
             future = self._catalog_thread.submit(self._versioned, find, (parts, k, where), min_similarity)
         else:
             future = self._catalog_thread.submit(
-                self._versioned, functools.partial(self.catalog.similar, dedupe=dedupe), (item_id, k, where),
+                self._versioned, functools.partial(self.catalog.similar, dedupe=dedupe, ranking=ranking,
+                                                   rules=rules), (item_id, k, where),
                 min_similarity)
         return await asyncio.wrap_future(future)
 

@@ -188,12 +188,20 @@ class Searching:
         ranked = sorted([*extra, *matches], key=lambda m: -m.similarity)[:k]
         return [dataclasses.replace(m, rank=rank) for rank, m in enumerate(ranked, start=1)]
 
-    def search_vector(self, vector: np.ndarray, k: int = 10, where: Where = None, dedupe: bool = False
-                      ) -> list[Match]:
+    def search_vector(self, vector: np.ndarray, k: int = 10, where: Where = None, dedupe: bool = False,
+                      ranking: Ranking | None = None, rules: bool = True) -> list[Match]:
+        """The k products most like an embedded query (unit vector, float32, D); ``ranking`` and ``rules`` as
+        for ``search``."""
         check_k(k)
+        vector = np.asarray(vector, dtype=np.float32)
+        allowed = self.allowed(where)
+        ranking = self.ranking_for(ranking, rules)
+        fetch, excluded = self.fetch_count(k, ranking), self.excluded_products(ranking)
         if dedupe:
-            return nearest_distinct(self, np.asarray(vector, dtype=np.float32), k, self.allowed(where), set())
-        return self.nearest(np.asarray(vector, dtype=np.float32), k, self.allowed(where), exclude=set(), where=where)
+            matches = nearest_distinct(self, vector, fetch, allowed, set(), exclude_products=excluded)
+        else:
+            matches = self.nearest(vector, fetch, allowed, exclude=set(), where=where, exclude_products=excluded)
+        return self.finish(matches, k, ranking, [vector])
 
     def similar(self, item_id: str, k: int = 10, where: Where = None, same_cluster: bool = False,
                 dedupe: bool = False, *, text: str | Sequence[str] | None = None,
