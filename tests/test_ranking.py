@@ -13,10 +13,9 @@ from lookalike.catalog.catalog import CONFIG_FILE, DB_FILE
 from lookalike.catalog.ranking import Ranking, candidates, mmr, rrf
 from lookalike.core.config import CatalogConfig
 from lookalike.core.errors import UnknownItemError
-from lookalike.store import ItemRecord, SQLiteStore
 from lookalike.models.registry import create_embedder
+from lookalike.store import ItemRecord, SQLiteStore
 from lookalike.store.products import ProductRecord
-
 
 DIM = 512  # the model-free colorhist model's, so a server can open the catalog
 
