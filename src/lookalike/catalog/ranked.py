@@ -67,10 +67,23 @@ class Ranked:
             UnknownItemError, QueryError: as ``check_ranking`` for the request's rules.
         """
         if ranking is not None:
-            self.check_ranking(ranking)
+            self._checked(ranking)
         if not rules:
             return ranking or Ranking()
         return self.rules().merged(ranking)
+
+    def _checked(self, ranking: Ranking) -> None:
+        """``check_ranking``, remembered while the catalog's labels and products stay as they are (a label
+        check reads the store's label names: a tenth of a second on 100k products)."""
+        self.index  # noqa: B018 - follows the store's generations
+        state = (self._labels_generation, self._index_generation)
+        cache = getattr(self, "_checked_rankings", None)
+        if cache is None or cache[0] != state:
+            cache = self._checked_rankings = (state, set())
+        if ranking not in cache[1]:
+            self.check_ranking(ranking)
+            if len(cache[1]) < 1000:
+                cache[1].add(ranking)
 
     def fetch_count(self, k: int, ranking: Ranking) -> int:
         """How many candidates to fetch for k results: ``ranking.candidates(k)`` when rules or diversity act."""
@@ -78,9 +91,20 @@ class Ranked:
 
     def excluded_products(self, ranking: Ranking) -> frozenset[int]:
         """Product keys matching any ``exclude`` rule (a product with that value among its values)."""
+        if not ranking.exclude:
+            return frozenset()
+        self.index  # noqa: B018 - follows the store's generations
+        state = (self._labels_generation, self._index_generation)
+        cache = getattr(self, "_excluded_cache", None)
+        if cache is None or cache[0] != state:
+            cache = self._excluded_cache = (state, {})
         keys: set[int] = set()
         for rule in ranking.exclude:
-            keys.update(self.store.keys_where({rule.label: rule.value}).tolist())
+            if (rule.label, rule.value) not in cache[1]:
+                if len(cache[1]) > 200:
+                    cache[1].clear()
+                cache[1][rule.label, rule.value] = frozenset(self.store.keys_where({rule.label: rule.value}).tolist())
+            keys |= cache[1][rule.label, rule.value]
         return frozenset(keys)
 
     def finish(self, matches: list[Match], k: int, ranking: Ranking, queries: Sequence[np.ndarray],
@@ -107,7 +131,7 @@ class Ranked:
                 photo, sim = int(photos[0]), 0.0
             else:
                 vectors = np.stack([np.asarray(self.index.vector(int(p)), np.float32) for p in photos])
-                sims = query @ vectors.T
+                sims = np.einsum("qd,pd->qp", query, vectors)  # not BLAS: see ranking.mmr
                 best = np.unravel_index(int(np.argmax(sims)), sims.shape)
                 photo, sim = int(photos[best[1]]), float(sims[best])
             out[item_id] = self._matches([(key, photo, sim)], by=by)[0]

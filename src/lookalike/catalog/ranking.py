@@ -26,7 +26,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +79,6 @@ class Ranking:
     pin: tuple[str, ...] = ()
     diversity: float | None = None
     keyword_weight: float | None = None  # None: the default (1.0) where keywords take part
-    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def active(self) -> bool:
@@ -287,7 +286,9 @@ def mmr(relevance: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> np.nd
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
     rel = np.asarray(relevance, dtype=np.float64)
-    sims = vectors.astype(np.float32) @ vectors.astype(np.float32).T
+    # einsum, not BLAS: after a FAISS search, a BLAS call waits on OpenMP threads (35 ms against 0.2 ms here)
+    v = np.asarray(vectors, dtype=np.float32)
+    sims = np.einsum("id,jd->ij", v, v)
     most = np.full(n, -np.inf)
     taken = np.zeros(n, dtype=bool)
     picked = []

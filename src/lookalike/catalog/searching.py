@@ -274,7 +274,7 @@ class Searching:
                 return []
         settings = index.item_settings if items else None
         total = index.size
-        fetch = k + len(exclude) + (0 if products.one_to_one else 2 * k)
+        fetch = k + len(exclude) + (0 if products.one_to_one else 2 * k) + (k // 4 if exclude_products else 0)
         while True:
             sims, keys = index.search(vector, fetch, photos_allowed, settings=settings)
             hits = [(key, sim) for key, sim in zip(keys[0].tolist(), sims[0].tolist(), strict=True)
