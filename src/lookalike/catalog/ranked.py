@@ -53,8 +53,7 @@ class Ranked:
         self.store.set_meta(META_KEY, "{}")
         self._rules_cache = None
 
-    def check_ranking(self, ranking: Ranking) -> None:
-        """Raises UnknownItemError for a pinned id that is no product, QueryError for a label not in the catalog."""
+    def _check_now(self, ranking: Ranking) -> None:
         for item_id in ranking.pin:
             self._key(item_id)
         for rule in ranking.boost + ranking.bury + ranking.exclude:
@@ -67,13 +66,14 @@ class Ranked:
             UnknownItemError, QueryError: as ``check_ranking`` for the request's rules.
         """
         if ranking is not None:
-            self._checked(ranking)
+            self.check_ranking(ranking)
         if not rules:
             return ranking or Ranking()
         return self.rules().merged(ranking)
 
-    def _checked(self, ranking: Ranking) -> None:
-        """``check_ranking``, remembered while the catalog's labels and products stay as they are (a label
+    def check_ranking(self, ranking: Ranking) -> None:
+        """Raises UnknownItemError for a pinned id that is no product, QueryError for a label not in the catalog.
+        A ranking that passed is remembered while the catalog's labels and products stay as they are (a label
         check reads the store's label names: a tenth of a second on 100k products)."""
         self.index  # noqa: B018 - follows the store's generations
         state = (self._labels_generation, self._index_generation)
@@ -81,7 +81,7 @@ class Ranked:
         if cache is None or cache[0] != state:
             cache = self._checked_rankings = (state, set())
         if ranking not in cache[1]:
-            self.check_ranking(ranking)
+            self._check_now(ranking)
             if len(cache[1]) < 1000:
                 cache[1].add(ranking)
 
