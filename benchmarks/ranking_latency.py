@@ -5,7 +5,8 @@ run on one catalog (issue 27: under 2 ms added at p50).
 The catalog's vectors are written straight into its store (seeded random unit vectors, 512-d as the model-free
 ``colorhist`` model that embeds the uploaded photo), with ProductRecord labels ``brand`` (20 values) and
 ``stock`` (in, out); the index is exact (flat: HNSW reaches no useful recall on random vectors). Requests go
-through FastAPI's TestClient in this process, one at a time, alternating plain and ranked so that both see the same machine; req/s is 1 / mean latency of that sequential loop.
+through FastAPI's TestClient in this process, one at a time, alternating plain and ranked so
+that both see the same machine; req/s is 1 / mean latency of that sequential loop.
 
     python benchmarks/ranking_latency.py --items 100000 --requests 300
 """
