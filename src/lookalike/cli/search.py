@@ -122,7 +122,7 @@ def add_parsers(sub, parents: Parents) -> None:
                        "or any mix of them, each also as something to avoid (--not-image, --not-text, --not-item).")
     p.add_argument("image", nargs="?", default=None, help="the query photo (optional with --text or --item)")
     _query_parts(p, items=True)
-    add_ranking_options(p, keywords=True)
+    add_ranking_options(p)
     add_region_options(p)
     p.set_defaults(func=cmd_search)
 
