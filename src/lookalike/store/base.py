@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from .events import EventTables
+from .fulltext import KeywordIndex
+from .fulltext import rebuild as rebuild_fulltext
 from .products import ProductRecord, drop_orphans, merge_labels, write_products
 
 ITEM_COLUMNS = ("key", "id", "path", "size", "mtime_ns", "sha256", "status", "reason", "width", "height", "updated")
@@ -80,7 +82,7 @@ class Watch:
         return None
 
 
-class Store(EventTables, ABC):
+class Store(EventTables, KeywordIndex, ABC):
     """A catalog's source of truth: items, labels, failures, vectors, clusters, the change log, meta, uploads;
     and the query log and shoppers' events (``events.EventTables``)."""
 
@@ -569,6 +571,7 @@ class Store(EventTables, ABC):
                 cur.executemany("INSERT INTO clusters (key, cluster) VALUES (?, ?)", clusters)
             for name, value in (meta or {}).items():
                 _put_meta(cur, name, value)
+            rebuild_fulltext(cur)  # labels were written directly: index them
             self._after_import(cur)
 
     def _after_import(self, cur: Cursor) -> None:  # noqa: B027 - optional upkeep, nothing to do by default

@@ -32,6 +32,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..core.errors import CatalogError, StoreUnavailableError
 from .base import Store, Watch
 from .events import POSTGRES_EVENT_TABLES
+from .fulltext import POSTGRES_MISSING as FULLTEXT_MISSING
+from .fulltext import POSTGRES_TABLES as FULLTEXT_TABLES
+from .fulltext import rebuild as rebuild_fulltext
 from .products import FORMAT, POSTGRES_TABLES, POSTGRES_UPGRADE
 from .urls import DatabaseURL, parse_database_url
 
@@ -79,8 +82,9 @@ INSERT INTO meta (name, value) VALUES ('labels_generation', '0') ON CONFLICT DO 
 # products, their photos and labels, clusters and zero-shot labels: ``store/products.py``
 SCHEMA += POSTGRES_TABLES
 SCHEMA += POSTGRES_EVENT_TABLES  # the query log and shoppers' events (store/events.py)
-TABLES = ("items", "products", "product_photos", "labels", "predicted", "vectors", "removed", "clusters", "uploads",
-          "meta", "queries", "events")
+SCHEMA += FULLTEXT_TABLES  # the keyword index of products' labels (store/fulltext.py)
+TABLES = ("items", "products", "product_photos", "product_text", "labels", "predicted", "vectors", "removed",
+          "clusters", "uploads", "meta", "queries", "events")
 
 
 class PostgresStore(Store):
@@ -90,6 +94,8 @@ class PostgresStore(Store):
         StoreUnavailableError: the database cannot be reached.
         CatalogError: the role may not use the schema, or (``create=False``) there are no catalog tables.
     """
+
+    dialect = "postgres"
 
     def __init__(self, url: str | DatabaseURL, create: bool = False, max_connections: int = 4):
         self.url = url if isinstance(url, DatabaseURL) else parse_database_url(url)
@@ -162,6 +168,12 @@ class PostgresStore(Store):
                         (self.schema,)).fetchone() is None:  # a catalog from before the query log
             with conn.transaction():
                 conn.execute(POSTGRES_EVENT_TABLES)
+        if conn.execute(FULLTEXT_MISSING, (self.schema,)).fetchone() is None:
+            with conn.transaction():  # a catalog from before the keyword index: build it, once
+                conn.execute("SELECT value FROM meta WHERE name = 'generation' FOR UPDATE")
+                if conn.execute(FULLTEXT_MISSING, (self.schema,)).fetchone() is None:
+                    conn.execute(FULLTEXT_TABLES)
+                    rebuild_fulltext(_Cursor(conn.cursor()))
 
     def _has_meta(self, conn: psycopg.Connection) -> bool:
         return conn.execute("SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = 'meta'",

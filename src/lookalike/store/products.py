@@ -18,6 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .fulltext import body as text_of
+from .fulltext import write_texts
+
 FORMAT = "2"  # 1: one item = one photo with its labels; 2: products with photos, variants and labels
 VALUE_SEPARATOR = " | "  # how a label with several values (one per variant) is shown in one string
 
@@ -204,8 +207,9 @@ def merge_labels(rows: Iterable[tuple[int, str, str]]) -> dict[int, dict[str, st
 
 def write_products(cur, products: Sequence[ProductRecord], chunks, marks, insert_rows) -> list[int]:
     """Insert or update products, link each to those of its photos that are stored (any status), and replace
-    the labels of those given ``variants``; returns the products' keys. Runs inside the caller's transaction
-    (``cur``); ``chunks``, ``marks`` and ``insert_rows`` are the store's statement helpers."""
+    the labels of those given ``variants`` (and their full-text rows, ``fulltext.py``); returns the products'
+    keys. Runs inside the caller's transaction (``cur``); ``chunks``, ``marks`` and ``insert_rows`` are the
+    store's statement helpers."""
     by_id = {p.id: p for p in products}
     keys: dict[str, int] = {}
     for chunk in chunks(list(by_id), 500):
@@ -235,6 +239,8 @@ def write_products(cur, products: Sequence[ProductRecord], chunks, marks, insert
     insert_rows(cur, "INSERT INTO labels (key, variant, name, value) VALUES {}",
                 [(key, str(variant), str(n), str(v)) for key, variants in relabel.items()
                  for variant, labels in variants.items() for n, v in labels.items()])
+    # the keyword index, in the same transaction: always in step with the labels
+    write_texts(cur, {key: text_of(variants) for key, variants in relabel.items()})
     return product_keys
 
 

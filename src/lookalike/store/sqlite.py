@@ -18,6 +18,9 @@ import numpy as np
 from ..core.errors import CatalogError
 from .base import ItemRecord, Store, StoredItem
 from .events import SQLITE_EVENT_TABLES
+from .fulltext import SQLITE_MISSING as FULLTEXT_MISSING
+from .fulltext import SQLITE_TABLES as FULLTEXT_TABLES
+from .fulltext import rebuild as rebuild_fulltext
 from .products import FORMAT, SQLITE_READ_ONLY_VIEWS, SQLITE_TABLES, SQLITE_UPGRADE
 
 __all__ = ["ItemRecord", "SQLiteStore", "StoredItem"]
@@ -61,6 +64,7 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('labels_generation', '0');  -- 
 # never collides with them); predictions are read with the labels through the all_labels view.
 SCHEMA += SQLITE_TABLES
 SCHEMA += SQLITE_EVENT_TABLES  # the query log and shoppers' events (store/events.py)
+SCHEMA += FULLTEXT_TABLES  # the keyword index of products' labels (store/fulltext.py)
 
 
 def writable(path: Path) -> bool:
@@ -73,6 +77,8 @@ def writable(path: Path) -> bool:
 class SQLiteStore(Store):
     """``read_only``: None decides by whether the file can be written (``writable``); a read-only store serves
     every read and refuses every write with one line (a shop serving its catalog from a read-only volume)."""
+
+    dialect = "sqlite"
 
     def __init__(self, path: Path, read_only: bool | None = None):
         self.path = Path(path)
@@ -98,12 +104,16 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=10000")
             _upgrade(conn)
+            had_fulltext = conn.execute(FULLTEXT_MISSING).fetchone() is not None
             conn.executescript(SCHEMA)
             conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('store_format', ?)", (FORMAT,))
             columns = {r[1] for r in conn.execute("PRAGMA table_info(vectors)")}
             if "gen" not in columns:  # a catalog from before the change log: its vectors count as generation 0
                 conn.execute("ALTER TABLE vectors ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
             conn.execute("CREATE INDEX IF NOT EXISTS vectors_gen ON vectors (gen)")
+            if not had_fulltext:  # a catalog from before the keyword index (or a new one): index its labels
+                with _Transaction(conn) as cur:
+                    rebuild_fulltext(cur)
         except BaseException:
             conn.close()
             raise
