@@ -50,6 +50,7 @@ from ..store.base import UPLOAD_PREFIX, Watch
 from .browsing import Browsing, CatalogItem
 from .indexing import Indexing, ItemTable
 from .ingest import MAX_ID_LENGTH, UPLOADS_DIR, IndexReport, Ingest, assign_item_ids, write_once
+from .keywords import Keywords
 from .location import database_cache
 from .products import (
     ProductTable,
@@ -100,7 +101,7 @@ class CatalogStatus:
         }
 
 
-class Catalog(Ingest, Indexing, Browsing, Searching, Ranked, TextSearch):
+class Catalog(Ingest, Indexing, Browsing, Searching, Ranked, Keywords, TextSearch):
     """A searchable catalog of product images, in a folder or a PostgreSQL database. Use ``Catalog.create`` or
     ``Catalog.open``.
 

@@ -33,6 +33,7 @@ class Match:
     product: str = ""  # the product the photo belongs to (== id for product results)
     variants: list[str] = field(default_factory=list)  # with a filter: the product's variants that match it
     rules: list[str] = field(default_factory=list)  # ranking rules that moved it (``ranking.py``): "boost a=b +0.1"
+    found_by: list[str] = field(default_factory=list)  # words searched: "vector" and/or "keyword" (``keywords.py``)
 
     def __post_init__(self) -> None:
         # Float rounding can put the cosine of unit vectors a hair outside [-1, 1]; never show 1.0000013.

@@ -108,13 +108,14 @@ class Ranked:
         return frozenset(keys)
 
     def finish(self, matches: list[Match], k: int, ranking: Ranking, queries: Sequence[np.ndarray],
-               by: str = "product") -> list[Match]:
+               by: str = "product", relevance: Sequence[float] | None = None) -> list[Match]:
         """The k results of ``ranking`` among candidates; ``queries``: the query's unit vectors (a pinned product
-        not among the candidates scores its best photo against the best of them)."""
+        not among the candidates scores its best photo against the best of them); ``relevance``: scores to
+        rank by instead of the similarities (fused lists, ``keywords.py``)."""
         if not ranking.active:
             return matches[:k]
         return rerank(matches, k, ranking, vectors=self._match_vectors,
-                      pinned=lambda ids: self._pinned(ids, queries, by))
+                      pinned=lambda ids: self._pinned(ids, queries, by), relevance=relevance)
 
     def _match_vectors(self, matches: Sequence[Match]) -> np.ndarray:
         """The matched photos' vectors (N x D float32), what diversity compares."""

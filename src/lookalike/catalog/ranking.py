@@ -228,11 +228,13 @@ def _rule(text: str, kind: str) -> LabelRule:
 
 def rerank(matches: Sequence[Match], k: int, ranking: Ranking,
            vectors: Callable[[Sequence[Match]], np.ndarray] | None = None,
-           pinned: Callable[[Sequence[str]], Mapping[str, Match]] | None = None) -> list[Match]:
+           pinned: Callable[[Sequence[str]], Mapping[str, Match]] | None = None,
+           relevance: Sequence[float] | None = None) -> list[Match]:
     """The k results of ``ranking`` among candidate ``matches`` (best first), each listing the rules that
     moved it in ``Match.rules``, ranks renumbered from 1. ``vectors``: unit vectors (N x D float32) of the
     matches, for diversity; ``pinned``: Match rows for pinned ids that are not among the candidates (the
-    catalog computes their similarity to the query), by pinned id. Products matching an ``exclude`` rule are
+    catalog computes their similarity to the query), by pinned id; ``relevance``: one score per match to rank
+    by instead of its similarity (a fused list's scaled RRF scores). Products matching an ``exclude`` rule are
     dropped here too (the search should already leave them out so that k fill)."""
     pins = list(dict.fromkeys(ranking.pin))
     found: dict[str, Match] = {}
@@ -240,10 +242,12 @@ def rerank(matches: Sequence[Match], k: int, ranking: Ranking,
         pin = m.id if m.id in pins else m.product if m.product in pins else None
         if pin is not None and pin not in found:
             found[pin] = m
-    rows = [m for m in matches if not any(r.matches(m.labels) for r in ranking.exclude)
+    keep = [i for i, m in enumerate(matches) if not any(r.matches(m.labels) for r in ranking.exclude)
             and m.id not in pins and m.product not in pins]
+    rows = [matches[i] for i in keep]
     moved: dict[int, list[str]] = {i: [] for i in range(len(rows))}
-    scores = np.array([m.similarity for m in rows], dtype=np.float64)
+    scores = np.array([m.similarity for m in rows] if relevance is None else [relevance[i] for i in keep],
+                      dtype=np.float64)
     for i, m in enumerate(rows):
         for rule in ranking.boost:
             if rule.matches(m.labels):

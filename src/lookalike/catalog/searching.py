@@ -17,6 +17,7 @@ from ..core.errors import (
 )
 from ..core.images import ImageInput, content_hash
 from .dedupe import nearest_distinct
+from .keywords import keyword_weight
 from .products import (
     check_by,
     matching_variants,
@@ -32,7 +33,7 @@ from .query import (
     distance_from_similarity,
     parse_where,
 )
-from .ranking import Ranking
+from .ranking import RRF_K, Ranking, candidates
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +59,34 @@ class Searching:
         buries, pins, excludes and diversity (``ranking.py``), on top of the catalog's default rules unless
         ``rules`` is False; ``Match.rules`` tells what moved each result.
 
+        Words are also keywords (``keywords.py``): matched against the products' titles and labels, that list
+        is fused with the vector results by reciprocal rank fusion (``ranking.keyword_weight``, default 1; 0 =
+        vectors only). A catalog whose model embeds photos only answers words by keyword alone (fused with the
+        photos and items of the query, if any); ``Match.found_by`` tells which list found each result.
+
         Raises:
             ImageError: a query image cannot be read.
-            NoTextModelError: words for a catalog whose model embeds photos only (the message names models
-                that embed words).
+            NoTextModelError: words to avoid (``not_text``) for a catalog whose model embeds photos only (the
+                message names models that embed words).
             QueryError: bad ``k``, ``where`` or ``weights``; an unknown item; nothing to look for.
         """
         check_k(k)
         images, texts = _listed(image), _listed(text)
         avoid_images, avoid_texts = _listed(not_images), _listed(not_text)
         weights = QueryWeights.parse(weights)
-        self.check_text(texts + avoid_texts)
+        self.check_text(texts, need_model=False)
+        self.check_text(avoid_texts)
         if not (images or texts or items):
             raise QueryError("nothing to search for: give a photo, words (text) or catalog items")
         check_by(by)
+        keywords = " ".join(str(t) for t in texts) or None
+        if texts and not self.has_text:
+            if not (images or items):
+                return self.search_keywords(keywords, k, where, by=by, ranking=ranking, rules=rules)
+            texts = []  # the words are keywords only, fused with the photos and items
         allowed = self.allowed(where)
         ranking = self.ranking_for(ranking, rules)
-        if len(images) == 1 and not (texts or items or avoid_images or avoid_texts or not_items):
+        if len(images) == 1 and not (texts or keywords or items or avoid_images or avoid_texts or not_items):
             vector = self.encoder().encode(images[0])
             fetch, excluded = self.fetch_count(k, ranking), self.excluded_products(ranking)
             if dedupe:
@@ -88,7 +100,26 @@ class Searching:
         parts = [*self.image_parts(images), *self.image_parts(avoid_images, negative=True),
                  *self.text_parts(texts), *self.text_parts(avoid_texts, negative=True)]
         return self.search_parts(parts, k, where, dedupe, items=items, not_items=not_items, weights=weights,
-                                 min_similarity=min_similarity, by=by, ranking=ranking, rules=False)
+                                 min_similarity=min_similarity, by=by, ranking=ranking, rules=False,
+                                 keywords=keywords)
+
+    def search_keywords(self, text: str, k: int = 10, where: Where = None, *, by: str = "product",
+                        ranking: Ranking | None = None, rules: bool = True) -> list[Match]:
+        """The k products (``by="photo"``: their best photos) whose titles and labels best match the words of
+        ``text`` (``keywords.py``), with the catalog's rules (``ranking``, ``rules`` as in ``search``); no
+        model is loaded. ``similarity`` is 0 (there is no query vector); ``found_by`` is ``["keyword"]``.
+
+        Raises:
+            QueryError: bad ``k``, ``by`` or ``where``; empty or over-long words.
+        """
+        check_k(k)
+        check_by(by)
+        self.check_text([text], need_model=False)
+        allowed = self.allowed(where)
+        ranking = self.ranking_for(ranking, rules)
+        matches = self.keyword_matches(text, self.fetch_count(k, ranking), allowed, self.excluded_products(ranking),
+                                       by)
+        return self.finish(matches, k, ranking, [], by, relevance=[(RRF_K + 1) / (RRF_K + m.rank) for m in matches])
 
     def image_parts(self, images: Sequence[ImageInput], negative: bool = False) -> list[QueryPart]:
         """Photos embedded as query parts.
@@ -117,9 +148,11 @@ class Searching:
                      items: Sequence[str] = (), not_items: Sequence[str] = (),
                      weights: QueryWeights | Mapping[str, float] | Sequence[str] | None = None,
                      min_similarity: float | None = None, by: str = "product", ranking: Ranking | None = None,
-                     rules: bool = True) -> list[Match]:
+                     rules: bool = True, keywords: str | None = None) -> list[Match]:
         """``search`` for parts already embedded (the server embeds photos and words on its model thread), plus
-        catalog items by id, for or against; never returns the items named, or their exact copies.
+        catalog items by id, for or against; never returns the items named, or their exact copies. ``keywords``:
+        words whose keyword results are fused with the vector results (``keywords.py``; ``min_similarity``
+        applies to the vector list only).
 
         Raises:
             QueryError: bad ``k``, ``where`` or ``weights``; an unknown item; nothing to look for.
@@ -142,9 +175,15 @@ class Searching:
                 for photo in photos.tolist():
                     exclude |= self.table.same_content(photo)
         vector = combine(parts, QueryWeights.parse(weights))
-        matches = self._answer(vector, self.fetch_count(k, ranking), allowed, exclude, dedupe, first_item,
-                               named | self.excluded_products(ranking), by, where)
-        return self.finish(above(matches, min_similarity), k, ranking, [vector], by)
+        weight = keyword_weight(ranking) if keywords else 0.0
+        fetch = max(self.fetch_count(k, ranking), candidates(k)) if weight > 0 else self.fetch_count(k, ranking)
+        leave_out = named | self.excluded_products(ranking)
+        matches = above(self._answer(vector, fetch, allowed, exclude, dedupe, first_item, leave_out, by, where),
+                        min_similarity)
+        if not keywords:
+            return self.finish(matches, k, ranking, [vector], by)
+        matches, relevance = self.fuse(matches, keywords, fetch, weight, allowed, leave_out, by, vector)
+        return self.finish(matches, k, ranking, [vector], by, relevance=relevance)
 
     def _answer(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, exclude: set[int], dedupe: bool,
                 query_key: int | None = None, exclude_products: set[int] | frozenset[int] = frozenset(),

@@ -110,14 +110,15 @@ class TextSearch:
         self._text_tower, self._encoder = None, None
         return True
 
-    def check_text(self, texts: Sequence[str]) -> None:
-        """Refuse words the catalog cannot search by, before any model is loaded.
+    def check_text(self, texts: Sequence[str], need_model: bool = True) -> None:
+        """Refuse words the catalog cannot search by, before any model is loaded; ``need_model`` False: words
+        searched as keywords (``keywords.py``), which need no text tower.
 
         Raises:
             NoTextModelError: the catalog's model embeds photos only (the message names models with a text tower).
             QueryError: empty words.
         """
-        if texts and not self.has_text:
+        if texts and need_model and not self.has_text:
             raise no_text_tower(self.config.embedder.name)
         if any(not str(t).strip() for t in texts):
             raise QueryError("empty words in the query; write what to look for, e.g. --text 'red summer dress'")
