@@ -92,3 +92,22 @@ def test_the_rest_api_answers_keywords_and_takes_a_weight(tmp_path):
         assert body["results"][0]["found_by"] == ["keyword"]
         r = client.post("/api/search", data={"text": "acme", "k": "3", "keyword_weight": "-1"})
         assert r.status_code == 422
+
+
+def test_the_command_line_searches_keywords_and_fuses_with_a_weight(tmp_path, capsys):
+    import json
+
+    from lookalike.cli import main
+
+    shop_catalog(tmp_path / "shop.lk").close()
+    where = ["--catalog", str(tmp_path / "shop.lk")]
+    assert main(["search", "--text", "acme", *where]) == 0
+    out = capsys.readouterr().out
+    assert "keyword search" in out.splitlines()[0] and " c " in out
+    assert main(["search", "--item", "q", "--text", "out", "-k", "3", "--json", *where]) == 0
+    assert [m["id"] for m in json.loads(capsys.readouterr().out)] == ["d", "a", "b"]
+    assert main(["search", "--item", "q", "--text", "out", "-k", "3", "--json", "--keyword-weight", "0", *where]) == 0
+    assert [m["id"] for m in json.loads(capsys.readouterr().out)] == ["a", "b", "c"]
+    assert main(["search", "--text", "acme", "--keyword-weight", "-2", *where]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "keyword weight" in err[0]

@@ -128,7 +128,10 @@ PIN_HELP = "a product id that comes first; repeat for more (in this order)"
 EXCLUDE_HELP = "label=value: leave those items out; repeat for more"
 DIVERSITY_HELP = "re-rank by maximal marginal relevance: 1 = similarity only, 0 = most varied (e.g. 0.7)"
 RuleList = list[str] | None
-TEXT_HELP = ("words to look for (a catalog whose model has a text tower); with a photo: this photo, but with "
+KEYWORD_HELP = ("how much the keyword results (titles and labels) count against the vector results in reciprocal "
+                "rank fusion: 0 = vectors only, 1 (default) = the same")
+TEXT_HELP = ("words to look for: by the model's text tower, fused with keyword matches of the titles and labels "
+             "(an image-only model: keywords alone); with a photo: this photo, but with "
              "these words")
 
 
@@ -146,11 +149,13 @@ def search(request: Request, svc: Service,
            pin: Annotated[RuleList, Form(description=PIN_HELP)] = None,
            exclude: Annotated[RuleList, Form(description=EXCLUDE_HELP)] = None,
            diversity: Annotated[float | None, Form(ge=0.0, le=1.0, description=DIVERSITY_HELP)] = None,
-           rules: Annotated[bool, Form(description=RULES_HELP)] = True) -> Response:
+           rules: Annotated[bool, Form(description=RULES_HELP)] = True,
+           keyword_weight: Annotated[float | None, Form(ge=0.0, le=1000.0, description=KEYWORD_HELP)] = None
+           ) -> Response:
     started = time.perf_counter()
     _check_form(request, "image", "text", "k", "where", "min_similarity", "dedupe", "box", "boost", "bury", "pin",
-                "exclude", "diversity", "rules")
-    ranking = _ranking(boost, bury, pin, exclude, diversity)
+                "exclude", "diversity", "rules", "keyword_weight")
+    ranking = _ranking(boost, bury, pin, exclude, diversity, keyword_weight)
     if image is None and (text is None or not text.strip()):
         raise HTTPException(422, body_problem(request.scope) or "send a photo (image), words (text), or both")
     if image is None and box is not None:
@@ -166,6 +171,8 @@ def search(request: Request, svc: Service,
         matches = svc.search(data, k, where, min_similarity, dedupe, text=text, ranking=ranking, rules=rules)
     words = text if text and text.strip() else None
     kind = "+".join(([] if data is None else ["region" if region else "upload"]) + ([] if words is None else ["text"]))
+    if kind == "text" and not svc.catalog.has_text:
+        kind = "keywords"  # an image-only model: the words were searched as keywords alone
     query_id = svc.log_answer(kind, k, [m.id for m, _ in matches], where, words=words,
                               photo=hashlib.sha256(data).hexdigest() if data is not None else None)
     return _result(request, {"kind": kind, "id": None, "filename": image.filename if image is not None else None,
@@ -416,7 +423,8 @@ def _matches(request: Request, matches: list[tuple[Match, str | None]]) -> list[
         results.append({"id": match.id, "labels": match.labels, "predicted": match.predicted, "image_url": image_url,
                         "thumbnail_url": thumbnail_url, "rank": match.rank, "similarity": match.similarity,
                         "distance": match.distance, "missing": match.missing, "photo": match.photo,
-                        "photos": match.photos, "variants": match.variants, "rules": match.rules})
+                        "photos": match.photos, "variants": match.variants, "rules": match.rules,
+                        "found_by": match.found_by})
     return results
 
 
@@ -424,15 +432,15 @@ MAX_RULES = 50  # rules of each kind in one request
 MAX_RULE_CHARS = 200
 
 
-def _ranking(boost: RuleList, bury: RuleList, pin: RuleList, exclude: RuleList, diversity: float | None
-             ) -> Ranking | None:
+def _ranking(boost: RuleList, bury: RuleList, pin: RuleList, exclude: RuleList, diversity: float | None,
+             keyword_weight: float | None = None) -> Ranking | None:
     """A request's rules, bounded in number and size (422 otherwise); None when it gives none."""
     for name, values in (("boost", boost), ("bury", bury), ("pin", pin), ("exclude", exclude)):
         if values and (len(values) > MAX_RULES or any(len(v) > MAX_RULE_CHARS for v in values)):
             raise HTTPException(422, f"{name}: at most {MAX_RULES} rules of at most {MAX_RULE_CHARS} characters")
-    if not (boost or bury or pin or exclude) and diversity is None:
+    if not (boost or bury or pin or exclude) and diversity is None and keyword_weight is None:
         return None
-    return Ranking.parse(boost, bury, exclude, pin, diversity)
+    return Ranking.parse(boost, bury, exclude, pin, diversity, keyword_weight)
 
 
 def _file(request: Request, path, media_type: str, etag: str | None) -> Response:

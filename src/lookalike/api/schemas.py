@@ -29,10 +29,13 @@ class MatchItem(Item):
                                 "that match it")
     rules: list[str] = Field(default_factory=list, description="the ranking rules that moved it, e.g. "
                              "'boost brand=Acme +0.1', 'bury stock=out', 'pin', 'diversity 0.7'")
+    found_by: list[str] = Field(default_factory=list, description="for words: the result lists that found it, "
+                                "'vector' and/or 'keyword' (fused by reciprocal rank fusion)")
 
 
 class Query(BaseModel):
-    kind: str = Field(description="'upload', 'region', 'text', 'upload+text', 'region+text', 'item' or 'item+text'")
+    kind: str = Field(description="'upload', 'region', 'text', 'keywords' (words on an image-only model: a keyword "
+                      "search), 'upload+text', 'region+text', 'item' or 'item+text'")
     id: str | None = Field(default=None, description="the catalog item searched from (kind 'item')")
     filename: str | None = None
     text: str | None = Field(default=None, description="the words searched for, if any")

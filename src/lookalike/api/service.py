@@ -137,7 +137,7 @@ class CatalogService:
         self._call(self.catalog.check_where, where)  # a bad filter fails before the model runs
         if ranking is not None:
             self._call(self.catalog.check_ranking, ranking)
-        self.catalog.check_text(texts)
+        self.catalog.check_text(texts, need_model=False)  # image-only models search words as keywords
         return self._search(None if data is None else self.embed(data), texts, k, where, min_similarity, dedupe,
                             ranking, rules)
 
@@ -154,7 +154,7 @@ class CatalogService:
         texts = [text] if text is not None and text.strip() else []
         spec = parse_box(box)
         self._call(self.catalog.check_where, where)
-        self.catalog.check_text(texts)
+        self.catalog.check_text(texts, need_model=False)
         photo = self._decode(data)
         region, resolved = crop_region(photo, spec)
         vector = self.batcher.embed(self.encoder.prepare(region))
@@ -198,11 +198,15 @@ class CatalogService:
             return self._call(self._versioned, functools.partial(self.catalog.search_vector, dedupe=dedupe,
                                                                  ranking=ranking, rules=rules),
                               (vector, k, where), min_similarity)
-        parts = self._text_parts(texts)
+        keywords = " ".join(texts)
+        if not self.catalog.has_text and vector is None:  # words alone, no text tower: keywords alone
+            return self._call(self._versioned, functools.partial(self.catalog.search_keywords, ranking=ranking,
+                                                                 rules=rules), (keywords, k, where), None)
+        parts = self._text_parts(texts) if self.catalog.has_text else []  # keywords are fused either way
         if vector is not None:
             parts.insert(0, QueryPart("image", vector, False, "upload"))
         return self._call(self._versioned, functools.partial(self.catalog.search_parts, dedupe=dedupe,
-                                                             ranking=ranking, rules=rules),
+                                                             ranking=ranking, rules=rules, keywords=keywords),
                           (parts, k, where), min_similarity)
 
     def _text_parts(self, texts: list[str]) -> list[QueryPart]:

@@ -245,6 +245,10 @@ def show_matches(matches: list[Match], args: argparse.Namespace, out: Console, t
     ruled = any(m.rules for m in matches)
     if ruled:
         table.add_column("rules", overflow="fold")
+    fused = any(len(m.found_by) > 1 or m.found_by == ["keyword"] for m in matches) and any(
+        "vector" in m.found_by for m in matches)  # words fused with vectors: say which list found each
+    if fused:
+        table.add_column("found by")
     for m in matches:
         labels = ", ".join(m.labels.get(k) for k in ("articleType", "baseColour", "gender") if m.labels.get(k))
         if not labels:
@@ -255,7 +259,7 @@ def show_matches(matches: list[Match], args: argparse.Namespace, out: Console, t
         if m.variants:
             labels = f"{labels}; variants {', '.join(m.variants[:5])}" + (" ..." if len(m.variants) > 5 else "")
         row = [str(m.rank), m.id, f"{m.similarity:.3f}", f"{m.distance:.3f}", labels, path]
-        table.add_row(*row, *(["; ".join(m.rules)] if ruled else []))
+        table.add_row(*row, *(["; ".join(m.rules)] if ruled else []), *([" + ".join(m.found_by)] if fused else []))
     out.print(table)
 
 

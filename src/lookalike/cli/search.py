@@ -24,14 +24,20 @@ def cmd_search(args: argparse.Namespace, out: Console) -> int:
         if wants_region(args):
             catalog.encoder(encode_options(args))
             return cmd_region(catalog, args, out)
-        if args.image or args.not_image or ((args.text or args.not_text) and catalog.config.extra.get("text_tower")
-                                            is None):
+        if args.image or args.not_image or ((args.text or args.not_text) and catalog.has_text
+                                            and catalog.config.extra.get("text_tower") is None):
             catalog.encoder(encode_options(args))  # an added text tower needs no image model for words
         matches = catalog.search(args.image, k=args.k, where=args.where, dedupe=args.dedupe, text=args.text,
                                  items=args.item or (), not_items=args.not_item or (), not_text=args.not_text,
                                  not_images=args.not_image, weights=args.weight, min_similarity=args.min_similarity,
                                  by=args.by, ranking=ranking_from_args(args), rules=not args.no_rules)
-        show_matches(matches, args, out, title=f"{args.by}s most like {_describe(args)}")
+        title = f"{args.by}s most like {_describe(args)}"
+        if args.text and not catalog.has_text:
+            title += (" (words as keywords: the model has no text tower)" if args.image or args.item else
+                      " (keyword search of titles and labels: the model has no text tower)")
+        elif args.text and getattr(args, "keyword_weight", None) != 0:
+            title += " (vector and keyword results fused)"
+        show_matches(matches, args, out, title=title)
     return 0
 
 
@@ -122,7 +128,7 @@ def add_parsers(sub, parents: Parents) -> None:
                        "or any mix of them, each also as something to avoid (--not-image, --not-text, --not-item).")
     p.add_argument("image", nargs="?", default=None, help="the query photo (optional with --text or --item)")
     _query_parts(p, items=True)
-    add_ranking_options(p)
+    add_ranking_options(p, keywords=True)
     add_region_options(p)
     p.set_defaults(func=cmd_search)
 
@@ -133,7 +139,7 @@ def add_parsers(sub, parents: Parents) -> None:
     p.add_argument("--same-cluster", action="store_true",
                    help="only items of the same k-means cluster (run `lookalike cluster` first)")
     _query_parts(p, items=False)
-    add_ranking_options(p)
+    add_ranking_options(p, keywords=True)
     p.set_defaults(func=cmd_similar)
 
     p = sub.add_parser("items", parents=[common, catalog_arg], help="list a catalog's items (ids, labels, paths)",
