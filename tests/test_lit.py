@@ -73,7 +73,7 @@ def test_adding_a_tower_gives_search_by_words_without_re_embedding(tower, catalo
     before = stored_vectors(catalog_copy)
     with Catalog.open(catalog_copy) as catalog:
         with pytest.raises(NoTextModelError, match="embeds photos only.*--image-model .*--lock-image.*text add"):
-            catalog.search(text="red rect thing")
+            catalog.encode_text(["red rect thing"])
         catalog.add_text_tower(tower)
         assert catalog.has_text and (catalog_copy / "text-tower.lkm").is_file()
         generation = catalog.store.generation()

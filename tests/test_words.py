@@ -15,10 +15,12 @@ import pytest
 from conftest import word_options
 from lookalike import Catalog
 from lookalike.catalog.query import QueryPart, QueryWeights, combine
+from lookalike.catalog.ranking import Ranking
 from lookalike.core.config import EncodeOptions
 from lookalike.core.errors import NoTextModelError, QueryError
 
 OPTIONS = word_options()
+VECTORS = Ranking.parse(keyword_weight=0)  # the vector list alone (words are fused with keyword hits by default)
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def _brute(catalog: Catalog, query: np.ndarray, exclude: set[str] = frozenset())
 
 def test_words_are_searched_in_the_photo_index(catalog):
     query = catalog.encoder().encode_text("red floral summer dress")
-    found = catalog.search(text="red floral summer dress", k=5)
+    found = catalog.search(text="red floral summer dress", k=5, ranking=VECTORS)
     assert [m.id for m in found] == _brute(catalog, query)[:5]
     assert found[0].similarity == pytest.approx(float(np.dot(catalog.vector(found[0].id), query)), abs=1e-5)
 
@@ -73,9 +75,9 @@ def test_similar_with_words_is_the_item_plus_the_words(catalog):
 def test_words_keep_filters_dedupe_and_min_similarity(catalog):
     found = catalog.search(text="a yellow thing", k=10, where={"shape": "ellipse"})
     assert {m.labels["shape"] for m in found} == {"ellipse"} and len(found) == 4
-    every = catalog.search(text="a yellow thing", k=12)
+    every = catalog.search(text="a yellow thing", k=12, ranking=VECTORS)
     cut = (every[3].similarity + every[4].similarity) / 2
-    assert [m.id for m in catalog.search(text="a yellow thing", k=12, min_similarity=cut)] == [
+    assert [m.id for m in catalog.search(text="a yellow thing", k=12, min_similarity=cut, ranking=VECTORS)] == [
         m.id for m in every[:4]]
     assert len(catalog.search(text="a yellow thing", k=5, dedupe=True)) == 5
     assert [m.id for m in catalog.similar("red-rect", text="yellow", k=3, where=["shape=rect"])] == [
@@ -109,7 +111,9 @@ def test_bad_queries_fail_in_one_line(catalog):
 
 def test_a_catalog_without_a_text_tower_refuses_words_naming_the_models_that_have_one(labelled_catalog):
     with pytest.raises(NoTextModelError, match="colorhist embeds photos only.*clip-vit-b32.*fashion-siglip"):
-        labelled_catalog.search(text="red dress")
+        labelled_catalog.search(text="red", not_text="dress")  # words to avoid need a text tower
+    found = labelled_catalog.search(text="red dress", k=5)  # words to find are searched as keywords
+    assert found and all(m.labels["colour"] == "red" and m.found_by == ["keyword"] for m in found)
     with pytest.raises(NoTextModelError):
         labelled_catalog.similar("red-rect", text="but blue")
     found = labelled_catalog.search(items=["red-rect"], not_items=["blue-rect"], k=3)  # items need no text tower
@@ -150,15 +154,16 @@ def test_words_through_the_rest_api(word_shop, hub_cache, tiny_clip):
         assert r.status_code == 422 and "photo" in r.json()["detail"]
 
 
-def test_an_image_only_server_refuses_words(shop):
+def test_an_image_only_server_answers_words_as_keywords(shop):
     from fastapi.testclient import TestClient
 
     from lookalike.api import ServeSettings, create_app
 
     with TestClient(create_app(ServeSettings(catalog=shop / "shop.lk", device="cpu"))) as client:
         assert client.get("/api/health").json()["text"] is False
-        r = client.post("/api/search", data={"text": "red dress"})
-        assert r.status_code == 422 and "fashion-siglip" in r.json()["detail"]
+        r = client.post("/api/search", data={"text": "red dress"})  # keywords of the labels
+        assert r.status_code == 200 and r.json()["query"]["kind"] == "keywords", r.text
+        assert {m["labels"]["colour"] for m in r.json()["results"]} == {"red"}
         r = client.get("/api/items/red-rect/similar", params={"text": "but blue"})
         assert r.status_code == 422 and "cannot search by words" in r.json()["detail"]
 
@@ -195,7 +200,8 @@ def test_words_from_the_command_line(word_shop, clip_hub, tiny_clip):
 
 @pytest.mark.slow
 def test_an_image_only_catalog_refuses_text_in_one_line(labelled_catalog):
-    res = _cli(["search", "--text", "red dress", "--catalog", str(labelled_catalog.path)], labelled_catalog.path.parent)
+    res = _cli(["search", "--text", "red", "--not-text", "dress", "--catalog", str(labelled_catalog.path)],
+               labelled_catalog.path.parent)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "fashion-siglip" in lines[0] and "clip-vit-b32" in lines[0], res.stderr
