@@ -190,9 +190,10 @@ async function searchText(words) {
   try {
     const answer = await api("/api/search", { method: "POST", body: form });
     showItems(answer.results, false, answer.query_id);
+    const how = answer.query.kind === "keywords" ? " in their titles and labels (keyword search)" : "";
     title(answer.results.length
-      ? `${answer.results.length} items matching “${words}” (${Math.round(answer.took_ms)} ms)`
-      : "No items match these filters.");
+      ? `${answer.results.length} items matching “${words}”${how} (${Math.round(answer.took_ms)} ms)`
+      : (how ? "No titles or labels hold these words." : "No items match these filters."));
   } catch (err) {
     $("results").replaceChildren();
     title("Those words could not be searched.");
@@ -555,7 +556,7 @@ async function start() {
     $("summary").textContent = `${health.items} items · ${health.model.split(" ")[0]} on ${health.device}`;
     state.words = Boolean(health.text);
     state.detect = Boolean(health.detect);
-    $("words").hidden = !state.words;
+    $("words").hidden = false;  // words are searched as keywords even where the model has no text tower
     buildFacets(page.facets, page.predicted_labels);
     filtersFromAddress();
   } catch (err) {
