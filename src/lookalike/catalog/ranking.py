@@ -252,33 +252,67 @@ def rerank(matches: Sequence[Match], k: int, ranking: Ranking,
         for rule in ranking.boost:
             if rule.matches(m.labels):
                 scores[i] += rule.weight
-                moved[i].append(f"boost {rule.text()} {rule.weight:+g}")
+                moved[i].append(boost_text(rule))
     buried = np.array([any(r.matches(m.labels) for r in ranking.bury) for m in rows], dtype=bool)
     for i in np.flatnonzero(buried):
         rule = next(r for r in ranking.bury if r.matches(rows[i].labels))
-        moved[int(i)].append(f"bury {rule.text()}")
+        moved[int(i)].append(bury_text(rule))
     need = max(0, k - len(pins))
-    order: list[int] = []
-    for group in (np.flatnonzero(~buried), np.flatnonzero(buried)):
-        if len(order) >= need or len(group) == 0:
-            continue
-        by_score = group[np.argsort(-scores[group], kind="stable")]
-        if ranking.diversity is not None and vectors is not None and len(by_score) > 1:
-            vecs = np.asarray(vectors([rows[i] for i in by_score]), dtype=np.float32)
-            picked = by_score[mmr(scores[by_score], vecs, min(need - len(order), len(by_score)), ranking.diversity)]
-            plain = by_score[:len(picked)]
-            for place, i in enumerate(picked):
-                if i != plain[place]:
-                    moved[int(i)].append(f"diversity {ranking.diversity:g}")
-        else:
-            picked = by_score
-        order += [int(i) for i in picked[:need - len(order)]]
+    vecs = None if vectors is None else (lambda idx: vectors([rows[i] for i in idx]))
+    order, diversified = order_candidates(scores, buried, need, ranking.diversity, vecs)
+    for i, div in zip(order.tolist(), diversified.tolist(), strict=True):
+        if div:
+            moved[i].append(diversity_text(ranking.diversity))
     missing = [p for p in pins if p not in found]
     if missing and pinned is not None:
         found.update(pinned(missing))
     out = [dataclasses.replace(found[p], rules=["pin"]) for p in pins if p in found]
-    out += [dataclasses.replace(rows[i], rules=moved[i]) for i in order]
+    out += [dataclasses.replace(rows[i], rules=moved[i]) for i in order.tolist()]
     return [dataclasses.replace(m, rank=rank) for rank, m in enumerate(out[:k], start=1)]
+
+
+def boost_text(rule: LabelRule) -> str:
+    """How a result names a boost that applied to it (``Match.rules``), e.g. ``boost brand=Acme +0.2``."""
+    return f"boost {rule.text()} {rule.weight:+g}"
+
+
+def bury_text(rule: LabelRule) -> str:
+    """How a result names the (first) bury rule that applied to it, e.g. ``bury stock=out``."""
+    return f"bury {rule.text()}"
+
+
+def diversity_text(diversity: float) -> str:
+    """How a result moved by MMR says so, e.g. ``diversity 0.7``."""
+    return f"diversity {diversity:g}"
+
+
+def order_candidates(scores: np.ndarray, buried: np.ndarray, need: int, diversity: float | None = None,
+                     vectors: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The order of one query's candidates under boosts, buries and diversity, as ``rerank`` (and
+    ``analysis.recommend``) apply them: up to ``need`` indices into the N candidates, best first, unburied ones
+    first, each group by ``scores`` (similarity plus boosts, N floats; ties keep the candidates' order) or, with
+    ``diversity``, by ``mmr`` over ``vectors(indices)`` (unit vectors, len(indices) x D float32); and for each
+    index returned whether diversity moved it from its place in score order (N bool -> need bool)."""
+    order: list[np.ndarray] = []
+    moved: list[np.ndarray] = []
+    taken = 0
+    for group in (np.flatnonzero(~buried), np.flatnonzero(buried)):
+        if taken >= need or len(group) == 0:
+            continue
+        by_score = group[np.argsort(-scores[group], kind="stable")]
+        if diversity is not None and vectors is not None and len(by_score) > 1:
+            vecs = np.asarray(vectors(by_score), dtype=np.float32)
+            picked = by_score[mmr(scores[by_score], vecs, min(need - taken, len(by_score)), diversity)]
+            div = picked != by_score[:len(picked)]
+        else:
+            picked = by_score[:need - taken]
+            div = np.zeros(len(picked), dtype=bool)
+        order.append(picked[:need - taken])
+        moved.append(div[:need - taken])
+        taken += len(order[-1])
+    if not order:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    return np.concatenate(order).astype(np.int64), np.concatenate(moved)
 
 
 def mmr(relevance: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> np.ndarray:
