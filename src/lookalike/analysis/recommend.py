@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from ..catalog.query import Where, check_k
+from ..catalog.ranking import Ranking
 from ..core.errors import OutputError, QueryError
 from .duplicates import DEFAULT_THRESHOLD, group_codes
 from .neighbours import (
@@ -58,6 +59,7 @@ from .neighbours import (
     progress_bar,
     search_block,
 )
+from .recommend_rules import RankRules, rank_rules
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,8 @@ class RecommendReport:
 def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where: Where = None,
               queries_where: Where = None, dedupe: bool = False, threshold: float = DEFAULT_THRESHOLD,
               group_by: str | None = None, block: int = DEFAULT_BLOCK, threads: int = DEFAULT_THREADS,
-              resume: bool = True, progress: bool | None = None, engine=None) -> RecommendReport:
+              resume: bool = True, progress: bool | None = None, engine=None, ranking: Ranking | None = None,
+              rules: bool = True) -> RecommendReport:
     """Write every item's (or every ``queries_where`` item's) k most similar items to ``out``: a file, or with
     a trailing ``/`` (or an existing folder) a partitioned Parquet dataset of part files.
 
@@ -106,7 +109,9 @@ def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where
     by its URL); rows, order and resuming are the same as on this machine.
 
     Raises:
-        QueryError: bad k, ``where``, ``queries_where``, ``group_by`` label or threshold.
+        QueryError: bad k, ``where``, ``queries_where``, ``group_by`` label or threshold; a rule naming a label
+            the catalog does not have.
+        UnknownItemError: a pinned id that is no product of the catalog.
         OutputError: unknown format, or ``out`` cannot be written.
     """
     started = time.perf_counter()
@@ -116,6 +121,8 @@ def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where
     fmt = _format(out, fmt, folder_out)
     candidates = catalog.allowed(where)
     queries = catalog.allowed(queries_where)
+    ranking = catalog.ranking_for(ranking, rules)
+    ranked = ranking.active
     if group_by is not None and group_by not in catalog.store.label_names():
         labels = ", ".join(catalog.store.label_names()) or "none (index from a manifest to add labels)"
         raise QueryError(f"unknown label {group_by!r} for --group-by; labels in this catalog: {labels}")
@@ -123,10 +130,17 @@ def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where
     table, products = catalog.table, catalog.products
     all_keys = np.array(sorted(products.photos_of), dtype=np.int64)
     size = int(all_keys[-1]) + 1 if len(all_keys) else 1
+    excluded = catalog.excluded_products(ranking)
+    if excluded:
+        out_keys = np.fromiter(excluded, np.int64, len(excluded))
+        candidates = np.setdiff1d(all_keys if candidates is None else candidates, out_keys)
     photo_size = (max(table.id_by_key) + 1) if table.id_by_key else 1
     n_candidates = len(all_keys) if candidates is None else len(np.intersect1d(candidates, all_keys))
     n_queries = len(all_keys) if queries is None else len(np.intersect1d(queries, all_keys))
     if candidates is not None and n_candidates == 0:
+        if excluded:
+            raise QueryError("the rules' --exclude (with --where) leave no item to recommend; check "
+                             "`lookalike rules show` and the label values")
         raise QueryError(f"--where {where} matches no item: nothing could be recommended; check the label values "
                          "with `lookalike status` or the web page's facets")
 
@@ -140,14 +154,16 @@ def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where
     options = {"k": k, "format": fmt, "where": catalog.check_where(where), "dedupe": dedupe,
                "threshold": threshold if dedupe else None, "group_by": group_by,
                "queries_where": catalog.check_where(queries_where), "generation": catalog.store.generation(),
-               "items": len(all_keys)}
+               "items": len(all_keys), "rules": ranking.to_dict() if ranked else None}
+    rank, texts = rank_rules(catalog, ranking, k, size) if ranked else (None, None)
     parts = _Parts(out, fmt, options, resume, folder_out)
     allowed_photos = None if candidates is None else products.photo_keys(candidates)
+    pool = rank.pool if rank is not None else k
     work = BlockWork(k=k, candidates=allowed_photos, limit=min(MAX_FETCH, len(table.id_by_key)),
-                     first_fetch=k + 1 + (2 * k if dedupe or group_by or not products.one_to_one else 0),
+                     first_fetch=pool + 1 + (2 * pool if dedupe or group_by or not products.one_to_one else 0),
                      n_candidates=n_candidates, content=content, groups=groups, labels=labels,
                      owners=PhotoOwners(products.products_of),
-                     allowed=None if candidates is None else np.isin(np.arange(size), candidates))
+                     allowed=None if candidates is None else np.isin(np.arange(size), candidates), rank=rank)
     report = RecommendReport(path=str(out), format=fmt, items=parts.items, rows=parts.rows, computed=0,
                              resumed=parts.done_key >= 0, short=parts.short, seconds=0.0)
     if engine is None:
@@ -159,10 +175,12 @@ def recommend(catalog, k: int, out: str | Path, *, fmt: str | None = None, where
         key_blocks = _key_blocks(all_keys, block, queries, parts.done_key)
         results = recommend_on_ray(engine, catalog, work, key_blocks)
     with progress_bar(n_queries - parts.items, "recommend", progress) as bar:
-        for qkeys, (item, rank, similar, sims), short_rows in results:
-            columns = {"item_id": ids[item], "rank": rank, "similar_id": ids[similar], "similarity": sims}
+        for qkeys, (item, ranks, similar, sims, flags), short_rows in results:
+            columns = {"item_id": ids[item], "rank": ranks, "similar_id": ids[similar], "similarity": sims}
             if label_values is not None:
                 columns[group_by] = label_values[similar]
+            if texts is not None:
+                columns["rules"] = _object_array(texts.column(similar, flags))
             parts.add(columns, last_key=int(qkeys[-1]), items=len(qkeys), short=short_rows)
             report.computed += len(qkeys)
             bar.update(len(qkeys))
@@ -188,14 +206,15 @@ class BlockWork:
     labels: np.ndarray | None  # dense product key -> group_by code
     owners: PhotoOwners
     allowed: np.ndarray | None  # dense product key -> may be recommended
+    rank: RankRules | None = None  # ranking rules: collect ``rank.pool`` candidates, then order them
 
     def __call__(self, index, qkeys: np.ndarray, photo_keys: np.ndarray, qvecs: np.ndarray,
                  owner: np.ndarray) -> tuple[np.ndarray, tuple, int]:
-        """(query product keys, (product key, rank, similar key, similarity) rows in key and rank order, short
-        products), from the block's photos (``photo_keys``, vectors ``qvecs``, ``owner``: each photo row's
+        """(query product keys, (product key, rank, similar key, similarity, rule flags) rows in key and rank
+        order, short products), from the block's photos (``photo_keys``, vectors ``qvecs``, ``owner``: each photo row's
         position in ``qkeys``)."""
         fetch = max(1, min(self.first_fetch, self.limit))
-        picked: list[list[tuple[int, float]]] = [[] for _ in qkeys]
+        picked: list[list[tuple]] = [[] for _ in qkeys]
         todo = np.arange(len(qkeys))
         while len(todo):
             rows = np.flatnonzero(np.isin(owner, todo))
@@ -204,6 +223,8 @@ class BlockWork:
             for q in todo.tolist():
                 mine = owner[rows] == q
                 picked[q] = self._pick(int(qkeys[q]), photo_keys[rows[mine]], sims[mine], keys[mine])
+                if self.rank is not None:
+                    picked[q] = self.rank.apply(int(qkeys[q]), qvecs[rows[mine]], picked[q], index)
                 full = keys.shape[1] == fetch and bool((keys[mine, -1] >= 0).any())
                 if len(picked[q]) < self.k and full and fetch < self.limit:
                     more.append(q)
@@ -213,15 +234,19 @@ class BlockWork:
         item = np.repeat(qkeys, counts)
         ranks = np.concatenate([np.arange(1, c + 1, dtype=np.int32) for c in counts]) if len(counts) else \
             np.zeros(0, np.int32)
-        similar = np.array([p for row in picked for p, _ in row], dtype=np.int64)
-        sims_out = np.array([s for row in picked for _, s in row], dtype=np.float32)
+        similar = np.array([r[0] for row in picked for r in row], dtype=np.int64)
+        sims_out = np.array([r[1] for row in picked for r in row], dtype=np.float32)
+        flags = np.array([r[2] for row in picked for r in row], dtype=np.int8) if self.rank is not None else \
+            np.zeros(len(similar), np.int8)
         short_rows = int((counts < min(self.k, self.n_candidates)).sum())
-        return qkeys, (item, ranks, similar, sims_out), short_rows
+        return qkeys, (item, ranks, similar, sims_out, flags), short_rows
 
     def _pick(self, product: int, own_photos: np.ndarray, sims: np.ndarray, keys: np.ndarray
-              ) -> list[tuple[int, float]]:
-        """The first k products of one query product's photo hits merged best first: never itself, never by a
-        photo of its own photos' content (or near-duplicate groups), one per group and label value."""
+              ) -> list[tuple[int, float, int]]:
+        """The first k (with rules: ``rank.pool``) products of one query product's photo hits merged best first,
+        as (product key, similarity, the photo it was found by): never itself, never by a photo of its own
+        photos' content (or near-duplicate groups), one per group and label value."""
+        want = self.rank.pool if self.rank is not None else self.k
         flat_keys, flat_sims = keys.ravel(), sims.ravel()
         order = np.lexsort((flat_keys, -np.nan_to_num(flat_sims, nan=-np.inf)))
         own_content = set(self.content[own_photos].tolist())
@@ -246,13 +271,13 @@ class BlockWork:
                         continue
                     seen_labels.add(code)
                 seen.add(other)
-                out.append((other, float(flat_sims[j])))
+                out.append((other, float(flat_sims[j]), photo))
                 if group is not None:
                     seen_groups.add(group)
                     break  # one product per near-duplicate group
-                if len(out) == self.k:
+                if len(out) == want:
                     return out
-            if len(out) == self.k:
+            if len(out) == want:
                 return out
         return out
 
@@ -397,14 +422,15 @@ class _Parts:
         if self.fmt == "parquet":
             import pyarrow.parquet as pq
 
-            schema = _schema(self.options["group_by"])
+            schema = _schema(self.options["group_by"], bool(self.options.get("rules")))
             with pq.ParquetWriter(tmp, schema) as writer:
                 for part in parts:
                     writer.write_table(pq.read_table(part, schema=schema))
         else:
             with open(tmp, "wb") as f:
                 if self.fmt == "csv":
-                    f.write(_csv_line(_column_names(self.options["group_by"])).encode())
+                    f.write(_csv_line(_column_names(self.options["group_by"], bool(self.options.get("rules"))))
+                            .encode())
                 for part in parts:
                     with open(part, "rb") as src:
                         shutil.copyfileobj(src, f, 1 << 20)
@@ -412,44 +438,60 @@ class _Parts:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _column_names(group_by: str | None) -> list[str]:
-    return ["item_id", "rank", "similar_id", "similarity"] + ([group_by] if group_by else [])
+def _column_names(group_by: str | None, rules: bool = False) -> list[str]:
+    return ["item_id", "rank", "similar_id", "similarity"] + ([group_by] if group_by else []) + \
+        (["rules"] if rules else [])
 
 
-def _schema(group_by: str | None):
+def _schema(group_by: str | None, rules: bool = False):
     import pyarrow as pa
 
     fields = [("item_id", pa.string()), ("rank", pa.int32()), ("similar_id", pa.string()),
               ("similarity", pa.float32())]
     if group_by:
         fields.append((group_by, pa.string()))
+    if rules:
+        fields.append(("rules", pa.list_(pa.string())))
     return pa.schema(fields)
+
+
+def _object_array(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 def _write_part(path: Path, fmt: str, columns: dict) -> None:
     names = list(columns)
+    rules = "rules" in columns
+    group_by = next((n for n in names[4:] if n != "rules"), None)
     if fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        group_by = names[4] if len(names) > 4 else None
-        table = pa.table([pa.array(columns[n], type=f.type) for n, f in zip(names, _schema(group_by), strict=True)],
-                         schema=_schema(group_by))
+        schema = _schema(group_by, rules)
+        table = pa.table([pa.array(list(columns[f.name]) if f.name == "rules" else columns[f.name], type=f.type)
+                          for f in schema], schema=schema)
         pq.write_table(table, path)
         return
     sims = [f"{s:.6f}" for s in columns["similarity"].tolist()]
+    extra = ([columns[group_by].tolist()] if group_by else []) + ([columns["rules"].tolist()] if rules else [])
     rows = zip(columns["item_id"].tolist(), columns["rank"].tolist(), columns["similar_id"].tolist(), sims,
-               *([columns[names[4]].tolist()] if len(names) > 4 else []), strict=True)
+               *extra, strict=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         if fmt == "csv":
+            if rules:
+                rows = (row[:-1] + ("; ".join(row[-1]),) for row in rows)
             csv.writer(f).writerows(rows)
         else:
             dumps = json.dumps
             for row in rows:
                 line = (f'{{"item_id": {dumps(row[0])}, "rank": {row[1]}, "similar_id": {dumps(row[2])}, '
                         f'"similarity": {row[3]}')
-                if len(row) > 4:
-                    line += f", {dumps(names[4])}: {dumps(row[4])}"
+                if group_by:
+                    line += f", {dumps(group_by)}: {dumps(row[4])}"
+                if rules:
+                    line += f', "rules": {dumps(row[-1])}'
                 f.write(line + "}\n")
 
 

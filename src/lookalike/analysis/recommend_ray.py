@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def recommend_on_ray(engine: RayEngine, catalog, work, key_blocks: list[np.ndarray]) -> Iterator[tuple]:
-    """``(query keys, (item, rank, similar, similarity), short)`` per block, in key order, as the local path's
-    ``ordered_map(work, ...)`` yields them.
+    """``(query keys, (item, rank, similar, similarity, rule flags), short)`` per block, in key order, as the
+    local path's ``ordered_map(work, ...)`` yields them.
 
     Raises:
         LookalikeError: the cluster is too small or unreachable, or the run failed beyond Ray's retries (the
@@ -75,7 +75,8 @@ def rows_of(cols: dict[str, np.ndarray], k: int) -> tuple:
     ranks = np.broadcast_to(np.arange(1, k + 1, dtype=np.int32), mask.shape)[mask]
     similar = np.asarray(cols["similar"], dtype=np.int64).reshape(-1, k)[mask]
     sims = np.asarray(cols["similarity"], dtype=np.float32).reshape(-1, k)[mask]
-    return qkeys, (np.repeat(qkeys, counts), ranks, similar, sims), int(np.asarray(cols["short"]).sum())
+    flags = np.asarray(cols["flags"], dtype=np.int8).reshape(-1, k)[mask]
+    return qkeys, (np.repeat(qkeys, counts), ranks, similar, sims, flags), int(np.asarray(cols["short"]).sum())
 
 
 class RecommendActor:
@@ -102,19 +103,21 @@ class RecommendActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         k = self.work.k
-        out: dict[str, list] = {"key": [], "count": [], "similar": [], "similarity": [], "short": []}
+        out: dict[str, list] = {"key": [], "count": [], "similar": [], "similarity": [], "flags": [], "short": []}
         blocks = batch["block"]
         for b in dict.fromkeys(blocks.tolist()):  # each block whole, in order
             qkeys = np.asarray(batch["key"][blocks == b], dtype=np.int64)
-            _, (item, _, similar, sims), _ = self.work(self.index, *product_inputs(self.catalog, qkeys))
+            _, (item, _, similar, sims, flags), _ = self.work(self.index, *product_inputs(self.catalog, qkeys))
             counts = np.bincount(np.searchsorted(qkeys, item), minlength=len(qkeys))
             mask = np.arange(k)[None, :] < counts[:, None]
             padded_keys = np.full((len(qkeys), k), -1, dtype=np.int64)
             padded_sims = np.full((len(qkeys), k), np.nan, dtype=np.float32)
-            padded_keys[mask], padded_sims[mask] = similar, sims
+            padded_flags = np.zeros((len(qkeys), k), dtype=np.int8)
+            padded_keys[mask], padded_sims[mask], padded_flags[mask] = similar, sims, flags
             out["key"].append(qkeys)
             out["count"].append(counts)
             out["similar"].append(padded_keys)
             out["similarity"].append(padded_sims)
+            out["flags"].append(padded_flags)
             out["short"].append(counts < min(k, self.work.n_candidates))
         return {name: np.concatenate(parts) for name, parts in out.items()}

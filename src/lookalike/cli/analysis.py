@@ -21,6 +21,7 @@ from .common import (
     shown_catalog,
     similarity,
 )
+from .rules import add_ranking_options, ranking_from_args
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -274,7 +275,8 @@ def cmd_recommend(args: argparse.Namespace, out: Console) -> int:
         report = recommend(catalog, args.k, args.out, fmt=args.format, where=args.where,
                            queries_where=args.queries_where, dedupe=args.dedupe, threshold=args.threshold,
                            group_by=args.group_by, block=args.block_size, threads=args.threads,
-                           resume=not args.restart, progress=False if args.quiet else None, engine=engine)
+                           resume=not args.restart, progress=False if args.quiet else None, engine=engine,
+                           ranking=ranking_from_args(args), rules=not args.no_rules)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -463,6 +465,7 @@ def add_parsers(sub, parents: Parents) -> None:
                    "productDisplayName; the value is written as an extra column")
     p.add_argument("--restart", action="store_true", help="ignore an interrupted run and start over")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_ranking_options(p)
     p.set_defaults(func=cmd_recommend)
 
 

@@ -199,6 +199,20 @@ class VectorIndex:
             raise KeyError(key)
         return self.vectors.get(np.array([row]))[0]
 
+    def vectors_of(self, keys: np.ndarray) -> np.ndarray:
+        """The stored vectors of these keys (N x D float32), in one read.
+
+        Raises:
+            KeyError: a key is not in the index.
+        """
+        keys = np.asarray(keys, dtype=np.int64)
+        inside = (keys >= 0) & (keys < len(self._key_rows))
+        rows = np.where(inside, self._key_rows[np.clip(keys, 0, max(len(self._key_rows) - 1, 0))], -1) \
+            if len(self._key_rows) else np.full(len(keys), -1)
+        if (rows < 0).any():
+            raise KeyError(int(keys[np.argmax(rows < 0)]))
+        return np.asarray(self.vectors.get(rows), dtype=np.float32).reshape(len(keys), -1)
+
     def faiss_vector(self, key: int) -> np.ndarray | None:
         """The vector FAISS itself holds for an item (decoded from its float32 or float16 codes), to check the
         index file against the store; None for IVF-PQ, whose codes keep no faithful copy.
