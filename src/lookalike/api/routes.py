@@ -37,6 +37,7 @@ from .schemas import (
     Item,
     ItemPage,
     Predicted,
+    Rules,
     SearchResult,
 )
 from .service import CatalogService
@@ -111,6 +112,13 @@ def health(svc: Service) -> Health:
                           runtime=encoder.runtime, precision=encoder.precision,
                           writable=svc.settings.admin_token is not None, text=svc.catalog.has_text,
                   detect=svc.can_detect)
+
+
+@router.get("/rules", response_model=Rules, summary="The catalog's default ranking rules (boost, bury, exclude, pin, "
+            "diversity), applied to every search unless it sends rules=false")
+def rules(svc: Service) -> Rules:
+    defaults = svc._call(svc.catalog.rules).to_dict()
+    return Rules(**{name: defaults[name] for name in Rules.model_fields if name in defaults})
 
 
 BOX_HELP = ("search this region of the photo: x0,y0,x1,y1 as fractions of its width and height when all four lie "

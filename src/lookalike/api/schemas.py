@@ -33,6 +33,16 @@ class MatchItem(Item):
                                 "'vector' and/or 'keyword' (fused by reciprocal rank fusion)")
 
 
+class Rules(BaseModel):
+    """A catalog's default ranking rules (``lookalike rules show``), applied to every search unless rules=false."""
+
+    boost: list[str] = Field(default_factory=list, description="label=value:weight, e.g. 'brand=Acme:0.1'")
+    bury: list[str] = Field(default_factory=list, description="label=value; such items go last")
+    exclude: list[str] = Field(default_factory=list, description="label=value; such items are left out")
+    pin: list[str] = Field(default_factory=list, description="product ids shown first, in this order")
+    diversity: float | None = Field(None, description="MMR lambda: 1 = similarity only, 0 = most varied")
+
+
 class Query(BaseModel):
     kind: str = Field(description="'upload', 'region', 'text', 'keywords' (words on an image-only model: a keyword "
                       "search), 'upload+text', 'region+text', 'item' or 'item+text'")

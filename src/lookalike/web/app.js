@@ -4,7 +4,9 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { mode: "start", file: null, item: null, text: "", offset: 0, facets: {}, words: false, detect: false,
-                box: null, groups: null, group: 0 };
+                box: null, groups: null, group: 0, rules: [], diversity: null, shopRules: {} };
+const RULE_KINDS = ["boost", "bury", "exclude"];
+const RULE_WORDS = { boost: "Boost", bury: "Bury", exclude: "Exclude" };
 const PAGE = 48;
 const SHOWN_LABELS = ["articleType", "baseColour", "gender", "season", "usage"];
 
@@ -32,12 +34,102 @@ function filterParams() {
   return params;
 }
 
+// The page's own ranking rules (boost / bury / exclude a label value, the variety slider), sent with each search
+// as the REST API takes them: repeated boost=, bury=, exclude= fields, diversity=, and rules=false to leave out
+// the shop's default rules.
+function rankingParams(params) {
+  state.rules.forEach((rule) => params.append(rule.kind, rule.term));
+  if (state.diversity !== null) params.set("diversity", state.diversity);
+  if (!$("shop-rules-on").checked) params.set("rules", "false");
+  return params;
+}
+
 function searchOptions() {
   const params = filterParams();
   params.set("k", $("k").value);
   if ($("min-sim").value) params.set("min_similarity", $("min-sim").value);
   if ($("dedupe").checked) params.set("dedupe", "true");
-  return params;
+  return rankingParams(params);
+}
+
+function addRule(kind, term) {
+  state.rules = state.rules.filter((rule) => rule.term !== term);  // one rule per label value: the last wins
+  state.rules.push({ kind, term });
+  showRules();
+  rerun();
+}
+
+function showRules() {
+  const list = $("my-rules");
+  list.replaceChildren(...state.rules.map((rule, i) => {
+    const li = document.createElement("li");
+    li.dataset.testid = "my-rule";
+    li.textContent = `${RULE_WORDS[rule.kind]} ${rule.term} `;
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "linkish";
+    remove.textContent = "remove";
+    remove.setAttribute("aria-label", `remove the rule ${rule.kind} ${rule.term}`);
+    remove.addEventListener("click", () => { state.rules.splice(i, 1); showRules(); rerun(); });
+    li.appendChild(remove);
+    return li;
+  }));
+  const value = state.diversity === null ? Number(state.shopRules.diversity ?? 1) : state.diversity;
+  $("diversity").value = value;
+  $("diversity-value").textContent = value >= 1 ? "off" : String(value);
+}
+
+function showShopRules(rules) {
+  state.shopRules = rules;
+  const parts = [];
+  (rules.pin || []).forEach((id) => parts.push(`pin ${id}`));
+  RULE_KINDS.forEach((kind) => (rules[kind] || []).forEach((term) => parts.push(`${kind} ${term}`)));
+  if (rules.diversity !== null && rules.diversity !== undefined) parts.push(`variety ${rules.diversity}`);
+  $("shop-rules").textContent = parts.length ? parts.join(" · ") : "none";
+  showRules();
+}
+
+function ruleLabels(facets) {  // the label / value pickers of "Add rule", from the catalog's facets
+  const labels = $("rule-label");
+  labels.replaceChildren(...Object.keys(facets).map((name) => new Option(name, name)));
+  const values = () => $("rule-value").replaceChildren(
+    ...Object.keys(facets[labels.value] || {}).map((value) => new Option(value, value)));
+  labels.addEventListener("change", values);
+  values();
+  $("ranking").querySelector(".rule-add").hidden = !labels.options.length;
+}
+
+// Describe the rules that moved a result, as the API names them ("boost brand=Acme +0.1", "bury stock=out", ...).
+function movedText(rules) {
+  return (rules || []).map((rule) => rule === "pin" ? "pinned" : rule.replace(/^diversity /, "variety ")).join(" · ");
+}
+
+function rankMenu(node, item) {
+  const menu = node.querySelector(".rank-menu");
+  const rows = menu.querySelector(".rank-rows");
+  Object.entries(item.labels).filter(([name]) => name in state.facets).forEach(([name, joined]) => {
+    joined.split(" | ").forEach((value) => {
+      const term = `${name}=${value}`;
+      const row = document.createElement("div");
+      row.className = "rank-row";
+      const what = document.createElement("span");
+      what.textContent = term;
+      row.appendChild(what);
+      RULE_KINDS.forEach((kind) => {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "quiet";
+        button.dataset.testid = `card-${kind}`;
+        button.dataset.term = term;
+        button.textContent = RULE_WORDS[kind];
+        button.setAttribute("aria-label", `${kind} items with ${term}`);
+        button.addEventListener("click", () => addRule(kind, term));
+        row.appendChild(button);
+      });
+      rows.appendChild(row);
+    });
+  });
+  menu.hidden = !rows.children.length || state.mode === "browse";
 }
 
 // -- showing results ---------------------------------------------------------------------------------
@@ -127,6 +219,10 @@ function card(item, queryId, position) {
     score.remove();
     button.setAttribute("aria-label", `${name}. Show items like this`);
   }
+  const moved = node.querySelector(".moved");
+  moved.textContent = movedText(item.rules);
+  moved.hidden = !moved.textContent;
+  rankMenu(node, item);
   button.dataset.id = item.id;
   button.addEventListener("click", () => {
     sendEvent(queryId, "click", item.id, position);
@@ -440,6 +536,7 @@ function keepFiltersInAddress() {
   if ($("k").value !== $("k").dataset.initial) params.set("k", $("k").value);
   if ($("min-sim").value) params.set("min_similarity", $("min-sim").value);
   if ($("dedupe").checked) params.set("dedupe", "true");
+  rankingParams(params);
   const query = params.toString();
   history.replaceState(history.state, "", location.pathname + (query ? "?" + query : "") + location.hash);
 }
@@ -456,6 +553,11 @@ function filtersFromAddress() {
   const min = params.get("min_similarity");
   if (min && [...$("min-sim").options].some((o) => o.value === min)) $("min-sim").value = min;
   $("dedupe").checked = params.get("dedupe") === "true";
+  state.rules = RULE_KINDS.flatMap((kind) => params.getAll(kind).map((term) => ({ kind, term })));
+  const diversity = Number(params.get("diversity"));
+  state.diversity = params.has("diversity") && diversity >= 0 && diversity <= 1 ? diversity : null;
+  $("shop-rules-on").checked = params.get("rules") !== "false";
+  showRules();
   $("clear-filters").hidden = !filterParams().toString();
 }
 
@@ -542,6 +644,16 @@ async function start() {
   $("k").addEventListener("change", rerun);
   $("min-sim").addEventListener("change", rerun);
   $("dedupe").addEventListener("change", rerun);
+  $("shop-rules-on").addEventListener("change", rerun);
+  $("diversity").addEventListener("input", () => {
+    $("diversity-value").textContent = Number($("diversity").value) >= 1 ? "off" : $("diversity").value;
+  });
+  $("diversity").addEventListener("change", () => { state.diversity = Number($("diversity").value); rerun(); });
+  $("rule-add").addEventListener("click", () => {
+    if ($("rule-label").value && $("rule-value").value) {
+      addRule($("rule-kind").value, `${$("rule-label").value}=${$("rule-value").value}`);
+    }
+  });
   $("more").addEventListener("click", () => browse(true));
   $("clear-filters").addEventListener("click", () => {
     document.querySelectorAll("#facets select").forEach((s) => { s.value = ""; });
@@ -552,12 +664,16 @@ async function start() {
   $("k").dataset.initial = $("k").value;
 
   try {
-    const [health, page] = await Promise.all([api("/api/health"), api("/api/items?limit=0")]);
+    const [health, page, rules] = await Promise.all([api("/api/health"), api("/api/items?limit=0"),
+                                                     api("/api/rules")]);
     $("summary").textContent = `${health.items} items · ${health.model.split(" ")[0]} on ${health.device}`;
     state.words = Boolean(health.text);
     state.detect = Boolean(health.detect);
     $("words").hidden = false;  // words are searched as keywords even where the model has no text tower
+    state.facets = page.facets;
     buildFacets(page.facets, page.predicted_labels);
+    ruleLabels(page.facets);
+    showShopRules(rules);
     filtersFromAddress();
   } catch (err) {
     showError(`The server is not answering: ${err.message}`);
