@@ -91,7 +91,7 @@ def test_parse_memory():
         parse_memory("lots")
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", pytest.param("ivfpq", marks=pytest.mark.slow)])
 def test_tuned_recall_reaches_target(data, kind):
     keys, vectors = data
     index = VectorIndex.build(keys, vectors, plan_for(kind))

@@ -212,6 +212,7 @@ def test_trained_model_is_an_embedder_that_indexes_and_reopens(autoencoder, toy,
         assert len(catalog.similar("4", k=5)) == 5
 
 
+@pytest.mark.slow  # trains a model first: runs in .ci/run, not in the quick suite
 def test_trained_vectors_match_the_pack_encoding(autoencoder, toy):
     """The embedder sees catalog photos exactly as training saw the pack (letterbox, no crop)."""
     from lookalike.core.config import EncodeOptions

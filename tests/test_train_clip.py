@@ -65,6 +65,7 @@ def test_the_model_file_is_a_text_and_image_embedder(trained, shop):
     assert words.shape == (2, 128)
 
 
+@pytest.mark.slow  # trains a model first: runs in .ci/run, not in the quick suite
 def test_a_trained_model_indexes_searches_by_words_and_tags(trained, shop, tmp_path):
     from lookalike import Catalog
     from lookalike.analysis.tag import tag_catalog
