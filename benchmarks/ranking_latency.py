@@ -36,7 +36,7 @@ from lookalike.store.products import ProductRecord  # noqa: E402
 
 RANKED = {"boost": ["brand=b3:0.1", "brand=b7:0.05"], "bury": ["stock=out"], "pin": ["p42"],
           "exclude": ["brand=b11"], "diversity": "0.7"}
-FUSED = {**RANKED, "text": "b3 out"}  # words on an image-only model: keyword hits fused with the photo's (RRF)
+FUSED = {**RANKED, "text": "b7"}  # words on an image-only model: keyword hits fused with the photo's (RRF)
 SETTINGS = (("plain", {}), ("ranked", RANKED), ("fused", FUSED))
 
 
