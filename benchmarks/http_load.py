@@ -8,9 +8,12 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import socket
 import statistics
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 
 import numpy as np
@@ -75,3 +78,33 @@ def drive(ports: list[int], clients: int, seconds: float, send: Send, k: int,
         "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
         "mean_ms": statistics.fmean(ms) if len(ms) else float("nan"),
     }
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server this benchmark starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(port: int, server: subprocess.Popen, timeout: float = 300) -> dict:
+    """The started server's ``/api/health`` answer once it gives one; exits when the server dies or is late."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"server exited: {server.stdout.read()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
+                return json.loads(r.read())
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit(f"server did not start in {timeout:.0f} s")
+
+
+def multipart(name: str, data: bytes, k: int) -> tuple[bytes, str]:
+    """A ``POST /api/search`` body uploading ``data`` as ``name`` with ``k``, and its Content-Type."""
+    boundary = "lookalike-bench-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n{k}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"

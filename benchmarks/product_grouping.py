@@ -44,12 +44,10 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from statistics import median
 
@@ -146,47 +144,24 @@ def in_process(path: Path, queries: np.ndarray) -> dict:
 # -- HTTP -------------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_for(port: int, server: subprocess.Popen) -> dict:
-    import json
-
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"server exited: {server.stdout.read()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
-                return json.loads(r.read())
-        except OSError:
-            time.sleep(0.3)
-    raise SystemExit("server did not start in 300 s")
 
 
-def multipart(name: str, data: bytes) -> tuple[bytes, str]:
-    boundary = "lookalike-bench-boundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n{K}\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def serve_and_drive(path: Path, photos: list[Path], levels: list[int], seconds: float) -> list[dict]:
-    bodies = [multipart(p.name, p.read_bytes()) for p in photos]
+    bodies = [http_load.multipart(p.name, p.read_bytes(), K) for p in photos]
 
     def send(conn, rng) -> None:
         body, ctype = bodies[rng.randrange(len(bodies))]
         conn.request("POST", "/api/search", body=body, headers={"Content-Type": ctype})
 
-    port = free_port()
+    port = http_load.free_port()
     server = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--catalog", str(path), "--port",
                                str(port), "-q"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(port, server)
+        http_load.wait_for(port, server, 300)
         http_load.drive([port], 1, 1.0, send, K)  # warm up
         return [http_load.drive([port], clients, seconds, send, K) for clients in levels]
     finally:

@@ -37,11 +37,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
@@ -83,13 +81,13 @@ def main() -> int:
         by_runtime[runtime] = raw_rates(catalog_path, queries, args.device, levels, runtime)
         print(f"raw {runtime}: " + ", ".join(f"{rate:.1f} img/s in batches of {size}"
                                               for size, rate in by_runtime[runtime].items()), flush=True)
-    port = free_port()
+    port = http_load.free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "lookalike.cli", "serve", "--catalog", str(catalog_path), "--port", str(port),
          "--device", args.device, "--runtime", args.runtime, "-q"], stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     try:
-        health = wait_for(port, server)
+        health = http_load.wait_for(port, server, 180)
         results = []
         for endpoint in [e for e in args.endpoints.split(",") if e]:
             for clients in levels:
@@ -159,39 +157,18 @@ def raw_rates(catalog_path: Path, queries: list[tuple[str, bytes]], device: str,
     return rates
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_for(port: int, server: subprocess.Popen) -> dict:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"server exited: {server.stdout.read()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
-                return json.loads(r.read())
-        except OSError:
-            time.sleep(0.3)
-    raise SystemExit("server did not start in 180 s")
 
 
 # -- load -----------------------------------------------------------------------------------------------
 
 
-def multipart(name: str, data: bytes) -> tuple[bytes, str]:
-    boundary = "lookalike-bench-boundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n{K}\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def drive(port: int, endpoint: str, clients: int, ids: list[str], queries: list[tuple[str, bytes]],
           seconds: float, max_requests: int) -> dict:
-    bodies = [multipart(n, d) for n, d in queries]
+    bodies = [http_load.multipart(n, d, K) for n, d in queries]
 
     def send(conn, rng) -> None:
         if endpoint == "similar":
