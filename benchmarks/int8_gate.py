@@ -7,7 +7,10 @@ and for every photo:
 
 * recall@10 of each photo's 10 nearest neighbours, int8 against fp32 (the gate's figure; 0.98 to pass);
 * leave-one-out precision@5 by a label (default ``articleType``): the share of each photo's 5 nearest others
-  with its label, in fp32 and in int8, and the paired drop with its standard error over the photos.
+  with its label, in fp32 and in int8, and the paired drop with its standard error over the photos;
+
+and the catalog's own gate (``engines.int8_gate``): its recall@10, its label precision@5 of the held photos
+against the held and calibration ones, and what the recall rule alone and the label rule decide.
 
     python benchmarks/int8_gate.py                       # mobilenetv2, articleType, the shared photos
     python benchmarks/int8_gate.py --model resnet50 --label masterCategory
@@ -23,6 +26,8 @@ import numpy as np
 from machine import describe_machine
 
 from lookalike import Catalog, EncodeOptions
+from lookalike.engines.int8_gate import GATE_RECALL, int8_passes
+from lookalike.engines.int8_gate import label_precision as gate_precision
 from lookalike.engines.openvino_runtime import draw_sample, neighbour_recall
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-products"
@@ -35,6 +40,11 @@ def label_precision(vectors: np.ndarray, labels: list[str], k: int) -> np.ndarra
     nearest = np.argsort(-sims, axis=1)[:, :k]
     arr = np.asarray(labels)
     return (arr[nearest] == arr[:, None]).mean(axis=1)
+
+
+def label_precision_against(vectors: np.ndarray, labels: list[str], queries: list[int], k: int) -> np.ndarray:
+    """Per query row: precision@k by label against every other row (the gate's ``int8_gate.label_precision``)."""
+    return gate_precision(vectors[queries], vectors, [labels[q] for q in queries], labels, k, queries)
 
 
 def main() -> None:
@@ -54,6 +64,8 @@ def main() -> None:
                 report = catalog.add(manifest, images, options=options)
                 for note in report.notes:
                     print(f"{precision}: {note}")
+                if precision == "int8":
+                    gate = catalog.int8_model()
                 keys, matrix = catalog.store.vectors(catalog.config.embedder.dim)
                 row = {int(key): i for i, key in enumerate(keys.tolist())}
                 by_key = catalog.store.labels()
@@ -77,6 +89,21 @@ def main() -> None:
         drop = p32 - p8
         print(f"{name:34} {len(chosen):4d} {recall:9.3f} {p32.mean():9.3f} {p8.mean():9.3f} {drop.mean():7.3f} "
               f"{drop.std(ddof=1) / np.sqrt(len(drop)):6.3f}")
+    # The gate's label figure: the held photos as queries against every labelled photo (held + calibration).
+    queries = [ids.index(i) for i in groups["held photos (the gate's sample)"]]
+    names = [labels[i] for i in ids]
+    per = {p: label_precision_against(np.stack([vectors[p][i] for i in ids]), names, queries, args.k)
+           for p in ("fp32", "int8")}
+    drop = per["fp32"] - per["int8"]
+    print(f"{'held vs every photo (the gate)':34} {len(queries):4d} {'':>9} {per['fp32'].mean():9.3f} "
+          f"{per['int8'].mean():9.3f} {drop.mean():7.3f} {drop.std(ddof=1) / np.sqrt(len(drop)):6.3f}")
+    print(f"\nthe catalog's gate: recall@{gate.k} {gate.recall:.3f} on {gate.held} held photos; "
+          + (f"P@{gate.label_k} by {gate.label} {gate.precision_fp32:.3f} fp32 -> {gate.precision_int8:.3f} int8, "
+             f"drop {gate.drop:.4f} on {gate.labelled} labelled queries" if gate.drop is not None else "no label"))
+    old = int8_passes(gate.recall, GATE_RECALL)
+    print(f"recall rule alone (>= {GATE_RECALL:.2f}): {'int8' if old else 'refused'}; with the label rule "
+          f"(>= {gate.min_queries} labelled, recall >= {gate.label_recall:.2f}, drop <= {gate.max_drop:.2f}): "
+          f"{'int8' if gate.passed else 'refused'}")
 
 
 if __name__ == "__main__":

@@ -226,6 +226,7 @@ def test_forced_int8_is_calibrated_on_the_catalog_reports_its_recall_and_is_sear
         assert record["runtime"]["runtime"] == "openvino" and record["runtime"]["precision"] == "int8"
         gate = record["int8"]
         assert 0.0 <= gate["recall"] <= 1.0 and gate["k"] == 10 and gate["held"] == 24 and gate["overlap"]
+        assert "label" not in gate  # photos without labels: the recall rule alone
         assert (tmp_path / "shop.lk" / gate["model"]).is_file()
         # Calibrated once: a second run with new photos reuses the catalog's int8 model.
         make_image(tmp_path / "photos" / "new.jpg", color=(10, 220, 90), shape="ellipse")
@@ -295,6 +296,42 @@ def test_auto_uses_int8_only_when_its_gate_passes_and_says_so(tmp_path, tiny_emb
         # The runtime's own auto: OpenVINO with that verdict on both kinds of CPU.
         auto = catalog.encoder(EncodeOptions(device="cpu"))
         assert (auto.runtime, auto.precision) == ("openvino", chosen)
+
+
+@pytest.mark.parametrize("max_drop", [pytest.param(1.0, id="precision kept"),
+                                      pytest.param(-1.0, id="precision lost", marks=pytest.mark.slow)])
+def test_on_a_labelled_catalog_the_gate_also_weighs_label_precision_and_records_it(tmp_path, tiny_embedder,
+                                                                                    monkeypatch, max_drop):
+    """A manifest with a category label: the gate measures label precision@5, fp32 vs int8, on the held photos
+    and records it; with neighbour recall short of its own bar, int8 passes only if the precision drop does."""
+    import json
+
+    from lookalike.engines import int8_gate
+    from lookalike.engines import openvino_runtime as ovr
+
+    shapes = ("rect", "ellipse", "stripes")
+    varied_photos(tmp_path / "images", 24)
+    manifest = tmp_path / "styles.csv"
+    manifest.write_text("id,articleType\n" + "".join(f"p{i:03d},{shapes[i % 3]}\n" for i in range(24)))
+    monkeypatch.setattr(ovr, "GATE_RECALL", 1.01)  # the recall rule alone fails
+    monkeypatch.setattr("lookalike.catalog.catalog.AUTO_MIN_PHOTOS", 12)
+    monkeypatch.setattr(int8_gate, "LABEL_MIN_QUERIES", 12)
+    monkeypatch.setattr(int8_gate, "LABEL_RECALL", 0.0)
+    monkeypatch.setattr(int8_gate, "LABEL_DROP", max_drop)
+    with Catalog.create(tmp_path / "shop.lk", TINY_MODEL, embedder=tiny_embedder) as catalog:
+        report = catalog.add(manifest, tmp_path / "images", options=EncodeOptions(
+            device="cpu", runtime="openvino", precision="auto", progress=False))
+        (note,) = report.notes
+        assert "P@5 by articleType " in note and " on 24 labelled " in note
+        assert report.runtime == f"openvino {'int8' if max_drop > 0 else 'fp32'} on cpu"
+        gate = json.loads((tmp_path / "shop.lk" / "catalog.json").read_text())["extra"]["int8"]
+        assert gate["label"] == "articleType" and gate["labelled"] == 24 and gate["max_drop"] == max_drop
+        assert catalog.int8_model().passed is (max_drop > 0)
+        # The figure of the precision the catalog indexed with is its own: P@5 by articleType of its vectors.
+        vectors = np.stack([catalog.vector(f"p{i:03d}") for i in range(24)])
+        names = [shapes[i % 3] for i in range(24)]
+        own = int8_gate.label_precision(vectors, vectors, names, names, 5, list(range(24))).mean()
+        assert gate["precision_int8" if max_drop > 0 else "precision_fp32"] == pytest.approx(own, abs=0.02)
 
 
 def test_forced_int8_on_too_few_photos_is_refused_in_one_line_and_embeds_nothing(tmp_path, tiny_embedder):

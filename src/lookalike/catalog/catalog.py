@@ -24,6 +24,7 @@ import sqlite3
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from ..store.base import UPLOAD_PREFIX, Watch
 from .browsing import Browsing, CatalogItem
 from .indexing import Indexing, ItemTable
 from .ingest import MAX_ID_LENGTH, UPLOADS_DIR, IndexReport, Ingest, assign_item_ids, write_once
+from .int8_labels import sample_labels
 from .keywords import Keywords
 from .location import database_cache
 from .products import (
@@ -417,9 +419,7 @@ class Catalog(Ingest, Indexing, Browsing, Searching, Ranked, Keywords, TextSearc
                 log.warning("%s is %s bytes, written as %s: the int8 model is made again from the catalog's photos "
                             "when int8 is next used", file, f"{size:,}", sizes.get(file.name))
                 return None
-        return Int8Model(path=path, recall=float(record["recall"]), k=int(record["k"]), held=int(record["held"]),
-                         calibration=int(record["calibration"]), overlap=bool(record["overlap"]),
-                         threshold=float(record["threshold"]))
+        return Int8Model.from_record(record, self.folder)
 
     def _record(self, **extra) -> None:
         """Update the config's extra record (``catalog.json``, atomically; a database catalog's ``meta``)."""
@@ -429,11 +429,14 @@ class Catalog(Ingest, Indexing, Browsing, Searching, Ranked, Keywords, TextSearc
         else:
             self.config.save(self.path / CONFIG_FILE)
 
-    def calibrate_int8(self, options: EncodeOptions | None = None, new: list[Path] | None = None) -> str | None:
+    def calibrate_int8(self, options: EncodeOptions | None = None, new: list[Path] | None = None,
+                       new_labels: Callable[[], Mapping[str, Mapping[str, str]]] | None = None) -> str | None:
         """Make the catalog's int8 model once, when OpenVINO runs the model and the precision is ``auto`` or
         ``int8``: NNCF calibrates it on a seeded sample of the catalog's photos (those stored and ``new``)
-        and a gate compares its neighbour lists with fp32 on held photos. ``auto`` then uses int8 only if the
-        gate passed, and calibrates only once the catalog has ``AUTO_MIN_PHOTOS`` photos.
+        and a gate compares its neighbour lists with fp32 on held photos and, where the photos have a category
+        label (``int8_labels``: stored, or ``new_labels()``: path -> labels of the listing being indexed), their
+        label precision (``engines.int8_gate``). ``auto`` then uses int8 only if the gate passed, and calibrates
+        only once the catalog has ``AUTO_MIN_PHOTOS`` photos.
 
         Returns one line for the user (the gate's verdict), or None when nothing was to be done.
 
@@ -468,12 +471,13 @@ class Catalog(Ingest, Indexing, Browsing, Searching, Ranked, Keywords, TextSearc
         for file in (self.folder / recorded, (self.folder / recorded).with_suffix(".bin")) if recorded else ():
             file.unlink(missing_ok=True)
         started = time.perf_counter()
-        int8 = ovr.quantize_int8(self.embedder, ovr.converted(self.embedder), draw_sample(sorted(paths, key=str)),
-                                 self.folder / OPENVINO_DIR, draft=draft, max_pixels=options.max_pixels,
-                                 max_bytes=options.max_bytes, threshold=ovr.GATE_RECALL)
-        self._record(int8={"model": int8.path.relative_to(self.folder).as_posix(), "recall": round(int8.recall, 4),
-                           "k": int8.k, "held": int8.held, "calibration": int8.calibration, "overlap": int8.overlap,
-                           "threshold": int8.threshold, "seconds": round(time.perf_counter() - started, 1),
+        sample = draw_sample(sorted(paths, key=str))
+        label, labels = sample_labels(self.store, [*sample.held, *sample.calibration],
+                                      new_labels() if new_labels else None)
+        int8 = ovr.quantize_int8(self.embedder, ovr.converted(self.embedder), sample, self.folder / OPENVINO_DIR,
+                                 draft=draft, max_pixels=options.max_pixels, max_bytes=options.max_bytes,
+                                 threshold=ovr.GATE_RECALL, labels=labels, label=label)
+        self._record(int8={**int8.to_record(self.folder), "seconds": round(time.perf_counter() - started, 1),
                            "files": {p.name: p.stat().st_size for p in (int8.path, int8.path.with_suffix(".bin"))}})
         self._encoder = None
         if options.precision == "int8":

@@ -39,6 +39,7 @@ from ..store import ItemRecord, StoredItem
 from ..store.base import UPLOAD_PREFIX
 from ..store.products import ProductRecord
 from .browsing import CatalogItem
+from .int8_labels import listing_labels
 from .products import (
     changed_products,
     plan_photos,
@@ -156,7 +157,8 @@ class Ingest:
             known = old.sha256 if old is not None and old.status == "ok" else None
             todo.append((item, FileTask(item.path, known, ref=len(todo)), size, mtime))
         if todo:
-            note = self.calibrate_int8(options, [item.path for item, _, _, _ in todo])
+            note = self.calibrate_int8(options, [item.path for item, _, _, _ in todo], lambda: {
+                str(item.path): listing_labels(by_photo.get(item.id, ())) for item in listed})
             if note:
                 report.notes.append(note)
                 log.info(note)

@@ -28,7 +28,7 @@ import threading
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +40,9 @@ from ..core import cpu
 from ..core.errors import LookalikeError
 from ..core.storage import as_location
 from ..models.preprocess import Preprocess
+from . import int8_gate as gate
 from .files import EncodedBatch, FileReader, FileTask, cores, default_workers, stack_results
+from .int8_gate import GATE_K, GATE_RECALL, Int8Model, neighbour_recall
 
 if TYPE_CHECKING:
     from ..core.config import EmbedderInfo
@@ -51,13 +53,11 @@ log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
-GATE_RECALL = 0.98  # int8 is chosen by ``auto`` only when its neighbour lists keep this recall@10 against fp32
 CALIBRATION_PHOTOS = 300  # photos NNCF sees to set the int8 ranges
 HELD_PHOTOS = 100  # photos the gate compares int8 with fp32 on (never among the calibration ones if possible)
 MIN_SPLIT = 80  # below this many photos the held sample is the calibration sample too (said in the record)
 MIN_PHOTOS = 12  # fewer photos than this cannot calibrate or gate anything (``--precision int8``)
 AUTO_MIN_PHOTOS = 100  # ``auto`` tries int8 once a catalog has this many: a gate on fewer says little
-GATE_K = 10
 CALIBRATION_BATCH = 8
 SEED = 0
 CONVERSION_FORMAT = 1  # bump when the converted graph changes meaning (the cache key holds it)
@@ -382,29 +382,6 @@ def _features_module(embedder: Embedder):
 # -- running -----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Int8Model:
-    """A model quantised on a catalog's photos and what its gate measured."""
-
-    path: Path
-    recall: float  # recall@k of neighbour lists on the held photos, int8 against fp32
-    k: int
-    held: int
-    calibration: int
-    overlap: bool  # the held photos were among the calibration ones (a small catalog)
-    threshold: float = GATE_RECALL
-
-    @property
-    def passed(self) -> bool:
-        return self.recall >= self.threshold
-
-    def describe(self) -> str:
-        held = f"{self.held} {'calibration' if self.overlap else 'held'} photos"
-        verdict = "passes" if self.passed else "fails"
-        return (f"int8 recall@{self.k} vs fp32 {self.recall:.3f} on {held} ({verdict} the {self.threshold:.2f} "
-                f"gate; calibrated on {self.calibration} of the catalog's photos)")
-
-
 def unit_rows(features: np.ndarray) -> np.ndarray:
     out = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
@@ -610,34 +587,30 @@ def draw_sample(paths: Sequence[Path | str], calibration: int = CALIBRATION_PHOT
 
 
 def decode_photos(embedder: Embedder, paths: Sequence[Path], draft: int | None, max_pixels: int, max_bytes: int
-                  ) -> np.ndarray:
-    """The model inputs of the readable photos among ``paths`` (unreadable ones are left out)."""
+                  ) -> tuple[np.ndarray, list[str]]:
+    """The model inputs (n x H x W x 3 uint8) of the readable photos among ``paths`` and their paths (``str`` of
+    ``as_location``), in order; unreadable ones are left out."""
     reader = FileReader([FileTask(as_location(str(p))) for p in paths], embedder.pil_transform, draft, max_pixels,
                         max_bytes)
     with ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="lookalike-decode") as pool:
         items = list(pool.map(reader.__getitem__, range(len(reader))))
-    _, arrays, _ = stack_results(items)
+    done, arrays, _ = stack_results(items)
     if arrays is None:
-        return np.zeros((0, 1, 1, 3), dtype=np.uint8)
-    return arrays
+        return np.zeros((0, 1, 1, 3), dtype=np.uint8), []
+    return arrays, [str(r.task.path) for r in done]
 
 
-def neighbour_recall(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """recall@k of each row's k nearest rows (itself left out) in ``found`` against those in ``truth``."""
-
-    def nearest(m: np.ndarray) -> np.ndarray:
-        sims = m @ m.T
-        np.fill_diagonal(sims, -np.inf)
-        return np.argpartition(-sims, k - 1, axis=1)[:, :k]
-
-    a, b = nearest(found), nearest(truth)
-    return float(np.mean([len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b, strict=True)]) / k)
+def _embed(model: OpenVinoModel, arrays: np.ndarray) -> np.ndarray:
+    return np.concatenate([model(arrays[i:i + CALIBRATION_BATCH]) for i in range(0, len(arrays), CALIBRATION_BATCH)])
 
 
 def quantize_int8(embedder: Embedder, fp32_xml: Path, sample: Sample, out_dir: Path, *, draft: int | None,
-                  max_pixels: int, max_bytes: int, threshold: float = GATE_RECALL) -> Int8Model:
+                  max_pixels: int, max_bytes: int, threshold: float = GATE_RECALL,
+                  labels: Mapping[str, str] | None = None, label: str | None = None) -> Int8Model:
     """Quantise the converted model to int8 with NNCF's post-training quantisation, calibrated on
-    ``sample.calibration``, then gate it: recall@10 of the held photos' neighbour lists against fp32.
+    ``sample.calibration``, then gate it (``int8_gate``): recall@10 of the held photos' neighbour lists
+    against fp32 and, given ``labels`` (photo path -> value of the category ``label``), label precision@5 of
+    the held photos against the held and calibration ones, fp32 vs int8.
 
     Raises:
         LookalikeError: nncf is missing, or too few photos could be read.
@@ -650,9 +623,10 @@ def quantize_int8(embedder: Embedder, fp32_xml: Path, sample: Sample, out_dir: P
     except ImportError as exc:
         raise LookalikeError(f"--precision int8 needs the nncf package ({exc}); `{INSTALL}`, or use "
                              "--precision bf16") from exc
-    calibration = decode_photos(embedder, sample.calibration, draft, max_pixels, max_bytes)
-    held = calibration if sample.overlap else decode_photos(embedder, sample.held, draft, max_pixels, max_bytes)
-    held = held[:len(sample.held)]
+    calibration, calibration_paths = decode_photos(embedder, sample.calibration, draft, max_pixels, max_bytes)
+    held, held_paths = ((calibration, calibration_paths) if sample.overlap
+                        else decode_photos(embedder, sample.held, draft, max_pixels, max_bytes))
+    held, held_paths = held[:len(sample.held)], held_paths[:len(sample.held)]
     if len(calibration) < MIN_PHOTOS or len(held) < MIN_PHOTOS:
         raise LookalikeError(f"int8 needs at least {MIN_PHOTOS} readable photos to calibrate and check it; this "
                              f"catalog has {len(calibration)}; use --precision bf16")
@@ -673,8 +647,15 @@ def quantize_int8(embedder: Embedder, fp32_xml: Path, sample: Sample, out_dir: P
         tmp.replace(xml)
     fp32 = OpenVinoModel(fp32_xml, "fp32")
     int8 = OpenVinoModel(xml, "int8")
-    truth = np.concatenate([fp32(held[i:i + 8]) for i in range(0, len(held), 8)])
-    found = np.concatenate([int8(held[i:i + 8]) for i in range(0, len(held), 8)])
     k = min(GATE_K, len(held) - 1)
-    return Int8Model(path=xml, recall=neighbour_recall(found, truth, k), k=k, held=len(held),
-                     calibration=len(calibration), overlap=sample.overlap, threshold=threshold)
+    recall = neighbour_recall(_embed(int8, held), _embed(fp32, held), k)
+    figures = {}
+    if labels and label:
+        labels = {str(as_location(str(path))): value for path, value in labels.items()}
+        gallery, gallery_paths = ((calibration, calibration_paths) if sample.overlap else
+                                  (np.concatenate([held, calibration]), held_paths + calibration_paths))
+        figures = gate.label_figures({"fp32": _embed(fp32, gallery), "int8": _embed(int8, gallery)}, gallery_paths,
+                                     held_paths, labels, label)
+    return Int8Model(path=xml, recall=recall, k=k, held=len(held), calibration=len(calibration),
+                     overlap=sample.overlap, threshold=threshold, min_queries=gate.LABEL_MIN_QUERIES,
+                     label_recall=gate.LABEL_RECALL, max_drop=gate.LABEL_DROP, **figures)
