@@ -138,6 +138,14 @@ class Browsing:
         return {name: dict(sorted(values.items(), key=lambda kv: (-kv[1], kv[0])))
                 for name, values in sorted(counts.items()) if name in wanted}
 
+    def _label_names(self) -> list[str]:
+        """The label names a filter may use, kept until labels or items change (a scan of every label row,
+        which a filtered search would otherwise pay each time)."""
+        generations = self.store.generations()
+        if self._label_name_cache is None or self._label_name_cache[0] != generations:
+            self._label_name_cache = (generations, self.store.label_names())
+        return self._label_name_cache[1]
+
     def _all_label_counts(self) -> dict[str, dict[str, int]]:
         """Counts over the whole catalog, kept until items or labels change: every browse page needs them."""
         generations = self.store.generations()
@@ -150,7 +158,7 @@ class Browsing:
         processes' writes are noticed within a quarter of a second anyway."""
         if self._meta is not None:
             self._meta.forget_labels()
-        self._label_counts = None
+        self._label_counts = self._label_name_cache = None
         self._labels_generation = self.store.generations()[1]
 
     def remove_predicted(self, column: str) -> int:
@@ -205,7 +213,7 @@ class Browsing:
             QueryError: malformed, or names a label the catalog does not have.
         """
         terms = parse_where(where)
-        known = set(self.store.label_names()) if terms else set()
+        known = set(self._label_names()) if terms else set()
         unknown = [name for name in terms if name not in known]
         if unknown:
             listing = ", ".join(sorted(known)) or "none (index from a manifest to add labels)"

@@ -114,14 +114,25 @@ class ProductTable:
         self.photos_of = {key: np.asarray(keys, dtype=np.int64) for key, keys in photos.items()}
         self.products_of = {photo: tuple(sorted(keys)) for photo, keys in owners.items()}
         self.one_to_one = all(len(v) == 1 for v in photos.values()) and all(len(v) == 1 for v in owners.values())
+        links_array = np.array([(p, f) for p, f, _ in links], dtype=np.int64).reshape(-1, 2)
+        order = np.argsort(links_array[:, 0], kind="stable")
+        self._link_products, self._link_photos = links_array[order, 0], links_array[order, 1]
 
     def __len__(self) -> int:
         return len(self.id_by_key)
 
     def photo_keys(self, products: np.ndarray | Iterable[int]) -> np.ndarray:
-        """The photo keys (int64, sorted, unique) of some products."""
-        parts = [self.photos_of[int(p)] for p in products if int(p) in self.photos_of]
-        return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+        """The photo keys (int64, sorted, unique) of some products: one vectorised pass over the links (a filter
+        of most of a large catalog costs a few milliseconds, not a Python loop per product)."""
+        wanted = (products.astype(np.int64, copy=False) if isinstance(products, np.ndarray)
+                  else np.fromiter((int(p) for p in products), dtype=np.int64))
+        if len(wanted) > 1 and not (np.diff(wanted) > 0).all():  # the store's filters come sorted already
+            wanted = np.unique(wanted)
+        if len(wanted) == 0 or len(self._link_products) == 0:
+            return np.empty(0, np.int64)
+        at = np.clip(np.searchsorted(wanted, self._link_products), 0, len(wanted) - 1)
+        found = self._link_photos[wanted[at] == self._link_products]
+        return np.sort(found) if self.one_to_one else np.unique(found)  # one product per photo: no repeats
 
     def group(self, photo_keys: Sequence[int], sims: Sequence[float], k: int, allowed: set[int] | None = None,
               exclude: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, int, float]]:

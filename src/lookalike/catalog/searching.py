@@ -305,8 +305,12 @@ class Searching:
         allowed_set = None
         photos_allowed = None
         if allowed is not None:
-            allowed_set = set(allowed.tolist()) - set(exclude_products)
-            photos_allowed = products.photo_keys(allowed_set)
+            allowed = np.asarray(allowed, dtype=np.int64)
+            if exclude_products:
+                allowed = allowed[~np.isin(allowed, list(exclude_products))]
+            photos_allowed = products.photo_keys(allowed)
+            # a photo two products share can bring in the one outside the filter: only then check each hit's
+            allowed_set = None if products.one_to_one else set(allowed.tolist())
             if exclude:
                 photos_allowed = photos_allowed[~np.isin(photos_allowed, list(exclude))]
             if len(photos_allowed) == 0:

@@ -420,7 +420,8 @@ class Store(EventTables, KeywordIndex, ABC):
         """Keys of the products (int64, sorted) that have, for every term, a variant with that value."""
         sql = " INTERSECT ".join("SELECT key FROM all_labels WHERE name = ? AND value = ?" for _ in where)
         args = [x for pair in where.items() for x in pair]
-        return np.array(sorted(r[0] for r in self._rows(sql, args)), dtype=np.int64)
+        rows = self._rows(sql, args)  # a product with several variants of a value comes once per variant
+        return np.unique(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
 
     def label_counts(self, where: Mapping[str, str] | None = None) -> dict[str, dict[str, int]]:
         """How many products with an embedded photo carry each label value, among those matching ``where``."""
