@@ -30,6 +30,7 @@ from .events import EventTables
 from .fulltext import KeywordIndex
 from .fulltext import rebuild as rebuild_fulltext
 from .products import ProductRecord, drop_orphans, merge_labels, write_products
+from .sql import chunks, insert_rows, marks
 
 ITEM_COLUMNS = ("key", "id", "path", "size", "mtime_ns", "sha256", "status", "reason", "width", "height", "updated")
 UPLOAD_PREFIX = "upload:"  # items.path of an image kept in the store's ``uploads`` table, not in a file
@@ -134,7 +135,7 @@ class Store(EventTables, KeywordIndex, ABC):
             gen = _next_generation(cur)
             by_id = {rec.id: rec for rec in records}  # one row per id (a later record of an id wins)
             keys: dict[str, int] = {}
-            for chunk in _chunks(list(by_id.values()), 500):
+            for chunk in chunks(list(by_id.values()), 500):
                 args = [x for rec in chunk for x in (rec.id, rec.path, rec.size, rec.mtime_ns, rec.sha256,
                                                      rec.status, rec.reason, rec.width, rec.height, now)]
                 rows = cur.execute(
@@ -147,15 +148,15 @@ class Store(EventTables, KeywordIndex, ABC):
                 keys.update({item_id: int(key) for key, item_id in rows})
             vectors = [(keys[rec.id], np.ascontiguousarray(rec.vector, dtype=self.vector_dtype).tobytes(), gen)
                        for rec in by_id.values() if rec.vector is not None]
-            _insert_rows(cur, "INSERT INTO vectors (key, vector, gen) VALUES {} ON CONFLICT (key) "
+            insert_rows(cur, "INSERT INTO vectors (key, vector, gen) VALUES {} ON CONFLICT (key) "
                               "DO UPDATE SET vector = excluded.vector, gen = excluded.gen", vectors)
             failed = [keys[rec.id] for rec in by_id.values() if rec.vector is None and rec.status != "ok"]
-            for chunk in _chunks(failed, 900):
-                gone = cur.execute(f"DELETE FROM vectors WHERE key IN ({_marks(chunk)}) RETURNING key",
+            for chunk in chunks(failed, 900):
+                gone = cur.execute(f"DELETE FROM vectors WHERE key IN ({marks(chunk)}) RETURNING key",
                                    chunk).fetchall()
-                _insert_rows(cur, "INSERT INTO removed (key, gen) VALUES {}", [(int(k), gen) for (k,) in gone])
+                insert_rows(cur, "INSERT INTO removed (key, gen) VALUES {}", [(int(k), gen) for (k,) in gone])
             if products:
-                write_products(cur, products, _chunks, _marks, _insert_rows)
+                write_products(cur, products)
                 if any(p.variants is not None for p in products):
                     _bump(cur, "labels_generation")
             _bump(cur)
@@ -174,7 +175,7 @@ class Store(EventTables, KeywordIndex, ABC):
         products = list(products)
         for start in range(0, len(products), 5000):
             with self._begin() as cur:
-                write_products(cur, products[start:start + 5000], _chunks, _marks, _insert_rows)
+                write_products(cur, products[start:start + 5000])
                 drop_orphans(cur)
                 _bump(cur, "labels_generation")
                 if relink:
@@ -230,20 +231,20 @@ class Store(EventTables, KeywordIndex, ABC):
         ids = list(ids)
         with self._begin() as cur:
             gen = _next_generation(cur)
-            keys = [int(r[0]) for chunk in _chunks(ids, 900) for r in
-                    cur.execute(f"SELECT key FROM products WHERE id IN ({_marks(chunk)})", chunk).fetchall()]
-            photos = {int(r[0]) for chunk in _chunks(keys, 900) for r in cur.execute(
-                f"SELECT photo FROM product_photos WHERE product IN ({_marks(chunk)})", chunk).fetchall()}
-            for chunk in _chunks(keys, 900):
-                cur.execute(f"DELETE FROM products WHERE key IN ({_marks(chunk)})", chunk)
-            shown = {int(r[0]) for chunk in _chunks(sorted(photos), 900) for r in cur.execute(
-                f"SELECT photo FROM product_photos WHERE photo IN ({_marks(chunk)})", chunk).fetchall()}
+            keys = [int(r[0]) for chunk in chunks(ids, 900) for r in
+                    cur.execute(f"SELECT key FROM products WHERE id IN ({marks(chunk)})", chunk).fetchall()]
+            photos = {int(r[0]) for chunk in chunks(keys, 900) for r in cur.execute(
+                f"SELECT photo FROM product_photos WHERE product IN ({marks(chunk)})", chunk).fetchall()}
+            for chunk in chunks(keys, 900):
+                cur.execute(f"DELETE FROM products WHERE key IN ({marks(chunk)})", chunk)
+            shown = {int(r[0]) for chunk in chunks(sorted(photos), 900) for r in cur.execute(
+                f"SELECT photo FROM product_photos WHERE photo IN ({marks(chunk)})", chunk).fetchall()}
             gone = sorted(photos - shown)
-            paths = [r[0] for chunk in _chunks(gone, 900) for r in
-                     cur.execute(f"SELECT path FROM items WHERE key IN ({_marks(chunk)})", chunk).fetchall()]
-            _insert_rows(cur, "INSERT INTO removed (key, gen) VALUES {}", [(k, gen) for k in gone])
-            for chunk in _chunks(gone, 900):
-                cur.execute(f"DELETE FROM items WHERE key IN ({_marks(chunk)})", chunk)
+            paths = [r[0] for chunk in chunks(gone, 900) for r in
+                     cur.execute(f"SELECT path FROM items WHERE key IN ({marks(chunk)})", chunk).fetchall()]
+            insert_rows(cur, "INSERT INTO removed (key, gen) VALUES {}", [(k, gen) for k in gone])
+            for chunk in chunks(gone, 900):
+                cur.execute(f"DELETE FROM items WHERE key IN ({marks(chunk)})", chunk)
             _bump(cur)
         return len(keys), paths
 
@@ -295,18 +296,18 @@ class Store(EventTables, KeywordIndex, ABC):
         """``labels`` of the given product keys (every key present, empty where it has none)."""
         keys = [int(k) for k in keys]
         out: dict[int, dict[str, str]] = {k: {} for k in keys}
-        for chunk in _chunks(keys, 900):
+        for chunk in chunks(keys, 900):
             out.update(merge_labels(self._rows(
-                f"SELECT key, name, value FROM all_labels WHERE key IN ({_marks(chunk)})", chunk)))
+                f"SELECT key, name, value FROM all_labels WHERE key IN ({marks(chunk)})", chunk)))
         return out
 
     def variants_for(self, keys: Iterable[int]) -> dict[int, dict[str, dict[str, str]]]:
         """Product key -> variant id -> its own labels (the manifest rows a product was made of)."""
         keys = [int(k) for k in keys]
         out: dict[int, dict[str, dict[str, str]]] = {}
-        for chunk in _chunks(keys, 900):
+        for chunk in chunks(keys, 900):
             for key, variant, name, value in self._rows(
-                    f"SELECT key, variant, name, value FROM labels WHERE key IN ({_marks(chunk)})", chunk):
+                    f"SELECT key, variant, name, value FROM labels WHERE key IN ({marks(chunk)})", chunk):
                 out.setdefault(int(key), {}).setdefault(variant, {})[name] = value
         return out
 
@@ -363,8 +364,8 @@ class Store(EventTables, KeywordIndex, ABC):
         """Stored vectors (float32 or float16, D) of the given item keys that have one."""
         keys = [int(k) for k in keys]
         out: dict[int, np.ndarray] = {}
-        for chunk in _chunks(keys, 500):
-            for key, blob in self._rows(f"SELECT key, vector FROM vectors WHERE key IN ({_marks(chunk)})", chunk,
+        for chunk in chunks(keys, 500):
+            for key, blob in self._rows(f"SELECT key, vector FROM vectors WHERE key IN ({marks(chunk)})", chunk,
                                         binary=True):
                 out[int(key)] = decode_vector(blob, dim)
         return out
@@ -398,9 +399,9 @@ class Store(EventTables, KeywordIndex, ABC):
         """(width, height, file bytes) of items, 0 where unknown: the largest copy represents a duplicate group."""
         keys = [int(k) for k in keys]
         out: dict[int, tuple[int, int, int]] = {}
-        for chunk in _chunks(keys, 900):  # SQLite's bound-parameter limit
+        for chunk in chunks(keys, 900):  # SQLite's bound-parameter limit
             for key, width, height, size in self._rows(
-                    f"SELECT key, width, height, size FROM items WHERE key IN ({_marks(chunk)})", chunk):
+                    f"SELECT key, width, height, size FROM items WHERE key IN ({marks(chunk)})", chunk):
                 out[key] = (width or 0, height or 0, size or 0)
         return out
 
@@ -474,9 +475,9 @@ class Store(EventTables, KeywordIndex, ABC):
         """Predicted label name -> the model's probability, per key (only keys with predictions)."""
         keys = [int(k) for k in keys]
         out: dict[int, dict[str, float]] = {}
-        for chunk in _chunks(keys, 900):
+        for chunk in chunks(keys, 900):
             for key, name, score in self._rows(
-                    f"SELECT key, name, score FROM predicted WHERE key IN ({_marks(chunk)})", chunk):
+                    f"SELECT key, name, score FROM predicted WHERE key IN ({marks(chunk)})", chunk):
                 out.setdefault(key, {})[name] = float(score)
         return out
 
@@ -558,7 +559,7 @@ class Store(EventTables, KeywordIndex, ABC):
         with self._begin() as cur:
             if items:
                 cur.executemany(f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) VALUES "
-                                f"({_marks(ITEM_COLUMNS)})", items)
+                                f"({marks(ITEM_COLUMNS)})", items)
             if products:
                 cur.executemany("INSERT INTO products (key, id) VALUES (?, ?)", products)
             if product_photos:
@@ -582,22 +583,6 @@ class Store(EventTables, KeywordIndex, ABC):
 def decode_vector(blob: bytes, dim: int) -> np.ndarray:
     """A stored vector: float32, or float16 in large catalogs (half the length)."""
     return np.frombuffer(blob, dtype=np.float32 if len(blob) == 4 * dim else np.float16)
-
-
-def _marks(values) -> str:
-    return ",".join("?" * len(values))
-
-
-def _chunks(values: list, size: int) -> Iterator[list]:
-    for start in range(0, len(values), size):
-        yield values[start:start + size]
-
-
-def _insert_rows(cur: Cursor, sql: str, rows: list[tuple], per_statement: int = 300) -> None:
-    """Rows in multi-row ``VALUES`` statements (``sql`` has ``{}`` where they go): one round trip for many."""
-    for chunk in _chunks(rows, per_statement):
-        marks = "(" + ", ".join("?" * len(chunk[0])) + ")"
-        cur.execute(sql.format(", ".join([marks] * len(chunk))), [x for row in chunk for x in row])
 
 
 def _put_meta(cur: Cursor, name: str, text: str) -> None:

@@ -19,6 +19,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from .sql import chunks
+
 EVENT_KINDS = ("impression", "click", "cart")
 
 SQLITE_EVENT_TABLES = """
@@ -110,7 +112,7 @@ class EventTables:
         if not rows:
             return
         with self._begin() as cur:
-            for chunk in _chunks(rows, 100):
+            for chunk in chunks(rows, 100):
                 cur.execute("INSERT INTO queries (id, at, kind, item, photo, words, k, filters, results) VALUES "
                             + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)) + " ON CONFLICT (id) DO NOTHING",
                             [x for row in chunk for x in row])
@@ -123,11 +125,11 @@ class EventTables:
         with self._begin() as cur:
             ids = sorted({e.query_id for e in events})
             known: set[str] = set()
-            for chunk in _chunks(ids, 500):
+            for chunk in chunks(ids, 500):
                 known |= {r[0] for r in cur.execute(
                     f"SELECT id FROM queries WHERE id IN ({','.join('?' * len(chunk))})", chunk).fetchall()}
             rows = [(e.query_id, e.kind, e.item, e.position, e.at) for e in events if e.query_id in known]
-            for chunk in _chunks(rows, 200):
+            for chunk in chunks(rows, 200):
                 cur.execute("INSERT INTO events (query_id, kind, item, position, at) VALUES "
                             + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk)), [x for row in chunk for x in row])
         return len(rows), len(events) - len(rows)
@@ -159,8 +161,3 @@ class EventTables:
         out.update({kind: int(n) for kind, n in self._rows("SELECT kind, COUNT(*) FROM events GROUP BY kind")})
         out["queries"] = int(self._rows("SELECT COUNT(*) FROM queries")[0][0])
         return out
-
-
-def _chunks(values: list, size: int) -> Iterator[list]:
-    for start in range(0, len(values), size):
-        yield values[start:start + size]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from .fulltext import body as text_of
 from .fulltext import write_texts
+from .sql import chunks, insert_rows, marks
 
 FORMAT = "2"  # 1: one item = one photo with its labels; 2: products with photos, variants and labels
 VALUE_SEPARATOR = " | "  # how a label with several values (one per variant) is shown in one string
@@ -205,11 +206,10 @@ def merge_labels(rows: Iterable[tuple[int, str, str]]) -> dict[int, dict[str, st
     return {key: {name: joined(vals) for name, vals in by_name.items()} for key, by_name in values.items()}
 
 
-def write_products(cur, products: Sequence[ProductRecord], chunks, marks, insert_rows) -> list[int]:
+def write_products(cur, products: Sequence[ProductRecord]) -> list[int]:
     """Insert or update products, link each to those of its photos that are stored (any status), and replace
     the labels of those given ``variants`` (and their full-text rows, ``fulltext.py``); returns the products'
-    keys. Runs inside the caller's transaction (``cur``); ``chunks``, ``marks`` and ``insert_rows`` are the
-    store's statement helpers."""
+    keys. Runs inside the caller's transaction (``cur``)."""
     by_id = {p.id: p for p in products}
     keys: dict[str, int] = {}
     for chunk in chunks(list(by_id), 500):
