@@ -66,9 +66,7 @@ class Browsing:
         Raises:
             UnknownItemError: unknown id, or none of its photos could be embedded.
         """
-        index = self.index
-        return np.stack([np.asarray(index.vector(int(k)), np.float32)
-                         for k in self.products.photos_of[self._key(item_id)]])
+        return self.index.vectors_of(self.products.photos_of[self._key(item_id)])
 
     def vector(self, item_id: str) -> np.ndarray:
         """A product's vector (float32, D, unit length): its photo's, or the renormalised mean of its photos'
