@@ -105,3 +105,24 @@ def test_a_postgresql_catalog_from_before_the_index_gets_it_on_open(pg_url):
     s = open_store(pg_url)
     assert s.keyword_indexed and sorted(found(s, "nike")) == ["p1", "p3"]
     s.close()
+
+
+def test_words_scored_one_at_a_time_rank_as_the_full_text_index_ranks_them_together(tmp_path):
+    """The catalog keeps each word's postings and adds them up (``combine``); on SQLite that must order products
+    exactly as FTS5's own bm25 of the words OR-ed, on a corpus where lengths, repeats and rarity all differ."""
+    rng = np.random.default_rng(3)
+    vocabulary = ["red", "blue", "shirt", "shoe", "nike", "puma", "watch", "men", "women", "sport", "casual", "dot"]
+    titles = {f"p{i}": {"productDisplayName": " ".join(rng.choice(vocabulary, size=int(rng.integers(2, 9))))}
+              for i in range(300)}
+    store = SQLiteStore(tmp_path / "shop.db")
+    try:
+        fill(store, titles)
+        for query in ("red", "red shirt", "nike watch dot", "women casual sport shoe"):
+            terms = words(query)
+            ours = store.keyword_search(query, 300)
+            theirs = store._rows("SELECT rowid, -bm25(product_fts) FROM product_fts WHERE product_fts MATCH ? "
+                                 "ORDER BY bm25(product_fts), rowid", (" OR ".join(f'"{t}"' for t in terms),))
+            assert [key for key, _ in ours] == [int(key) for key, _ in theirs]
+            assert np.allclose([s for _, s in ours], [float(s) for _, s in theirs])
+    finally:
+        store.close()

@@ -50,6 +50,36 @@ class Match:
         return {**asdict(self), "missing": self.missing}
 
 
+def match_rows(rows: Sequence[tuple[str, str, str, str, int, str, dict, dict, list]], sims: Sequence[float],
+               start: int = 1) -> list[Match]:
+    """``Match`` rows in bulk, ranked from ``start``: for each (id, path, photo, product, photos, labels,
+    predicted, variants) with its cosine in ``sims``. The cosines are clipped to [-1, 1] and turned into
+    distances as one NumPy pass, and each row is made without the per-row checks of ``Match.__init__``
+    (what a search's 50 candidates cost was mostly those)."""
+    sim = np.clip(np.asarray(sims, np.float64), -1.0, 1.0)
+    dist = np.sqrt(np.clip(2.0 - 2.0 * sim, 0.0, 4.0))
+    out = []
+    new = object.__new__
+    for rank, (row, s, d) in enumerate(zip(rows, sim.tolist(), dist.tolist(), strict=True), start=start):
+        m = new(Match)
+        m.__dict__.update(rank=rank, id=row[0], path=row[1], similarity=s, distance=d, labels=row[5],
+                          predicted=row[6], photo=row[2], photos=row[4], product=row[3], variants=row[7], rules=[],
+                          found_by=[])
+        out.append(m)
+    return out
+
+
+def amended(match: Match, **changes: object) -> Match:
+    """A copy of ``match`` with its ``rank``, ``rules`` or ``found_by`` changed: what ``dataclasses.replace``
+    does, without re-running the checks of fields it keeps (a fused, re-ranked search makes hundreds of these)."""
+    if not changes.keys() <= {"rank", "rules", "found_by"}:
+        raise ValueError(f"amended changes rank, rules and found_by only, not {sorted(changes)}")
+    out = object.__new__(type(match))
+    out.__dict__.update(match.__dict__)
+    out.__dict__.update(changes)
+    return out
+
+
 def photo_gone(path: str) -> bool:
     """Is an item's local photo file gone? Object-store URLs and uploads kept in a database are not looked at
     (a stat per result, no network)."""

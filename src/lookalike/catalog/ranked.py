@@ -98,14 +98,16 @@ class Ranked:
         cache = getattr(self, "_excluded_cache", None)
         if cache is None or cache[0] != state:
             cache = self._excluded_cache = (state, {})
-        keys: set[int] = set()
-        for rule in ranking.exclude:
-            if (rule.label, rule.value) not in cache[1]:
-                if len(cache[1]) > 200:
-                    cache[1].clear()
-                cache[1][rule.label, rule.value] = frozenset(self.store.keys_where({rule.label: rule.value}).tolist())
-            keys |= cache[1][rule.label, rule.value]
-        return frozenset(keys)
+        wanted = tuple(sorted({(rule.label, rule.value) for rule in ranking.exclude}))
+        found = cache[1].get(wanted)
+        if found is None:  # the union of each rule's products, kept as such: no copy of it per search
+            if len(cache[1]) > 200:
+                cache[1].clear()
+            keys: set[int] = set()
+            for label, value in wanted:
+                keys.update(self.store.keys_where({label: value}).tolist())
+            found = cache[1][wanted] = frozenset(keys)
+        return found
 
     def finish(self, matches: list[Match], k: int, ranking: Ranking, queries: Sequence[np.ndarray],
                by: str = "product", relevance: Sequence[float] | None = None) -> list[Match]:

@@ -30,7 +30,7 @@ from .query import (
     Where,
     check_k,
     combine,
-    distance_from_similarity,
+    match_rows,
     parse_where,
 )
 from .ranking import RRF_K, Ranking, candidates
@@ -350,16 +350,16 @@ class Searching:
         predicted = table.predicted_for(product_keys, self.store)
         terms = parse_where(where) if where else {}
         variants = (matching_variants(self.store.variants_for(product_keys), terms) if terms else {})
-        out = []
-        for rank, (product, photo, sim) in enumerate(picked, start=start):
-            photos = products.photos_of.get(product)
-            out.append(Match(
-                rank=rank, id=table.id_by_key[photo] if by == "photo" else products.id_by_key[product],
-                path=table.path_by_key[photo], similarity=float(sim), distance=distance_from_similarity(sim),
-                labels=labels.get(product, {}), predicted=predicted.get(product, {}),
-                photo=table.id_by_key[photo], photos=len(photos) if photos is not None else 1,
-                product=products.id_by_key.get(product, ""), variants=variants.get(product, [])))
-        return out
+        id_by_key, path_by_key, photos_of, product_ids = (table.id_by_key, table.path_by_key, products.photos_of,
+                                                          products.id_by_key)
+        rows = []
+        for product, photo, _ in picked:
+            photos = photos_of.get(product)
+            photo_id = id_by_key[photo]
+            rows.append((photo_id if by == "photo" else product_ids[product], path_by_key[photo], photo_id,
+                         product_ids.get(product, ""), len(photos) if photos is not None else 1,
+                         labels.get(product, {}), predicted.get(product, {}), variants.get(product, [])))
+        return match_rows(rows, [s for _, _, s in picked], start=start)
 
 
 def _listed(value) -> list:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+
 SQLITE_TABLES = """
 CREATE TABLE IF NOT EXISTS product_text (
     key  INTEGER PRIMARY KEY REFERENCES products (key) ON DELETE CASCADE,
@@ -109,7 +111,11 @@ class KeywordIndex:
     def keyword_search(self, text: str, limit: int) -> list[tuple[int, float]]:
         """Product keys whose labels hold any word of ``text``, best first (``search``); a read-only catalog
         written before the index is scanned instead (``keyword_indexed`` says which)."""
-        return search(self._rows, self.dialect, text, limit, indexed=self.keyword_indexed)
+        return search(self.keyword_postings, text, limit)
+
+    def keyword_postings(self, term: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every product whose labels hold one word (``postings``): (keys int64, scores float64), unordered."""
+        return postings(self._rows, self.dialect, term, indexed=self.keyword_indexed)
 
     @property
     def keyword_indexed(self) -> bool:
@@ -127,35 +133,59 @@ class KeywordIndex:
             return rebuild(cur)
 
 
-def search(rows: Callable[[str, Sequence], list[tuple]], dialect: str, text: str, limit: int,
-           indexed: bool = True) -> list[tuple[int, float]]:
+def postings(rows: Callable[[str, Sequence], list[tuple]], dialect: str, term: str, indexed: bool = True
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """The products whose labels hold one word (a word of ``words``): (product keys int64, scores float64),
+    in no order. Scores are the word's share of a product's relevance, added up over a query's words by
+    ``combine``:
+
+    * SQLite: FTS5's ``bm25`` of the one-word query, negated (higher is better). FTS5's bm25 of a query of
+      several phrases is the sum of each phrase's term (Robertson and Zaragoza 2009; sqlite.org/fts5.html,
+      "bm25"), so the sum over words equals FTS5's own ranking of the words OR-ed;
+    * PostgreSQL: ``ts_rank`` of the one-word ``tsquery``;
+    * ``indexed`` False (a read-only catalog written before the index): a ``LIKE`` scan of the labels, 1 per
+      product that holds the word, so the sum counts the words found (slower, no stemming).
+    """
+    if not indexed:
+        pattern = "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        found = rows("SELECT DISTINCT key, 1.0 FROM labels WHERE LOWER(value) LIKE ? ESCAPE '\\'", (pattern,))
+    elif dialect == "sqlite":
+        found = rows("SELECT rowid, -bm25(product_fts) FROM product_fts WHERE product_fts MATCH ?", (f'"{term}"',))
+    else:
+        found = rows("SELECT key, ts_rank(doc, q) FROM product_text, to_tsquery('english', ?) q WHERE doc @@ q",
+                     (term,))
+    if not found:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    keys, scores = zip(*found, strict=True)
+    return np.asarray(keys, np.int64), np.asarray(scores, np.float64)
+
+
+def combine(lists: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Several words' ``postings`` as one: (each product key once, int64 sorted; the sum of its scores)."""
+    lists = [x for x in lists if len(x[0])]
+    if not lists:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    if len(lists) == 1:
+        return lists[0]
+    keys, inverse = np.unique(np.concatenate([k for k, _ in lists]), return_inverse=True)
+    return keys, np.bincount(inverse, weights=np.concatenate([s for _, s in lists]), minlength=len(keys))
+
+
+def best(keys: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The order of ``combine``'s result, best first: higher score, then lower key (a stable answer)."""
+    return np.lexsort((keys, -scores))
+
+
+def search(postings_of: Callable[[str], tuple[np.ndarray, np.ndarray]], text: str, limit: int
+           ) -> list[tuple[int, float]]:
     """Products whose labels hold any word of ``text``: (product key, score) best first, at most ``limit``.
-    ``rows(sql, args)`` runs a query with ``?`` placeholders; ``dialect``: "sqlite" or "postgres"; ``indexed``
-    False (a read-only catalog written before the index): a ``LIKE`` scan of the labels, scored by the number
-    of query words found. Scores only order one list: higher is better (bm25 negated, ts_rank, word count).
+    ``postings_of(word)``: that word's ``postings``. The words are OR-ed (a product with more of them, or rarer
+    ones, ranks higher). Scores only order one list: higher is better.
 
     Returns an empty list for text without any word."""
     terms = words(text)
     if not terms or limit <= 0:
         return []
-    if not indexed:
-        return _scan(rows, terms, limit)
-    if dialect == "sqlite":
-        query = " OR ".join(f'"{t}"' for t in terms)
-        found = rows("SELECT rowid, -bm25(product_fts) FROM product_fts WHERE product_fts MATCH ? "
-                     "ORDER BY bm25(product_fts), rowid LIMIT ?", (query, limit))
-    else:
-        query = " | ".join(terms)
-        found = rows("SELECT key, ts_rank(doc, q) AS score FROM product_text, to_tsquery('english', ?) q "
-                     "WHERE doc @@ q ORDER BY score DESC, key LIMIT ?", (query, limit))
-    return [(int(key), float(score)) for key, score in found]
-
-
-def _scan(rows, terms: list[str], limit: int) -> list[tuple[int, float]]:
-    hits: dict[int, set[str]] = {}
-    for term in terms:
-        pattern = "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        for (key,) in rows("SELECT DISTINCT key FROM labels WHERE LOWER(value) LIKE ? ESCAPE '\\'", (pattern,)):
-            hits.setdefault(int(key), set()).add(term)
-    ranked = sorted(hits.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-    return [(key, float(len(found))) for key, found in ranked[:limit]]
+    keys, scores = combine([postings_of(t) for t in terms])
+    order = best(keys, scores)[:limit]
+    return [(int(k), float(s)) for k, s in zip(keys[order], scores[order], strict=True)]
