@@ -170,6 +170,11 @@ def test_rest_search_takes_a_box_and_detect_answers_groups(client, look_catalog)
     assert len(found.groups) == 3 and all(len(g.results) == 2 for g in found.groups)
     assert all(m.labels["colour"] == "red" for g in found.groups for m in g.results)
     assert all(g.results[0].thumbnail_url.startswith("/api/items/") for g in found.groups)
+    blue = client.post("/api/search", files=_outfit(look_catalog), data={"k": "3", "where": ["colour=blue"]}).json()
+    pinned = blue["results"][-1]["id"]  # a blue product, pinned: first in every region the detector found
+    ruled = client.post("/api/detect", files=_outfit(look_catalog),
+                        data={"k": "2", "min_score": "0", "max_boxes": "2", "pin": pinned}).json()
+    assert all(g["results"][0]["id"] == pinned and g["results"][0]["rules"] == ["pin"] for g in ruled["groups"])
     words = client.post("/api/detect", files=_outfit(look_catalog),
                         data={"words": ["hat", "scarf"], "min_score": "0", "max_boxes": "1"}).json()
     assert words["words"] == ["hat", "scarf"] and words["groups"][0]["label"] in ("hat", "scarf")

@@ -59,3 +59,32 @@ def test_concurrent_event_writers_lose_nothing(store_location):
     assert len({e.item for e in first.events(["click"])}) == 200
     first.close()
     second.close()
+
+
+def test_a_query_log_from_before_regions_were_logged_opens_and_keeps_its_rows(store_location):
+    """A ``queries`` table without its ``box`` column (the release before region replay): a read-only SQLite
+    file reads its rows (no box); opened for writing, the column is added and a region's box round-trips."""
+    from lookalike.store import SQLiteStore
+
+    store = open_store(store_location, create=True)
+    store.log_queries([query("old", item="x")])
+    with store._begin() as cur:
+        if store_location.startswith("postgresql"):
+            cur.execute("ALTER TABLE queries DROP COLUMN box")
+        else:  # SQLite's DROP COLUMN cannot reparse the table's commented SQL: the old table is made again
+            cur.execute("CREATE TABLE queries_old (id TEXT PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL, "
+                        "item TEXT, photo TEXT, words TEXT, k INTEGER NOT NULL, filters TEXT NOT NULL, "
+                        "results TEXT NOT NULL)")
+            cur.execute("INSERT INTO queries_old SELECT id, at, kind, item, photo, words, k, filters, results "
+                        "FROM queries")
+            cur.execute("DROP TABLE queries")
+            cur.execute("ALTER TABLE queries_old RENAME TO queries")
+    store.close()
+    if not store_location.startswith("postgresql"):
+        old = SQLiteStore(store_location, read_only=True)
+        assert [(q.id, q.box) for q in old.logged_queries()] == [("old", None)]
+        old.close()
+    store = open_store(store_location)
+    store.log_queries([query("region", kind="region", photo="ab" * 32, box=(1, 2, 30, 40))])
+    assert [(q.id, q.box) for q in store.logged_queries()] == [("old", None), ("region", (1, 2, 30, 40))]
+    store.close()

@@ -136,6 +136,40 @@ def test_search_box_on_the_command_line(outfit_catalog, capsys):
     assert "needs the photo" in capsys.readouterr().err
 
 
+def test_rules_act_on_region_searches_and_the_region_is_logged_for_replay(outfit_catalog, capsys):
+    """A pin and an exclude act on a box search from the command line and the REST API; the REST answer's query is
+    logged with its box, so ``evaluate --events`` replays the region (the catalog holds the photo)."""
+    from fastapi.testclient import TestClient
+
+    from lookalike.analysis.clicks import Setting, evaluate_clicks
+    from lookalike.api import ServeSettings, create_app
+    from lookalike.cli import main
+
+    catalog, outfit, half = outfit_catalog
+    args = ["search", str(outfit), "--catalog", str(catalog.path), "-k", "3", "--box", "0.5,0,1,1", "--json"]
+    assert main(args) == 0
+    plain = [r["id"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert plain[0] == "blue-ellipse"
+    assert main([*args, "--pin", "yellow-rect"]) == 0
+    pinned = json.loads(capsys.readouterr().out)["results"]
+    assert [r["id"] for r in pinned][:2] == ["yellow-rect", "blue-ellipse"] and pinned[0]["rules"] == ["pin"]
+    width, height = size_of(outfit)
+    with TestClient(create_app(ServeSettings(catalog=catalog.path))) as client:
+        r = client.post("/api/search", files={"image": ("outfit.png", outfit.read_bytes(), "image/png")},
+                        data={"k": "3", "box": "0.5,0,1,1", "pin": "yellow-rect"})
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert [m["id"] for m in answer["results"]][:2] == ["yellow-rect", "blue-ellipse"]
+        assert answer["results"][0]["rules"] == ["pin"]
+        r = client.post("/api/events", json={"events": [{"query_id": answer["query_id"], "kind": "click",
+                                                          "item": "blue-ellipse"}]})
+        assert r.json() == {"stored": 1, "unknown": 0}
+    logged = next(q for q in catalog.store.logged_queries() if q.id == answer["query_id"])
+    assert logged.kind == "region" and logged.box == (half, 0, width, height)
+    report = evaluate_clicks(catalog.store, [Setting("plain", catalog)], k=3)
+    assert report.replayed == 1 and report.rows[1].mrr == 1.0  # replayed crop: blue-ellipse first again
+
+
 @pytest.mark.slow
 def test_real_model_a_box_over_each_part_of_an_outfit_finds_that_parts_type(tmp_path):
     """The built-in ImageNet MobileNetV2 over the shipped photos, less three (a T-shirt, a handbag, heels), which

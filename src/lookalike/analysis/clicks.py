@@ -4,8 +4,13 @@ with its model; later, its ranking rules) and score each by the products shopper
 Judgements come from the events (``store/events.py``): a clicked product of a query is relevant (grade 1), one
 added to the cart more so (grade 2). Only queries with at least one click or cart event are judged. Each is
 replayed as it was asked: by item (``similar``, with its words), by words, or by an uploaded photo when the
-catalog holds a photo with the same SHA-256 (the upload itself is not kept); regions and photos the catalog does
-not hold are left out of every setting alike, and counted.
+catalog holds a photo with the same SHA-256 (the upload itself is not kept); a region search (``box``) crops
+that photo, read from the catalog's copy, to the logged box and embeds the crop with the setting's model.
+Queries whose photo the catalog does not hold are left out of every setting alike, and counted.
+
+A setting is a catalog with its model and its ranking: its own default rules (``rules set``), none
+(``rules=False``), or others (``ranking``, e.g. a rules file a merchandiser is weighing): the same catalog
+twice, with and without rules, is an offline A/B of the rules.
 
 Metrics (``ir-measures``, over pytrec_eval: MacAvaney et al. 2022) per setting, over the same queries:
 
@@ -30,7 +35,10 @@ import numpy as np
 
 from ..catalog import Catalog
 from ..catalog.query import QueryPart
-from ..core.errors import LookalikeError, NoTextModelError, QueryError, UnknownItemError
+from ..catalog.ranking import Ranking
+from ..core.errors import ImageError, LookalikeError, NoTextModelError, QueryError, UnknownItemError
+from ..core.images import load_image
+from ..core.regions import crop_region
 from ..store import Store
 from ..store.events import QueryRecord
 
@@ -40,11 +48,20 @@ AS_SERVED = "as served"
 
 @dataclass(frozen=True)
 class Setting:
-    """One arm of the offline A/B: a name and the catalog (with its model) that answers. A new kind of arm
-    (ranking rules on or off, a diversity weight) is a new field here, read by ``replay``."""
+    """One arm of the offline A/B: a name, the catalog (with its model) that answers, and its ranking: the
+    catalog's default rules when ``rules``, with ``ranking`` on top (as a request's rules are); neither: plain
+    similarity. A new kind of arm is a new field here, read by ``replay``."""
 
     name: str
     catalog: Catalog
+    rules: bool = True
+    ranking: Ranking | None = None
+
+    def describe(self) -> str:
+        """What ranks the answers: ``rules on``, ``no rules``, or the rules given."""
+        if self.ranking is not None and self.ranking.active:
+            return ("default rules + " if self.rules else "") + self.ranking.describe()
+        return "default rules" if self.rules else "no rules"
 
 
 @dataclass
@@ -56,6 +73,7 @@ class SettingScores:
     recall: float
     ctr: float
     p_value: float | None = None  # paired t-test of its reciprocal ranks against the first setting's
+    ranking: str = ""  # what ranked the answers (``Setting.describe``); empty for the answers as served
 
 
 @dataclass
@@ -99,30 +117,51 @@ def click_pairs(store: Store) -> list[tuple[str, str]]:
 
 def replay(setting: Setting, query: QueryRecord, k: int, photos: dict[str, int] | None = None) -> list[str] | str:
     """The product ids the setting answers to a logged query, best first; or why it cannot be replayed.
-    ``photos``: the catalog's photo keys by SHA-256 (``photo_keys``), for uploads."""
+    ``photos``: the catalog's photo keys by SHA-256 (``photo_keys``), for uploads and regions."""
     catalog = setting.catalog
     where = query.where or None
+    ranked = {"ranking": setting.ranking, "rules": setting.rules}
     try:
         if query.kind.startswith("item"):
-            return [m.id for m in catalog.similar(query.item or "", k, where, text=query.words)]
-        if query.kind == "text":
-            return [m.id for m in catalog.search(None, k, where, text=query.words)]
-        if query.kind.startswith("upload"):
+            return [m.id for m in catalog.similar(query.item or "", k, where, text=query.words, **ranked)]
+        if query.kind in ("text", "keywords"):
+            return [m.id for m in catalog.search(None, k, where, text=query.words, **ranked)]
+        if query.kind.startswith(("upload", "region")):
             key = (photo_keys(catalog) if photos is None else photos).get(query.photo or "")
             if key is None:
                 return "the uploaded photo is not in the catalog"
-            vector = catalog.store.vectors_for([key], catalog.config.embedder.dim)[key]
-            parts = [QueryPart("image", np.asarray(vector, np.float32), False, "upload")]
+            if query.kind.startswith("region"):
+                if query.box is None:
+                    return "a region search logged before regions were (no box)"
+                parts = catalog.image_parts([_region(catalog, key, query.box)])
+            else:
+                vector = catalog.store.vectors_for([key], catalog.config.embedder.dim)[key]
+                parts = [QueryPart("image", np.asarray(vector, np.float32), False, "upload")]
+            keywords = None
             if query.words:
-                parts += catalog.text_parts([query.words])
-            return [m.id for m in catalog.search_parts(parts, k, where)]
+                if catalog.has_text:
+                    parts += catalog.text_parts([query.words])
+                keywords = query.words
+            return [m.id for m in catalog.search_parts(parts, k, where, keywords=keywords, **ranked)]
     except UnknownItemError:
         return "the item searched from is not in the catalog"
     except NoTextModelError:
         return "words, and the model has no text tower"
+    except ImageError:
+        return "the photo searched from cannot be read here"
     except QueryError as exc:
         return f"refused: {str(exc).split(';')[0]}"
     return f"{query.kind} queries are not replayed"
+
+
+def _region(catalog: Catalog, key: int, box: tuple[int, int, int, int]):
+    """The logged region (pixels of the upright photo) of the catalog's copy of the searched photo.
+
+    Raises:
+        ImageError: the photo cannot be read. QueryError: the box does not fit the photo.
+    """
+    photo = load_image(catalog.image_file(catalog.table.path_by_key[key]))
+    return crop_region(photo, [float(v) for v in box])[0]
 
 
 def evaluate_clicks(store: Store, settings: Sequence[Setting], k: int = 10) -> ClickReport:
@@ -146,8 +185,10 @@ def evaluate_clicks(store: Store, settings: Sequence[Setting], k: int = 10) -> C
     runs: dict[str, dict[str, list[str]]] = {AS_SERVED: {q.id: list(q.results[:k]) for q in queries}}
     if not settings:
         raise QueryError("name at least one setting (a catalog) to replay the logged searches against")
+    if len({s.name for s in settings}) != len(settings):
+        raise QueryError("two settings share a name; give each arm its own")
     skipped: Counter[str] = Counter()
-    uploads = any(q.kind.startswith("upload") for q in queries)
+    uploads = any(q.kind.startswith(("upload", "region")) for q in queries)
     photos = {s.name: photo_keys(s.catalog) if uploads else {} for s in settings}
     for setting in settings:
         runs[setting.name] = {}
@@ -165,6 +206,7 @@ def evaluate_clicks(store: Store, settings: Sequence[Setting], k: int = 10) -> C
     per_query: dict[str, dict[str, list[float]]] = {}
     rows = []
     models = {AS_SERVED: "the answers logged", **{s.name: s.catalog.config.embedder.name for s in settings}}
+    rankings = {s.name: s.describe() for s in settings}
     for name, run in runs.items():
         scored = {qid: {pid: float(len(ids) - n) for n, pid in enumerate(ids)} or {"": 0.0}
                   for qid, ids in run.items() if qid in judged}
@@ -174,7 +216,7 @@ def evaluate_clicks(store: Store, settings: Sequence[Setting], k: int = 10) -> C
         per_query[name] = {m: [values[m].get(qid, 0.0) for qid in kept] for m in values}
         means = {m: float(np.mean(v)) if v else math.nan for m, v in per_query[name].items()}
         rows.append(SettingScores(name, models[name], len(kept), means[str(RR @ k)], means[str(R @ k)],
-                                  means[str(Success @ k)]))
+                                  means[str(Success @ k)], ranking=rankings.get(name, "")))
     if len(settings) > 1 and len(kept) > 1:
         base = per_query[settings[0].name][str(RR @ k)]
         for row in rows[2:]:

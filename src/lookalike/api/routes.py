@@ -173,7 +173,8 @@ def search(request: Request, svc: Service,
     where = where or []
     region: dict = {}
     if box is not None and data is not None:
-        matches, resolved, size = svc.search_region(data, box, k, where, min_similarity, dedupe, text=text)
+        matches, resolved, size = svc.search_region(data, box, k, where, min_similarity, dedupe, text=text,
+                                                    ranking=ranking, rules=rules)
         region = {"box": resolved.as_list(), "size": list(size)}
     else:
         matches = svc.search(data, k, where, min_similarity, dedupe, text=text, ranking=ranking, rules=rules)
@@ -182,7 +183,8 @@ def search(request: Request, svc: Service,
     if kind == "text" and not svc.catalog.has_text:
         kind = "keywords"  # an image-only model: the words were searched as keywords alone
     query_id = svc.log_answer(kind, k, [m.id for m, _ in matches], where, words=words,
-                              photo=hashlib.sha256(data).hexdigest() if data is not None else None)
+                              photo=hashlib.sha256(data).hexdigest() if data is not None else None,
+                              box=region.get("box"))
     return _result(request, {"kind": kind, "id": None, "filename": image.filename if image is not None else None,
                              "text": words, **region}, k, where, min_similarity, matches, started, dedupe, query_id)
 
@@ -197,9 +199,17 @@ def detect(request: Request, svc: Service, image: Annotated[UploadFile, File(des
            dedupe: Annotated[bool, Form(description=DEDUPE_HELP)] = False,
            min_score: Annotated[float, Form(ge=0.0, lt=1.0, description="keep items the detector scores above "
                                             "this")] = DEFAULT_THRESHOLD,
-           max_boxes: Annotated[int, Form(ge=1, le=MAX_BOXES)] = DEFAULT_MAX_BOXES) -> Response:
+           max_boxes: Annotated[int, Form(ge=1, le=MAX_BOXES)] = DEFAULT_MAX_BOXES,
+           boost: Annotated[RuleList, Form(description=BOOST_HELP)] = None,
+           bury: Annotated[RuleList, Form(description=BURY_HELP)] = None,
+           pin: Annotated[RuleList, Form(description=PIN_HELP)] = None,
+           exclude: Annotated[RuleList, Form(description=EXCLUDE_HELP)] = None,
+           diversity: Annotated[float | None, Form(ge=0.0, le=1.0, description=DIVERSITY_HELP)] = None,
+           rules: Annotated[bool, Form(description=RULES_HELP)] = True) -> Response:
     started = time.perf_counter()
-    _check_form(request, "image", "words", "label", "k", "where", "min_similarity", "dedupe", "min_score", "max_boxes")
+    _check_form(request, "image", "words", "label", "k", "where", "min_similarity", "dedupe", "min_score", "max_boxes",
+                "boost", "bury", "pin", "exclude", "diversity", "rules")
+    ranking = _ranking(boost, bury, pin, exclude, diversity)
     _check_k(request, k)
     words = [w for w in words or [] if w.strip()]
     if len(words) > MAX_WORDS or any(len(w) > MAX_WORD_CHARS for w in words):
@@ -210,7 +220,8 @@ def detect(request: Request, svc: Service, image: Annotated[UploadFile, File(des
                                  f"{env_name('detector')} picks another)")
     data = _read_upload(request, image)
     where = where or []
-    look, results = svc.detect(data, words or None, label, k, where, min_similarity, dedupe, min_score, max_boxes)
+    look, results = svc.detect(data, words or None, label, k, where, min_similarity, dedupe, min_score, max_boxes,
+                               ranking=ranking, rules=rules)
     groups = [{"label": region.label, "score": round(region.score or 0.0, 4), "box": region.box.as_list(),
                "results": _matches(request, found)} for region, found in zip(look.regions, results, strict=True)]
     return JSONResponse({"filename": image.filename, "size": list(look.size), "detector": look.detector,

@@ -153,7 +153,8 @@ class CatalogService:
                             ranking, rules)
 
     def search_region(self, data: bytes, box: str, k: int, where: Where, min_similarity: float | None,
-                      dedupe: bool = False, text: str | None = None) -> tuple[list[Versioned], Box, tuple[int, int]]:
+                      dedupe: bool = False, text: str | None = None, ranking: Ranking | None = None,
+                      rules: bool = True) -> tuple[list[Versioned], Box, tuple[int, int]]:
         """``search`` for a region of the uploaded photo (``core.regions``: fractions or pixels of the upright
         photo): (results, the box in pixels, the photo's upright size). The region is searched as a picture
         of its own, so the exact-copy rule of a whole photo does not apply.
@@ -164,16 +165,18 @@ class CatalogService:
         check_k(k)
         texts = [text] if text is not None and text.strip() else []
         spec = parse_box(box)
-        self._call(self.catalog.check_where, where)
+        self._call(self._check, where, ranking)
         self.catalog.check_text(texts, need_model=False)
         photo = self._decode(data)
         region, resolved = crop_region(photo, spec)
         vector = self.batcher.embed(self.encoder.prepare(region))
-        return self._search(vector, texts, k, where, min_similarity, dedupe), resolved, photo.size
+        return (self._search(vector, texts, k, where, min_similarity, dedupe, ranking, rules), resolved,
+                photo.size)
 
     def detect(self, data: bytes, words: list[str] | None, label: str | None, k: int, where: Where,
                min_similarity: float | None, dedupe: bool = False, threshold: float = DEFAULT_THRESHOLD,
-               max_boxes: int = DEFAULT_MAX_BOXES) -> tuple[Look, list[list[Versioned]]]:
+               max_boxes: int = DEFAULT_MAX_BOXES, ranking: Ranking | None = None, rules: bool = True
+               ) -> tuple[Look, list[list[Versioned]]]:
         """Shop the look: the items the server's detector finds in the photo (``catalog.look``), each region
         searched; (what was found, each region's results with their content hashes).
 
@@ -182,13 +185,13 @@ class CatalogService:
                 label, bad options or filter.
         """
         check_k(k)
-        self._call(self.catalog.check_where, where)
+        self._call(self._check, where, ranking)
         wanted, source = self._call(detection_words, self.catalog, words, label)
         photo = self._decode(data)
         found = self._detect_thread.submit(detect_items, photo, wanted, self.settings.detector, self.settings.device,
                                            threshold, DEFAULT_NMS_IOU, max_boxes).result()
         vectors = [self.batcher.embed(self.encoder.prepare(crop(photo, d.box))) for d in found]
-        results = [self._search(v, [], k, where, min_similarity, dedupe) for v in vectors]
+        results = [self._search(v, [], k, where, min_similarity, dedupe, ranking, rules) for v in vectors]
         regions = [Region(d.box, [m for m, _ in r], d.label, d.score) for d, r in zip(found, results, strict=True)]
         return Look(photo.size, detector_name(self.settings.detector), wanted, regions, source), results
 
@@ -257,11 +260,12 @@ class CatalogService:
     # -- the query log and events -----------------------------------------------------------------
 
     def log_answer(self, kind: str, k: int, results: list[str], where: Where, item: str | None = None,
-                   photo: str | None = None, words: str | None = None) -> str:
+                   photo: str | None = None, words: str | None = None, box: list[int] | None = None) -> str:
         """A new query id for an answer, its query queued for the log (``catalog.events.QueryLog``)."""
         if self.query_log is None:
             return new_query_id()
-        return self.query_log.log(kind, k, results, parse_where(where), item=item, photo=photo, words=words)
+        return self.query_log.log(kind, k, results, parse_where(where), item=item, photo=photo, words=words,
+                                  box=box)
 
     def add_events(self, events: list[EventRecord]) -> tuple[int, int]:
         """Store events: (stored, unknown query ids).

@@ -63,13 +63,16 @@ class QueryLog:
             self._thread.start()
 
     def log(self, kind: str, k: int, results: Sequence[str], where: Mapping[str, str] | None = None,
-            item: str | None = None, photo: str | None = None, words: str | None = None) -> str:
-        """Queue one answer (``results``: product ids, best first) and return its new query id; never blocks."""
+            item: str | None = None, photo: str | None = None, words: str | None = None,
+            box: Sequence[int] | None = None) -> str:
+        """Queue one answer (``results``: product ids, best first; ``box``: a region search's box in pixels of the
+        upright photo) and return its new query id; never blocks."""
         qid = new_query_id()
         if not self.enabled:
             return qid
         record = QueryRecord(id=qid, at=time.time(), kind=kind, k=int(k), results=tuple(results), item=item,
-                             photo=photo, words=words, where=dict(where or {}))
+                             photo=photo, words=words, where=dict(where or {}),
+                             box=None if box is None else tuple(int(v) for v in box))  # type: ignore[arg-type]
         try:
             self._queue.put_nowait(record)
         except queue.Full:

@@ -86,6 +86,15 @@ class Ranking:
         """Does it change a result list (keyword weight aside)?"""
         return bool(self.boost or self.bury or self.exclude or self.pin) or self.diversity is not None
 
+    def describe(self) -> str:
+        """The rules in a line, as typed: ``boost brand=Acme:0.2, bury stock=out, pin 42, diversity 0.7``."""
+        parts = [f"boost {r.text(with_weight=True)}" for r in self.boost]
+        parts += [f"bury {r.text()}" for r in self.bury] + [f"exclude {r.text()}" for r in self.exclude]
+        parts += [f"pin {p}" for p in self.pin]
+        if self.diversity is not None:
+            parts.append(f"diversity {_num(self.diversity)}")
+        return ", ".join(parts) or "no rules"
+
     @classmethod
     def parse(cls, boost: Iterable[str] | None = None, bury: Iterable[str] | None = None,
               exclude: Iterable[str] | None = None, pin: Iterable[str] | None = None,

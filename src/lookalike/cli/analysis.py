@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .common import (
@@ -33,8 +34,9 @@ def cmd_evaluate(args: argparse.Namespace, out: Console) -> int:
 
     if args.events:
         return _evaluate_events(args, out)
-    if args.against:
-        raise QueryError("--against compares settings on logged clicks: use it with --events")
+    if args.against or args.against_no_rules or args.against_rules:
+        raise QueryError("--against, --against-no-rules and --against-rules compare settings on logged clicks: use "
+                         "them with --events")
     if not (args.label or args.text_from or args.text_label):
         raise QueryError("say what to judge by: --label LABEL (photos), --text-from COLUMN or --text-label LABEL "
                          "(words)")
@@ -76,6 +78,7 @@ def _evaluate_events(args: argparse.Namespace, out: Console) -> int:
 
     from ..analysis.clicks import Setting, evaluate_clicks
     from ..catalog.catalog import Catalog
+    from ..catalog.ranking import Ranking
 
     locations = args.catalog or [os.environ[CATALOG_ENV]]
     with ExitStack() as stack:
@@ -83,6 +86,13 @@ def _evaluate_events(args: argparse.Namespace, out: Console) -> int:
         settings = [Setting("this catalog" if n == 0 else f"against {shown_catalog(str(path))}", catalog)
                     for n, (path, catalog) in enumerate(zip([*locations, *(args.against or [])], catalogs,
                                                                 strict=True))]
+        if args.against_no_rules:
+            settings.append(Setting("this catalog, no rules", catalogs[0], rules=False))
+        for path in args.against_rules or []:
+            ranking = Ranking.from_toml(path)
+            catalogs[0].check_ranking(ranking)  # a pin or label the catalog lacks is told before any replay
+            settings.append(Setting(f"this catalog, rules of {Path(path).name}", catalogs[0], rules=False,
+                                    ranking=ranking))
         report = evaluate_clicks(catalogs[0].store, settings, args.k)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=json_float))
@@ -90,11 +100,13 @@ def _evaluate_events(args: argparse.Namespace, out: Console) -> int:
     k = report.k
     table = Table(title=f"logged clicks: {report.replayed} of {report.judged} clicked searches replayed, k={k}",
                   title_justify="left")
-    for col in ("setting", "model", "queries", "click MRR", f"recall@{k}", f"CTR@{k}", "p (MRR vs first)"):
-        table.add_column(col, justify="left" if col in ("setting", "model") else "right", no_wrap=col == "setting")
+    for col in ("setting", "model", "ranking", "queries", "click MRR", f"recall@{k}", f"CTR@{k}",
+                "p (MRR vs first)"):
+        table.add_column(col, justify="left" if col in ("setting", "model", "ranking") else "right",
+                         no_wrap=col == "setting")
     for row in report.rows:
-        table.add_row(row.name, row.model, str(row.queries), f"{row.mrr:.3f}", f"{row.recall:.3f}", f"{row.ctr:.3f}",
-                      "" if row.p_value is None else f"{row.p_value:.3g}")
+        table.add_row(row.name, row.model, row.ranking, str(row.queries), f"{row.mrr:.3f}", f"{row.recall:.3f}",
+                      f"{row.ctr:.3f}", "" if row.p_value is None else f"{row.p_value:.3g}")
     out.print(table)
     if report.observed_ctr is not None:
         out.print(f"observed CTR@{k}: {report.clicked_impressions} of {report.impressions} impressions clicked "
@@ -389,6 +401,12 @@ def add_parsers(sub, parents: Parents) -> None:
     p.add_argument("--against", action="append", default=None, metavar="CATALOG",
                    help="with --events: another catalog (e.g. another model's) to replay the same searches "
                    "against, side by side, with a paired t-test against the first; repeatable")
+    p.add_argument("--against-no-rules", action="store_true",
+                   help="with --events: also replay on this catalog without its default rules (an offline A/B of "
+                   "the rules)")
+    p.add_argument("--against-rules", action="append", default=None, metavar="FILE.toml",
+                   help="with --events: also replay on this catalog with these rules instead of its own (a rules "
+                   "file as `lookalike rules set` takes); repeatable")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_evaluate)
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..core.errors import QueryError
 from .common import float_above, int_at_least, show_matches
+from .rules import ranking_from_args
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -39,7 +40,8 @@ def search_parts(args: argparse.Namespace) -> dict:
     """``Catalog.search``'s arguments besides the photo and k, from the command line."""
     return {"where": args.where, "dedupe": args.dedupe, "text": args.text, "items": args.item or (),
             "not_items": args.not_item or (), "not_text": args.not_text, "weights": args.weight,
-            "min_similarity": args.min_similarity}
+            "min_similarity": args.min_similarity, "by": args.by, "ranking": ranking_from_args(args),
+            "rules": not args.no_rules}
 
 
 def cmd_region(catalog: Catalog, args: argparse.Namespace, out: Console) -> int:

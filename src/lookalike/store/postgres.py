@@ -31,7 +31,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..core.errors import CatalogError, StoreUnavailableError
 from .base import Store, Watch
-from .events import POSTGRES_EVENT_TABLES
+from .events import POSTGRES_EVENT_TABLES, add_box_column
 from .fulltext import POSTGRES_MISSING as FULLTEXT_MISSING
 from .fulltext import POSTGRES_TABLES as FULLTEXT_TABLES
 from .fulltext import rebuild as rebuild_fulltext
@@ -168,6 +168,12 @@ class PostgresStore(Store):
                         (self.schema,)).fetchone() is None:  # a catalog from before the query log
             with conn.transaction():
                 conn.execute(POSTGRES_EVENT_TABLES)
+        add_box = add_box_column(r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = 'queries'",
+            (self.schema,)))
+        if add_box:  # a query log from before region searches were logged
+            with conn.transaction():
+                conn.execute(add_box.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
         if conn.execute(FULLTEXT_MISSING, (self.schema,)).fetchone() is None:
             with conn.transaction():  # a catalog from before the keyword index: build it, once
                 conn.execute("SELECT value FROM meta WHERE name = 'generation' FOR UPDATE")

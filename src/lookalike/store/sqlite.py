@@ -17,7 +17,7 @@ import numpy as np
 
 from ..core.errors import CatalogError
 from .base import ItemRecord, Store, StoredItem
-from .events import SQLITE_EVENT_TABLES
+from .events import SQLITE_EVENT_TABLES, add_box_column
 from .fulltext import SQLITE_MISSING as FULLTEXT_MISSING
 from .fulltext import SQLITE_TABLES as FULLTEXT_TABLES
 from .fulltext import rebuild as rebuild_fulltext
@@ -111,6 +111,9 @@ class SQLiteStore(Store):
             if "gen" not in columns:  # a catalog from before the change log: its vectors count as generation 0
                 conn.execute("ALTER TABLE vectors ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
             conn.execute("CREATE INDEX IF NOT EXISTS vectors_gen ON vectors (gen)")
+            add_box = add_box_column(r[1] for r in conn.execute("PRAGMA table_info(queries)"))
+            if add_box:  # a query log from before region searches were logged
+                conn.execute(add_box)
             if not had_fulltext:  # a catalog from before the keyword index (or a new one): index its labels
                 with _Transaction(conn) as cur:
                     rebuild_fulltext(cur)
