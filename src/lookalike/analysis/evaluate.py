@@ -21,7 +21,8 @@ with label y and k returned neighbours:
   votes for nothing. Per-class and macro precision/recall/F1 come from scikit-learn over the queries' own
   classes (a prediction outside them is a miss for the true class, not a class of its own).
 * ties in similarity are broken by catalog order (key), so every figure is deterministic.
-* confidence intervals: 95 % percentile bootstrap over queries (``bootstrap`` resamples, seeded).
+* confidence intervals: 95 % percentile bootstrap over queries (``bootstrap`` resamples, seeded;
+  ``scipy.stats.bootstrap``).
 
 Reference rows: ``chance`` ranks candidates in a seeded random order through the same code (chance level
 of every metric, and the mean distance between unrelated items); ``colorhist`` re-embeds the catalog's own
@@ -402,6 +403,10 @@ def _median_ci(values: np.ndarray, bootstrap: int, rng: np.random.Generator) -> 
 
 
 def _bootstrap(values: np.ndarray, resamples: int, rng: np.random.Generator, stat) -> Estimate:
+    """``stat`` of per-query values with its 95 % percentile bootstrap interval (``scipy.stats.bootstrap``,
+    Efron and Tibshirani 1993), resampled in batches that bound memory on big catalogs."""
+    from scipy.stats import bootstrap
+
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     if n == 0:
@@ -409,12 +414,9 @@ def _bootstrap(values: np.ndarray, resamples: int, rng: np.random.Generator, sta
     value = float(stat(values))
     if resamples < 1 or n < 2:
         return Estimate(value)
-    out = np.empty(resamples)
-    chunk = max(1, (1 << 22) // n)  # resamples drawn at once, bounding memory for big catalogs
-    for start in range(0, resamples, chunk):
-        stop = min(resamples, start + chunk)
-        out[start:stop] = stat(values[rng.integers(0, n, size=(stop - start, n))], axis=1)
-    low, high = np.percentile(out, [2.5, 97.5])
+    result = bootstrap((values,), stat, n_resamples=resamples, batch=max(1, (1 << 22) // n), vectorized=True,
+                       confidence_level=0.95, method="percentile", rng=rng)
+    low, high = result.confidence_interval
     return Estimate(value, float(low), float(high))
 
 
