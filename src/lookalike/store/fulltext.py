@@ -10,7 +10,11 @@ with the labels, crash or not. The search structure over it is each database's o
   three triggers of the FTS5 manual (sqlite.org/fts5.html, "External Content Tables"), tokenised by ``porter
   unicode61`` (English stemming: "shirts" finds "Shirt"), ranked by FTS5's ``bm25``;
 * PostgreSQL: a stored generated ``tsvector`` column (``to_tsvector('english', body)``) with a GIN index, as the
-  PostgreSQL manual's "Creating Indexes" (textsearch-tables) shows, ranked by ``ts_rank``.
+  PostgreSQL manual's "Creating Indexes" (textsearch-tables) shows, ranked by ``ts_rank`` of each word.
+
+A query is looked up word by word (``postings``: every product holding the word, with its score) and the
+words' scores added up (``combine``); on SQLite that equals FTS5's bm25 of the words OR-ed. The catalog keeps
+each word's postings in memory while the catalog is unchanged (``catalog.keywords``).
 
 The words of a query are matched as a disjunction (any word; a product with more of them, or rarer ones, ranks
 higher), so a keyword list works as one input of rank fusion as well as alone. A catalog written before this
