@@ -327,9 +327,9 @@ class CatalogService:
 def freeze_heap() -> None:
     """Move every object alive now (the index, the catalog's id, label and product tables: millions of objects
     on a large catalog) to the collector's permanent generation (``gc.freeze``, Python 3.7+), so that the
-    collections a request's allocations trigger do not walk them again and again: on 100k products this took
-    plain search's p50 went from 8.6-9.0 ms to 7.2-7.5 ms (``benchmarks/ranking_latency.py``). Called once, at start-up; no
-    collection first (a full one costs a tenth of a second with PyTorch loaded, on every server start), and
+    collections a request's allocations trigger do not walk them again and again: on 100k products, plain
+    search's p50 went from 8.6-9.0 ms to 7.2-7.5 ms (``benchmarks/ranking_latency.py``). Called once, at
+    start-up; no collection first (a full one costs a tenth of a second with PyTorch loaded, on every server start), and
     what later writes build ages into the collector's generations as usual."""
     gc.freeze()
 
