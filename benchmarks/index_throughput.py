@@ -76,6 +76,8 @@ from lookalike.engines.embed import plan_workers
 from lookalike.models.registry import resolve
 
 MODEL = SEED_MODEL = "resnet50"
+SEED_SAME = False  # --seed-model same: the seed loop runs our network, not the seed's ResNet-50
+LABELS: dict[str, dict[str, str]] = {}  # --labels: photo path -> its labels, for the int8 gate
 WEIGHTS = "random"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT / ".." / "shared" / "datasets" / "fashion-products"
@@ -167,7 +169,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures here")
     parser.add_argument("--model", default=MODEL, help=f"what our runs index with (default {MODEL} with random "
                         "weights, the seed's architecture; another name, e.g. mobilenetv2, runs with its real "
-                        "weights); the seed loop always runs the seed's ResNet-50")
+                        "weights); the seed loop runs the seed's ResNet-50 unless --seed-model same")
+    parser.add_argument("--seed-model", choices=("resnet50", "same"), default="resnet50",
+                        help="the seed loop's network: the seed's ResNet-50 (default), or the same as --model, so "
+                        "that the ratio compares the indexing pipelines and not the networks")
+    parser.add_argument("--labels", type=Path, default=None, metavar="CSV",
+                        help="a manifest of the photos' labels (an id column naming <id>.jpg, e.g. the dataset's "
+                        "styles.csv): the int8 gate of the --runtimes runs weighs label precision as it does "
+                        "when a shop indexes its manifest")
     args = parser.parse_args(argv)
     for name in ("repeat", "limit", "baseline_limit", "batch_size", "workers"):
         value = getattr(args, name)
@@ -263,13 +272,28 @@ def time_ours_queries(catalog: Catalog, ids: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def read_labels(manifest: Path, files: list[Path]) -> dict[str, dict[str, str]]:
+    """Photo path -> its labels from a manifest whose ``id`` column names the photo ``<id>.<ext>`` (the
+    dataset's styles.csv); photos without a row are left out."""
+    import csv
+
+    with manifest.open(newline="", encoding="utf-8") as fh:
+        rows = {row["id"]: {k: v for k, v in row.items() if k != "id" and v} for row in csv.DictReader(fh)}
+    return {str(f): rows[f.stem] for f in files if f.stem in rows}
+
+
 # -- the baseline ------------------------------------------------------------------------------------
 
 
 def baseline_model(device: torch.device) -> torch.nn.Module:
-    """The seed's ResNet-50 with global max pooling, random weights from seed 0, float32, NCHW."""
+    """The seed's ResNet-50 with global max pooling, random weights from seed 0, float32, NCHW; with
+    ``--seed-model same``, our runs' network instead (its timm module, with its weights)."""
     import timm
 
+    if SEED_SAME:
+        from lookalike.models.registry import create_embedder
+
+        return create_embedder(MODEL, weights=WEIGHTS).model.to(device).eval()
     spec = resolve(SEED_MODEL)
     torch.manual_seed(0)
     model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, global_pool="max")
@@ -492,7 +516,7 @@ def compare_runtimes(names: list[str], indexed: Path, files: list[Path], options
         if run.runtime in ("openvino", "auto"):
             converted(catalog.embedder)
         if run.precision in ("int8", "auto"):  # auto: what `lookalike index` does first (int8 behind its gate)
-            run.gate = catalog.calibrate_int8(opts, files) or ""
+            run.gate = catalog.calibrate_int8(opts, files, new_labels=(lambda: LABELS) if LABELS else None) or ""
             say(f"{run.name:14} {run.gate or 'no int8 (not on OpenVINO, or too few photos)'}")
         encoder = catalog.encoder(opts)
         if encoder.runtime == "openvino":
@@ -548,11 +572,12 @@ def compare_runtimes(names: list[str], indexed: Path, files: list[Path], options
 
 
 def main(argv: list[str] | None = None) -> int:
-    global MODEL, WEIGHTS
+    global MODEL, WEIGHTS, SEED_SAME
     args = parse_args(argv)
     say(describe_machine())
     if args.model != MODEL:
         MODEL, WEIGHTS = args.model, None  # a real model with its own weights; the seed loop stays ResNet-50
+    SEED_SAME = args.seed_model == "same"
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     folder, photos = source_photos(args.data.resolve(), args.limit)
     options = EncodeOptions(device=args.device, precision=args.precision, batch_size=args.batch_size,
@@ -568,9 +593,13 @@ def main(argv: list[str] | None = None) -> int:
                                scale=2.0 if args.originals else 1.0)
         files = find_images(indexed)
         warm_file_cache(files)
+        if args.labels is not None:
+            LABELS.update(read_labels(args.labels, files))
+            say(f"labels     {args.labels}: {len(LABELS)} of {len(files)} photos labelled (the int8 gate's "
+                "label rule)")
         say(f"data       {indexed}: {len(files)} files, made from {len(photos)} photos of {folder}")
         say(f"model      {MODEL}, " + ("random weights (timing only)" if WEIGHTS else "its real weights")
-            + "; the seed loop: ResNet-50, random weights")
+            + ("; the seed loop: the same network" if SEED_SAME else "; the seed loop: ResNet-50, random weights"))
         warm_up_process(indexed, files, options, workdir)
         names = _runtime_names(args, options)
         if names:

@@ -28,7 +28,12 @@ every vector into one catalog. ``--driver-files`` (default 20,000) hard links ar
 ``Catalog.add`` with an engine that embeds nothing (``ReplayEngine``: each task comes back at once with the
 file's precomputed size and digest and a random unit vector), so the clock holds the driver's work alone:
 listing and stat-ing, the commit loop's transactions, the vectors and the FAISS build. Its rate is the most
-images/s any cluster can index into one catalog; the ratio printed is against the local engine's rate.
+images/s any cluster can index into one catalog; the ratio printed is against the local engine's rate. It is
+printed on a line of its own, ``driver ceiling: sqlite N images/s`` (and ``postgresql``), beside the store's
+own ceiling in the same run: the same number of 8 KB vectors written into a bare table with nothing of
+lookalike's around them (``store_ceiling``), the most any driver could reach on this machine.
+
+    python benchmarks/ray_throughput.py --driver-only --driver-pg   # the ceilings alone, SQLite and PostgreSQL
 
 Then the projection (``--gpu-rate``, ``--decode-ms``, ``--jpeg-kb``: see ``projection``) prints hours for
 10 M and 100 M photos on N GPU nodes from the measured Ray overhead, capped by the measured driver ceiling.
@@ -103,8 +108,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--driver-pg", nargs="?", const="", default=None, metavar="URL",
                         help="also measure the driver's ceiling into PostgreSQL: a throwaway server (the tests' "
                         "own, durable), or the database at URL")
+    parser.add_argument("--driver-only", action="store_true",
+                        help="measure the driver's ceiling alone (no local or Ray runs), and beside it each store's "
+                        "own ceiling for the same rows")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.driver_only:
+        args.runs = ""
+    return args
 
 
 def stage(data: Path, files: int, workdir: Path, name: str = "photos") -> Path:
@@ -209,6 +220,48 @@ def run_driver(data: Path, files: int, workdir: Path, options: EncodeOptions, lo
     return Run(name, images=report.indexed, failed=report.failed, seconds=seconds)
 
 
+def store_ceiling(rows: int, dim: int, location: str | None, workdir: Path, batch: int = 256) -> float:
+    """What the store itself takes in, rows/s, with nothing of lookalike's around it: ``rows`` (key, 8 KB float32
+    vector) rows written into a bare two-column table, ``batch`` rows a transaction as the driver commits them.
+    SQLite: ``executemany`` INSERT in WAL mode with ``synchronous=NORMAL``, as the catalog opens its file;
+    PostgreSQL (``location``): binary ``COPY`` (psycopg's ``Copy.write_row``), default durability. The driver's
+    ceiling cannot pass it, so it names this machine's limit."""
+    vectors = np.random.default_rng(1).standard_normal((4096, dim)).astype(np.float32)
+    blobs = [v.tobytes() for v in vectors]
+    if location is None:
+        import sqlite3
+
+        conn = sqlite3.connect(str(Path(tempfile.mkdtemp(dir=workdir)) / "bare.sqlite"), isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("CREATE TABLE vectors (key INTEGER PRIMARY KEY, vector BLOB NOT NULL)")
+        started = time.perf_counter()
+        for start in range(0, rows, batch):
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO vectors VALUES (?, ?)",
+                             ((k, blobs[k % len(blobs)]) for k in range(start, min(rows, start + batch))))
+            conn.execute("COMMIT")
+        seconds = time.perf_counter() - started
+        conn.close()
+        return rows / seconds
+    import psycopg
+
+    with psycopg.connect(location.split("?")[0], autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS lookalike_bare_vectors")
+        conn.execute("CREATE TABLE lookalike_bare_vectors (key BIGINT PRIMARY KEY, vector BYTEA NOT NULL)")
+        conn.execute("ALTER TABLE lookalike_bare_vectors ALTER COLUMN vector SET STORAGE EXTERNAL")
+        started = time.perf_counter()
+        for start in range(0, rows, batch):
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy("COPY lookalike_bare_vectors (key, vector) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(["int8", "bytea"])
+                    for k in range(start, min(rows, start + batch)):
+                        copy.write_row((k, blobs[k % len(blobs)]))
+        seconds = time.perf_counter() - started
+        conn.execute("DROP TABLE lookalike_bare_vectors")
+    return rows / seconds
+
+
 def projection(per_gpu: float, overhead: float, decode_ms: float, jpeg_kb: float,
                driver_rate: float | None = None) -> list[str]:
     """Hours to index 10 M and 100 M photos on N GPU nodes (8 GPUs each), from named assumptions; with
@@ -260,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(driver)
             print(f"{driver.name:15} {driver.images} images in {driver.seconds:.1f} s = {driver.rate:.0f} img/s "
                   "(SQLite: listing, commits, vectors, FAISS build; nothing embedded)", flush=True)
+            print(f"driver ceiling: sqlite {driver.rate:.0f} images/s", flush=True)
+            dim = 2048  # the vectors of the driver's runs (ResNet-50)
+            bare = store_ceiling(args.driver_files, dim, None, workdir)
+            print(f"store ceiling: sqlite {bare:.0f} rows/s of {dim * 4 // 1024} KB vectors into a bare table (the "
+                  f"driver reaches {driver.rate / bare:.0%} of it)", flush=True)
             if args.driver_pg is not None:
                 from pg_common import drop_schema, postgres
 
@@ -268,9 +326,13 @@ def main(argv: list[str] | None = None) -> int:
                     driver = run_driver(args.data, args.driver_files, workdir, options,
                                         f"{url}?schema=ray_driver_ceiling")
                     drop_schema(url, "ray_driver_ceiling")
+                    bare = store_ceiling(args.driver_files, dim, url, workdir)
                 runs.append(driver)
                 print(f"{driver.name:15} {driver.images} images in {driver.seconds:.1f} s = {driver.rate:.0f} "
                       "img/s (PostgreSQL: the same)", flush=True)
+                print(f"driver ceiling: postgresql {driver.rate:.0f} images/s", flush=True)
+                print(f"store ceiling: postgresql {bare:.0f} rows/s of {dim * 4 // 1024} KB vectors by binary COPY "
+                      f"into a bare table (the driver reaches {driver.rate / bare:.0%} of it)", flush=True)
     locals_ = [r for r in runs if r.name == "local"]
     ray_runs = [r for r in runs if r.actors]
     driver_rate = next((r.rate for r in runs if r.name == "driver ceiling"), None)

@@ -45,7 +45,8 @@ def test_label_figures_use_only_labelled_photos_and_compare_the_same_queries():
     paths = [f"p{i}" for i in range(12)]
     labels = {p: "ab"[i % 2] for i, p in enumerate(paths) if i != 3}  # p3 has no value
     figures = label_figures({"fp32": fp32, "int8": fp32}, paths, paths[:6], labels, "kind", k=3)
-    assert figures["label"] == "kind" and figures["labelled"] == 5  # p3 is no query
+    # every labelled photo of the gallery is a query (p3 has no label); five of them are held photos
+    assert figures["label"] == "kind" and figures["labelled"] == 11 and figures["labelled_held"] == 5
     assert figures["precision_fp32"] == figures["precision_int8"]  # the same vectors: no drop
     shuffled = fp32[rng.permutation(12)]
     worse = label_figures({"fp32": fp32, "int8": shuffled}, paths, paths[:6], labels, "kind", k=3)
@@ -79,10 +80,13 @@ def test_the_int8_record_holds_both_figures_and_old_records_keep_the_old_rule(tm
     assert again == model and again.passed
     assert again.describe() == (
         "int8 recall@10 vs fp32 0.930 on 91 held photos, P@5 by articleType 0.725 fp32 -> 0.725 int8 on 80 "
-        "labelled (passes the 0.98 gate or, with >= 50 labelled, >= 0.90 and a drop <= 0.01; calibrated on 273 "
+        "labelled photos (passes the 0.98 gate or, with >= 50 labelled, >= 0.90 and a drop <= 0.01; calibrated on 273 "
         "of the catalog's photos)")
     old = {key: record[key] for key in ("model", "recall", "k", "held", "calibration", "overlap", "threshold")}
     legacy = Int8Model.from_record(old, tmp_path)
     assert legacy.drop is None and not legacy.passed
     assert legacy.describe().endswith("(fails the 0.98 gate; calibrated on 273 of the catalog's photos)")
     assert Path(record["model"]) == Path("openvino/int8-x.xml")
+    assert not Int8Model.outdated(record) and not Int8Model.outdated(old)  # recall-only records stand
+    first_rule = {key: value for key, value in record.items() if key not in ("gate_version", "labelled_held")}
+    assert Int8Model.outdated(first_rule)  # label figures over held photos only: measured again

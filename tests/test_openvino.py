@@ -275,22 +275,28 @@ def test_a_damaged_int8_model_is_made_again_on_the_next_run_and_the_old_files_go
 
 
 @pytest.mark.parametrize("threshold", [0.5, 1.01], ids=["gate passes", "gate fails"])
-def test_auto_uses_int8_only_when_its_gate_passes_and_says_so(tmp_path, tiny_embedder, monkeypatch, threshold,
-                                                               native_bf16):
+def test_auto_uses_int8_only_without_bf16_units_and_only_when_its_gate_passes(tmp_path, tiny_embedder, monkeypatch,
+                                                                              threshold, native_bf16):
+    """Without bf16 units auto weighs int8 (behind its gate) against fp32; with them it runs bf16 and never
+    calibrates: bf16 there is fast and keeps what users see (docs/benchmarks-speed.md)."""
     from lookalike.engines import openvino_runtime as ovr
 
     monkeypatch.setattr(ovr, "GATE_RECALL", threshold)
     monkeypatch.setattr("lookalike.catalog.catalog.AUTO_MIN_PHOTOS", 12)
-    fallback = "bf16" if native_bf16 else "fp32"  # what auto runs without int8 on this kind of CPU
-    chosen = "int8" if threshold < 1 else fallback
+    if native_bf16:
+        monkeypatch.setattr(ovr, "quantize_int8", lambda *a, **k: pytest.fail("calibrated on a CPU with bf16 units"))
+    chosen = "bf16" if native_bf16 else ("int8" if threshold < 1 else "fp32")
     catalog, report = int8_catalog(tmp_path, tiny_embedder, precision="auto")
     with catalog:
         assert report.runtime == f"openvino {chosen} on cpu"
-        (note,) = report.notes
-        if chosen == "int8":
+        if native_bf16:
+            assert report.notes == [] and catalog.int8_model() is None
+        elif chosen == "int8":
+            (note,) = report.notes
             assert note.startswith("int8 chosen: ") and "passes the 0.50 gate" in note
         else:
-            assert note.startswith(f"int8 not used, {fallback} instead: ") and "fails the 1.01 gate" in note
+            (note,) = report.notes
+            assert note.startswith("int8 not used, fp32 instead: ") and "fails the 1.01 gate" in note
         # Search and serve read the same verdict from the catalog: OpenVINO's auto picks what indexing picked.
         assert catalog.encoder(EncodeOptions(device="cpu", runtime="openvino")).precision == chosen
         # The runtime's own auto: OpenVINO with that verdict on both kinds of CPU.
@@ -302,10 +308,12 @@ def test_auto_uses_int8_only_when_its_gate_passes_and_says_so(tmp_path, tiny_emb
                                       pytest.param(-1.0, id="precision lost", marks=pytest.mark.slow)])
 def test_on_a_labelled_catalog_the_gate_also_weighs_label_precision_and_records_it(tmp_path, tiny_embedder,
                                                                                     monkeypatch, max_drop):
-    """A manifest with a category label: the gate measures label precision@5, fp32 vs int8, on the held photos
-    and records it; with neighbour recall short of its own bar, int8 passes only if the precision drop does."""
+    """A manifest with a category label: the gate measures label precision@5, fp32 vs int8, over every photo it
+    embedded and records it; with neighbour recall short of its own bar, int8 passes only if the precision drop
+    does. A record whose label figures an earlier rule measured (held photos only) is measured again."""
     import json
 
+    from lookalike.core import cpu
     from lookalike.engines import int8_gate
     from lookalike.engines import openvino_runtime as ovr
 
@@ -318,6 +326,7 @@ def test_on_a_labelled_catalog_the_gate_also_weighs_label_precision_and_records_
     monkeypatch.setattr(int8_gate, "LABEL_MIN_QUERIES", 12)
     monkeypatch.setattr(int8_gate, "LABEL_RECALL", 0.0)
     monkeypatch.setattr(int8_gate, "LABEL_DROP", max_drop)
+    monkeypatch.setenv(cpu.BF16_ENV, "0")  # a CPU without bf16 units, where auto weighs int8
     with Catalog.create(tmp_path / "shop.lk", TINY_MODEL, embedder=tiny_embedder) as catalog:
         report = catalog.add(manifest, tmp_path / "images", options=EncodeOptions(
             device="cpu", runtime="openvino", precision="auto", progress=False))
@@ -332,6 +341,8 @@ def test_on_a_labelled_catalog_the_gate_also_weighs_label_precision_and_records_
         names = [shapes[i % 3] for i in range(24)]
         own = int8_gate.label_precision(vectors, vectors, names, names, 5, list(range(24))).mean()
         assert gate["precision_int8" if max_drop > 0 else "precision_fp32"] == pytest.approx(own, abs=0.02)
+        catalog._record(int8={k: v for k, v in gate.items() if k not in ("gate_version", "labelled_held")})
+        assert catalog.int8_model() is None  # the first rule's record: the gate runs again when int8 is next weighed
 
 
 def test_forced_int8_on_too_few_photos_is_refused_in_one_line_and_embeds_nothing(tmp_path, tiny_embedder):

@@ -410,6 +410,10 @@ class Catalog(Ingest, Indexing, Browsing, Searching, Ranked, Keywords, TextSearc
         record = self.config.extra.get("int8")
         if not record:
             return None
+        if Int8Model.outdated(record):
+            log.info("%s: the int8 gate's label figures were measured by an earlier rule; measured again when int8 "
+                     "is next considered", self.name)
+            return None
         path = self.folder / record["model"]
         if not (path.is_file() and path.with_suffix(".bin").is_file()):
             return None
@@ -455,8 +459,8 @@ class Catalog(Ingest, Indexing, Browsing, Searching, Ranked, Keywords, TextSearc
 
         # Which runtime the model would run on, without placing it (the encoder that embeds is made after this).
         _, runtime, native_bf16 = resolve_network_runtime(options)  # raises for int8 where OpenVINO cannot run
-        if runtime != "openvino":
-            return None
+        if runtime != "openvino" or (options.precision == "auto" and native_bf16):
+            return None  # auto runs bf16 on CPUs with bf16 units (ovr.resolve_precision): no int8 to weigh
         paths = {storage.as_location(str(path)) for _, _, path, _ in self.store.ok_items()
                  if not str(path).startswith(UPLOAD_PREFIX)} | set(new or [])
         fallback = ovr.resolve_precision("auto", native_bf16, None)
