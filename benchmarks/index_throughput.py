@@ -517,7 +517,8 @@ def compare_runtimes(names: list[str], indexed: Path, files: list[Path], options
             converted(catalog.embedder)
         if run.precision in ("int8", "auto"):  # auto: what `lookalike index` does first (int8 behind its gate)
             run.gate = catalog.calibrate_int8(opts, files, new_labels=(lambda: LABELS) if LABELS else None) or ""
-            say(f"{run.name:14} {run.gate or 'no int8 (not on OpenVINO, or too few photos)'}")
+            skipped = "no int8 weighed (a CPU with bf16 units, not on OpenVINO, or too few photos)"
+            say(f"{run.name:14} {run.gate or skipped}")
         encoder = catalog.encoder(opts)
         if encoder.runtime == "openvino":
             encoder.model.throughput()  # compiled before the clock, as PyTorch's model is placed before it
