@@ -34,6 +34,7 @@ own ceiling in the same run: the same number of 8 KB vectors written into a bare
 lookalike's around them (``store_ceiling``), the most any driver could reach on this machine.
 
     python benchmarks/ray_throughput.py --driver-only --driver-pg   # the ceilings alone, SQLite and PostgreSQL
+    python benchmarks/ray_throughput.py --driver-only --driver-phases --min-overhead 0.13  # where the time goes
 
 Then the projection (``--gpu-rate``, ``--decode-ms``, ``--jpeg-kb``: see ``projection``) prints hours for
 10 M and 100 M photos on N GPU nodes from the measured Ray overhead, capped by the measured driver ceiling.
@@ -42,6 +43,7 @@ Then the projection (``--gpu-rate``, ``--decode-ms``, ``--jpeg-kb``: see ``proje
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -50,6 +52,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -111,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--driver-only", action="store_true",
                         help="measure the driver's ceiling alone (no local or Ray runs), and beside it each store's "
                         "own ceiling for the same rows")
+    parser.add_argument("--driver-phases", action="store_true",
+                        help="also print where the driver's time goes (per-phase timers around Catalog.add's steps)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.driver_only:
@@ -195,9 +200,59 @@ class ReplayEngine:
         return {}
 
 
-def run_driver(data: Path, files: int, workdir: Path, options: EncodeOptions, location: str | None = None) -> Run:
+# Catalog.add's steps, timed apart by ``--driver-phases``: (owner module, attribute, what it does). Nested steps
+# (the store's write inside the commit loop, the index's save inside its refresh) are printed under their parent.
+PHASES = (
+    ("lookalike.catalog.ingest", "read_source", "listing (scandir, stat)"),
+    ("lookalike.catalog.ingest", "plan_photos", "photo ids planned"),
+    ("lookalike.catalog.ingest", "plan_products", "products planned"),
+    ("lookalike.catalog.catalog", "Catalog._commit", "commit loop"),
+    ("lookalike.store.base", "Store.write", "  of it: the store's transactions"),
+    ("lookalike.catalog.catalog", "Catalog._refresh_index", "FAISS index brought up to date and saved"),
+    ("lookalike.store.base", "Store.vectors", "  of it: vectors read back"),
+    ("lookalike.index.vector_index", "VectorIndex._save", "  of it: index cache written"),
+)
+
+
+@contextlib.contextmanager
+def phase_timers() -> Iterator[dict[str, float]]:
+    """Seconds spent in each of ``PHASES`` while the block runs (the functions wrapped, then put back)."""
+    import importlib
+
+    spent: dict[str, float] = {label: 0.0 for _, _, label in PHASES}
+    undo = []
+    for module_name, attribute, label in PHASES:
+        owner = importlib.import_module(module_name)
+        *path, name = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        own = name in vars(owner)  # a method a class inherits is put back by deleting the wrapper
+        original = getattr(owner, name)
+
+        def timed(*args, _f=original, _label=label, **kwargs):
+            started = time.perf_counter()
+            try:
+                return _f(*args, **kwargs)
+            finally:
+                spent[_label] += time.perf_counter() - started
+
+        setattr(owner, name, timed)
+        undo.append((owner, name, original if own else None))
+    try:
+        yield spent
+    finally:
+        for owner, name, original in reversed(undo):
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+
+
+def run_driver(data: Path, files: int, workdir: Path, options: EncodeOptions, location: str | None = None,
+               phases: bool = False) -> Run:
     """The driver's commit ceiling on ``files`` staged files (see the module's docstring), into a new folder
-    catalog (SQLite) or the PostgreSQL catalog at ``location``."""
+    catalog (SQLite) or the PostgreSQL catalog at ``location``; with ``phases``, the seconds of each of
+    ``PHASES`` in ``Run.detail``."""
     folder = workdir / "driver-photos"
     if not folder.is_dir():
         stage(data, files, workdir, name=folder.name)
@@ -213,11 +268,22 @@ def run_driver(data: Path, files: int, workdir: Path, options: EncodeOptions, lo
     where = location or Path(tempfile.mkdtemp(dir=workdir)) / "driver.lk"
     with Catalog.create(where, model=MODEL, weights=WEIGHTS) as catalog:
         engine = ReplayEngine(known, catalog.embedder.dim)
-        started = time.perf_counter()
-        report = catalog.add(folder, options=options, engine=engine)
-        seconds = time.perf_counter() - started
+        with phase_timers() if phases else contextlib.nullcontext({}) as spent:
+            started = time.perf_counter()
+            report = catalog.add(folder, options=options, engine=engine)
+            seconds = time.perf_counter() - started
     name = "driver, pg" if location else "driver ceiling"
-    return Run(name, images=report.indexed, failed=report.failed, seconds=seconds)
+    return Run(name, images=report.indexed, failed=report.failed, seconds=seconds, detail=dict(spent))
+
+
+def print_phases(run: Run) -> None:
+    """Where the driver's time went: each phase's seconds and share of the run, and what is left."""
+    top = sum(v for k, v in run.detail.items() if not k.startswith(" "))
+    for label, seconds in run.detail.items():
+        print(f"  {label:42} {seconds:6.2f} s  {seconds / run.seconds:4.0%}")
+    rest = run.seconds - top
+    print(f"  {'the rest (ids, change checks, Python per photo)':42} {rest:6.2f} s  {rest / run.seconds:4.0%}",
+          flush=True)
 
 
 def store_ceiling(rows: int, dim: int, location: str | None, workdir: Path, batch: int = 256) -> float:
@@ -309,11 +375,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{run.name:15} {run.images} images in {run.seconds:.1f} s = {run.rate:.1f} img/s{extra}",
                   flush=True)
         if args.driver_files > 0:
-            driver = run_driver(args.data, args.driver_files, workdir, options)
+            driver = run_driver(args.data, args.driver_files, workdir, options, phases=args.driver_phases)
             runs.append(driver)
             print(f"{driver.name:15} {driver.images} images in {driver.seconds:.1f} s = {driver.rate:.0f} img/s "
                   "(SQLite: listing, commits, vectors, FAISS build; nothing embedded)", flush=True)
             print(f"driver ceiling: sqlite {driver.rate:.0f} images/s", flush=True)
+            if args.driver_phases:
+                print_phases(driver)
             dim = 2048  # the vectors of the driver's runs (ResNet-50)
             bare = store_ceiling(args.driver_files, dim, None, workdir)
             print(f"store ceiling: sqlite {bare:.0f} rows/s of {dim * 4 // 1024} KB vectors into a bare table (the "
@@ -324,13 +392,15 @@ def main(argv: list[str] | None = None) -> int:
                 with postgres(args.driver_pg or None) as url:
                     drop_schema(url, "ray_driver_ceiling")
                     driver = run_driver(args.data, args.driver_files, workdir, options,
-                                        f"{url}?schema=ray_driver_ceiling")
+                                        f"{url}?schema=ray_driver_ceiling", phases=args.driver_phases)
                     drop_schema(url, "ray_driver_ceiling")
                     bare = store_ceiling(args.driver_files, dim, url, workdir)
                 runs.append(driver)
                 print(f"{driver.name:15} {driver.images} images in {driver.seconds:.1f} s = {driver.rate:.0f} "
                       "img/s (PostgreSQL: the same)", flush=True)
                 print(f"driver ceiling: postgresql {driver.rate:.0f} images/s", flush=True)
+                if args.driver_phases:
+                    print_phases(driver)
                 print(f"store ceiling: postgresql {bare:.0f} rows/s of {dim * 4 // 1024} KB vectors by binary COPY "
                       f"into a bare table (the driver reaches {driver.rate / bare:.0%} of it)", flush=True)
     locals_ = [r for r in runs if r.name == "local"]
@@ -352,6 +422,12 @@ def main(argv: list[str] | None = None) -> int:
             overhead = max(measured, args.min_overhead)
             print(f"Ray overhead measured {measured:.0%} (steady, best pool); the projection assumes {overhead:.0%}")
             for line in projection(args.gpu_rate, overhead, args.decode_ms, args.jpeg_kb, driver_rate):
+                print(line)
+    if not ray_runs:  # the ceilings alone: Ray's overhead is not measured in this run, only assumed
+        for run in (r for r in runs if r.name.startswith("driver")):
+            print(f"projection into {'PostgreSQL' if run.name == 'driver, pg' else 'SQLite'} (Ray overhead "
+                  f"assumed {args.min_overhead:.0%}, not measured in this run):")
+            for line in projection(args.gpu_rate, args.min_overhead, args.decode_ms, args.jpeg_kb, run.rate):
                 print(line)
     if args.json:
         args.json.write_text(json.dumps([{**asdict(r), "rate": r.rate, "per_actor": r.per_actor} for r in runs],

@@ -79,6 +79,33 @@ def test_items_vectors_labels_and_failures_round_trip(store):
     assert store.vector_bytes() == 3 * DIM * 4
 
 
+def test_a_large_batch_and_its_rewrite_keep_every_vector_with_its_own_item(store):
+    """One write of 1,200 photos (PostgreSQL sends each column as one array; SQLite several statements), then
+    a rewrite of every other one with new files and vectors and some failed: each id keeps its key and gets its
+    own vector back, whatever order the store returned the keys in."""
+    first = random_unit(1200, DIM, seed=3)
+    ids = [f"p{i:04d}" for i in range(1200)][::-1]  # not in key order
+    put(store, [ok(i, v, {"n": str(n % 7)}) for n, (i, v) in enumerate(zip(ids, first, strict=True))])
+    keys = {i: row.key for i, row in store.items().items()}
+    assert store.label_counts()["n"] == {str(v): sum(1 for n in range(1200) if n % 7 == v) for v in range(7)}
+    second = random_unit(500, DIM, seed=4)
+    rewritten = ids[::2]
+    put(store, [ok(i, v, path=f"/new/{i}.jpg") for i, v in zip(rewritten[:500], second, strict=True)]
+        + [failed(i) for i in rewritten[500:]])
+    items = store.items()
+    assert {i: row.key for i, row in items.items()} == keys
+    assert items[rewritten[0]].path == f"/new/{rewritten[0]}.jpg" and items[ids[1]].path == f"/photos/{ids[1]}.jpg"
+    stored_keys, mat = store.vectors(DIM)
+    by_key = dict(zip(stored_keys.tolist(), mat, strict=True))
+    expected = {**dict(zip(ids, first, strict=True)), **dict(zip(rewritten[:500], second, strict=True))}
+    for item_id in rewritten[500:]:
+        del expected[item_id]
+    assert len(by_key) == len(expected) == 1100
+    for item_id, vector in expected.items():
+        np.testing.assert_array_equal(by_key[keys[item_id]], vector)
+    assert store.counts() == {"ok": 1100, "failed": 100, "products": 1100}  # a product shows an embedded photo
+
+
 def test_generations_and_the_change_log_say_what_changed(store):
     vecs = random_unit(4, DIM, seed=1)
     put(store, [ok("a", vecs[0]), ok("b", vecs[1])])

@@ -134,18 +134,15 @@ class Store(EventTables, KeywordIndex, ABC):
         with self._begin() as cur:
             gen = _next_generation(cur)
             by_id = {rec.id: rec for rec in records}  # one row per id (a later record of an id wins)
-            keys: dict[str, int] = {}
-            for chunk in chunks(list(by_id.values()), 500):
-                args = [x for rec in chunk for x in (rec.id, rec.path, rec.size, rec.mtime_ns, rec.sha256,
-                                                     rec.status, rec.reason, rec.width, rec.height, now)]
-                rows = cur.execute(
-                    "INSERT INTO items (id, path, size, mtime_ns, sha256, status, reason, width, height, updated) "
-                    f"VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'] * len(chunk))} "
-                    "ON CONFLICT (id) DO UPDATE SET path=excluded.path, size=excluded.size, "
-                    "mtime_ns=excluded.mtime_ns, sha256=excluded.sha256, status=excluded.status, "
-                    "reason=excluded.reason, width=excluded.width, height=excluded.height, updated=excluded.updated "
-                    "RETURNING key, id", args).fetchall()
-                keys.update({item_id: int(key) for key, item_id in rows})
+            rows = insert_rows(
+                cur, "INSERT INTO items (id, path, size, mtime_ns, sha256, status, reason, width, height, updated) "
+                "VALUES {} ON CONFLICT (id) DO UPDATE SET path=excluded.path, size=excluded.size, "
+                "mtime_ns=excluded.mtime_ns, sha256=excluded.sha256, status=excluded.status, "
+                "reason=excluded.reason, width=excluded.width, height=excluded.height, updated=excluded.updated "
+                "RETURNING key, id",
+                [(rec.id, rec.path, rec.size, rec.mtime_ns, rec.sha256, rec.status, rec.reason, rec.width,
+                  rec.height, now) for rec in by_id.values()], per_statement=500)
+            keys = {item_id: int(key) for key, item_id in rows}
             vectors = [(keys[rec.id], np.ascontiguousarray(rec.vector, dtype=self.vector_dtype).tobytes(), gen)
                        for rec in by_id.values() if rec.vector is not None]
             insert_rows(cur, "INSERT INTO vectors (key, vector, gen) VALUES {} ON CONFLICT (key) "

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .sql import insert_rows
+
 SQLITE_TABLES = """
 CREATE TABLE IF NOT EXISTS product_text (
     key  INTEGER PRIMARY KEY REFERENCES products (key) ON DELETE CASCADE,
@@ -87,11 +89,8 @@ def write_texts(cur, texts: Mapping[int, str]) -> None:
     for start in range(0, len(keys), 900):
         chunk = keys[start:start + 900]
         cur.execute(f"DELETE FROM product_text WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-    rows = [x for key, text in texts.items() if text for x in (key, text)]
-    for start in range(0, len(rows), 600):  # 300 rows a statement: one round trip for many
-        chunk = rows[start:start + 600]
-        cur.execute("INSERT INTO product_text (key, body) VALUES " + ", ".join(["(?, ?)"] * (len(chunk) // 2)),
-                    chunk)
+    insert_rows(cur, "INSERT INTO product_text (key, body) VALUES {}",
+                [(key, text) for key, text in texts.items() if text])
 
 
 def rebuild(cur) -> int:

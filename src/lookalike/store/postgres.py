@@ -103,6 +103,7 @@ class PostgresStore(Store):
         self.schema = self.url.schema
         self.channel = f"lookalike_{self.schema}"
         self.vector_dtype = np.dtype(np.float32)
+        self._column_types: dict[str, dict[str, str]] = {}  # table -> column -> SQL type (``_Cursor.insert_rows``)
         _quiet_pool_logs(self.url)
         self.max_connections = max_connections
         self._lock = threading.Lock()
@@ -250,7 +251,7 @@ class PostgresStore(Store):
         with self._translated(), self._connection() as conn, conn.transaction():
             cur = conn.cursor()
             cur.execute("SELECT value FROM meta WHERE name = 'generation' FOR UPDATE")  # writers one at a time
-            yield _Cursor(cur)
+            yield _Cursor(cur, self._column_types)
             cur.execute("SELECT pg_notify(%s, '')", (self.channel,))  # delivered to listeners at commit
 
     def _after_import(self, cur: _Cursor) -> None:
@@ -271,13 +272,42 @@ class PostgresStore(Store):
 
 
 class _Cursor:
-    """A psycopg cursor that takes the shared queries' ``?`` placeholders."""
+    """A psycopg cursor that takes the shared queries' ``?`` placeholders, and many rows as column arrays.
 
-    def __init__(self, cur: psycopg.Cursor):
+    ``column_types`` (table -> column -> SQL type, from ``information_schema``) is the store's, filled on first
+    use and read again when a table or column is not in it (a migration added one)."""
+
+    def __init__(self, cur: psycopg.Cursor, column_types: dict[str, dict[str, str]] | None = None):
         self.cur = cur
+        self.column_types = column_types if column_types is not None else {}
 
     def execute(self, query: str, args: tuple | list = ()) -> psycopg.Cursor:
         return self.cur.execute(_pg(query), args)
+
+    def insert_rows(self, query: str, rows: list[tuple]) -> list[tuple]:
+        """``sql.insert_rows``'s statement (``INSERT INTO t (columns) VALUES {} ...``) for every row at once, as
+        ``INSERT INTO t (columns) SELECT * FROM unnest(%s::type[], ...) ...``: one parameter per column, not per
+        value. psycopg parses a statement's placeholders in Python and caches only statements of at most 50
+        parameters, so 300 rows of 10 values as ``VALUES`` cost milliseconds before reaching the server; the
+        arrays go in binary (the unnest idiom: PostgreSQL's docs on ``unnest``, psycopg's on adapting lists)."""
+        match = _INSERT_VALUES.match(query)
+        if match is None:
+            raise ValueError(f"not an INSERT ... VALUES {{}} statement: {query[:60]!r}")
+        table, names = match.group(1), [c.strip() for c in match.group(2).split(",")]
+        types = self.column_types.get(table, {})
+        if any(name not in types for name in names):
+            fresh: dict[str, dict[str, str]] = {}
+            for t, c, kind in self.cur.execute(
+                    "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = current_schema()").fetchall():
+                fresh.setdefault(t, {})[c] = kind
+            self.column_types.update(fresh)
+            types = fresh.get(table, {})
+        arrays = ", ".join(f"%b::{types[name]}[]" for name in names)  # %b: the arrays dumped in binary
+        statement = (f"INSERT INTO {table} ({match.group(2)}) SELECT * FROM unnest({arrays})"
+                     + _pg(query[match.end():]))
+        result = self.cur.execute(statement, [list(column) for column in zip(*rows, strict=True)])
+        return result.fetchall() if "RETURNING" in query else []
 
     def executemany(self, query: str, rows) -> None:
         rows = list(rows)
@@ -319,6 +349,9 @@ class _Listener(Watch):
     def close(self) -> None:
         self.stopped.set()
         self.thread.join(timeout=2)
+
+
+_INSERT_VALUES = re.compile(r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \{\}")
 
 
 def _pg(query: str) -> str:

@@ -211,11 +211,9 @@ def write_products(cur, products: Sequence[ProductRecord]) -> list[int]:
     the labels of those given ``variants`` (and their full-text rows, ``fulltext.py``); returns the products'
     keys. Runs inside the caller's transaction (``cur``)."""
     by_id = {p.id: p for p in products}
-    keys: dict[str, int] = {}
-    for chunk in chunks(list(by_id), 500):
-        rows = cur.execute(f"INSERT INTO products (id) VALUES {', '.join(['(?)'] * len(chunk))} "
-                           "ON CONFLICT (id) DO UPDATE SET id = excluded.id RETURNING key, id", chunk).fetchall()
-        keys.update({pid: int(key) for key, pid in rows})
+    rows = insert_rows(cur, "INSERT INTO products (id) VALUES {} ON CONFLICT (id) DO UPDATE SET id = excluded.id "
+                            "RETURNING key, id", [(pid,) for pid in by_id], per_statement=500)
+    keys = {pid: int(key) for key, pid in rows}
     photo_ids = sorted({photo for p in by_id.values() for photo in p.photos})
     photo_keys: dict[str, int] = {}
     for chunk in chunks(photo_ids, 900):

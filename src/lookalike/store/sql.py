@@ -1,5 +1,5 @@
 """Statement helpers every store module shares: ``?`` placeholders for a list, lists in chunks (SQLite's limit of
-bound parameters), and many rows in multi-row ``VALUES`` statements (one round trip for many over a network)."""
+bound parameters), and many rows in few statements (one round trip for many over a network)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,21 @@ def chunks(values: list, size: int) -> Iterator[list]:
         yield values[start:start + size]
 
 
-def insert_rows(cur: Any, sql: str, rows: list[tuple], per_statement: int = 300) -> None:
-    """Rows in multi-row ``VALUES`` statements (``sql`` has ``{}`` where they go), inside the caller's transaction
-    (``cur``: the store's cursor, ``?`` placeholders)."""
+def insert_rows(cur: Any, sql: str, rows: list[tuple], per_statement: int = 300) -> list[tuple]:
+    """Insert ``rows`` by ``sql`` (``INSERT INTO table (columns) VALUES {} ...``: ``{}`` where the rows go, then
+    any ``ON CONFLICT`` and ``RETURNING``), inside the caller's transaction (``cur``: the store's cursor, ``?``
+    placeholders); returns what ``RETURNING`` gives (else an empty list). SQLite: multi-row ``VALUES``
+    statements of ``per_statement`` rows. A cursor with an ``insert_rows`` of its own takes them instead
+    (PostgreSQL: one statement of column arrays, ``unnest``)."""
+    if not rows:
+        return []
+    own = getattr(cur, "insert_rows", None)
+    if own is not None:
+        return own(sql, rows)
+    returned: list[tuple] = []
     for chunk in chunks(rows, per_statement):
         row = "(" + ", ".join("?" * len(chunk[0])) + ")"
-        cur.execute(sql.format(", ".join([row] * len(chunk))), [x for r in chunk for x in r])
+        result = cur.execute(sql.format(", ".join([row] * len(chunk))), [x for r in chunk for x in r])
+        if "RETURNING" in sql:
+            returned += result.fetchall()
+    return returned
