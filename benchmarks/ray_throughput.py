@@ -280,9 +280,9 @@ def print_phases(run: Run) -> None:
     """Where the driver's time went: each phase's seconds and share of the run, and what is left."""
     top = sum(v for k, v in run.detail.items() if not k.startswith(" "))
     for label, seconds in run.detail.items():
-        print(f"  {label:42} {seconds:6.2f} s  {seconds / run.seconds:4.0%}")
+        print(f"  {label:48} {seconds:6.2f} s  {seconds / run.seconds:4.0%}")
     rest = run.seconds - top
-    print(f"  {'the rest (ids, change checks, Python per photo)':42} {rest:6.2f} s  {rest / run.seconds:4.0%}",
+    print(f"  {'the rest (ids, change checks, Python per photo)':48} {rest:6.2f} s  {rest / run.seconds:4.0%}",
           flush=True)
 
 

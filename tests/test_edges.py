@@ -381,6 +381,7 @@ def test_a_non_image_upload_does_not_name_pillow(served):
     assert "Pillow" not in detail(r) and "not an image lookalike can read (JPEG, PNG, WebP" in detail(r)
 
 
+@pytest.mark.slow  # three command-line runs: runs in .ci/run, not in the quick suite
 def test_a_filter_value_no_item_has_names_the_values_closest_first(tmp_path):
     shop = build(tmp_path)
     for args in (("similar", "red-rect"), ("search", str(tmp_path / "photos" / "red-rect.jpg")), ("items",)):

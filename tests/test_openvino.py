@@ -274,7 +274,8 @@ def test_a_damaged_int8_model_is_made_again_on_the_next_run_and_the_old_files_go
         assert catalog.search(tmp_path / "photos" / name, k=1)[0].id == name.removesuffix(".jpg")
 
 
-@pytest.mark.parametrize("threshold", [0.5, 1.01], ids=["gate passes", "gate fails"])
+@pytest.mark.parametrize("threshold", [pytest.param(0.5, id="gate passes"),
+                                       pytest.param(1.01, id="gate fails", marks=pytest.mark.slow)])
 def test_auto_uses_int8_only_without_bf16_units_and_only_when_its_gate_passes(tmp_path, tiny_embedder, monkeypatch,
                                                                               threshold, native_bf16):
     """Without bf16 units auto weighs int8 (behind its gate) against fp32; with them it runs bf16 and never

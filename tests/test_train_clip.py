@@ -81,6 +81,7 @@ def test_a_trained_model_indexes_searches_by_words_and_tags(trained, shop, tmp_p
         assert len(again.search(text="green", k=2)) == 2
 
 
+@pytest.mark.slow  # trains twice: runs in .ci/run, not in the quick suite
 def test_training_is_repeatable_with_a_seed(shop_pack, tmp_path):
     from safetensors.torch import load_file
 

@@ -349,12 +349,12 @@ class Store(EventTables, KeywordIndex, ABC):
         for rows in self._stream(
                 f"SELECT v.key, v.vector FROM vectors v JOIN items i ON i.key = v.key {where} ORDER BY v.key",
                 args, chunk):
-            for key, blob in rows:
-                if n == count:  # written after the count: the next catch-up reads it again
-                    break
-                keys[n] = key
-                mat[n] = decode_vector(blob, dim)
-                n += 1
+            rows = rows[:count - n]  # rows written after the count: the next catch-up reads them again
+            if not rows:
+                break
+            keys[n:n + len(rows)] = [key for key, _ in rows]
+            mat[n:n + len(rows)] = decode_vectors([blob for _, blob in rows], dim)
+            n += len(rows)
         return keys[:n], mat[:n]
 
     def vectors_for(self, keys: Iterable[int], dim: int) -> dict[int, np.ndarray]:
@@ -386,10 +386,7 @@ class Store(EventTables, KeywordIndex, ABC):
             if not rows:
                 return
             keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            mat = np.empty((len(rows), dim), np.float32)
-            for i, (_, blob) in enumerate(rows):
-                mat[i] = decode_vector(blob, dim)
-            yield keys, mat
+            yield keys, decode_vectors([blob for _, blob in rows], dim).astype(np.float32, copy=False)
             after = int(keys[-1])
 
     def sizes_for(self, keys: Iterable[int]) -> dict[int, tuple[int, int, int]]:
@@ -580,6 +577,16 @@ class Store(EventTables, KeywordIndex, ABC):
 def decode_vector(blob: bytes, dim: int) -> np.ndarray:
     """A stored vector: float32, or float16 in large catalogs (half the length)."""
     return np.frombuffer(blob, dtype=np.float32 if len(blob) == 4 * dim else np.float16)
+
+
+def decode_vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    """Stored vectors as one (N, dim) matrix, float32 or float16 as stored: one join and one view where they are
+    all one width (a per-vector loop cost more than reading them), else vector by vector (as float32)."""
+    width = len(blobs[0]) if blobs else 4 * dim
+    if width in (4 * dim, 2 * dim) and all(len(blob) == width for blob in blobs):
+        dtype = np.float32 if width == 4 * dim else np.float16
+        return np.frombuffer(b"".join(blobs), dtype=dtype).reshape(len(blobs), dim)
+    return np.stack([decode_vector(blob, dim).astype(np.float32) for blob in blobs])
 
 
 def _put_meta(cur: Cursor, name: str, text: str) -> None:
