@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe_machine  # noqa: E402
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-products"
 OURS = Path(__file__).resolve().parents[1] / "src"
 TARGETS = {"--help": (0.5, 250), "status": (0.5, 250), "similar": (1.0, 400),  # seconds, MB
@@ -59,6 +61,7 @@ def main() -> None:
     ap.add_argument("--network", action="store_true",
                     help=f"also time `search PHOTO` on resnet50 and mobilenetv2 catalogs of {NETWORK_PHOTOS} photos")
     args = ap.parse_args()
+    print(describe_machine(), flush=True)  # which CPU: they differ between machines
     work = Path(tempfile.mkdtemp(prefix="cli-startup-"))
     versions = {"ours": OURS, **({"baseline": args.baseline_src} if args.baseline_src else {})}
     catalogs = {}

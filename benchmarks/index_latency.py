@@ -19,6 +19,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from machine import describe_machine  # noqa: E402
 from search_scale import latencies as timed  # benchmarks/ is on the path when run as a script
 from sklearn.neighbors import NearestNeighbors
 
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--ef", default="128,192,256,384,512", help="HNSW efSearch values to try")
     ap.add_argument("--slow-limit", type=int, default=20, help="single queries timed for the exact baselines")
     args = ap.parse_args()
+    print(describe_machine(), flush=True)  # which CPU: they differ between machines
     index, _ = VectorIndex.load(args.index_dir)
     print(f"index: {index.describe()}; tuned new-photo setting {index.settings.describe(index.kind)}, "
           f"catalog items {index.item_settings.describe(index.kind)}", flush=True)

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import describe_machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets" / "fashion-products"
@@ -70,6 +71,7 @@ def main() -> int:
     parser.add_argument("--catalog", type=Path, default=None, help="the shared photos indexed with mobilenetv2")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    print(describe_machine(), flush=True)  # which CPU: they differ between machines
 
     from lookalike import Catalog
     from lookalike.core.config import EncodeOptions

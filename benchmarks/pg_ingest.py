@@ -30,6 +30,7 @@ import shutil
 import time
 from pathlib import Path
 
+from machine import describe_machine  # noqa: E402
 from pg_common import ROOT, SHARED, drop_schema, postgres, repeated_source
 
 from lookalike import Catalog, EncodeOptions
@@ -46,6 +47,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=ROOT / ".bench" / "pg-ingest")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
+    print(describe_machine(), flush=True)  # which CPU: they differ between machines
 
     files = repeated_source(args.work / "photos", args.photos, args.files)
     print(f"{len(files)} files in {args.work / 'photos'}", flush=True)

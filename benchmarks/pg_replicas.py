@@ -44,6 +44,7 @@ from urllib.parse import quote
 
 import http_load
 import numpy as np
+from machine import describe_machine  # noqa: E402
 from pg_common import ROOT, SHARED, drop_schema, postgres, repeated_source
 from PIL import Image
 
@@ -65,6 +66,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=ROOT / ".bench" / "pg-replicas")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    print(describe_machine(), flush=True)  # which CPU: they differ between machines
 
     photos = args.work / "photos"
     repeated_source(photos, args.photos, args.files)

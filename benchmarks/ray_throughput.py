@@ -57,6 +57,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from machine import describe_machine  # noqa: E402
 
 from lookalike import Catalog, EncodeOptions
 from lookalike.core.sources import find_images
@@ -354,6 +355,7 @@ def projection(per_gpu: float, overhead: float, decode_ms: float, jpeg_kb: float
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    print(describe_machine(), flush=True)  # which CPU: they differ between machines
     logging.basicConfig(level=logging.WARNING)
     # The runtime auto picks (OpenVINO on x86 CPUs with bf16 units) in bf16 for every run: the engines compared at
     # one precision, without the one-time int8 calibration that ``auto`` would add to each new catalog.

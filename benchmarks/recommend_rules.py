@@ -21,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from machine import describe_machine  # noqa: E402
+
 from lookalike import Catalog  # noqa: E402
 from lookalike.analysis.recommend import recommend  # noqa: E402
 from lookalike.catalog.catalog import CONFIG_FILE, DB_FILE  # noqa: E402
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    print(describe_machine(), flush=True)  # which CPU: they differ between machines
 
     settings = {"plain": None, "rules": Ranking.parse(**RULES), "rules_mmr": Ranking.parse(**RULES, diversity=0.7)}
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import describe_machine  # noqa: E402
 
 from lookalike import Catalog
 from lookalike.catalog.catalog import CONFIG_FILE, DB_FILE
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duplicates", action="store_true", help="also time find_duplicates")
     p.add_argument("--workdir", help="where to build the catalog (default: a temporary folder, removed after)")
     args = p.parse_args(argv)
+    print(describe_machine(), flush=True)  # which CPU: they differ between machines
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         started = time.perf_counter()

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from machine import describe_machine  # noqa: E402
 from sklearn.neighbors import NearestNeighbors
 
 from lookalike.index import VectorIndex, choose_index, format_bytes, parse_memory, tune
@@ -180,6 +181,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["auto", "compact"], help="measure one of lookalike's two rows")
     parser.add_argument("--workdir", help="folder for the vector files (default: the system's temporary folder)")
     args = parser.parse_args()
+    print(describe_machine(), flush=True)  # which CPU: they differ between machines
     memory, compact = parse_memory(args.memory), args.compact_bytes
     print(f"memory budget {format_bytes(memory)} (auto), {compact:,} bytes/item (compact)")
     results = []

@@ -47,6 +47,7 @@ from urllib.parse import quote
 import http_load
 import numpy as np
 import torch
+from machine import describe_machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets" / "fashion-products"
@@ -70,6 +71,7 @@ def main() -> int:
                          "call per level, as the server's batcher does); '' for the server's own only")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    print(describe_machine(), flush=True)  # which CPU: they differ between machines
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     levels = [int(c) for c in args.clients.split(",")]
 

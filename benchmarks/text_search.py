@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import describe_machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets" / "fashion-products"
@@ -70,6 +71,7 @@ def main() -> int:
     parser.add_argument("--catalog-size", type=int, default=0, help="also search N synthetic vectors")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    print(describe_machine(), flush=True)  # which CPU: they differ between machines
     logging.basicConfig(level=logging.WARNING)
     import torch
 

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe_machine  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets" / "fashion-products"
 
@@ -38,6 +40,7 @@ def main() -> int:
     parser.add_argument("--also", action="append", default=[], help="more text columns (e.g. articleType)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    print(describe_machine(), flush=True)  # which CPU: they differ between machines
 
     from lookalike import Catalog
     from lookalike.analysis.words import TEXT_FROM, TEXT_LABEL, evaluate_words
