@@ -1,6 +1,6 @@
 """The int8 gate: whether a model quantised on a catalog's photos is good enough for ``auto`` to use.
 
-Two figures, both measured on the gate's held photos (``openvino_runtime.draw_sample``), int8 against fp32:
+Two figures, int8 against fp32, from the photos the gate embedded (``openvino_runtime.draw_sample``):
 
 * neighbour agreement: recall@10 of each held photo's 10 nearest held photos (the fp32 lists as truth);
 * where the catalog has a category label, what users see: label precision@5 of every labelled photo the gate
@@ -27,7 +27,7 @@ import numpy as np
 GATE_RECALL = 0.98  # recall@10 of neighbour lists, int8 against fp32, that passes on its own
 LABEL_RECALL = 0.90  # recall@10 below which the label rule cannot pass either
 LABEL_DROP = 0.01  # the largest mean drop of label precision@5 (fp32 - int8) the label rule accepts
-LABEL_MIN_QUERIES = 50  # labelled held photos the label rule needs: fewer say too little
+LABEL_MIN_QUERIES = 50  # labelled photos (the precision's queries) the label rule needs: fewer say too little
 LABEL_K = 5
 GATE_K = 10
 GATE_VERSION = 2  # 2: label precision over every embedded photo (1: over the held ones only)
@@ -98,7 +98,7 @@ def int8_passes(recall: float, threshold: float = GATE_RECALL, labelled: int = 0
                 min_queries: int = LABEL_MIN_QUERIES, label_recall: float = LABEL_RECALL,
                 max_drop: float = LABEL_DROP) -> bool:
     """The gate's rule: ``recall`` (recall@10 vs fp32) >= ``threshold``; or, with ``labelled`` >= ``min_queries``
-    labelled held queries and their mean label-precision ``drop`` (fp32 - int8; None: no label), ``recall`` >=
+    labelled queries and their mean label-precision ``drop`` (fp32 - int8; None: no label), ``recall`` >=
     ``label_recall`` and ``drop`` <= ``max_drop``."""
     if recall >= threshold:
         return True
@@ -117,7 +117,7 @@ class Int8Model:
     overlap: bool  # the held photos were among the calibration ones (a small catalog)
     threshold: float = GATE_RECALL
     label: str | None = None  # the category label the precision is measured by (None: the catalog has none)
-    labelled: int = 0  # labelled held photos, the precision's queries
+    labelled: int = 0  # labelled photos the gate embedded, the precision's queries
     precision_fp32: float | None = None  # mean label precision@label_k of those queries, fp32 vectors
     precision_int8: float | None = None  # the same queries, int8 vectors
     label_k: int = LABEL_K

@@ -615,7 +615,7 @@ def quantize_int8(embedder: Embedder, fp32_xml: Path, sample: Sample, out_dir: P
     """Quantise the converted model to int8 with NNCF's post-training quantisation, calibrated on
     ``sample.calibration``, then gate it (``int8_gate``): recall@10 of the held photos' neighbour lists
     against fp32 and, given ``labels`` (photo path -> value of the category ``label``), label precision@5 of
-    the held photos against the held and calibration ones, fp32 vs int8.
+    every labelled photo embedded (held and calibration ones) against the others, fp32 vs int8.
 
     Raises:
         LookalikeError: nncf is missing, or too few photos could be read.

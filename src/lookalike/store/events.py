@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .sql import chunks
+from .sql import chunks, insert_rows, marks
 
 EVENT_KINDS = ("impression", "click", "cart")
 
@@ -115,10 +115,8 @@ class EventTables:
         if not rows:
             return
         with self._begin() as cur:
-            for chunk in chunks(rows, 100):
-                cur.execute("INSERT INTO queries (id, at, kind, item, photo, words, k, filters, results, box) VALUES "
-                            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-                            + " ON CONFLICT (id) DO NOTHING", [x for row in chunk for x in row])
+            insert_rows(cur, "INSERT INTO queries (id, at, kind, item, photo, words, k, filters, results, box) "
+                             "VALUES {} ON CONFLICT (id) DO NOTHING", rows, per_statement=100)
 
     def add_events(self, events: Sequence[EventRecord]) -> tuple[int, int]:
         """Store events whose query is logged, in one transaction; returns (stored, unknown: their query id is
@@ -130,11 +128,10 @@ class EventTables:
             known: set[str] = set()
             for chunk in chunks(ids, 500):
                 known |= {r[0] for r in cur.execute(
-                    f"SELECT id FROM queries WHERE id IN ({','.join('?' * len(chunk))})", chunk).fetchall()}
+                    f"SELECT id FROM queries WHERE id IN ({marks(chunk)})", chunk).fetchall()}
             rows = [(e.query_id, e.kind, e.item, e.position, e.at) for e in events if e.query_id in known]
-            for chunk in chunks(rows, 200):
-                cur.execute("INSERT INTO events (query_id, kind, item, position, at) VALUES "
-                            + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk)), [x for row in chunk for x in row])
+            insert_rows(cur, "INSERT INTO events (query_id, kind, item, position, at) VALUES {}", rows,
+                        per_statement=200)
         return len(rows), len(events) - len(rows)
 
     def logged_queries(self, with_events: Iterable[str] | None = None) -> list[QueryRecord]:

@@ -286,7 +286,7 @@ class _Cursor:
 
     def insert_rows(self, query: str, rows: list[tuple]) -> list[tuple]:
         """``sql.insert_rows``'s statement (``INSERT INTO t (columns) VALUES {} ...``) for every row at once, as
-        ``INSERT INTO t (columns) SELECT * FROM unnest(%s::type[], ...) ...``: one parameter per column, not per
+        ``INSERT INTO t (columns) SELECT * FROM unnest(%b::type[], ...) ...``: one parameter per column, not per
         value. psycopg parses a statement's placeholders in Python and caches only statements of at most 50
         parameters, so 300 rows of 10 values as ``VALUES`` cost milliseconds before reaching the server; the
         arrays go in binary (the unnest idiom: PostgreSQL's docs on ``unnest``, psycopg's on adapting lists)."""
