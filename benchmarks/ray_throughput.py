@@ -81,6 +81,7 @@ class Run:
     first_batch_seconds: float = 0.0  # Ray: the pool's start, until its first batch came back
     steady_rate: float = 0.0
     detail: dict = field(default_factory=dict)
+    written: int | None = None  # bytes the run sent to storage (the driver's runs; /proc/self/io)
 
     @property
     def rate(self) -> float:
@@ -270,11 +271,42 @@ def run_driver(data: Path, files: int, workdir: Path, options: EncodeOptions, lo
     with Catalog.create(where, model=MODEL, weights=WEIGHTS) as catalog:
         engine = ReplayEngine(known, catalog.embedder.dim)
         with phase_timers() if phases else contextlib.nullcontext({}) as spent:
+            written = bytes_written()
             started = time.perf_counter()
             report = catalog.add(folder, options=options, engine=engine)
             seconds = time.perf_counter() - started
+            written = bytes_written() - written if written is not None else None
     name = "driver, pg" if location else "driver ceiling"
-    return Run(name, images=report.indexed, failed=report.failed, seconds=seconds, detail=dict(spent))
+    return Run(name, images=report.indexed, failed=report.failed, seconds=seconds, detail=dict(spent),
+               written=written)
+
+
+def bytes_written() -> int | None:
+    """Bytes this process has sent to storage so far (Linux ``/proc/self/io`` ``write_bytes``: counted when a
+    page is dirtied, so SQLite's WAL, its checkpoints and the index's row file all count); None elsewhere."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def disk_write_rate(workdir: Path, total_mb: int = 1024) -> float:
+    """This disk's sustained write rate, MB/s: ``total_mb`` of incompressible bytes written to a new file in
+    ``workdir`` and fsynced, as ``dd conv=fdatasync`` measures it. Whatever the driver writes passes through it."""
+    block = np.random.default_rng(2).integers(0, 256, 16 << 20, dtype=np.uint8).tobytes()
+    path = workdir / "disk-rate.bin"
+    started = time.perf_counter()
+    with open(path, "wb") as fh:
+        for _ in range(total_mb // 16):
+            fh.write(block)
+        fh.flush()
+        os.fsync(fh.fileno())
+    seconds = time.perf_counter() - started
+    path.unlink()
+    return total_mb * (1 << 20) / 1e6 / seconds
 
 
 def print_phases(run: Run) -> None:
@@ -290,7 +322,8 @@ def print_phases(run: Run) -> None:
 def store_ceiling(rows: int, dim: int, location: str | None, workdir: Path, batch: int = 256) -> float:
     """What the store itself takes in, rows/s, with nothing of lookalike's around it: ``rows`` (key, 8 KB float32
     vector) rows written into a bare two-column table, ``batch`` rows a transaction as the driver commits them.
-    SQLite: ``executemany`` INSERT in WAL mode with ``synchronous=NORMAL``, as the catalog opens its file;
+    SQLite: ``executemany`` INSERT in WAL mode with ``synchronous=NORMAL`` and the catalog's page size
+    (``store.sqlite.PAGE_SIZE``), as the catalog opens its file;
     PostgreSQL (``location``): binary ``COPY`` (psycopg's ``Copy.write_row``), default durability. The driver's
     ceiling cannot pass it, so it names this machine's limit."""
     vectors = np.random.default_rng(1).standard_normal((4096, dim)).astype(np.float32)
@@ -298,7 +331,10 @@ def store_ceiling(rows: int, dim: int, location: str | None, workdir: Path, batc
     if location is None:
         import sqlite3
 
+        from lookalike.store.sqlite import PAGE_SIZE
+
         conn = sqlite3.connect(str(Path(tempfile.mkdtemp(dir=workdir)) / "bare.sqlite"), isolation_level=None)
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("CREATE TABLE vectors (key INTEGER PRIMARY KEY, vector BLOB NOT NULL)")
@@ -388,6 +424,12 @@ def main(argv: list[str] | None = None) -> int:
             bare = store_ceiling(args.driver_files, dim, None, workdir)
             print(f"store ceiling: sqlite {bare:.0f} rows/s of {dim * 4 // 1024} KB vectors into a bare table (the "
                   f"driver reaches {driver.rate / bare:.0%} of it)", flush=True)
+            if driver.written:
+                disk = disk_write_rate(workdir)
+                per_image = driver.written / driver.images
+                print(f"disk: {disk:.0f} MB/s sustained (1 GiB written and fsynced in this run); the driver wrote "
+                      f"{per_image / 1024:.1f} KB an image (WAL, checkpoint, index rows), so the disk alone allows "
+                      f"{disk * 1e6 / per_image:.0f} images/s", flush=True)
             if args.driver_pg is not None:
                 from pg_common import drop_schema, postgres
 

@@ -166,7 +166,8 @@ def test_reopened_catalog_answers_the_same_and_rebuilds_a_lost_index(catalog, tm
     shutil.rmtree(tmp_path / "shop.lk" / "index")
     with Catalog.open(tmp_path / "shop.lk") as again:
         assert [m.id for m in again.similar("red-rect", k=4)] == expected
-    assert (tmp_path / "shop.lk" / "index" / "vectors.faiss").is_file()
+    assert (tmp_path / "shop.lk" / "index" / "stamp.json").is_file()  # rebuilt and saved
+    assert not (tmp_path / "shop.lk" / "index" / "vectors.faiss").exists()  # a flat index is built from its rows
 
 
 def test_a_catalog_never_mixes_models(catalog, tmp_path, photo_dir):

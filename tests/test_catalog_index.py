@@ -33,9 +33,9 @@ def builds(monkeypatch):
     calls = []
     original = vector_index.VectorIndex.build.__func__
 
-    def counting(cls, keys, vectors, plan=None, seed=0):
+    def counting(cls, keys, vectors, plan=None, seed=0, **kwargs):
         calls.append(plan.kind if plan else "flat")
-        return original(cls, keys, vectors, plan, seed)
+        return original(cls, keys, vectors, plan, seed, **kwargs)
 
     monkeypatch.setattr(vector_index.VectorIndex, "build", classmethod(counting))
     return calls
@@ -65,6 +65,64 @@ def test_catalog_catches_up_without_rebuilding(tmp_path, builds):
         assert [m.id for m in again.similar("p001", k=23)] == found
         assert again.index.retired == 2
     assert builds == ["hnsw"]
+
+
+def test_an_add_applies_its_own_commits_to_the_index_without_reading_vectors_back(tmp_path, monkeypatch):
+    """The writer's index follows each commit from the vectors in hand; the saved index names the store's
+    generation and answers as one rebuilt from the store."""
+    from lookalike.store.base import Store
+
+    make_photos(tmp_path / "a", 12)
+    read_back = []
+    original = Store.vectors
+
+    def counting(self, *args, **kwargs):
+        keys, vectors = original(self, *args, **kwargs)
+        read_back.append(len(keys))
+        return keys, vectors
+
+    monkeypatch.setattr(Store, "vectors", counting)
+    with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
+        catalog.add(tmp_path / "a", options=QUIET)
+        make_photos(tmp_path / "a", 5, offset=12)
+        catalog.add(tmp_path / "a", options=QUIET)
+        assert sum(read_back) == 0, read_back
+        found = [(m.id, round(m.similarity, 5)) for m in catalog.similar("p001", k=16)]
+        generation = catalog.store.generations()[0]
+    stamp = json.loads((tmp_path / "shop.lk" / "index" / "stamp.json").read_text())
+    assert stamp["generation"] == generation and stamp["size"] == 17
+    monkeypatch.setattr(Store, "vectors", original)
+    import shutil
+
+    shutil.rmtree(tmp_path / "shop.lk" / "index")
+    with Catalog.open(tmp_path / "shop.lk") as rebuilt:
+        assert [(m.id, round(m.similarity, 5)) for m in rebuilt.similar("p001", k=16)] == found
+
+
+def test_batches_that_come_back_fast_share_a_transaction_and_an_interrupt_keeps_what_was_committed(
+        tmp_path, monkeypatch):
+    from lookalike.catalog import ingest
+
+    make_photos(tmp_path / "a", 5)
+    monkeypatch.setattr(ingest, "COMMIT_ROWS", 2)
+    monkeypatch.setattr(ingest, "COMMIT_SECONDS", 3600.0)
+    options = EncodeOptions(workers=0, progress=False, batch_size=1)
+    told: list[int] = []
+    with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
+        before = catalog.store.generations()[0]
+        catalog.add(tmp_path / "a", options=options, on_batch=told.append)
+        assert told == [2, 4, 5] and catalog.store.generations()[0] - before == 3  # three transactions
+    make_photos(tmp_path / "b", 5)
+
+    def interrupt(indexed: int) -> None:
+        raise KeyboardInterrupt
+
+    with Catalog.create(tmp_path / "cut.lk", "colorhist") as catalog:
+        with pytest.raises(KeyboardInterrupt):
+            catalog.add(tmp_path / "b", options=options, on_batch=interrupt)
+        assert len(catalog) == 2  # the first commit stays
+        report = catalog.add(tmp_path / "b", options=options)
+        assert (report.indexed, report.unchanged, len(catalog)) == (3, 2, 5)
 
 
 def test_crossing_a_threshold_rebuilds_as_the_new_kind(tmp_path, builds, monkeypatch):

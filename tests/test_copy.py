@@ -71,9 +71,9 @@ def test_folder_to_postgres_and_back_keeps_everything(source, pg_url, tmp_path):
         assert str(back / "uploads") in c.item("up-1").path and "catalog_id" not in c.config.extra
 
 
-def test_float16_vectors_are_copied_as_stored(tmp_path, pg_url, photo_dir):
+def test_float16_vectors_are_copied_as_stored(tmp_path, pg_url, photo_dir, monkeypatch):
+    monkeypatch.setattr("lookalike.index.choice.FP16_MIN_ITEMS", 0)  # float16 from the first item: a large catalog
     with Catalog.create(tmp_path / "f16.lk", "colorhist") as c:
-        c.store.vector_dtype = np.dtype(np.float16)  # what a large catalog stores
         c.add(photo_dir, options=QUIET)
         raw = c.store.raw_vectors()
     copy_catalog(tmp_path / "f16.lk", pg_url)

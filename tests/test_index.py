@@ -265,6 +265,33 @@ def test_saved_index_loads_and_answers_the_same(data, kind, tmp_path):
     assert again.size == index.size
 
 
+def test_a_flat_index_is_saved_as_rows_and_one_saved_with_its_faiss_file_still_loads(data, tmp_path):
+    """A flat index is built again from its row file on load (its codes are written once); a folder written
+    by an earlier release, with the FAISS file and a stamp that does not say so, loads as before."""
+    import json
+
+    import faiss
+
+    keys, vectors = data
+    index = VectorIndex.build(keys, vectors, plan_for("flat"))
+    index.update(keys[:10], vectors[:10][::-1].copy(), removed=keys[10:20])
+    index.save(tmp_path, generation=3)
+    assert not (tmp_path / vector_index.INDEX_FILE).exists()
+    queries = vectors[100:130]
+    expected = index.search(queries, 10)
+    loaded, _ = VectorIndex.load(tmp_path)
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], expected[1])
+    assert loaded.memory_bytes() == index.memory_bytes() > 0
+    faiss.write_index(index.index, str(tmp_path / vector_index.INDEX_FILE))  # the earlier layout
+    stamp = json.loads((tmp_path / vector_index.STAMP_FILE).read_text())
+    for name in ("faiss", "dim", "float16_codes"):
+        stamp.pop(name)
+    (tmp_path / vector_index.STAMP_FILE).write_text(json.dumps(stamp))
+    earlier, generation = VectorIndex.load(tmp_path)
+    assert generation == 3
+    np.testing.assert_array_equal(earlier.search(queries, 10)[1], expected[1])
+
+
 def test_ground_truth_leaves_the_query_out(data):
     keys, vectors = data
     index = VectorIndex.build(keys, vectors)

@@ -118,6 +118,8 @@ def _damage(folder: Path, what: str, store_vectors: np.ndarray) -> None:
 @pytest.mark.parametrize("what", ["rows.npy", "rows.npy without checksum", "vectors.bin", "vectors.faiss"])
 def test_an_index_file_damaged_in_place_is_caught_and_rebuilt(tmp_path, photo_dir, what):
     with Catalog.create(tmp_path / "c.lk", "colorhist") as cat:
+        if what == "vectors.faiss":  # a flat index is built from vectors.bin; a graph keeps a FAISS file
+            cat.configure_index(kind="hnsw")
         cat.add(photo_dir, options=INLINE)
         keys, truth = cat.store.vectors(cat.config.embedder.dim)
         by_key = dict(zip(keys.tolist(), truth, strict=True))

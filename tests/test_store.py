@@ -129,6 +129,22 @@ def test_generations_and_the_change_log_say_what_changed(store):
     assert store.item("b").path == "/moved/b.jpg" and store.generation() == 4
 
 
+def test_a_write_says_what_it_committed_for_the_writers_own_index(store):
+    """What a writer's index applies without reading back: the generation produced, the keys with their vectors
+    (as given, float32) and the keys whose vectors went away."""
+    vecs = random_unit(3, DIM, seed=4)
+    first = store.write([ok("a", vecs[0]), ok("b", vecs[1])])
+    keys = {i: r.key for i, r in store.items().items()}
+    assert (first.generation, first.alone) == (1, True) and first.removed.tolist() == []
+    assert first.keys.tolist() == [keys["a"], keys["b"]] and first.vectors.dtype == np.float32
+    np.testing.assert_array_equal(first.vectors, vecs[:2])
+    second = store.write([failed("a"), ok("b", vecs[2])])  # a fails now, b is replaced
+    assert second.generation == 2 and second.removed.tolist() == [keys["a"]] and second.keys.tolist() == [keys["b"]]
+    stored_keys, stored = store.vectors(DIM)
+    assert stored_keys.tolist() == [keys["b"]]
+    np.testing.assert_array_equal(stored[0], second.vectors[0])
+
+
 def test_a_batch_is_one_transaction(store):
     vecs = random_unit(2, DIM, seed=2)
     put(store, [ok("a", vecs[0])])

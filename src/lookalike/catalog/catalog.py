@@ -140,6 +140,7 @@ class Catalog(Ingest, Indexing, Browsing, Searching, Ranked, Keywords, TextSearc
         self._encoder: Encoder | None = None
         self._index: VectorIndex | None = None
         self._index_generation = -1
+        self._saved_generation = -1  # the generation of the index saved under index_dir, as this process knows
         self._meta: ItemTable | None = None
         self._products: ProductTable | None = None
         self._checked_at = 0.0

@@ -14,7 +14,7 @@ from ..core.errors import (
     StoreUnavailableError,
 )
 from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
-from ..store import Store
+from ..store import Store, Written
 from .consistency import index_disagrees
 from .products import (
     ProductTable,
@@ -33,8 +33,9 @@ class Indexing:
         assert self._index is not None
         return self._index
 
-    def _refresh_index(self, save: bool, force_rebuild: bool = False) -> None:
-        """Follow writes by this or another process; between queries, look at most every 0.25 s.
+    def _refresh_index(self, save: bool, force_rebuild: bool = False, expect: int = 0) -> None:
+        """Follow writes by this or another process; between queries, look at most every 0.25 s. ``expect``:
+        items a writer is about to commit and apply (``_follow``), so that a flat index is built for its size.
 
         A stale index catches up from the store's change log (new, replaced and removed vectors) without
         a rebuild; it is rebuilt from the stored vectors only when there is none, when the catalog's size
@@ -53,7 +54,8 @@ class Indexing:
         if labels_generation != self._labels_generation and self._meta is not None:
             self._meta.forget_labels()
         self._labels_generation = labels_generation
-        if self._index is not None and self._index_generation == generation and not force_rebuild:
+        if (self._index is not None and self._index_generation == generation and not force_rebuild
+                and not (save and self._saved_generation != generation)):
             return
         folder = self.index_dir
         index, at = self._index, self._index_generation
@@ -62,7 +64,8 @@ class Indexing:
             loaded = VectorIndex.load(folder)
             if loaded is not None and loaded[1] <= generation:
                 (index, at), from_disk = loaded, True
-        changed = index is None or at != generation
+                self._saved_generation = at
+        changed = index is None or at != generation or self._saved_generation != generation
         if index is not None and at != generation:
             keys, vectors = self.store.vectors(self.config.embedder.dim, index.plan.dtype, since=at)
             index.update(keys, vectors, self.store.removed_since(at))
@@ -76,11 +79,14 @@ class Indexing:
         count = index.size if index is not None else self.store.counts()["ok"]
         plan = choose_index(count, self.config.embedder.dim, options.memory, options.kind)
         rebuild = (force_rebuild or index is None or (index.plan.kind, index.plan.dtype) != (plan.kind, plan.dtype)
-                   or index.needs_rebuild())
+                   or index.needs_rebuild(extra=expect if plan.kind == "flat" else 0))
         if rebuild:
             log.info("building a %s index over %d vectors (%s)", plan.describe(), count, plan.reason)
-            keys, vectors = self.store.vectors(self.config.embedder.dim, plan.dtype)
-            index = VectorIndex.build(keys, vectors, plan)
+            if index is not None and not force_rebuild and index.plan.dtype in ("float32", plan.dtype):
+                keys, vectors = index.live()  # up to date with the store: its rows hold the same vectors
+            else:
+                keys, vectors = self.store.vectors(self.config.embedder.dim, plan.dtype)
+            index = VectorIndex.build(keys, vectors, plan, expected=len(keys) + expect if plan.kind == "flat" else 0)
             del vectors
             tune(index, options.recall)
         self.store.vector_dtype = np.dtype(index.plan.dtype)
@@ -88,11 +94,25 @@ class Indexing:
             try:
                 if save or rebuild:
                     index.save(folder, generation)
+                    self._saved_generation = generation
             except OSError as exc:  # a read-only catalog still searches
                 if save:
                     raise
                 log.info("could not save the index (%s)", exc)
         self._index, self._index_generation, self._meta, self._products = index, generation, None, None
+
+    def _follow(self, written: Written) -> None:
+        """Apply this process's own committed write to its in-memory index, from the vectors in hand: no read
+        back from the store. Only when the index stood at the generation just before and no other writer came
+        between; otherwise the next refresh catches up from the change log, as for anyone else's write. Saved
+        by the writer's next ``_refresh_index(save=True)`` (the stamp then names this generation)."""
+        index = self._index
+        if index is None or not written.alone or written.generation != self._index_generation + 1:
+            return
+        index.update(written.keys, written.vectors if written.vectors is not None
+                     else np.empty((0, self.config.embedder.dim), np.float32), written.removed)
+        self._index_generation = written.generation
+        self._meta = self._products = None
 
     def index_options(self) -> IndexOptions:
         """The index settings chosen with ``lookalike index --index/--memory/--recall`` (or defaults)."""

@@ -84,21 +84,28 @@ class RowVectors:
         if not mapped_here:
             tmp = path.with_suffix(path.suffix + ".tmp")
             with open(tmp, "wb") as fh:
-                fh.write(np.ascontiguousarray(self._base).tobytes())
-                fh.write(self._tail_matrix().tobytes())
+                if len(self._base):
+                    fh.write(np.ascontiguousarray(self._base))  # a contiguous array is written as its buffer
+                self._write_tail(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
         elif self._tail_rows:
             with open(path, "r+b") as fh:
                 fh.seek(nb * self.itemsize)
-                fh.write(self._tail_matrix().tobytes())
+                self._write_tail(fh)
                 fh.truncate()
                 fh.flush()
                 os.fsync(fh.fileno())
         total = self.rows
         self._base = self.open_base(path, self.dim, self.dtype.name, total)
         self._tail, self._tail_rows, self._joined = [], 0, None
+
+    def _write_tail(self, fh) -> None:
+        """The rows appended in memory, piece by piece as they came (not joined into one copy first)."""
+        for piece in self._tail:
+            if len(piece):
+                fh.write(piece)
 
     @staticmethod
     def open_base(path: Path, dim: int, dtype: str, rows: int) -> np.ndarray:

@@ -84,6 +84,7 @@ class VectorIndex:
         self.plan = plan
         self.index = index
         self.row_keys = row_keys  # row -> item key; -1 for a retired row
+        self._keys_buffer: np.ndarray | None = None  # what row_keys views while rows are appended
         self.vectors = vectors
         self.settings = settings or SearchSettings()
         # Queries that are catalog items (similar, recommend, duplicates) start next to their own node and
@@ -100,13 +101,15 @@ class VectorIndex:
     # -- building ----------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, keys: np.ndarray, vectors: np.ndarray, plan: IndexPlan | None = None, seed: int = 0
-              ) -> VectorIndex:
-        """A fresh index of ``plan`` over (keys, unit vectors); default an exact float32 flat index."""
+    def build(cls, keys: np.ndarray, vectors: np.ndarray, plan: IndexPlan | None = None, seed: int = 0,
+              expected: int = 0) -> VectorIndex:
+        """A fresh index of ``plan`` over (keys, unit vectors); default an exact float32 flat index. ``expected``:
+        how many items it will hold once rows now being committed are added (a flat index takes its float16
+        screen from the start, not in a rebuild at the end)."""
         plan = plan or IndexPlan("flat")
         keys = np.asarray(keys, dtype=np.int64)
         dim = vectors.shape[1]
-        index = _new_faiss_index(plan, dim, len(keys))
+        index = _new_faiss_index(plan, dim, max(len(keys), expected))
         rows = RowVectors(dim, plan.dtype)
         rows.append(vectors)
         if plan.kind == "ivfpq":
@@ -140,10 +143,22 @@ class VectorIndex:
             first = self.vectors.rows
             rows = np.arange(first, first + len(keys), dtype=np.int64)
             self.vectors.append(vectors)
-            self.row_keys = np.concatenate([self.row_keys, keys])
+            self._append_row_keys(keys)
             self._size = self._memory_bytes = None
             self._key_rows = _invert(self.row_keys, self._key_rows, rows)
             self._add_to_faiss(vectors, rows)
+
+    def _append_row_keys(self, keys: np.ndarray) -> None:
+        """``row_keys`` + ``keys``, written into spare room at the end of the buffer ``row_keys`` views, grown by
+        doubling: a run committing millions of rows batch by batch copies each key O(1) times, not once a batch."""
+        n, total = len(self.row_keys), len(self.row_keys) + len(keys)
+        buffer = self._keys_buffer
+        if buffer is None or self.row_keys.base is not buffer or len(buffer) < total:
+            buffer = np.empty(max(total, 2 * n, 1024), np.int64)
+            buffer[:n] = self.row_keys
+            self._keys_buffer = buffer
+        buffer[n:total] = keys
+        self.row_keys = buffer[:total]
 
     def _retire(self, keys: np.ndarray) -> None:
         keys = keys[(keys >= 0) & (keys < len(self._key_rows))]
@@ -162,11 +177,13 @@ class VectorIndex:
     def retired(self) -> int:
         return int(self.vectors.rows - self.size)
 
-    def needs_rebuild(self) -> bool:
+    def needs_rebuild(self, extra: int = 0) -> bool:
         """HNSW carrying too many retired rows, IVF lists trained on a quarter of today's items, or a flat
-        index whose size has left the band its float16 screen (or lack of one) was chosen for."""
+        index whose size (plus ``extra`` items about to be added) has left the band its float16 screen (or lack
+        of one) was chosen for."""
         if self.plan.kind == "flat" and self.plan.dtype == "float32":
-            return (self.size >= 2 * SCREEN_MIN_ITEMS) if not self._screened else (self.size < SCREEN_MIN_ITEMS // 2)
+            size = self.size + extra
+            return (size >= 2 * SCREEN_MIN_ITEMS) if not self._screened else (size < SCREEN_MIN_ITEMS // 2)
         if self.plan.kind == "hnsw":
             return self.retired > HNSW_MAX_RETIRED * max(self.vectors.rows, 1)
         if self.plan.kind == "ivfpq":
@@ -192,6 +209,14 @@ class VectorIndex:
 
     def keys(self) -> np.ndarray:
         return self.row_keys[self.row_keys >= 0]
+
+    def live(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every live (key, vector), in key order as ``Store.vectors`` gives them: keys int64 (N,), vectors
+        float32 (N x D), a copy. What a rebuild of an up-to-date index starts from, instead of the store."""
+        rows = np.flatnonzero(self.row_keys >= 0)
+        order = np.argsort(self.row_keys[rows], kind="stable")
+        rows = rows[order]
+        return self.row_keys[rows], self.vectors.get(rows)
 
     def vector(self, key: int) -> np.ndarray:
         row = self._row(key)
@@ -237,7 +262,11 @@ class VectorIndex:
         """Bytes the FAISS index holds in memory: its serialised size (the row file stays on disk). Taken
         from the index file when it is as saved; serialising a million-item index copies gigabytes."""
         if self._memory_bytes is None:
-            self._memory_bytes = int(faiss.serialize_index(self.index).nbytes)
+            if self.plan.kind == "flat":  # codes and ids, as serialised, without copying them
+                inner = faiss.downcast_index(self.index.index)
+                self._memory_bytes = int(self.index.ntotal) * (int(inner.code_size) + 8)
+            else:
+                self._memory_bytes = int(faiss.serialize_index(self.index).nbytes)
         return self._memory_bytes
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
@@ -394,15 +423,22 @@ class VectorIndex:
     def _save(self, folder: Path, generation: int) -> None:
         self.vectors.save(folder / VECTORS_FILE)
         _write_atomic(folder / ROWS_FILE, lambda p: _save_npy(p, self.row_keys))
-        _write_atomic(folder / INDEX_FILE, lambda p: faiss.write_index(self.index, str(p)))
-        self._memory_bytes = (folder / INDEX_FILE).stat().st_size
+        # A flat index's codes are its rows' vectors (or their float16 encoding): it is built again from the
+        # row file on load instead of being written a second time (a 2,048-d catalog writes 8 KB an item once).
+        derived = self.plan.kind == "flat"
+        if not derived:
+            _write_atomic(folder / INDEX_FILE, lambda p: faiss.write_index(self.index, str(p)))
+            self._memory_bytes = (folder / INDEX_FILE).stat().st_size
         stamp = {
             "format": FORMAT, "generation": generation, "rows": int(self.vectors.rows), "size": self.size,
             "plan": self.plan.to_dict(), "settings": self.settings.__dict__,
             "item_settings": self.item_settings.__dict__, "quality": self.quality.__dict__,
             "built_count": self.built_count, "rows_sha256": _rows_digest(self.row_keys),
+            "faiss": "rows" if derived else "file", "dim": self.dim, "float16_codes": _holds_float16(self.index),
         }
         _write_atomic(folder / STAMP_FILE, lambda p: p.write_text(json.dumps(stamp, indent=1)))
+        if derived:  # after the stamp, the commit point: a crash before it leaves the old stamp's file in place
+            (folder / INDEX_FILE).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, folder: Path) -> tuple[VectorIndex, int] | None:
@@ -424,14 +460,19 @@ class VectorIndex:
                 log.warning("%s does not match its checksum (damaged); rebuilding the index from the store",
                             folder / ROWS_FILE)
                 return None
-            index = faiss.read_index(str(folder / INDEX_FILE))
-            rows = RowVectors.load(folder / VECTORS_FILE, index.d, plan.dtype, int(stamp["rows"]))
+            derived = stamp.get("faiss") == "rows"
+            index = None if derived else faiss.read_index(str(folder / INDEX_FILE))
+            dim = int(stamp["dim"]) if derived else index.d
+            rows = RowVectors.load(folder / VECTORS_FILE, dim, plan.dtype, int(stamp["rows"]))
             if len(row_keys) != rows.rows:
                 return None
+            if derived:
+                index = _flat_from_rows(rows, row_keys, bool(stamp.get("float16_codes")))
             self = cls(plan, index, row_keys, rows, SearchSettings(**stamp.get("settings", {})),
                        Quality(**stamp.get("quality", {})), int(stamp.get("built_count", 0)))
             self.item_settings = SearchSettings(**stamp.get("item_settings", stamp.get("settings", {})))
-            self._memory_bytes = (folder / INDEX_FILE).stat().st_size
+            if not derived:
+                self._memory_bytes = (folder / INDEX_FILE).stat().st_size
             return self, int(stamp["generation"])
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             log.info("index in %s not usable (%s); rebuilding from stored vectors", folder, exc)
@@ -476,9 +517,7 @@ def _new_faiss_index(plan: IndexPlan, dim: int, count: int) -> faiss.Index:
     ip = faiss.METRIC_INNER_PRODUCT
     fp16 = plan.dtype == "float16"
     if plan.kind == "flat":  # float16 codes from SCREEN_MIN_ITEMS on; a float32 plan re-ranks from its rows
-        if fp16 or count >= SCREEN_MIN_ITEMS:
-            return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, ip))
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        return _flat_faiss(dim, fp16 or count >= SCREEN_MIN_ITEMS)
     if plan.kind == "hnsw":
         m = int(plan.params.get("M", 32))
         index = (faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, m, ip) if fp16
@@ -494,6 +533,25 @@ def _new_faiss_index(plan: IndexPlan, dim: int, count: int) -> faiss.Index:
         index.cp.niter = 10
         return index
     raise ValueError(f"unknown index kind {plan.kind!r}")
+
+
+def _flat_faiss(dim: int, float16_codes: bool) -> faiss.Index:
+    """An empty exact inner-product index with ids: float16 codes (a screen, or a float16 plan) or float32."""
+    if float16_codes:
+        return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16,
+                                                            faiss.METRIC_INNER_PRODUCT))
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def _flat_from_rows(rows: RowVectors, row_keys: np.ndarray, float16_codes: bool) -> faiss.Index:
+    """A saved flat index built again from its row file: every live row added under its row number, 65,536 rows
+    at a time (a million 2,048-d rows are never held twice as float32)."""
+    index = _flat_faiss(rows.dim, float16_codes)
+    live = np.flatnonzero(row_keys >= 0)
+    for start in range(0, len(live), 65_536):
+        block = live[start:start + 65_536]
+        index.add_with_ids(np.ascontiguousarray(rows.get(block), dtype=np.float32), block)
+    return index
 
 
 def _holds_float16(index: faiss.Index) -> bool:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import ItemRecord, Store, StoredItem
+from .base import ItemRecord, Store, StoredItem, Written
 from .sqlite import SQLiteStore
 from .urls import DatabaseURL, is_database_url, parse_database_url
 
 __all__ = ["DatabaseURL", "ItemRecord", "SQLiteStore", "Store", "StoredItem", "is_database_url", "open_store",
-           "parse_database_url"]
+           "parse_database_url", "Written"]
 
 
 def open_store(location: str | Path, create: bool = False) -> Store:

@@ -30,7 +30,7 @@ from .events import EventTables
 from .fulltext import KeywordIndex
 from .fulltext import rebuild as rebuild_fulltext
 from .products import ProductRecord, drop_orphans, merge_labels, write_products
-from .sql import chunks, insert_rows, marks
+from .sql import chunks, insert_rows, marks, replace_rows
 
 ITEM_COLUMNS = ("key", "id", "path", "size", "mtime_ns", "sha256", "status", "reason", "width", "height", "updated")
 UPLOAD_PREFIX = "upload:"  # items.path of an image kept in the store's ``uploads`` table, not in a file
@@ -50,6 +50,20 @@ class ItemRecord:
     width: int | None = None
     height: int | None = None
     vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Written:
+    """What one ``Store.write`` committed, for a writer's own in-memory index to follow without reading the
+    vectors back: the generation it produced, the keys given vectors (int64, N) with those vectors (float32,
+    N x D, row for row) and the keys whose vectors it removed (int64). ``alone``: no other writer's commit
+    came between the generation this write read and the one it produced (else follow the change log)."""
+
+    generation: int
+    keys: np.ndarray
+    vectors: np.ndarray | None
+    removed: np.ndarray
+    alone: bool
 
 
 @dataclass(frozen=True)
@@ -126,10 +140,10 @@ class Store(EventTables, KeywordIndex, ABC):
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def write(self, records: Iterable[ItemRecord], products: Sequence[ProductRecord] = ()) -> None:
+    def write(self, records: Iterable[ItemRecord], products: Sequence[ProductRecord] = ()) -> Written:
         """Insert or update photos (``items``) and their vectors, then the ``products`` that show them (linked to
-        those of their photos that are stored), all or nothing. A few statements per batch, not a few per item:
-        over a network every statement is a round trip."""
+        those of their photos that are stored), all or nothing; returns what was committed (``Written``). A few
+        statements per batch, not a few per item: over a network every statement is a round trip."""
         now = time.time()
         with self._begin() as cur:
             gen = _next_generation(cur)
@@ -143,20 +157,26 @@ class Store(EventTables, KeywordIndex, ABC):
                 [(rec.id, rec.path, rec.size, rec.mtime_ns, rec.sha256, rec.status, rec.reason, rec.width,
                   rec.height, now) for rec in by_id.values()], per_statement=500)
             keys = {item_id: int(key) for key, item_id in rows}
-            vectors = [(keys[rec.id], np.ascontiguousarray(rec.vector, dtype=self.vector_dtype).tobytes(), gen)
-                       for rec in by_id.values() if rec.vector is not None]
-            insert_rows(cur, "INSERT INTO vectors (key, vector, gen) VALUES {} ON CONFLICT (key) "
-                              "DO UPDATE SET vector = excluded.vector, gen = excluded.gen", vectors)
+            embedded = [rec for rec in by_id.values() if rec.vector is not None]
+            vector_keys = np.fromiter((keys[rec.id] for rec in embedded), np.int64, count=len(embedded))
+            vectors = np.stack([rec.vector for rec in embedded]).astype(np.float32, copy=False) if embedded else None
+            stored = np.ascontiguousarray(vectors, dtype=self.vector_dtype) if embedded else None
+            replace_rows(cur, "vectors", ("key", "vector", "gen"),
+                         [(key, stored[i].data, gen) for i, key in enumerate(vector_keys.tolist())])
             failed = [keys[rec.id] for rec in by_id.values() if rec.vector is None and rec.status != "ok"]
+            removed: list[int] = []
             for chunk in chunks(failed, 900):
                 gone = cur.execute(f"DELETE FROM vectors WHERE key IN ({marks(chunk)}) RETURNING key",
                                    chunk).fetchall()
+                removed += [int(k) for (k,) in gone]
                 insert_rows(cur, "INSERT INTO removed (key, gen) VALUES {}", [(int(k), gen) for (k,) in gone])
             if products:
                 write_products(cur, products)
                 if any(p.variants is not None for p in products):
                     _bump(cur, "labels_generation")
-            _bump(cur)
+            produced = _bump(cur)
+        return Written(generation=produced, keys=vector_keys, vectors=vectors,
+                       removed=np.array(removed, dtype=np.int64), alone=produced == gen)
 
     def touch(self, updates: Iterable[tuple[str, str, int, int]]) -> None:
         """Record new path/size/mtime for files whose content did not change: (id, path, size, mtime_ns)."""
@@ -599,5 +619,7 @@ def _next_generation(cur: Cursor) -> int:
     return int(cur.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()[0]) + 1
 
 
-def _bump(cur: Cursor, counter: str = "generation") -> None:
-    cur.execute("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE name = ?", (counter,))
+def _bump(cur: Cursor, counter: str = "generation") -> int:
+    """Add one to a counter in meta; returns its new value."""
+    return int(cur.execute("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE name = ? "
+                           "RETURNING value", (counter,)).fetchone()[0])

@@ -294,8 +294,30 @@ class _Cursor:
         if match is None:
             raise ValueError(f"not an INSERT ... VALUES {{}} statement: {query[:60]!r}")
         table, names = match.group(1), [c.strip() for c in match.group(2).split(",")]
+        arrays = ", ".join(f"%b::{kind}[]" for kind in self._types(table, names))  # %b: arrays dumped in binary
+        statement = (f"INSERT INTO {table} ({match.group(2)}) SELECT * FROM unnest({arrays})"
+                     + _pg(query[match.end():]))
+        result = self.cur.execute(statement, [list(column) for column in zip(*rows, strict=True)])
+        return result.fetchall() if "RETURNING" in query else []
+
+    def replace_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple], key: str) -> None:
+        """``sql.replace_rows``: the rows of these keys deleted (one statement, the keys as one binary array),
+        then every row sent by one binary ``COPY`` (psycopg's ``Copy.write_row``): 8 KB vectors go in at the
+        server's bulk-load rate (``benchmarks/ray_throughput.py``'s store ceiling) instead of through an
+        ``unnest`` of a bytea array and ``ON CONFLICT``."""
+        types = self._types(table, columns)
+        position = columns.index(key)
+        self.cur.execute(f"DELETE FROM {table} WHERE {key} = ANY(%b::{types[position]}[])",
+                         [[row[position] for row in rows]])
+        with self.cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+
+    def _types(self, table: str, columns) -> list[str]:
+        """The SQL types of ``table``'s ``columns`` (``information_schema``), read again when one is missing."""
         types = self.column_types.get(table, {})
-        if any(name not in types for name in names):
+        if any(name not in types for name in columns):
             fresh: dict[str, dict[str, str]] = {}
             for t, c, kind in self.cur.execute(
                     "SELECT table_name, column_name, data_type FROM information_schema.columns "
@@ -303,11 +325,7 @@ class _Cursor:
                 fresh.setdefault(t, {})[c] = kind
             self.column_types.update(fresh)
             types = fresh.get(table, {})
-        arrays = ", ".join(f"%b::{types[name]}[]" for name in names)  # %b: the arrays dumped in binary
-        statement = (f"INSERT INTO {table} ({match.group(2)}) SELECT * FROM unnest({arrays})"
-                     + _pg(query[match.end():]))
-        result = self.cur.execute(statement, [list(column) for column in zip(*rows, strict=True)])
-        return result.fetchall() if "RETURNING" in query else []
+        return [types[name] for name in columns]
 
     def executemany(self, query: str, rows) -> None:
         rows = list(rows)

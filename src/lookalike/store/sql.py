@@ -36,3 +36,19 @@ def insert_rows(cur: Any, sql: str, rows: list[tuple], per_statement: int = 300)
         if "RETURNING" in sql:
             returned += result.fetchall()
     return returned
+
+
+def replace_rows(cur: Any, table: str, columns: tuple[str, ...], rows: list[tuple], key: str = "key") -> None:
+    """Insert ``rows`` (``columns``, ``key`` first) into ``table``, each replacing the row of its key if there is
+    one, inside the caller's transaction. SQLite: ``insert_rows`` with ``ON CONFLICT (key) DO UPDATE``. A
+    cursor with a ``replace_rows`` of its own takes them instead (PostgreSQL: the keys' rows deleted, then one
+    binary ``COPY``, the bulk path PostgreSQL's docs name for loading many rows)."""
+    if not rows:
+        return
+    own = getattr(cur, "replace_rows", None)
+    if own is not None:
+        own(table, columns, rows, key)
+        return
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
+    insert_rows(cur, f"INSERT INTO {table} ({', '.join(columns)}) VALUES {{}} ON CONFLICT ({key}) DO UPDATE SET "
+                     f"{updates}", rows)
