@@ -31,7 +31,9 @@ listing and stat-ing, the commit loop's transactions, the vectors and the FAISS 
 images/s any cluster can index into one catalog; the ratio printed is against the local engine's rate. It is
 printed on a line of its own, ``driver ceiling: sqlite N images/s`` (and ``postgresql``), beside the store's
 own ceiling in the same run: the same number of 8 KB vectors written into a bare table with nothing of
-lookalike's around them (``store_ceiling``), the most any driver could reach on this machine.
+lookalike's around them (``store_ceiling``), the most any driver could reach on this machine; then this disk's
+sustained write rate and the bytes the SQLite driver wrote per image (``disk_write_rate``, ``bytes_written``):
+what the disk alone allows that layout.
 
     python benchmarks/ray_throughput.py --driver-only --driver-pg   # the ceilings alone, SQLite and PostgreSQL
     python benchmarks/ray_throughput.py --driver-only --driver-phases --min-overhead 0.13  # where the time goes
@@ -331,10 +333,11 @@ def store_ceiling(rows: int, dim: int, location: str | None, workdir: Path, batc
     if location is None:
         import sqlite3
 
-        from lookalike.store.sqlite import PAGE_SIZE
+        from lookalike.store import sqlite as sqlite_store
 
+        page_size = getattr(sqlite_store, "PAGE_SIZE", 4096)  # 4096: a release before the catalog chose it
         conn = sqlite3.connect(str(Path(tempfile.mkdtemp(dir=workdir)) / "bare.sqlite"), isolation_level=None)
-        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        conn.execute(f"PRAGMA page_size={page_size}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("CREATE TABLE vectors (key INTEGER PRIMARY KEY, vector BLOB NOT NULL)")
