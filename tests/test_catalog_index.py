@@ -67,10 +67,14 @@ def test_catalog_catches_up_without_rebuilding(tmp_path, builds):
     assert builds == ["hnsw"]
 
 
-def test_an_add_applies_its_own_commits_to_the_index_without_reading_vectors_back(tmp_path, monkeypatch):
-    """The writer's index follows each commit from the vectors in hand; the saved index names the store's
-    generation and answers as one rebuilt from the store."""
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_an_add_applies_its_own_commits_to_the_index_without_reading_vectors_back(tmp_path, monkeypatch, dtype):
+    """The writer's index follows each commit from the vectors in hand (as stored: float16 in a large
+    catalog); the saved index names the store's generation and answers as one rebuilt from the store."""
     from lookalike.store.base import Store
+
+    if dtype == "float16":
+        monkeypatch.setattr(choice, "FP16_MIN_ITEMS", 0)  # a large catalog's float16 vectors from the first item
 
     make_photos(tmp_path / "a", 12)
     read_back = []
@@ -96,6 +100,7 @@ def test_an_add_applies_its_own_commits_to_the_index_without_reading_vectors_bac
 
     shutil.rmtree(tmp_path / "shop.lk" / "index")
     with Catalog.open(tmp_path / "shop.lk") as rebuilt:
+        assert rebuilt.index.plan.dtype == dtype
         assert [(m.id, round(m.similarity, 5)) for m in rebuilt.similar("p001", k=16)] == found
 
 

@@ -55,8 +55,9 @@ class ItemRecord:
 @dataclass(frozen=True)
 class Written:
     """What one ``Store.write`` committed, for a writer's own in-memory index to follow without reading the
-    vectors back: the generation it produced, the keys given vectors (int64, N) with those vectors (float32,
-    N x D, row for row) and the keys whose vectors it removed (int64). ``alone``: no other writer's commit
+    vectors back: the generation it produced, the keys given vectors (int64, N) with those vectors as stored
+    (N x D, row for row: float32, or float16 in large catalogs, so that an index built from them equals one
+    built from the store) and the keys whose vectors it removed (int64). ``alone``: no other writer's commit
     came between the generation this write read and the one it produced (else follow the change log)."""
 
     generation: int
@@ -159,8 +160,8 @@ class Store(EventTables, KeywordIndex, ABC):
             keys = {item_id: int(key) for key, item_id in rows}
             embedded = [rec for rec in by_id.values() if rec.vector is not None]
             vector_keys = np.fromiter((keys[rec.id] for rec in embedded), np.int64, count=len(embedded))
-            vectors = np.stack([rec.vector for rec in embedded]).astype(np.float32, copy=False) if embedded else None
-            stored = np.ascontiguousarray(vectors, dtype=self.vector_dtype) if embedded else None
+            stored = (np.ascontiguousarray(np.stack([rec.vector for rec in embedded]), dtype=self.vector_dtype)
+                      if embedded else None)
             replace_rows(cur, "vectors", ("key", "vector", "gen"),
                          [(key, stored[i].data, gen) for i, key in enumerate(vector_keys.tolist())])
             failed = [keys[rec.id] for rec in by_id.values() if rec.vector is None and rec.status != "ok"]
@@ -175,7 +176,7 @@ class Store(EventTables, KeywordIndex, ABC):
                 if any(p.variants is not None for p in products):
                     _bump(cur, "labels_generation")
             produced = _bump(cur)
-        return Written(generation=produced, keys=vector_keys, vectors=vectors,
+        return Written(generation=produced, keys=vector_keys, vectors=stored,
                        removed=np.array(removed, dtype=np.int64), alone=produced == gen)
 
     def touch(self, updates: Iterable[tuple[str, str, int, int]]) -> None:
