@@ -335,7 +335,8 @@ def store_ceiling(rows: int, dim: int, location: str | None, workdir: Path, batc
 
         from lookalike.store import sqlite as sqlite_store
 
-        page_size = getattr(sqlite_store, "PAGE_SIZE", 4096)  # 4096: a release before the catalog chose it
+        chosen = getattr(sqlite_store, "page_size_for", None)  # None: a release before the catalog chose it
+        page_size = chosen(dim) if chosen else 4096
         conn = sqlite3.connect(str(Path(tempfile.mkdtemp(dir=workdir)) / "bare.sqlite"), isolation_level=None)
         conn.execute(f"PRAGMA page_size={page_size}")
         conn.execute("PRAGMA journal_mode=WAL")

@@ -307,3 +307,26 @@ def test_a_listener_hears_another_processes_write(pg_url):
         watch.close()
         reader.close()
         writer.close()
+
+
+def test_a_new_catalog_file_gets_pages_its_vectors_fit_in_and_an_older_file_keeps_its_own(tmp_path):
+    """Vectors larger than a 4 KB page's cell get 64 KB pages (no overflow chains); small ones keep SQLite's
+    default; a file written with 4 KB pages (every earlier release) opens with them and keeps its rows."""
+    from lookalike.store.sqlite import SQLiteStore, page_size_for
+
+    assert (page_size_for(512), page_size_for(1000), page_size_for(1280), page_size_for(2048)) == (
+        4096, 4096, 65536, 65536)
+    vecs = random_unit(3, 2048, seed=5)
+    big = SQLiteStore(tmp_path / "big.sqlite", page_size=page_size_for(2048))
+    big.write([ok("a", vecs[0]), ok("b", vecs[1])])
+    assert big.conn.execute("PRAGMA page_size").fetchone()[0] == 65536
+    np.testing.assert_array_equal(big.vectors(2048)[1], vecs[:2])
+    big.close()
+    old = SQLiteStore(tmp_path / "old.sqlite")  # as an earlier release made it
+    old.write([ok("a", vecs[0])])
+    old.close()
+    again = SQLiteStore(tmp_path / "old.sqlite", page_size=65536)
+    again.write([ok("c", vecs[2])])
+    assert again.conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+    np.testing.assert_array_equal(again.vectors(2048)[1], vecs[[0, 2]])
+    again.close()

@@ -48,6 +48,7 @@ from ..models.registry import DEFAULT_MODEL, canonical_name, create_embedder, we
 from ..models.texttower import TextTower
 from ..store import SQLiteStore, Store, is_database_url, open_store, parse_database_url
 from ..store.base import UPLOAD_PREFIX, Watch
+from ..store.sqlite import page_size_for
 from .browsing import Browsing, CatalogItem
 from .indexing import Indexing, ItemTable
 from .ingest import MAX_ID_LENGTH, UPLOADS_DIR, IndexReport, Ingest, assign_item_ids, write_once
@@ -185,7 +186,7 @@ class Catalog(Ingest, Indexing, Browsing, Searching, Ranked, Keywords, TextSearc
             umask = os.umask(0)
             os.umask(umask)
             building.chmod(0o777 & ~umask)  # mkdtemp makes it private; a catalog is shared like any folder
-            SQLiteStore(building / DB_FILE).close()
+            SQLiteStore(building / DB_FILE, page_size=page_size_for(embedder.info.dim)).close()
             config.save(building / CONFIG_FILE)
             if path.exists():
                 shutil.rmtree(path) if _unfinished_creation(path) else path.rmdir()

@@ -25,6 +25,7 @@ from ..core.config import CatalogConfig
 from ..core.errors import CatalogError
 from ..store import Store, is_database_url, open_store
 from ..store.base import ITEM_COLUMNS, UPLOAD_PREFIX
+from ..store.sqlite import page_size_for
 from .catalog import CONFIG_FILE, DB_FILE, UPLOADS_DIR, Catalog
 
 SAMPLE = 64  # vectors compared byte for byte after the copy
@@ -112,7 +113,7 @@ def _copy_to_folder(src: Catalog, path: Path, config: CatalogConfig, report: Cop
         umask = os.umask(0)
         os.umask(umask)
         building.chmod(0o777 & ~umask)
-        dst = open_store(building / DB_FILE, create=True)
+        dst = open_store(building / DB_FILE, create=True, page_size=page_size_for(config.embedder.dim))
         try:
             _copy_rows(src, dst, report, uploads_in_store=False, folder=building, final=path)
             _verify(src.store, dst, report, in_store=False)

@@ -13,8 +13,9 @@ __all__ = ["DatabaseURL", "ItemRecord", "SQLiteStore", "Store", "StoredItem", "i
            "parse_database_url", "Written"]
 
 
-def open_store(location: str | Path, create: bool = False) -> Store:
-    """The store at a SQLite file path or a ``postgresql://`` URL (psycopg is imported only for the latter).
+def open_store(location: str | Path, create: bool = False, page_size: int | None = None) -> Store:
+    """The store at a SQLite file path or a ``postgresql://`` URL (psycopg is imported only for the latter);
+    ``page_size``: of a SQLite file this creates (``sqlite.page_size_for``).
 
     Raises:
         StoreUnavailableError: the database cannot be reached.
@@ -24,4 +25,4 @@ def open_store(location: str | Path, create: bool = False) -> Store:
         from .postgres import PostgresStore
 
         return PostgresStore(str(location), create=create)
-    return SQLiteStore(Path(location))
+    return SQLiteStore(Path(location), page_size=page_size)

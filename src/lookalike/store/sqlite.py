@@ -66,11 +66,21 @@ SCHEMA += SQLITE_TABLES
 SCHEMA += SQLITE_EVENT_TABLES  # the query log and shoppers' events (store/events.py)
 SCHEMA += FULLTEXT_TABLES  # the keyword index of products' labels (store/fulltext.py)
 
-# The page size of a new catalog file, bytes: SQLite's largest. A 2,048-d float32 vector (8 KB) then lies inside
-# its row's page instead of in a chain of 4 KB overflow pages, which the WAL writes and later copies back page
-# by page: 20,000 such rows go into a bare table at 56,000-65,000 rows/s against 28,000 with the 4 KB default
-# (benchmarks/ray_throughput.py's store ceiling on a 2-core EPYC). SQLite's docs, "PRAGMA page_size".
-PAGE_SIZE = 65536
+# SQLite's largest page size, bytes. A catalog file is made with it when its float32 vectors do not fit inside a
+# 4 KB page (``page_size_for``): a 2,048-d vector (8 KB) then lies inside its row's page instead of in a chain of
+# 4 KB overflow pages, which the WAL writes and later copies back page by page: 20,000 such rows go into a bare
+# table at 53,000-57,000 rows/s against 27,000-29,000 with 4 KB pages (benchmarks/ray_throughput.py's store
+# ceiling on a 2-core EPYC). Small vectors keep SQLite's default, cheaper for small transactions (a one-row
+# commit: 26 us at 4 KB, 136 us at 64 KB). SQLite's docs, "PRAGMA page_size" and "Database File Format".
+LARGE_PAGE_SIZE = 65536
+DEFAULT_PAGE_SIZE = 4096
+
+
+def page_size_for(dim: int) -> int:
+    """The page size of a new catalog file whose vectors have ``dim`` float32 values: 4,096 (SQLite's default)
+    while a vector fits in a 4 KB page's cell (up to 1,000 values: a cell holds 4,061 bytes at most), else
+    ``LARGE_PAGE_SIZE``."""
+    return DEFAULT_PAGE_SIZE if dim * 4 <= 4000 else LARGE_PAGE_SIZE
 
 
 def writable(path: Path) -> bool:
@@ -82,12 +92,14 @@ def writable(path: Path) -> bool:
 
 class SQLiteStore(Store):
     """``read_only``: None decides by whether the file can be written (``writable``); a read-only store serves
-    every read and refuses every write with one line (a shop serving its catalog from a read-only volume)."""
+    every read and refuses every write with one line (a shop serving its catalog from a read-only volume).
+    ``page_size``: of a file this creates (``page_size_for``); an existing file keeps its own."""
 
     dialect = "sqlite"
 
-    def __init__(self, path: Path, read_only: bool | None = None):
+    def __init__(self, path: Path, read_only: bool | None = None, page_size: int | None = None):
         self.path = Path(path)
+        self.page_size = page_size
         self.location = str(path)
         self.read_only = (not writable(self.path)) if read_only is None else read_only
         if self.read_only:
@@ -105,7 +117,8 @@ class SQLiteStore(Store):
     def _open_writable(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         try:
-            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # a new file only: an existing one keeps its own
+            if self.page_size:
+                conn.execute(f"PRAGMA page_size={int(self.page_size)}")  # a new file only: one keeps its own
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
