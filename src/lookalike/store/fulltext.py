@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .sql import insert_rows
+from .sql import insert_rows, where_in
 
 SQLITE_TABLES = """
 CREATE TABLE IF NOT EXISTS product_text (
@@ -85,10 +85,7 @@ def words(text: str) -> list[str]:
 def write_texts(cur, texts: Mapping[int, str]) -> None:
     """Replace the ``product_text`` rows of these product keys (an empty text: no row), inside the caller's
     transaction (``cur``); the same SQL on both backends (``?`` placeholders)."""
-    keys = list(texts)
-    for start in range(0, len(keys), 900):
-        chunk = keys[start:start + 900]
-        cur.execute(f"DELETE FROM product_text WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+    where_in(cur, "DELETE FROM product_text WHERE key IN ({})", list(texts))
     insert_rows(cur, "INSERT INTO product_text (key, body) VALUES {}",
                 [(key, text) for key, text in texts.items() if text])
 

@@ -300,6 +300,15 @@ class _Cursor:
         result = self.cur.execute(statement, [list(column) for column in zip(*rows, strict=True)])
         return result.fetchall() if "RETURNING" in query else []
 
+    def where_in(self, query: str, values: list) -> list[tuple]:
+        """``sql.where_in``'s statement (``... IN ({}) ...``) for every value at once, as ``= ANY(%b)`` of one
+        binary array (text or bigint, as the values are): one parameter instead of one per value, which psycopg
+        would parse in Python."""
+        kind = "text" if isinstance(values[0], str) else "bigint"
+        statement = _pg(query).replace(" IN ({})", f" = ANY(%b::{kind}[])")
+        result = self.cur.execute(statement, [list(values)])
+        return result.fetchall() if result.description is not None else []
+
     def replace_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple], key: str) -> None:
         """``sql.replace_rows``: the rows of these keys deleted (one statement, the keys as one binary array),
         then every row sent by one binary ``COPY`` (psycopg's ``Copy.write_row``): 8 KB vectors go in at the

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .fulltext import body as text_of
 from .fulltext import write_texts
-from .sql import chunks, insert_rows, marks
+from .sql import insert_rows, where_in
 
 FORMAT = "2"  # 1: one item = one photo with its labels; 2: products with photos, variants and labels
 VALUE_SEPARATOR = " | "  # how a label with several values (one per variant) is shown in one string
@@ -215,13 +215,9 @@ def write_products(cur, products: Sequence[ProductRecord]) -> list[int]:
                             "RETURNING key, id", [(pid,) for pid in by_id], per_statement=500)
     keys = {pid: int(key) for key, pid in rows}
     photo_ids = sorted({photo for p in by_id.values() for photo in p.photos})
-    photo_keys: dict[str, int] = {}
-    for chunk in chunks(photo_ids, 900):
-        photo_keys.update({pid: int(key) for key, pid in
-                           cur.execute(f"SELECT key, id FROM items WHERE id IN ({marks(chunk)})", chunk).fetchall()})
+    photo_keys = {pid: int(key) for key, pid in where_in(cur, "SELECT key, id FROM items WHERE id IN ({})", photo_ids)}
     product_keys = [keys[pid] for pid in by_id]
-    for chunk in chunks(product_keys, 900):
-        cur.execute(f"DELETE FROM product_photos WHERE product IN ({marks(chunk)})", chunk)
+    where_in(cur, "DELETE FROM product_photos WHERE product IN ({})", product_keys)
     links = []
     for pid, product in by_id.items():
         seen: set[int] = set()
@@ -232,8 +228,7 @@ def write_products(cur, products: Sequence[ProductRecord]) -> list[int]:
                 links.append((keys[pid], key, position))
     insert_rows(cur, "INSERT INTO product_photos (product, photo, position) VALUES {}", links)
     relabel = {keys[pid]: p.variants for pid, p in by_id.items() if p.variants is not None}
-    for chunk in chunks(list(relabel), 900):
-        cur.execute(f"DELETE FROM labels WHERE key IN ({marks(chunk)})", chunk)
+    where_in(cur, "DELETE FROM labels WHERE key IN ({})", list(relabel))
     insert_rows(cur, "INSERT INTO labels (key, variant, name, value) VALUES {}",
                 [(key, str(variant), str(n), str(v)) for key, variants in relabel.items()
                  for variant, labels in variants.items() for n, v in labels.items()])

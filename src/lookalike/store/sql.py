@@ -52,3 +52,21 @@ def replace_rows(cur: Any, table: str, columns: tuple[str, ...], rows: list[tupl
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
     insert_rows(cur, f"INSERT INTO {table} ({', '.join(columns)}) VALUES {{}} ON CONFLICT ({key}) DO UPDATE SET "
                      f"{updates}", rows)
+
+
+def where_in(cur: Any, sql: str, values: list, per_statement: int = 900) -> list[tuple]:
+    """Run ``sql`` (a statement with ``IN ({})`` where the values go) over ``values`` inside the caller's
+    transaction; returns the rows it gives (a ``SELECT`` or ``RETURNING``; else an empty list). SQLite: one
+    statement per ``per_statement`` values (its limit of bound parameters). A cursor with a ``where_in`` of its
+    own takes them instead (PostgreSQL: one statement, ``= ANY`` of one binary array)."""
+    if not values:
+        return []
+    own = getattr(cur, "where_in", None)
+    if own is not None:
+        return own(sql, values)
+    out: list[tuple] = []
+    for chunk in chunks(values, per_statement):
+        result = cur.execute(sql.format(marks(chunk)), chunk)
+        if result.description is not None:
+            out += result.fetchall()
+    return out
