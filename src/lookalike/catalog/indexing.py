@@ -99,6 +99,8 @@ class Indexing:
                 if save:
                     raise
                 log.info("could not save the index (%s)", exc)
+        if folder is None:  # kept in memory only (a scratch cache): nothing to save
+            self._saved_generation = generation
         self._index, self._index_generation, self._meta, self._products = index, generation, None, None
 
     def _follow(self, written: Written) -> None:
