@@ -325,7 +325,7 @@ def store_ceiling(rows: int, dim: int, location: str | None, workdir: Path, batc
     """What the store itself takes in, rows/s, with nothing of lookalike's around it: ``rows`` (key, 8 KB float32
     vector) rows written into a bare two-column table, ``batch`` rows a transaction as the driver commits them.
     SQLite: ``executemany`` INSERT in WAL mode with ``synchronous=NORMAL`` and the catalog's page size
-    (``store.sqlite.PAGE_SIZE``), as the catalog opens its file;
+    (``store.sqlite.page_size_for``), as the catalog opens its file;
     PostgreSQL (``location``): binary ``COPY`` (psycopg's ``Copy.write_row``), default durability. The driver's
     ceiling cannot pass it, so it names this machine's limit."""
     vectors = np.random.default_rng(1).standard_normal((4096, dim)).astype(np.float32)

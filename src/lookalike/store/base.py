@@ -30,7 +30,7 @@ from .events import EventTables
 from .fulltext import KeywordIndex
 from .fulltext import rebuild as rebuild_fulltext
 from .products import ProductRecord, drop_orphans, merge_labels, write_products
-from .sql import chunks, insert_rows, marks, replace_rows
+from .sql import chunks, insert_rows, marks, replace_rows, where_in
 
 ITEM_COLUMNS = ("key", "id", "path", "size", "mtime_ns", "sha256", "status", "reason", "width", "height", "updated")
 UPLOAD_PREFIX = "upload:"  # items.path of an image kept in the store's ``uploads`` table, not in a file
@@ -165,12 +165,8 @@ class Store(EventTables, KeywordIndex, ABC):
             replace_rows(cur, "vectors", ("key", "vector", "gen"),
                          [(key, stored[i].data, gen) for i, key in enumerate(vector_keys.tolist())])
             failed = [keys[rec.id] for rec in by_id.values() if rec.vector is None and rec.status != "ok"]
-            removed: list[int] = []
-            for chunk in chunks(failed, 900):
-                gone = cur.execute(f"DELETE FROM vectors WHERE key IN ({marks(chunk)}) RETURNING key",
-                                   chunk).fetchall()
-                removed += [int(k) for (k,) in gone]
-                insert_rows(cur, "INSERT INTO removed (key, gen) VALUES {}", [(int(k), gen) for (k,) in gone])
+            removed = [int(k) for (k,) in where_in(cur, "DELETE FROM vectors WHERE key IN ({}) RETURNING key", failed)]
+            insert_rows(cur, "INSERT INTO removed (key, gen) VALUES {}", [(k, gen) for k in removed])
             if products:
                 write_products(cur, products)
                 if any(p.variants is not None for p in products):
