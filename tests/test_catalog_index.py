@@ -130,6 +130,71 @@ def test_batches_that_come_back_fast_share_a_transaction_and_an_interrupt_keeps_
         assert (report.indexed, report.unchanged, len(catalog)) == (3, 2, 5)
 
 
+class FailingEngine:
+    """Embeds ``good`` batches of one photo each (random unit vectors), then fails as a lost cluster would."""
+
+    name = "failing"
+
+    def __init__(self, dim: int, good: int):
+        self.dim, self.good = dim, good
+
+    def encode_files(self, embedder, options, tasks, *, int8=None):
+        import hashlib
+
+        import numpy as np
+
+        from lookalike.engines.files import EncodedBatch, FileResult
+
+        rng = np.random.default_rng(0)
+        for n, task in enumerate(tasks):
+            if n == self.good:
+                raise RuntimeError("the cluster went away")
+            data = task.path.read_bytes()
+            vector = rng.standard_normal((1, self.dim)).astype(np.float32)
+            yield EncodedBatch(embedded=[FileResult(task=task, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                                                    width=48, height=64)],
+                               vectors=vector / np.linalg.norm(vector))
+
+    def detail(self) -> dict:
+        return {}
+
+
+def test_transactions_written_while_the_next_batches_arrive_keep_every_commit_when_the_engine_fails(
+        tmp_path, monkeypatch):
+    """The commit loop writes one transaction while the next gathers (and spills the index's rows between):
+    a failing engine still leaves every photo that came back committed, with a saved index equal to a rebuild,
+    no spill file behind, and SQLite's WAL checkpointed (by the loop's checkpointer, not the commits)."""
+    import sqlite3
+
+    from lookalike.catalog import ingest
+
+    make_photos(tmp_path / "a", 9)
+    monkeypatch.setattr(ingest, "COMMIT_ROWS", 2)
+    monkeypatch.setattr(ingest, "COMMIT_SECONDS", 3600.0)
+    with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
+        engine = FailingEngine(catalog.embedder.dim, good=7)
+        with pytest.raises(RuntimeError, match="cluster went away"):
+            catalog.add(tmp_path / "a", options=QUIET, engine=engine)
+        assert len(catalog) == 7
+        assert catalog.store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+        found = [(m.id, round(m.similarity, 5)) for m in catalog.similar("p003", k=7)]
+    index_dir = tmp_path / "shop.lk" / "index"
+    assert not list(index_dir.glob("*.spill"))
+    with sqlite3.connect(tmp_path / "shop.lk" / "catalog.sqlite") as conn:
+        busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert busy == 0 and copied == frames
+    with Catalog.open(tmp_path / "shop.lk") as catalog:  # the saved index, proven against the store
+        assert [(m.id, round(m.similarity, 5)) for m in catalog.similar("p003", k=7)] == found
+        report = catalog.add(tmp_path / "a", options=QUIET)
+        assert (report.indexed, report.unchanged, len(catalog)) == (2, 7, 9)
+        found = [(m.id, round(m.similarity, 5)) for m in catalog.similar("p003", k=9)]
+    import shutil
+
+    shutil.rmtree(index_dir)
+    with Catalog.open(tmp_path / "shop.lk") as rebuilt:
+        assert [(m.id, round(m.similarity, 5)) for m in rebuilt.similar("p003", k=9)] == found
+
+
 def test_crossing_a_threshold_rebuilds_as_the_new_kind(tmp_path, builds, monkeypatch):
     monkeypatch.setattr(choice, "FLAT_MAX_ITEMS", 10)
     monkeypatch.setattr(choice, "FP16_MIN_ITEMS", 10)

@@ -3,6 +3,8 @@ every kind, incremental updates, filters, float16, persistence, and the catalog 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -290,6 +292,60 @@ def test_a_flat_index_is_saved_as_rows_and_one_saved_with_its_faiss_file_still_l
     earlier, generation = VectorIndex.load(tmp_path)
     assert generation == 3
     np.testing.assert_array_equal(earlier.search(queries, 10)[1], expected[1])
+
+
+def test_rows_spilled_ahead_of_a_save_count_only_once_saved_and_a_killed_writer_loses_nothing_saved(data, tmp_path):
+    """A writer spills each commit's rows to the row file while its next transaction is written; the stamp
+    still commits. Killed between spill and save: the last save loads as it was, the spill file of the dead
+    writer goes at the next save. Another process writing the file in between: the save writes a whole file."""
+    import subprocess
+    import sys
+
+    keys, vectors = data
+    spill_of = lambda pid: tmp_path / f"{vector_index.VECTORS_FILE}.{pid}-0a1b2c3d.spill"  # noqa: E731
+    index = VectorIndex.build(keys[:0], vectors[:0], plan_for("flat"))
+    index.update(keys[:100], vectors[:100])
+    index.spill(tmp_path)  # a new index: into a file of this process's own until saved
+    (own,) = tmp_path.glob(f"*.{os.getpid()}-*.spill")
+    assert own.stat().st_size == 100 * vectors.shape[1] * 4
+    index.update(keys[100:150], vectors[100:150])
+    index.save(tmp_path, generation=1)
+    assert not own.exists()
+    loaded, _ = VectorIndex.load(tmp_path)
+    np.testing.assert_array_equal(loaded.vectors_of(keys[:150]), vectors[:150])
+
+    # Rows appended after the saved ones, spilled in place, then the writer "killed" (no save).
+    loaded.update(keys[150:200], vectors[150:200])
+    loaded.spill(tmp_path)
+    rows_file = tmp_path / vector_index.VECTORS_FILE
+    assert rows_file.stat().st_size == 200 * vectors.shape[1] * 4
+    del loaded
+    survivor, generation = VectorIndex.load(tmp_path)
+    assert generation == 1 and survivor.size == 150
+    np.testing.assert_array_equal(survivor.vectors_of(keys[:150]), vectors[:150])
+    survivor.update(keys[150:170], vectors[180:200])  # the next writer writes over the unsaved rows
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    spill_of(int(dead.stdout)).write_bytes(b"left by a killed writer")
+    survivor.save(tmp_path, generation=2)
+    assert not spill_of(int(dead.stdout)).exists()
+    again, _ = VectorIndex.load(tmp_path)
+    np.testing.assert_array_equal(again.vectors_of(keys[150:170]), vectors[180:200])
+
+    # Another process appends to the file between this writer's spill and its save: nothing of theirs is
+    # written over; this save replaces the file as a whole, and it holds exactly this writer's rows.
+    again.update(keys[170:180], vectors[170:180])
+    again.spill(tmp_path)
+    with open(rows_file, "ab") as fh:
+        fh.write(np.ones((3, vectors.shape[1]), np.float32).tobytes())
+    again.save(tmp_path, generation=3)
+    final, generation = VectorIndex.load(tmp_path)
+    assert generation == 3 and final.size == 180
+    np.testing.assert_array_equal(final.vectors_of(keys[150:180]), np.concatenate([vectors[180:200],
+                                                                                    vectors[170:180]]))
+    queries = vectors[:20]
+    np.testing.assert_array_equal(final.search(queries, 10)[1],
+                                  VectorIndex.build(keys[:180], final.vectors_of(keys[:180]),
+                                                    plan_for("flat")).search(queries, 10)[1])
 
 
 def test_ground_truth_leaves_the_query_out(data):

@@ -116,6 +116,17 @@ class Indexing:
         self._index_generation = written.generation
         self._meta = self._products = None
 
+    def _spill_index(self) -> None:
+        """Write the rows this writer's index took since its last save to its row file now (``VectorIndex.spill``),
+        while the next transaction is in flight: the save at the end of the run then has only what is left to
+        write. Best effort: an index that cannot be written is saved (or kept in memory) as before."""
+        if self._index is None or self.index_dir is None:
+            return
+        try:
+            self._index.spill(self.index_dir)
+        except OSError as exc:
+            log.info("could not write the index's rows ahead of saving (%s)", exc)
+
     def index_options(self) -> IndexOptions:
         """The index settings chosen with ``lookalike index --index/--memory/--recall`` (or defaults)."""
         return IndexOptions.from_json(self.store.get_meta("index_options"))

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -243,26 +244,44 @@ class Ingest:
         their reasons, and the products those photos show; unchanged content only touches size and mtime.
         Batches may come in any order. Batches that come back fast are gathered into one transaction (up to
         ``COMMIT_ROWS`` photos or ``COMMIT_SECONDS`` after the first one waiting), since a transaction's fixed
-        cost is a third of a small batch's; each commit is applied to the in-memory index as it is made, and
-        ``on_batch`` is told the photos committed so far."""
+        cost is a third of a small batch's. Each transaction is written on a thread of its own while the next
+        one gathers; the one before is then applied to the in-memory index and its rows spilled to the index's
+        row file (``_spill_index``), so that the store's and the index's writes overlap on two cores. With
+        ``on_batch``, each transaction is waited for before it is told the photos committed so far."""
         by_ref = {task.ref: (item, size, mtime) for item, task, size, mtime in todo}
         self._refresh_index(save=False, expect=len(todo))  # loaded (or built) now: each commit is applied to it
         show = options.progress and sys.stderr.isatty()
         records: list[ItemRecord] = []
         waiting_since = 0.0
         embedded = 0
+        writer = ThreadPoolExecutor(1, thread_name_prefix="lookalike-commit")
+        in_flight: tuple[Future, int] | None = None  # the transaction being written, and its embedded photos
 
-        def flush(notify: bool = True) -> None:
-            nonlocal records, embedded
-            if records:
-                shown = {id(p): p for rec in records for p in by_photo.get(rec.id, ())}
-                self._follow(self.store.write(records, list(shown.values())))
-            report.indexed += embedded
-            records, embedded = [], 0
+        def settle(written: tuple[Future, int] | None) -> None:
+            """Wait for a transaction; apply it to the index, count its photos, spill the index's new rows."""
+            if written is not None:
+                self._follow(written[0].result())
+                report.indexed += written[1]
+                self._spill_index()
+
+        def flush(notify: bool = True, wait: bool = False) -> None:
+            nonlocal records, embedded, in_flight
+            gathered, count, previous = records, embedded, in_flight
+            records, embedded, in_flight = [], 0, None
+            if gathered:
+                shown = {id(p): p for rec in gathered for p in by_photo.get(rec.id, ())}
+                in_flight = (writer.submit(self.store.write, gathered, list(shown.values())), count)
+            settle(previous)  # the previous transaction, applied while this one is written
+            if wait or on_batch is not None:
+                current, in_flight = in_flight, None
+                settle(current)
             if notify and on_batch is not None:
                 on_batch(report.indexed)
 
-        with tqdm(total=len(todo), unit="img", desc="indexing", disable=not show, dynamic_ncols=True) as bar:
+        with tqdm(total=len(todo), unit="img", desc="indexing", disable=not show, dynamic_ncols=True) as bar, \
+                contextlib.ExitStack() as stack:
+            stack.enter_context(self.store.bulk())  # SQLite: the WAL checkpointed on a thread of its own
+            stack.callback(writer.shutdown)
             try:
                 for batch in batches:
                     if not records and not embedded:
@@ -288,11 +307,12 @@ class Ingest:
                     if len(records) >= COMMIT_ROWS or time.monotonic() - waiting_since >= COMMIT_SECONDS:
                         flush()
             except BaseException:  # an interrupt or a failed engine: keep what came back before it
-                if records:
-                    with contextlib.suppress(Exception):
-                        flush(notify=False)
+                with contextlib.suppress(Exception):
+                    flush(notify=False, wait=True)
+                if self._index is not None:  # not saved by this run: its rows spilled so far count for nothing
+                    self._index.discard_spill()
                 raise
-            flush()
+            flush(wait=True)
 
     def add_image(self, data: bytes, item_id: str | None = None, labels: Mapping[str, str] | None = None,
                   vector: np.ndarray | None = None) -> CatalogItem:

@@ -413,6 +413,18 @@ class VectorIndex:
 
     # -- persistence -------------------------------------------------------------------------------
 
+    def spill(self, folder: Path) -> None:
+        """Write the rows added since the last save or spill to ``folder``'s row file ahead of ``save``
+        (``RowVectors.spill``): a writer calls it between its transactions, so that the bytes go out while the
+        next one is written. Nothing counts as saved until ``save``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(folder, exclusive=True):
+            self.vectors.spill(folder / VECTORS_FILE)
+
+    def discard_spill(self) -> None:
+        """Forget rows spilled but not saved (``RowVectors.discard_spill``)."""
+        self.vectors.discard_spill()
+
     def save(self, folder: Path, generation: int) -> None:
         """Write vectors, rows, index, then the stamp, each atomically; the stamp is the commit point. Processes
         sharing the folder (replicas of a database catalog on one machine) take turns (``folder/.lock``)."""

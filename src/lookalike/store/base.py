@@ -20,7 +20,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,11 @@ class Store(EventTables, KeywordIndex, ABC):
     @abstractmethod
     def bytes_on_disk(self) -> int:
         """What the store takes on disk (file, or the schema's tables with their indexes and TOAST)."""
+
+    def bulk(self) -> AbstractContextManager[None]:
+        """A block of many write transactions in a row (an index run's commit loop), during which the backend
+        may defer its upkeep to other threads; nothing changes for what each transaction guarantees."""
+        return nullcontext()
 
     def watch(self, callback: Callable[[], None]) -> Watch:
         """Call ``callback`` (on another thread) soon after another process commits a write; where the backend
