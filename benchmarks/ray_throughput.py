@@ -50,6 +50,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -84,6 +85,8 @@ class Run:
     steady_rate: float = 0.0
     detail: dict = field(default_factory=dict)
     written: int | None = None  # bytes the run sent to storage (the driver's runs; /proc/self/io)
+    cpu_seconds: float = 0.0  # the driver's runs: CPU time of this process, every thread, user + system
+    server_cpu_seconds: float | None = None  # a PostgreSQL run on this machine: its server processes' CPU time
 
     @property
     def rate(self) -> float:
@@ -274,13 +277,56 @@ def run_driver(data: Path, files: int, workdir: Path, options: EncodeOptions, lo
         engine = ReplayEngine(known, catalog.embedder.dim)
         with phase_timers() if phases else contextlib.nullcontext({}) as spent:
             written = bytes_written()
+            cpu, server = process_cpu(), server_cpu() if location else None
             started = time.perf_counter()
             report = catalog.add(folder, options=options, engine=engine)
             seconds = time.perf_counter() - started
+            cpu = process_cpu() - cpu
+            server = server_cpu() - server if server is not None else None
             written = bytes_written() - written if written is not None else None
     name = "driver, pg" if location else "driver ceiling"
     return Run(name, images=report.indexed, failed=report.failed, seconds=seconds, detail=dict(spent),
-               written=written)
+               written=written, cpu_seconds=cpu, server_cpu_seconds=server)
+
+
+def process_cpu() -> float:
+    """CPU seconds this process has used so far, all its threads, user + system (``getrusage``)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def server_cpu() -> float | None:
+    """CPU seconds used so far by the PostgreSQL server processes on this machine (``/proc/<pid>/stat``: utime
+    + stime of every process named ``postgres``, whoever started it); None where there is no ``/proc``. Only a
+    server on this machine counts: one elsewhere reads as zero."""
+    total, tick = 0, os.sysconf("SC_CLK_TCK")
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        name, _, rest = text.partition(" (")[2].rpartition(") ")
+        if name == "postgres":
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total / tick
+
+
+def print_cpu(run: Run) -> None:
+    """CPU per image (the driver's process, every thread; the server's where it runs here), the share of this
+    machine's cores the run kept busy, and the rate those costs allow on every core: the ceiling's own limit."""
+    per_image = (run.cpu_seconds + (run.server_cpu_seconds or 0.0)) / run.images
+    server = (f" + the PostgreSQL server {run.server_cpu_seconds / run.images * 1e6:.0f} us"
+              if run.server_cpu_seconds else "")
+    busy = per_image * run.images / run.seconds / cores()
+    print(f"cpu: the driver used {run.cpu_seconds / run.images * 1e6:.0f} us an image{server} (user + system, every "
+          f"thread); {busy:.0%} of {cores()} cores busy; at that cost {cores()} cores allow at most "
+          f"{cores() / per_image:.0f} images/s", flush=True)
 
 
 def bytes_written() -> int | None:
@@ -422,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{driver.name:15} {driver.images} images in {driver.seconds:.1f} s = {driver.rate:.0f} img/s "
                   "(SQLite: listing, commits, vectors, FAISS build; nothing embedded)", flush=True)
             print(f"driver ceiling: sqlite {driver.rate:.0f} images/s", flush=True)
+            print_cpu(driver)
             if args.driver_phases:
                 print_phases(driver)
             dim = 2048  # the vectors of the driver's runs (ResNet-50)
@@ -447,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{driver.name:15} {driver.images} images in {driver.seconds:.1f} s = {driver.rate:.0f} "
                       "img/s (PostgreSQL: the same)", flush=True)
                 print(f"driver ceiling: postgresql {driver.rate:.0f} images/s", flush=True)
+                print_cpu(driver)
                 if args.driver_phases:
                     print_phases(driver)
                 print(f"store ceiling: postgresql {bare:.0f} rows/s of {dim * 4 // 1024} KB vectors by binary COPY "

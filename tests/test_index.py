@@ -342,9 +342,22 @@ def test_rows_spilled_ahead_of_a_save_count_only_once_saved_and_a_killed_writer_
     assert generation == 3 and final.size == 180
     np.testing.assert_array_equal(final.vectors_of(keys[150:180]), np.concatenate([vectors[180:200],
                                                                                     vectors[170:180]]))
+    # Another process replaced the file with one of just the size this writer expects: still not this
+    # writer's file, so its rows are not written into a file nobody reads.
+    final.update(keys[180:190], vectors[180:190])
+    final.spill(tmp_path)
+    size = rows_file.stat().st_size
+    replacement = tmp_path / "replacement.bin"
+    replacement.write_bytes(rows_file.read_bytes()[:size])
+    os.replace(replacement, rows_file)
+    final.update(keys[190:195], vectors[190:195])
+    final.save(tmp_path, generation=4)
+    final, generation = VectorIndex.load(tmp_path)
+    assert generation == 4 and final.size == 195
+    np.testing.assert_array_equal(final.vectors_of(keys[180:195]), vectors[180:195])
     queries = vectors[:20]
     np.testing.assert_array_equal(final.search(queries, 10)[1],
-                                  VectorIndex.build(keys[:180], final.vectors_of(keys[:180]),
+                                  VectorIndex.build(keys[:195], final.vectors_of(keys[:195]),
                                                     plan_for("flat")).search(queries, 10)[1])
 
 

@@ -101,6 +101,7 @@ class RowVectors:
             self._drop_spill()
             return
         self._write_tail(self._spill.fh, skip=self._spill.rows)
+        self._spill.fh.flush()  # handed to the kernel now, not when the save comes
         self._spill.rows = self._tail_rows
 
     def _appends_in_place(self, path: Path) -> bool:
@@ -200,12 +201,21 @@ class _Spill:
 
     def __init__(self, path: Path, target: Path, fh):
         self.path, self.target, self.fh, self.rows = path, target, fh, 0
+        st = os.fstat(fh.fileno())
+        self.file = (st.st_dev, st.st_ino)
 
     def valid(self, path: Path, base_rows: int, itemsize: int) -> bool:
-        """Still the file to finish: the same path, and (appending in place) nobody else wrote after us."""
+        """Still the file to finish: the same path, and (appending in place) the same file, which nobody else
+        wrote after us nor replaced."""
         if path != self.path:
             return False
-        return self.target != path or _size(path) == (base_rows + self.rows) * itemsize
+        if self.target != path:
+            return True
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self.file and st.st_size == (base_rows + self.rows) * itemsize
 
 
 def _remove_stale_spills(path: Path) -> None:
