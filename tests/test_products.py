@@ -155,6 +155,10 @@ def check_format1(cat: Catalog) -> None:
     assert len(matches) == 5 and "1164" not in {m.id for m in matches}
     assert cat.search_vector(cat.vector("1165"), k=1)[0].id == "1165"
     assert sorted(m.id for m in cat.similar("1164", k=5, where=["baseColour=Blue"])) == ["1165", "1538"]
+    # an index no query reads, which that release kept on items (sha256), is gone once a writer opened it
+    query = ("SELECT name FROM sqlite_master WHERE name = 'items_sha256'" if cat.store.dialect == "sqlite" else
+             "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND indexname = 'items_sha256'")
+    assert cat.store._rows(query) == []
 
 
 def test_a_folder_catalog_of_the_release_before_products_opens_and_upgrades_in_place(tmp_path):

@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..core.errors import CatalogError, StoreUnavailableError
-from .base import Store, Watch
+from .base import DROP_UNUSED, Store, Watch
 from .events import POSTGRES_EVENT_TABLES, add_box_column
 from .fulltext import POSTGRES_MISSING as FULLTEXT_MISSING
 from .fulltext import POSTGRES_TABLES as FULLTEXT_TABLES
@@ -60,7 +60,6 @@ CREATE TABLE IF NOT EXISTS items (
     height    INTEGER,
     updated   DOUBLE PRECISION NOT NULL
 );
-CREATE INDEX IF NOT EXISTS items_sha256 ON items (sha256);
 CREATE INDEX IF NOT EXISTS items_path ON items (path);
 CREATE TABLE IF NOT EXISTS vectors (
     key    BIGINT PRIMARY KEY REFERENCES items (key) ON DELETE CASCADE,
@@ -175,6 +174,10 @@ class PostgresStore(Store):
         if add_box:  # a query log from before region searches were logged
             with conn.transaction():
                 conn.execute(add_box.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
+        if conn.execute("SELECT 1 FROM pg_indexes WHERE schemaname = %s AND indexname = 'items_sha256'",
+                        (self.schema,)).fetchone() is not None:
+            with conn.transaction():  # an index no query reads, which earlier releases kept (base.DROP_UNUSED)
+                conn.execute(DROP_UNUSED)
         if conn.execute(FULLTEXT_MISSING, (self.schema,)).fetchone() is None:
             with conn.transaction():  # a catalog from before the keyword index: build it, once
                 conn.execute("SELECT value FROM meta WHERE name = 'generation' FOR UPDATE")

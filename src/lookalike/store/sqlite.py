@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import CatalogError
-from .base import ItemRecord, Store, StoredItem
+from .base import DROP_UNUSED, ItemRecord, Store, StoredItem
 from .events import SQLITE_EVENT_TABLES, add_box_column
 from .fulltext import SQLITE_MISSING as FULLTEXT_MISSING
 from .fulltext import SQLITE_TABLES as FULLTEXT_TABLES
@@ -41,7 +41,6 @@ CREATE TABLE IF NOT EXISTS items (
     height    INTEGER,
     updated   REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS items_sha256 ON items (sha256);
 CREATE INDEX IF NOT EXISTS items_path ON items (path);
 CREATE TABLE IF NOT EXISTS vectors (
     key    INTEGER PRIMARY KEY REFERENCES items (key) ON DELETE CASCADE,
@@ -133,6 +132,7 @@ class SQLiteStore(Store):
             if "gen" not in columns:  # a catalog from before the change log: its vectors count as generation 0
                 conn.execute("ALTER TABLE vectors ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
             conn.execute("CREATE INDEX IF NOT EXISTS vectors_gen ON vectors (gen)")
+            conn.execute(DROP_UNUSED)
             add_box = add_box_column(r[1] for r in conn.execute("PRAGMA table_info(queries)"))
             if add_box:  # a query log from before region searches were logged
                 conn.execute(add_box)
