@@ -206,6 +206,7 @@ def test_crossing_a_threshold_rebuilds_as_the_new_kind(tmp_path, builds, monkeyp
         catalog.add(tmp_path / "a", options=QUIET)
         assert (catalog.index.kind, catalog.index.plan.dtype) == ("hnsw", "float16")
         assert builds == ["flat", "hnsw"]
+        assert not list((tmp_path / "shop.lk" / "index").glob("*.spill"))  # the flat index's spill went with it
         detail = catalog.status().index_detail
         assert detail["kind"] == "hnsw" and "16 items" in detail["reason"]
         assert detail["recall"] is not None and detail["recall_queries"] == 16
@@ -215,6 +216,19 @@ def test_crossing_a_threshold_rebuilds_as_the_new_kind(tmp_path, builds, monkeyp
         blobs = {len(b) for (b,) in catalog.store.conn.execute("SELECT vector FROM vectors")}
         assert blobs == {512 * 4, 512 * 2}
         assert len(catalog) == 18 and catalog.similar("p017", k=3)
+
+
+def test_a_new_catalog_that_outgrows_its_flat_index_in_one_run_leaves_no_spill_behind(tmp_path, monkeypatch):
+    from lookalike.catalog import ingest
+
+    monkeypatch.setattr(choice, "FLAT_MAX_ITEMS", 10)
+    monkeypatch.setattr(ingest, "COMMIT_ROWS", 2)
+    monkeypatch.setattr(ingest, "COMMIT_SECONDS", 3600.0)
+    make_photos(tmp_path / "a", 14)
+    with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
+        catalog.add(tmp_path / "a", options=EncodeOptions(workers=0, progress=False, batch_size=2))
+        assert catalog.index.kind == "hnsw" and len(catalog) == 14
+        assert not list((tmp_path / "shop.lk" / "index").glob("*.spill"))
 
 
 def test_configure_index_switches_kind_and_keeps_results_sensible(tmp_path):

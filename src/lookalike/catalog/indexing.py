@@ -101,6 +101,8 @@ class Indexing:
                 log.info("could not save the index (%s)", exc)
         if folder is None:  # kept in memory only (a scratch cache): nothing to save
             self._saved_generation = generation
+        if self._index is not None and self._index is not index:  # replaced by a rebuild: its spill counts for nothing
+            self._index.discard_spill()
         self._index, self._index_generation, self._meta, self._products = index, generation, None, None
 
     def _follow(self, written: Written) -> None:

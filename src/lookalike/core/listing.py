@@ -77,6 +77,7 @@ def scan_folder(folder: Path) -> FolderScan:
     scan = FolderScan(images=[])
     seen: set[str] = set()
     root = Path(folder)
+    reasons: dict[str, str | None] = {}  # why an extension cannot be decoded here (None: it can), asked once each
 
     def walk(listed: str, real: str, rel: str) -> None:
         try:
@@ -88,7 +89,8 @@ def scan_folder(folder: Path) -> FolderScan:
             name = entry.name
             if name.startswith("."):
                 continue
-            image = os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+            suffix = os.path.splitext(name)[1].lower()
+            image = suffix in IMAGE_EXTENSIONS
             try:
                 if entry.is_symlink():
                     try:
@@ -119,12 +121,14 @@ def scan_folder(folder: Path) -> FolderScan:
                 scan.repeated.append(Path(entry.path))
                 continue
             seen.add(target)
-            reason = missing_decoder(name)
-            if reason is not None:
-                scan.undecodable.append((Path(entry.path), reason))
+            if suffix not in reasons:
+                reasons[suffix] = missing_decoder(name)
+            if reasons[suffix] is not None:
+                scan.undecodable.append((Path(entry.path), reasons[suffix]))
                 continue
-            scan.images.append(Path(entry.path))
-            scan.resolved.append(Path(target))
+            listed_path = Path(entry.path)
+            scan.images.append(listed_path)
+            scan.resolved.append(listed_path if target == entry.path else Path(target))  # one Path when they agree
             scan.relative.append(rel + name)
             scan.stats.append((st.st_size, st.st_mtime_ns))
 

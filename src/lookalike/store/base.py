@@ -179,7 +179,7 @@ class Store(EventTables, KeywordIndex, ABC):
             removed = [int(k) for (k,) in where_in(cur, "DELETE FROM vectors WHERE key IN ({}) RETURNING key", failed)]
             insert_rows(cur, "INSERT INTO removed (key, gen) VALUES {}", [(k, gen) for k in removed])
             if products:
-                write_products(cur, products)
+                write_products(cur, products, photo_keys=keys)
                 if any(p.variants is not None for p in products):
                     _bump(cur, "labels_generation")
             produced = _bump(cur)

@@ -206,16 +206,19 @@ def merge_labels(rows: Iterable[tuple[int, str, str]]) -> dict[int, dict[str, st
     return {key: {name: joined(vals) for name, vals in by_name.items()} for key, by_name in values.items()}
 
 
-def write_products(cur, products: Sequence[ProductRecord]) -> list[int]:
+def write_products(cur, products: Sequence[ProductRecord], photo_keys: Mapping[str, int] | None = None) -> list[int]:
     """Insert or update products, link each to those of its photos that are stored (any status), and replace
     the labels of those given ``variants`` (and their full-text rows, ``fulltext.py``); returns the products'
-    keys. Runs inside the caller's transaction (``cur``)."""
+    keys. Runs inside the caller's transaction (``cur``). ``photo_keys``: item keys the caller already has (the
+    photos it wrote in this transaction); only the other photos are looked up."""
     by_id = {p.id: p for p in products}
     rows = insert_rows(cur, "INSERT INTO products (id) VALUES {} ON CONFLICT (id) DO UPDATE SET id = excluded.id "
                             "RETURNING key, id", [(pid,) for pid in by_id], per_statement=500)
     keys = {pid: int(key) for key, pid in rows}
-    photo_ids = sorted({photo for p in by_id.values() for photo in p.photos})
-    photo_keys = {pid: int(key) for key, pid in where_in(cur, "SELECT key, id FROM items WHERE id IN ({})", photo_ids)}
+    known = photo_keys or {}
+    photo_ids = sorted({photo for p in by_id.values() for photo in p.photos if photo not in known})
+    photo_keys = {**known, **{pid: int(key) for key, pid in where_in(
+        cur, "SELECT key, id FROM items WHERE id IN ({})", photo_ids)}}
     product_keys = [keys[pid] for pid in by_id]
     where_in(cur, "DELETE FROM product_photos WHERE product IN ({})", product_keys)
     links = []
