@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .sql import chunks, insert_rows, marks
+from .sql import insert_rows, where_in
 
 EVENT_KINDS = ("impression", "click", "cart")
 
@@ -125,10 +125,7 @@ class EventTables:
             return 0, 0
         with self._begin() as cur:
             ids = sorted({e.query_id for e in events})
-            known: set[str] = set()
-            for chunk in chunks(ids, 500):
-                known |= {r[0] for r in cur.execute(
-                    f"SELECT id FROM queries WHERE id IN ({marks(chunk)})", chunk).fetchall()}
+            known = {r[0] for r in where_in(cur, "SELECT id FROM queries WHERE id IN ({})", ids)}
             rows = [(e.query_id, e.kind, e.item, e.position, e.at) for e in events if e.query_id in known]
             insert_rows(cur, "INSERT INTO events (query_id, kind, item, position, at) VALUES {}", rows,
                         per_statement=200)

@@ -215,17 +215,17 @@ def write_products(cur, products: Sequence[ProductRecord], photo_keys: Mapping[s
     rows = insert_rows(cur, "INSERT INTO products (id) VALUES {} ON CONFLICT (id) DO UPDATE SET id = excluded.id "
                             "RETURNING key, id", [(pid,) for pid in by_id], per_statement=500)
     keys = {pid: int(key) for key, pid in rows}
-    known = photo_keys or {}
-    photo_ids = sorted({photo for p in by_id.values() for photo in p.photos if photo not in known})
-    photo_keys = {**known, **{pid: int(key) for key, pid in where_in(
-        cur, "SELECT key, id FROM items WHERE id IN ({})", photo_ids)}}
+    photo_key = dict(photo_keys or {})
+    wanted = sorted({photo for p in by_id.values() for photo in p.photos if photo not in photo_key})
+    photo_key.update({pid: int(key) for key, pid in where_in(cur, "SELECT key, id FROM items WHERE id IN ({})",
+                                                             wanted)})
     product_keys = [keys[pid] for pid in by_id]
     where_in(cur, "DELETE FROM product_photos WHERE product IN ({})", product_keys)
     links = []
     for pid, product in by_id.items():
         seen: set[int] = set()
         for position, photo in enumerate(product.photos):
-            key = photo_keys.get(photo)
+            key = photo_key.get(photo)
             if key is not None and key not in seen:
                 seen.add(key)
                 links.append((keys[pid], key, position))

@@ -156,11 +156,12 @@ class SQLiteStore(Store):
             yield
             return
         checkpointer = Checkpointer(self.path)
+        pages = int(self.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
         try:
             yield
         finally:
-            self.conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
+            self.conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
             checkpointer.stop()
 
     def bytes_on_disk(self) -> int:
@@ -238,10 +239,6 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
     raise AssertionError("unreachable")
 
 
-# SQLite's default for ``PRAGMA wal_autocheckpoint``, in pages (SQLite's docs, "Write-Ahead Logging" 6.)
-AUTOCHECKPOINT_PAGES = 1000
-
-
 class Checkpointer:
     """A thread with its own connection that runs passive WAL checkpoints (``PRAGMA wal_checkpoint(PASSIVE)``:
     copy the committed pages back into the database file, never blocking the writer or readers) every
@@ -263,7 +260,7 @@ class Checkpointer:
     def _checkpoint(self) -> None:
         try:
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error:  # busy or closing: the next one (or the writer's automatic checkpoint) catches up
+        except sqlite3.Error:  # busy: the next one (or the final one in ``stop``) catches up
             pass
 
     def stop(self) -> None:
