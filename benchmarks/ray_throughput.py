@@ -327,6 +327,9 @@ def print_cpu(run: Run) -> None:
     print(f"cpu: the driver used {run.cpu_seconds / run.images * 1e6:.0f} us an image{server} (user + system, every "
           f"thread); {busy:.0%} of {cores()} cores busy; at that cost {cores()} cores allow at most "
           f"{cores() / per_image:.0f} images/s", flush=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    print(f"memory: this process peaked at {peak / 2**30:.2f} GiB (ru_maxrss, the staging and every run before "
+          "included)", flush=True)
 
 
 def bytes_written() -> int | None:

@@ -4,6 +4,7 @@ rebuild, rebuilt when the catalog's size calls for another kind, shown by status
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -229,6 +230,53 @@ def test_a_new_catalog_that_outgrows_its_flat_index_in_one_run_leaves_no_spill_b
         catalog.add(tmp_path / "a", options=EncodeOptions(workers=0, progress=False, batch_size=2))
         assert catalog.index.kind == "hnsw" and len(catalog) == 14
         assert not list((tmp_path / "shop.lk" / "index").glob("*.spill"))
+
+
+def test_a_run_that_takes_a_flat_index_past_its_size_builds_the_graph_first_and_follows_it(
+        tmp_path, builds, monkeypatch):
+    """A run whose photos take the catalog past the flat index's size gets the graph from its first commit:
+    built once, followed commit by commit, its vectors float16 from the first, tuned when the run ends; not a
+    flat index over every vector rebuilt as a graph at the end (three copies of each vector held at once)."""
+    from lookalike.catalog import ingest
+
+    monkeypatch.setattr(choice, "FLAT_MAX_ITEMS", 10)
+    monkeypatch.setattr(choice, "FP16_MIN_ITEMS", 10)
+    monkeypatch.setattr(ingest, "COMMIT_ROWS", 4)
+    monkeypatch.setattr(ingest, "COMMIT_SECONDS", 3600.0)
+    make_photos(tmp_path / "a", 14)
+    with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
+        catalog.add(tmp_path / "a", options=EncodeOptions(workers=0, progress=False, batch_size=4))
+        assert builds == ["hnsw"]  # ahead of the run, over the empty store; never rebuilt
+        index = catalog.index
+        assert (index.kind, index.plan.dtype, index.size) == ("hnsw", "float16", 14)
+        assert (index.quality.queries, index.quality.items) == (14, 14)  # tuned on what the run left
+        assert {len(b) for (b,) in catalog.store.conn.execute("SELECT vector FROM vectors")} == {512 * 2}
+        found = [(m.id, round(m.similarity, 3)) for m in catalog.similar("p003", k=6)]
+    shutil.rmtree(tmp_path / "shop.lk" / "index")
+    with Catalog.open(tmp_path / "shop.lk") as rebuilt:  # a graph built from the stored vectors answers alike
+        assert [(m.id, round(m.similarity, 3)) for m in rebuilt.similar("p003", k=6)] == found
+
+
+def test_a_run_cut_short_of_the_graph_it_planned_leaves_an_index_for_the_size_it_reached(
+        tmp_path, builds, monkeypatch):
+    """The engine fails before the catalog reaches the graph's size: what was committed stays, and the writer's
+    saved index is the flat one that size calls for, answering as a rebuild from the store does."""
+    from lookalike.catalog import ingest
+
+    monkeypatch.setattr(choice, "FLAT_MAX_ITEMS", 10)
+    monkeypatch.setattr(ingest, "COMMIT_ROWS", 2)
+    monkeypatch.setattr(ingest, "COMMIT_SECONDS", 3600.0)
+    make_photos(tmp_path / "a", 14)
+    with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
+        with pytest.raises(RuntimeError, match="went away"):
+            catalog.add(tmp_path / "a", options=QUIET, engine=FailingEngine(catalog.embedder.dim, good=6))
+    with Catalog.open(tmp_path / "shop.lk") as reopened:
+        assert len(reopened) == 6 and reopened.index.kind == "flat"
+        found = [(m.id, round(m.similarity, 4)) for m in reopened.similar("p002", k=5)]
+        assert builds == ["hnsw", "flat"]
+    shutil.rmtree(tmp_path / "shop.lk" / "index")
+    with Catalog.open(tmp_path / "shop.lk") as rebuilt:
+        assert [(m.id, round(m.similarity, 4)) for m in rebuilt.similar("p002", k=5)] == found
 
 
 def test_configure_index_switches_kind_and_keeps_results_sensible(tmp_path):

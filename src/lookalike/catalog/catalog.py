@@ -145,6 +145,7 @@ class Catalog(Ingest, Indexing, Browsing, Searching, Ranked, Keywords, TextSearc
         self._meta: ItemTable | None = None
         self._products: ProductTable | None = None
         self._checked_at = 0.0
+        self._growing = 0  # photos this writer's run is about to commit (``Indexing._plan_ahead``)
         self._labels_generation = -1
         self._label_counts: tuple[tuple[int, int], dict[str, dict[str, int]]] | None = None
         self._label_name_cache: tuple[tuple[int, int], list[str]] | None = None

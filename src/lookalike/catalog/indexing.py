@@ -13,7 +13,7 @@ import numpy as np
 from ..core.errors import (
     StoreUnavailableError,
 )
-from ..index import IndexOptions, Quality, VectorIndex, choose_index, tune
+from ..index import IndexChoiceError, IndexOptions, IndexPlan, Quality, VectorIndex, choose_index, tune
 from ..store import Store, Written
 from .consistency import index_disagrees
 from .products import (
@@ -78,6 +78,8 @@ class Indexing:
         options = self.index_options()
         count = index.size if index is not None else self.store.counts()["ok"]
         plan = choose_index(count, self.config.embedder.dim, options.memory, options.kind)
+        expect = max(expect, self._growing)
+        plan = self._plan_ahead(plan, count, expect, options)
         rebuild = (force_rebuild or index is None or (index.plan.kind, index.plan.dtype) != (plan.kind, plan.dtype)
                    or index.needs_rebuild(extra=expect if plan.kind == "flat" else 0))
         if rebuild:
@@ -89,6 +91,9 @@ class Indexing:
             index = VectorIndex.build(keys, vectors, plan, expected=len(keys) + expect if plan.kind == "flat" else 0)
             del vectors
             tune(index, options.recall)
+        elif save and index.needs_tuning():  # grown twice over since it was tuned (a graph built ahead of its run)
+            tune(index, options.recall)
+            changed = True
         self.store.vector_dtype = np.dtype(index.plan.dtype)
         if (changed or rebuild) and folder is not None:
             try:
@@ -104,6 +109,25 @@ class Indexing:
         if self._index is not None and self._index is not index:  # replaced by a rebuild: its spill counts for nothing
             self._index.discard_spill()
         self._index, self._index_generation, self._meta, self._products = index, generation, None, None
+
+    def _plan_ahead(self, plan: IndexPlan, count: int, expect: int, options: IndexOptions) -> IndexPlan:
+        """The index for a writer about to commit ``expect`` more photos into ``count``: where they take a flat
+        index past its size (``FLAT_MAX_ITEMS``) into a graph's, the graph, built now over what is stored and
+        followed commit by commit (float16 rows from the first, as the store's vectors then are), and tuned when
+        the run ends (``needs_tuning``). Otherwise a run followed a flat index over every new vector and rebuilt
+        it as a graph when it ended: each vector held three times at once (the flat rows, FAISS's copy, the
+        float32 copy the rebuild starts from) and every vector stored as float32: a 100,000-photo driver run
+        peaked at 4.24 GiB against 2.76 GiB now, and wrote 38.1 KB an image against 20.3
+        (``benchmarks/ray_throughput.py --driver-only --driver-files 100000``, 2-core EPYC); the graph built in
+        steps answers as one built at once (60,000 clustered vectors: recall@10 0.977 against 0.979 tuned).
+        IVF-PQ is left to the end as before: it trains on the vectors it will hold."""
+        if not expect or plan.kind != "flat":
+            return plan
+        try:
+            ahead = choose_index(count + expect, self.config.embedder.dim, options.memory, options.kind)
+        except IndexChoiceError:
+            return plan
+        return ahead if ahead.kind == "hnsw" else plan
 
     def _follow(self, written: Written) -> None:
         """Apply this process's own committed write to its in-memory index, from the vectors in hand: no read

@@ -249,7 +249,12 @@ class Ingest:
         row file (``_spill_index``), so that the store's and the index's writes overlap on two cores. With
         ``on_batch``, each transaction is waited for before it is told the photos committed so far."""
         by_ref = {task.ref: (item, size, mtime) for item, task, size, mtime in todo}
-        self._refresh_index(save=False, expect=len(todo))  # loaded (or built) now: each commit is applied to it
+        self._growing = len(todo)  # the index is planned for the size this run will reach (``_plan_ahead``)
+        try:
+            self._refresh_index(save=False, expect=len(todo))  # loaded (or built) now: each commit is applied to it
+        except BaseException:
+            self._growing = 0
+            raise
         show = options.progress and sys.stderr.isatty()
         records: list[ItemRecord] = []
         waiting_since = 0.0
@@ -282,6 +287,7 @@ class Ingest:
                 contextlib.ExitStack() as stack:
             stack.enter_context(self.store.bulk())  # SQLite: the WAL checkpointed on a thread of its own
             stack.callback(writer.shutdown)
+            stack.callback(setattr, self, "_growing", 0)
             try:
                 for batch in batches:
                     if not records and not embedded:

@@ -126,6 +126,7 @@ def tune(index: VectorIndex, target: float = DEFAULT_TARGET, k: int = 10, sample
         log.warning("the %s index reached recall@%d %.3f at best (wanted %.3f: the target %.2f with a margin for "
                     "new photos); searching exactly until it does: raise --memory, lower --recall or use --index "
                     "flat", kind, k, chosen[1], goal, target)
-    quality = Quality(recall=chosen[1], k=k, queries=len(rows), latency_ms=chosen[2], target=target, table=table)
+    quality = Quality(recall=chosen[1], k=k, queries=len(rows), latency_ms=chosen[2], target=target, table=table,
+                      items=index.size)
     index.with_settings(chosen[0] if best is not None else EXACT, quality, for_items)
     return quality

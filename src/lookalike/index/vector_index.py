@@ -74,6 +74,7 @@ class Quality:
     latency_ms: float | None = None
     target: float | None = None
     table: list[dict[str, Any]] = field(default_factory=list)
+    items: int = 0  # the index's size when measured (0: not recorded, an index saved by an earlier release)
 
 
 class VectorIndex:
@@ -189,6 +190,14 @@ class VectorIndex:
         if self.plan.kind == "ivfpq":
             return self.size > 4 * max(self.built_count, 1) and self.size > 4 * IVF_MIN_POINTS_PER_LIST
         return False
+
+    def needs_tuning(self) -> bool:
+        """An approximate index never measured though it holds items now (one built empty, ahead of the run that
+        fills it), or twice the size it was measured at: its search setting is to be chosen again (``tune``)."""
+        if self.plan.kind == "flat" and self.plan.dtype == "float32" or self.size < 2:
+            return False
+        q = self.quality
+        return q.queries == 0 if not q.items else self.size >= 2 * q.items
 
     # -- reading -----------------------------------------------------------------------------------
 
