@@ -28,6 +28,14 @@ def make_photos(folder, n, offset=0):
     return names
 
 
+def commit_every(monkeypatch, rows: int) -> None:
+    """Index runs commit every ``rows`` photos, whatever the time: only the row count decides."""
+    from lookalike.catalog import ingest
+
+    monkeypatch.setattr(ingest, "COMMIT_ROWS", rows)
+    monkeypatch.setattr(ingest, "COMMIT_SECONDS", 3600.0)
+
+
 @pytest.fixture
 def builds(monkeypatch):
     """Counts full index builds (incremental catch-up must not call this)."""
@@ -107,11 +115,8 @@ def test_an_add_applies_its_own_commits_to_the_index_without_reading_vectors_bac
 
 def test_batches_that_come_back_fast_share_a_transaction_and_an_interrupt_keeps_what_was_committed(
         tmp_path, monkeypatch):
-    from lookalike.catalog import ingest
-
     make_photos(tmp_path / "a", 5)
-    monkeypatch.setattr(ingest, "COMMIT_ROWS", 2)
-    monkeypatch.setattr(ingest, "COMMIT_SECONDS", 3600.0)
+    commit_every(monkeypatch, 2)
     options = EncodeOptions(workers=0, progress=False, batch_size=1)
     told: list[int] = []
     with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
@@ -167,11 +172,8 @@ def test_transactions_written_while_the_next_batches_arrive_keep_every_commit_wh
     no spill file behind, and SQLite's WAL checkpointed (by the loop's checkpointer, not the commits)."""
     import sqlite3
 
-    from lookalike.catalog import ingest
-
     make_photos(tmp_path / "a", 9)
-    monkeypatch.setattr(ingest, "COMMIT_ROWS", 2)
-    monkeypatch.setattr(ingest, "COMMIT_SECONDS", 3600.0)
+    commit_every(monkeypatch, 2)
     with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
         engine = FailingEngine(catalog.embedder.dim, good=7)
         with pytest.raises(RuntimeError, match="cluster went away"):
@@ -220,11 +222,8 @@ def test_crossing_a_threshold_rebuilds_as_the_new_kind(tmp_path, builds, monkeyp
 
 
 def test_a_new_catalog_that_outgrows_its_flat_index_in_one_run_leaves_no_spill_behind(tmp_path, monkeypatch):
-    from lookalike.catalog import ingest
-
     monkeypatch.setattr(choice, "FLAT_MAX_ITEMS", 10)
-    monkeypatch.setattr(ingest, "COMMIT_ROWS", 2)
-    monkeypatch.setattr(ingest, "COMMIT_SECONDS", 3600.0)
+    commit_every(monkeypatch, 2)
     make_photos(tmp_path / "a", 14)
     with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
         catalog.add(tmp_path / "a", options=EncodeOptions(workers=0, progress=False, batch_size=2))
@@ -237,12 +236,9 @@ def test_a_run_that_takes_a_flat_index_past_its_size_builds_the_graph_first_and_
     """A run whose photos take the catalog past the flat index's size gets the graph from its first commit:
     built once, followed commit by commit, its vectors float16 from the first, tuned when the run ends; not a
     flat index over every vector rebuilt as a graph at the end (three copies of each vector held at once)."""
-    from lookalike.catalog import ingest
-
     monkeypatch.setattr(choice, "FLAT_MAX_ITEMS", 10)
     monkeypatch.setattr(choice, "FP16_MIN_ITEMS", 10)
-    monkeypatch.setattr(ingest, "COMMIT_ROWS", 4)
-    monkeypatch.setattr(ingest, "COMMIT_SECONDS", 3600.0)
+    commit_every(monkeypatch, 4)
     make_photos(tmp_path / "a", 14)
     with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
         catalog.add(tmp_path / "a", options=EncodeOptions(workers=0, progress=False, batch_size=4))
@@ -261,11 +257,8 @@ def test_a_run_cut_short_of_the_graph_it_planned_leaves_an_index_for_the_size_it
         tmp_path, builds, monkeypatch):
     """The engine fails before the catalog reaches the graph's size: what was committed stays, and the writer's
     saved index is the flat one that size calls for, answering as a rebuild from the store does."""
-    from lookalike.catalog import ingest
-
     monkeypatch.setattr(choice, "FLAT_MAX_ITEMS", 10)
-    monkeypatch.setattr(ingest, "COMMIT_ROWS", 2)
-    monkeypatch.setattr(ingest, "COMMIT_SECONDS", 3600.0)
+    commit_every(monkeypatch, 2)
     make_photos(tmp_path / "a", 14)
     with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
         with pytest.raises(RuntimeError, match="went away"):
