@@ -232,24 +232,26 @@ def test_a_new_catalog_that_outgrows_its_flat_index_in_one_run_leaves_no_spill_b
 
 
 def test_a_run_that_takes_a_flat_index_past_its_size_builds_the_graph_first_and_follows_it(
-        tmp_path, builds, monkeypatch):
+        catalog_location, tmp_path, builds, monkeypatch):
     """A run whose photos take the catalog past the flat index's size gets the graph from its first commit:
     built once, followed commit by commit, its vectors float16 from the first, tuned when the run ends; not a
-    flat index over every vector rebuilt as a graph at the end (three copies of each vector held at once)."""
+    flat index over every vector rebuilt as a graph at the end (three copies of each vector held at once).
+    On both backends."""
     monkeypatch.setattr(choice, "FLAT_MAX_ITEMS", 10)
     monkeypatch.setattr(choice, "FP16_MIN_ITEMS", 10)
     commit_every(monkeypatch, 4)
     make_photos(tmp_path / "a", 14)
-    with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
+    with Catalog.create(catalog_location, "colorhist") as catalog:
         catalog.add(tmp_path / "a", options=EncodeOptions(workers=0, progress=False, batch_size=4))
         assert builds == ["hnsw"]  # ahead of the run, over the empty store; never rebuilt
         index = catalog.index
         assert (index.kind, index.plan.dtype, index.size) == ("hnsw", "float16", 14)
         assert (index.quality.queries, index.quality.items) == (14, 14)  # tuned on what the run left
-        assert {len(b) for (b,) in catalog.store.conn.execute("SELECT vector FROM vectors")} == {512 * 2}
+        assert {len(blob) for _, blob, _ in catalog.store.raw_vectors()} == {512 * 2}
         found = [(m.id, round(m.similarity, 3)) for m in catalog.similar("p003", k=6)]
-    shutil.rmtree(tmp_path / "shop.lk" / "index")
-    with Catalog.open(tmp_path / "shop.lk") as rebuilt:  # a graph built from the stored vectors answers alike
+        index_dir = catalog.index_dir
+    shutil.rmtree(index_dir)
+    with Catalog.open(catalog_location) as rebuilt:  # a graph built from the stored vectors answers alike
         assert [(m.id, round(m.similarity, 3)) for m in rebuilt.similar("p003", k=6)] == found
 
 
