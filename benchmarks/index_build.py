@@ -3,8 +3,9 @@
 The driver's ceiling (``ray_throughput.py --driver-only``) is measured on 20,000 photos, where a catalog's index is
 flat and adding to it is a copy. A catalog of millions gets another index (``lookalike.index.choose_index``): an
 HNSW graph up to 2 M items, IVF-PQ beyond. A run that takes a catalog into the graph's range builds the graph
-before its first commit and adds each commit to it (``Indexing._plan_ahead``); a run into IVF-PQ's range follows a
-flat index and builds IVF-PQ over every vector when it ends (it trains on the vectors it will hold). This
+before its first commit and adds each commit to it (``Indexing._plan_ahead``); a run into IVF-PQ's range follows
+no index and builds IVF-PQ when it ends, in two passes over the store (``VectorIndex.build_streamed``: it trains on
+a sample of the vectors it will hold). This
 benchmark times those adds and that build for each catalog size in ``--sizes``, with the plan ``choose_index``
 picks on this machine (its default memory budget), FAISS's own calls on seeded clustered 2,048-d unit vectors
 (``lookalike.index.synthetic``), at one thread and at every core:
@@ -43,13 +44,13 @@ from lookalike.index.choice import (
     IndexPlan,
     choose_index,
     default_memory_budget,
-    dtype_bytes,
     estimated_bytes,
     format_bytes,
 )
 from lookalike.index.synthetic import clustered_vectors
 from lookalike.index.vector_index import _new_faiss_index
 
+STORE_BLOCK = 16_384  # rows a pass reads from the store at a time (``Indexing._refresh_index``)
 IVF_NITER = 10  # the k-means iterations lookalike sets (``_new_faiss_index``: index.cp.niter)
 PQ_NITER = 25  # FAISS's default for the product quantisers' k-means (ClusteringParameters.niter)
 
@@ -124,14 +125,14 @@ def build_hours(plan: IndexPlan, size: int, rates: dict[str, float], threads: in
 
 
 def peak_bytes(plan: IndexPlan, size: int, dim: int) -> int:
-    """Bytes the run's index holds at its peak. A graph, built ahead and followed: its rows in the plan's dtype
-    and its FAISS structure (``estimated_bytes``). IVF-PQ, built when the run ends: the flat index the run
-    followed (float32 rows and a float16 screen), the float32 copy the build starts from (``VectorIndex.live``),
-    the new index's float16 rows and its codes."""
-    rows = size * dim * dtype_bytes(plan.dtype)
+    """Bytes the run's index holds at its peak, from the arrays the code keeps. A graph, built ahead and followed:
+    its FAISS structure (``estimated_bytes``); its rows are read back from their file once spilled
+    (``RowVectors.spill``). IVF-PQ, built in passes over the store when the run ends
+    (``VectorIndex.build_streamed``): the float32 training sample, the codes and lists, one block of rows."""
     if plan.kind == "hnsw":
-        return rows + estimated_bytes(plan, size, dim)
-    return size * dim * (4 + 2 + 4) + rows + estimated_bytes(plan, size, dim)
+        return estimated_bytes(plan, size, dim)
+    sample = min(size, int(plan.params["nlist"]) * IVF_TRAIN_MAX_POINTS_PER_LIST)
+    return sample * dim * 4 + estimated_bytes(plan, size, dim) + STORE_BLOCK * dim * 4
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,6 +121,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--driver-only", action="store_true",
                         help="measure the driver's ceiling alone (no local or Ray runs), and beside it each store's "
                         "own ceiling for the same rows")
+    parser.add_argument("--driver-index", default="auto", choices=("auto", "flat", "hnsw", "ivfpq"),
+                        help="the driver's catalog's index kind (default auto: flat at 20,000; ivfpq measures a run "
+                        "into IVF-PQ's range, which a catalog reaches past 2 M items, at a size this machine holds)")
     parser.add_argument("--driver-phases", action="store_true",
                         help="also print where the driver's time goes (per-phase timers around Catalog.add's steps)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -256,7 +259,7 @@ def phase_timers() -> Iterator[dict[str, float]]:
 
 
 def run_driver(data: Path, files: int, workdir: Path, options: EncodeOptions, location: str | None = None,
-               phases: bool = False) -> Run:
+               phases: bool = False, index_kind: str = "auto") -> Run:
     """The driver's commit ceiling on ``files`` staged files (see the module's docstring), into a new folder
     catalog (SQLite) or the PostgreSQL catalog at ``location``; with ``phases``, the seconds of each of
     ``PHASES`` in ``Run.detail``."""
@@ -274,6 +277,8 @@ def run_driver(data: Path, files: int, workdir: Path, options: EncodeOptions, lo
         known[str(path)] = known[str(source)] = (stat.st_size, digests[key])
     where = location or Path(tempfile.mkdtemp(dir=workdir)) / "driver.lk"
     with Catalog.create(where, model=MODEL, weights=WEIGHTS) as catalog:
+        if index_kind != "auto":
+            catalog.configure_index(kind=index_kind)
         engine = ReplayEngine(known, catalog.embedder.dim)
         with phase_timers() if phases else contextlib.nullcontext({}) as spent:
             written = bytes_written()
@@ -468,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{run.name:15} {run.images} images in {run.seconds:.1f} s = {run.rate:.1f} img/s{extra}",
                   flush=True)
         if args.driver_files > 0:
-            driver = run_driver(args.data, args.driver_files, workdir, options, phases=args.driver_phases)
+            driver = run_driver(args.data, args.driver_files, workdir, options, phases=args.driver_phases,
+                                index_kind=args.driver_index)
             runs.append(driver)
             print(f"{driver.name:15} {driver.images} images in {driver.seconds:.1f} s = {driver.rate:.0f} img/s "
                   "(SQLite: listing, commits, vectors, FAISS build; nothing embedded)", flush=True)
@@ -492,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
                 with postgres(args.driver_pg or None) as url:
                     drop_schema(url, "ray_driver_ceiling")
                     driver = run_driver(args.data, args.driver_files, workdir, options,
-                                        f"{url}?schema=ray_driver_ceiling", phases=args.driver_phases)
+                                        f"{url}?schema=ray_driver_ceiling", phases=args.driver_phases,
+                                        index_kind=args.driver_index)
                     drop_schema(url, "ray_driver_ceiling")
                     bare = store_ceiling(args.driver_files, dim, url, workdir)
                 runs.append(driver)

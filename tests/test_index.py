@@ -361,6 +361,35 @@ def test_rows_spilled_ahead_of_a_save_count_only_once_saved_and_a_killed_writer_
                                                     plan_for("flat")).search(queries, 10)[1])
 
 
+def test_ivfpq_built_in_passes_over_blocks_equals_the_one_built_from_a_matrix(data, tmp_path):
+    """``build_streamed`` (two passes over blocks, as a large catalog's store gives them) trains on the same
+    sample and answers exactly as ``build`` over the whole matrix in the plan's dtype; its rows are written
+    to the row file as they come and read back from it, not held in memory; saved, it loads the same."""
+    keys, vectors = data
+    plan = plan_for("ivfpq")
+    passes = []
+
+    def blocks():
+        passes.append(1)
+        for start in range(0, N, 700):
+            yield keys[start:start + 700], vectors[start:start + 700]
+
+    whole = VectorIndex.build(keys, vectors.astype(np.float16), plan)
+    streamed = VectorIndex.build_streamed(plan, N, DIM, blocks, tmp_path)
+    assert len(passes) == 2 and streamed.size == N and streamed.plan == plan
+    assert all(isinstance(piece, np.memmap) for piece in streamed.vectors._tail)  # one block held at a time
+    queries = vectors[:40]
+    for a, b in zip(whole.search(queries, 10), streamed.search(queries, 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+    streamed.save(tmp_path, generation=7)
+    assert not list(tmp_path.glob("*.spill"))
+    loaded, generation = VectorIndex.load(tmp_path)
+    assert generation == 7
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], whole.search(queries, 10)[1])
+    with pytest.raises(ValueError, match="only IVF-PQ"):
+        VectorIndex.build_streamed(plan_for("hnsw"), N, DIM, blocks)
+
+
 def test_ground_truth_leaves_the_query_out(data):
     keys, vectors = data
     index = VectorIndex.build(keys, vectors)

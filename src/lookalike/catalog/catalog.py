@@ -40,7 +40,7 @@ from ..engines.embed import (
     resolve_network_runtime,
 )
 from ..engines.openvino_runtime import AUTO_MIN_PHOTOS, MIN_PHOTOS, Int8Model, draw_sample
-from ..index import VectorIndex
+from ..index import IndexPlan, VectorIndex
 from ..models.base import RANDOM_WEIGHTS, Embedder
 from ..models.handcrafted import HANDCRAFTED
 from ..models.preprocess import ReplayedEmbedder
@@ -146,6 +146,7 @@ class Catalog(Ingest, Indexing, Browsing, Searching, Ranked, Keywords, TextSearc
         self._products: ProductTable | None = None
         self._checked_at = 0.0
         self._growing = 0  # photos this writer's run is about to commit (``Indexing._plan_ahead``)
+        self._lagging: IndexPlan | None = None  # this writer's run follows no index: this IVF-PQ is built at its end
         self._labels_generation = -1
         self._label_counts: tuple[tuple[int, int], dict[str, dict[str, int]]] | None = None
         self._label_name_cache: tuple[tuple[int, int], list[str]] | None = None

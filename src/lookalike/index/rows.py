@@ -74,8 +74,9 @@ class RowVectors:
         return np.asarray(part, dtype=np.float32)
 
     def _tail_matrix(self) -> np.ndarray:
-        if self._joined is None:
-            self._joined = np.concatenate(self._tail) if self._tail else np.empty((0, self.dim), self.dtype)
+        if self._joined is None:  # one piece (rows read back from their spill file) is used as it is, not copied
+            self._joined = (self._tail[0] if len(self._tail) == 1 else np.concatenate(self._tail) if self._tail
+                            else np.empty((0, self.dim), self.dtype))
             self._tail = [self._joined]
         return self._joined
 
@@ -103,6 +104,18 @@ class RowVectors:
         self._write_tail(self._spill.fh, skip=self._spill.rows)
         self._spill.fh.flush()  # handed to the kernel now, not when the save comes
         self._spill.rows = self._tail_rows
+        self._release_spilled()
+
+    def _release_spilled(self) -> None:
+        """Read the spilled rows back from the file they were written to (a memory map: the kernel's page cache,
+        which it may evict) instead of holding them in memory: a run's rows cost its writer no memory once
+        spilled, and an index built in chunks holds one chunk (``VectorIndex.build_streamed``)."""
+        spill = self._spill
+        if spill is None or not spill.rows:
+            return
+        offset = len(self._base) * self.itemsize if spill.target == spill.path else 0
+        view = np.memmap(spill.target, dtype=self.dtype, mode="r", offset=offset, shape=(spill.rows, self.dim))
+        self._tail, self._joined = [view], None
 
     def _appends_in_place(self, path: Path) -> bool:
         """Is ``path`` the mapped base, ending where the base ends (no other process appended since)?"""

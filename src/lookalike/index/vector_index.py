@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,48 @@ class VectorIndex:
         self._key_rows = _invert(self.row_keys)
         self._size = self._memory_bytes = None
         self._add_to_faiss(vectors, np.arange(len(keys), dtype=np.int64))  # float32 one block at a time
+        return self
+
+    @classmethod
+    def build_streamed(cls, plan: IndexPlan, count: int, dim: int,
+                       chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+                       folder: Path | None = None, seed: int = 0) -> VectorIndex:
+        """The IVF-PQ index ``build`` makes over ``count`` vectors, from two passes over ``chunks()`` (keys int64
+        in ascending order with float32 unit vectors, a block at a time, as ``Store.iter_vectors`` gives them)
+        instead of one matrix: the first keeps the training sample ``build`` would draw, the second adds each
+        block and, with ``folder``, writes its rows to the folder's row file as it goes (``RowVectors.spill``;
+        saved by ``save``). It holds the sample, the codes and one block, not every vector: 231 GB at 10 M
+        2,048-d items the other way (``benchmarks/index_build.py``). Vectors are rounded to the plan's dtype
+        first, as ``Store.vectors`` gives them to ``build``: the same sample, codes and answers.
+
+        Raises:
+            ValueError: the plan is not IVF-PQ.
+        """
+        if plan.kind != "ivfpq":
+            raise ValueError(f"only IVF-PQ is built in passes, not {plan.kind}")
+        dtype = np.dtype(plan.dtype)
+        pick, samples, seen = _training_rows(plan, count, seed), [], 0
+        for _, block in chunks():
+            inside = pick[(pick >= seen) & (pick < seen + len(block))] - seen
+            samples.append(block[inside].astype(dtype).astype(np.float32))
+            seen += len(block)
+        index = _new_faiss_index(plan, dim, count)
+        _train_on(index, np.concatenate(samples) if samples else np.empty((0, dim), np.float32), plan, seed)
+        del samples
+        self = cls(plan, index, np.empty(0, np.int64), RowVectors(dim, plan.dtype), built_count=seen)
+        self._key_rows = _invert(self.row_keys)
+        for keys, block in chunks():
+            first = self.vectors.rows
+            rows = np.arange(first, first + len(keys), dtype=np.int64)
+            block = block.astype(dtype)
+            self.vectors.append(block)
+            self._append_row_keys(keys)
+            self._add_to_faiss(block, rows)
+            if folder is not None:
+                self.spill(folder)
+        self._key_rows = _invert(self.row_keys)
+        self._size = self._memory_bytes = None
+        self.built_count = self.size
         return self
 
     def _add_to_faiss(self, vectors: np.ndarray, rows: np.ndarray) -> None:
@@ -584,12 +627,21 @@ def _holds_float16(index: faiss.Index) -> bool:
     return isinstance(inner, faiss.IndexScalarQuantizer) and inner.sq.qtype == faiss.ScalarQuantizer.QT_fp16
 
 
-def _train(index: faiss.Index, vectors: np.ndarray, plan: IndexPlan, seed: int) -> None:
-    nlist = int(plan.params["nlist"])
-    limit = max(nlist * IVF_TRAIN_MAX_POINTS_PER_LIST, 2 ** int(plan.params.get("nbits", 8)) * 64)
+def _training_rows(plan: IndexPlan, count: int, seed: int) -> np.ndarray:
+    """The sorted positions (of ``count`` vectors in key order) IVF-PQ trains on: a seeded sample of at most
+    ``IVF_TRAIN_MAX_POINTS_PER_LIST`` a list (and 64 a product-quantiser centroid)."""
+    limit = max(int(plan.params["nlist"]) * IVF_TRAIN_MAX_POINTS_PER_LIST, 2 ** int(plan.params.get("nbits", 8)) * 64)
     rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(vectors), size=min(limit, len(vectors)), replace=False))
-    sample = np.ascontiguousarray(vectors[pick], dtype=np.float32)
+    return np.sort(rng.choice(count, size=min(limit, count), replace=False))
+
+
+def _train(index: faiss.Index, vectors: np.ndarray, plan: IndexPlan, seed: int) -> None:
+    _train_on(index, np.ascontiguousarray(vectors[_training_rows(plan, len(vectors), seed)], dtype=np.float32),
+              plan, seed)
+
+
+def _train_on(index: faiss.Index, sample: np.ndarray, plan: IndexPlan, seed: int) -> None:
+    nlist = int(plan.params["nlist"])
     index.cp.seed = seed
     index.pq.cp.seed = seed
     index.pq.cp.min_points_per_centroid = 4  # few items per code is fine: the vectors re-rank the answer
