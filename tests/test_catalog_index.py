@@ -275,10 +275,10 @@ def test_a_run_cut_short_of_the_graph_it_planned_leaves_an_index_for_the_size_it
 
 
 def test_a_run_into_ivfpq_range_follows_no_index_and_builds_ivfpq_from_the_store_in_passes(
-        tmp_path, builds, monkeypatch):
+        catalog_location, tmp_path, builds, monkeypatch):
     """A run that takes the catalog past the graph's size applies none of its commits to an in-memory index
     (which would hold every vector) and builds IVF-PQ when it ends, in passes over the store; killed or not,
-    the saved index answers as one rebuilt from the store."""
+    the saved index answers as one rebuilt from the store. On both backends."""
     monkeypatch.setattr(choice, "FLAT_MAX_ITEMS", 10)
     monkeypatch.setattr(choice, "HNSW_MAX_ITEMS", 20)
     commit_every(monkeypatch, 4)
@@ -289,15 +289,16 @@ def test_a_run_into_ivfpq_range_follows_no_index_and_builds_ivfpq_from_the_store
     monkeypatch.setattr(vector_index.VectorIndex, "build_streamed", classmethod(
         lambda cls, plan, count, *a, **kw: (streamed.append(count), build_streamed(cls, plan, count, *a, **kw))[1]))
     make_photos(tmp_path / "a", 30)
-    with Catalog.create(tmp_path / "shop.lk", "colorhist") as catalog:
+    with Catalog.create(catalog_location, "colorhist") as catalog:
         catalog.add(tmp_path / "a", options=EncodeOptions(workers=0, progress=False, batch_size=4))
         assert (followed, streamed, builds) == ([], [30], ["flat"])  # the flat one is the empty store's
         assert (catalog.index.kind, catalog.index.size) == ("ivfpq", 30)
         assert {len(blob) for _, blob, _ in catalog.store.raw_vectors()} == {512 * 2}  # stored as a large one's
         found = [(m.id, round(m.similarity, 4)) for m in catalog.similar("p003", k=5)]
-    assert not list((tmp_path / "shop.lk" / "index").glob("*.spill"))
-    shutil.rmtree(tmp_path / "shop.lk" / "index")
-    with Catalog.open(tmp_path / "shop.lk") as rebuilt:
+        index_dir = catalog.index_dir
+    assert not list(index_dir.glob("*.spill"))
+    shutil.rmtree(index_dir)
+    with Catalog.open(catalog_location) as rebuilt:
         assert [(m.id, round(m.similarity, 4)) for m in rebuilt.similar("p003", k=5)] == found
 
 
