@@ -47,11 +47,11 @@ from lookalike.index.choice import (
     estimated_bytes,
     format_bytes,
 )
+from lookalike.index.faiss_parts import new_faiss_index
 from lookalike.index.synthetic import clustered_vectors
-from lookalike.index.vector_index import _new_faiss_index
 
 STORE_BLOCK = 16_384  # rows a pass reads from the store at a time (``Indexing._refresh_index``)
-IVF_NITER = 10  # the k-means iterations lookalike sets (``_new_faiss_index``: index.cp.niter)
+IVF_NITER = 10  # the k-means iterations lookalike sets (``faiss_parts.new_faiss_index``: index.cp.niter)
 PQ_NITER = 25  # FAISS's default for the product quantisers' k-means (ClusteringParameters.niter)
 
 
@@ -85,7 +85,7 @@ def hnsw_rates(plan: IndexPlan, vectors: np.ndarray, threads: int) -> dict[str, 
     half = len(vectors) // 2
     rates = {}
     for n in sorted({1, threads}):
-        index = _new_faiss_index(plan, vectors.shape[1], len(vectors))
+        index = new_faiss_index(plan, vectors.shape[1])
         index.train(vectors[:1000])
         index.add(vectors[:half])
         rates[f"add_{n}"] = (len(vectors) - half) / at_threads(n, index.add, vectors[half:])
@@ -98,7 +98,7 @@ def ivfpq_rates(plan: IndexPlan, vectors: np.ndarray, threads: int, seed: int = 
     rng = np.random.default_rng(seed)
     centroids = vectors[rng.choice(len(vectors), size=nlist, replace=len(vectors) < nlist)]
     rates = {}
-    index = _new_faiss_index(plan, vectors.shape[1], len(vectors))
+    index = new_faiss_index(plan, vectors.shape[1])
     index.quantizer.add(centroids)
     pq_points = min(len(vectors), 40 * 256)  # FAISS asks for 39 points a centroid
     _, assigned = index.quantizer.search(vectors[:pq_points], 1)

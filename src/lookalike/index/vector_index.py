@@ -25,7 +25,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .choice import IVF_MIN_POINTS_PER_LIST, IVF_TRAIN_MAX_POINTS_PER_LIST, IndexPlan, format_bytes
+from .choice import IVF_MIN_POINTS_PER_LIST, IndexPlan, format_bytes
+from .faiss_parts import flat_faiss, holds_float16, new_faiss_index, train, train_on, training_rows
 from .rows import RowVectors
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class VectorIndex:
         self.quality = quality or Quality(recall=1.0 if plan.kind == "flat" and plan.dtype == "float32" else None)
         self.built_count = built_count or int((row_keys >= 0).sum())
         self._key_rows = _invert(row_keys)
-        self._screened = plan.kind == "flat" and plan.dtype == "float32" and _holds_float16(index)
+        self._screened = plan.kind == "flat" and plan.dtype == "float32" and holds_float16(index)
         self._live_bitmap: np.ndarray | None = None
         self._size: int | None = None
         self._memory_bytes: int | None = None
@@ -111,11 +112,11 @@ class VectorIndex:
         plan = plan or IndexPlan("flat")
         keys = np.asarray(keys, dtype=np.int64)
         dim = vectors.shape[1]
-        index = _new_faiss_index(plan, dim, max(len(keys), expected))
+        index = new_faiss_index(plan, dim, max(len(keys), expected) >= SCREEN_MIN_ITEMS)
         rows = RowVectors(dim, plan.dtype)
         rows.append(vectors)
         if plan.kind == "ivfpq":
-            _train(index, vectors, plan, seed)
+            train(index, vectors, plan, seed)
         self = cls(plan, index, np.empty(0, np.int64), rows, built_count=len(keys))
         self.row_keys = keys.copy()
         self._key_rows = _invert(self.row_keys)
@@ -141,13 +142,13 @@ class VectorIndex:
         if plan.kind != "ivfpq":
             raise ValueError(f"only IVF-PQ is built in passes, not {plan.kind}")
         dtype = np.dtype(plan.dtype)
-        pick, samples, seen = _training_rows(plan, count, seed), [], 0
+        pick, samples, seen = training_rows(plan, count, seed), [], 0
         for _, block in chunks():
             inside = pick[(pick >= seen) & (pick < seen + len(block))] - seen
             samples.append(block[inside].astype(dtype).astype(np.float32))
             seen += len(block)
-        index = _new_faiss_index(plan, dim, count)
-        _train_on(index, np.concatenate(samples) if samples else np.empty((0, dim), np.float32), plan, seed)
+        index = new_faiss_index(plan, dim)
+        train_on(index, np.concatenate(samples) if samples else np.empty((0, dim), np.float32), plan, seed)
         del samples
         self = cls(plan, index, np.empty(0, np.int64), RowVectors(dim, plan.dtype), built_count=seen)
         self._key_rows = _invert(self.row_keys)
@@ -498,7 +499,7 @@ class VectorIndex:
             "plan": self.plan.to_dict(), "settings": self.settings.__dict__,
             "item_settings": self.item_settings.__dict__, "quality": self.quality.__dict__,
             "built_count": self.built_count, "rows_sha256": _rows_digest(self.row_keys),
-            "faiss": "rows" if derived else "file", "dim": self.dim, "float16_codes": _holds_float16(self.index),
+            "faiss": "rows" if derived else "file", "dim": self.dim, "float16_codes": holds_float16(self.index),
         }
         _write_atomic(folder / STAMP_FILE, lambda p: p.write_text(json.dumps(stamp, indent=1)))
         if derived:  # after the stamp, the commit point: a crash before it leaves the old stamp's file in place
@@ -577,76 +578,15 @@ def _invert(row_keys: np.ndarray, previous: np.ndarray | None = None, new_rows: 
     return out
 
 
-def _new_faiss_index(plan: IndexPlan, dim: int, count: int) -> faiss.Index:
-    ip = faiss.METRIC_INNER_PRODUCT
-    fp16 = plan.dtype == "float16"
-    if plan.kind == "flat":  # float16 codes from SCREEN_MIN_ITEMS on; a float32 plan re-ranks from its rows
-        return _flat_faiss(dim, fp16 or count >= SCREEN_MIN_ITEMS)
-    if plan.kind == "hnsw":
-        m = int(plan.params.get("M", 32))
-        index = (faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, m, ip) if fp16
-                 else faiss.IndexHNSWFlat(dim, m, ip))
-        index.hnsw.efConstruction = int(plan.params.get("ef_construction", 80))
-        return index
-    if plan.kind == "ivfpq":
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFPQ(quantizer, dim, int(plan.params["nlist"]), int(plan.params["m"]),
-                                 int(plan.params.get("nbits", 8)), ip)
-        index.own_fields = True
-        quantizer.this.disown()
-        index.cp.niter = 10
-        return index
-    raise ValueError(f"unknown index kind {plan.kind!r}")
-
-
-def _flat_faiss(dim: int, float16_codes: bool) -> faiss.Index:
-    """An empty exact inner-product index with ids: float16 codes (a screen, or a float16 plan) or float32."""
-    if float16_codes:
-        return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16,
-                                                            faiss.METRIC_INNER_PRODUCT))
-    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-
-
 def _flat_from_rows(rows: RowVectors, row_keys: np.ndarray, float16_codes: bool) -> faiss.Index:
     """A saved flat index built again from its row file: every live row added under its row number, 65,536 rows
     at a time (a million 2,048-d rows are never held twice as float32)."""
-    index = _flat_faiss(rows.dim, float16_codes)
+    index = flat_faiss(rows.dim, float16_codes)
     live = np.flatnonzero(row_keys >= 0)
     for start in range(0, len(live), 65_536):
         block = live[start:start + 65_536]
         index.add_with_ids(np.ascontiguousarray(rows.get(block), dtype=np.float32), block)
     return index
-
-
-def _holds_float16(index: faiss.Index) -> bool:
-    """A flat index with float16 codes (indexes saved before the float16 screen hold IndexFlatIP)."""
-    inner = getattr(index, "index", None)
-    if inner is None:
-        return False
-    inner = faiss.downcast_index(inner)
-    return isinstance(inner, faiss.IndexScalarQuantizer) and inner.sq.qtype == faiss.ScalarQuantizer.QT_fp16
-
-
-def _training_rows(plan: IndexPlan, count: int, seed: int) -> np.ndarray:
-    """The sorted positions (of ``count`` vectors in key order) IVF-PQ trains on: a seeded sample of at most
-    ``IVF_TRAIN_MAX_POINTS_PER_LIST`` a list (and 64 a product-quantiser centroid)."""
-    limit = max(int(plan.params["nlist"]) * IVF_TRAIN_MAX_POINTS_PER_LIST, 2 ** int(plan.params.get("nbits", 8)) * 64)
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(count, size=min(limit, count), replace=False))
-
-
-def _train(index: faiss.Index, vectors: np.ndarray, plan: IndexPlan, seed: int) -> None:
-    _train_on(index, np.ascontiguousarray(vectors[_training_rows(plan, len(vectors), seed)], dtype=np.float32),
-              plan, seed)
-
-
-def _train_on(index: faiss.Index, sample: np.ndarray, plan: IndexPlan, seed: int) -> None:
-    nlist = int(plan.params["nlist"])
-    index.cp.seed = seed
-    index.pq.cp.seed = seed
-    index.pq.cp.min_points_per_centroid = 4  # few items per code is fine: the vectors re-rank the answer
-    log.info("training IVF-PQ (%d lists, %d-byte codes) on %d vectors", nlist, plan.params["m"], len(sample))
-    index.train(sample)
 
 
 def _rows_digest(row_keys: np.ndarray) -> str:
