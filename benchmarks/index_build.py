@@ -39,6 +39,7 @@ import faiss
 import numpy as np
 from machine import describe_machine
 
+from lookalike.catalog.indexing import STREAM_BLOCK
 from lookalike.index.choice import (
     IVF_TRAIN_MAX_POINTS_PER_LIST,
     IndexPlan,
@@ -50,9 +51,7 @@ from lookalike.index.choice import (
 from lookalike.index.faiss_parts import new_faiss_index
 from lookalike.index.synthetic import clustered_vectors
 
-STORE_BLOCK = 16_384  # rows a pass reads from the store at a time (``Indexing._refresh_index``)
 IVF_NITER = 10  # the k-means iterations lookalike sets (``faiss_parts.new_faiss_index``: index.cp.niter)
-PQ_NITER = 25  # FAISS's default for the product quantisers' k-means (ClusteringParameters.niter)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,7 +119,7 @@ def build_hours(plan: IndexPlan, size: int, rates: dict[str, float], threads: in
         return 0.0, adding
     points = min(size, int(plan.params["nlist"]) * IVF_TRAIN_MAX_POINTS_PER_LIST)
     kmeans = IVF_NITER * points / rates[f"assign_{threads}"]
-    pq = points / rates["pq_train_points"]  # measured at PQ_NITER iterations on the part, linear in points
+    pq = points / rates["pq_train_points"]  # measured on a part (FAISS's own iterations), linear in points
     return (kmeans + pq) / 3600, adding
 
 
@@ -132,7 +131,7 @@ def peak_bytes(plan: IndexPlan, size: int, dim: int) -> int:
     if plan.kind == "hnsw":
         return estimated_bytes(plan, size, dim)
     sample = min(size, int(plan.params["nlist"]) * IVF_TRAIN_MAX_POINTS_PER_LIST)
-    return sample * dim * 4 + estimated_bytes(plan, size, dim) + STORE_BLOCK * dim * 4
+    return sample * dim * 4 + estimated_bytes(plan, size, dim) + STREAM_BLOCK * dim * 4
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,10 @@ from .products import (
 
 log = logging.getLogger(__name__)
 
+# Rows a pass over the store reads at a time when IVF-PQ is built in passes (``VectorIndex.build_streamed``):
+# 128 MB of 2,048-d float32, the one block such a build holds besides its sample and codes.
+STREAM_BLOCK = 16_384
+
 
 class Indexing:
     """The FAISS index (caught up from the store's change log, rebuilt when its kind must change, tuned to a
@@ -94,8 +98,8 @@ class Indexing:
             log.info("building a %s index over %d vectors (%s)", plan.describe(), count, plan.reason)
             dim = self.config.embedder.dim
             if plan.kind == "ivfpq":  # in passes over the store: the sample, the codes and a block in memory
-                index = VectorIndex.build_streamed(plan, self.store.counts()["ok"], dim,
-                                                   lambda: self.store.iter_vectors(dim, batch=16_384), folder)
+                index = VectorIndex.build_streamed(plan, count, dim,
+                                                   lambda: self.store.iter_vectors(dim, batch=STREAM_BLOCK), folder)
             else:
                 if index is not None and not force_rebuild and index.plan.dtype in ("float32", plan.dtype):
                     keys, vectors = index.live()  # up to date with the store: its rows hold the same vectors

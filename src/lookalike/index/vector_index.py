@@ -151,18 +151,10 @@ class VectorIndex:
         train_on(index, np.concatenate(samples) if samples else np.empty((0, dim), np.float32), plan, seed)
         del samples
         self = cls(plan, index, np.empty(0, np.int64), RowVectors(dim, plan.dtype), built_count=seen)
-        self._key_rows = _invert(self.row_keys)
         for keys, block in chunks():
-            first = self.vectors.rows
-            rows = np.arange(first, first + len(keys), dtype=np.int64)
-            block = block.astype(dtype)
-            self.vectors.append(block)
-            self._append_row_keys(keys)
-            self._add_to_faiss(block, rows)
+            self._append(np.asarray(keys, dtype=np.int64), block.astype(dtype))
             if folder is not None:
                 self.spill(folder)
-        self._key_rows = _invert(self.row_keys)
-        self._size = self._memory_bytes = None
         self.built_count = self.size
         return self
 
@@ -184,6 +176,10 @@ class VectorIndex:
         keys = np.asarray(keys, dtype=np.int64)
         gone = np.concatenate([keys, np.asarray(removed if removed is not None else [], dtype=np.int64)])
         self._retire(gone)
+        self._append(keys, vectors)
+
+    def _append(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """New rows for (keys int64, vectors), none of them in the index yet: rows, key maps and FAISS."""
         if len(keys):
             first = self.vectors.rows
             rows = np.arange(first, first + len(keys), dtype=np.int64)
